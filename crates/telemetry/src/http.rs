@@ -1,0 +1,125 @@
+//! HTTP server spans and metrics for axum routers, and context injection for HTTP clients.
+//!
+//! Add [`trace_requests`] with `Router::layer(axum::middleware::from_fn(trace_requests))` so it
+//! runs after routing and sees the matched route. Each request gets a SERVER span named
+//! `{method} {route}` with the HTTP semantic-convention attributes, continuing the caller's
+//! `traceparent` when it is valid. A request under `/…/orders/{uuid}/…` works for that order:
+//! the id goes into baggage, so the request span and everything beneath it carry `order.id`.
+//! The response carries a `traceresponse` header (W3C Trace Context level 2) so a caller or a
+//! support engineer can find the trace.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TraceContextExt;
+use tracing::Instrument;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use uuid::Uuid;
+
+use crate::metrics::metrics;
+use crate::propagation::{extract_http, inject_http, with_order};
+
+/// The order a request path is about: the UUID segment following an `orders` segment.
+pub fn order_id_from_path(path: &str) -> Option<Uuid> {
+    let mut segments = path.split('/');
+    while let Some(segment) = segments.next() {
+        if segment == "orders" {
+            return segments.next().and_then(|s| Uuid::parse_str(s).ok());
+        }
+    }
+    None
+}
+
+/// Axum middleware: one SERVER span and one duration measurement per request.
+pub async fn trace_requests(request: Request, next: Next) -> Response {
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let path = request.uri().path().to_owned();
+    let name = match &route {
+        Some(route) => format!("{method} {route}"),
+        None => method.clone(),
+    };
+
+    let mut parent = extract_http(request.headers());
+    if let Some(order) = order_id_from_path(&path) {
+        parent = with_order(&parent, order);
+    }
+    let span = tracing::info_span!(
+        "http.server.request",
+        otel.name = %name,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = %method,
+        http.route = route.as_deref().unwrap_or_default(),
+        url.path = %path,
+        url.scheme = "http",
+        http.response.status_code = Empty,
+        error.type = Empty,
+    );
+    let _ = span.set_parent(parent);
+
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", status.as_str());
+    }
+    let span_context = span.context().span().span_context().clone();
+    if span_context.is_valid() {
+        let value = format!(
+            "00-{}-{}-{:02x}",
+            span_context.trace_id(),
+            span_context.span_id(),
+            span_context.trace_flags().to_u8()
+        );
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert("traceresponse", value);
+        }
+    }
+
+    metrics().http_server_duration.record(
+        started.elapsed().as_secs_f64(),
+        &[
+            KeyValue::new("http.request.method", method),
+            KeyValue::new("http.route", route.unwrap_or_default()),
+            KeyValue::new("http.response.status_code", i64::from(status.as_u16())),
+        ],
+    );
+    response
+}
+
+/// Headers that carry the current span's context to an outgoing HTTP request.
+pub fn outgoing_headers() -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    inject_http(&tracing::Span::current().context(), &mut headers);
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_order_id_is_read_from_the_path_segment_after_orders() {
+        let id = Uuid::now_v7();
+        assert_eq!(order_id_from_path(&format!("/api/orders/{id}")), Some(id));
+        assert_eq!(
+            order_id_from_path(&format!("/api/orders/{id}/confirm")),
+            Some(id)
+        );
+        assert_eq!(order_id_from_path("/api/orders"), None);
+        assert_eq!(order_id_from_path("/api/orders/stuck"), None);
+        assert_eq!(order_id_from_path(&format!("/api/things/{id}")), None);
+    }
+}

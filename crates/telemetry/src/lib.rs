@@ -1,0 +1,236 @@
+//! Telemetry for every Hallmark process.
+//!
+//! [`init`] wires `tracing` to OpenTelemetry and returns a [`TelemetryGuard`] that flushes on
+//! shutdown. Export is configured only through the standard `OTEL_*` environment variables:
+//!
+//! | variable | effect |
+//! | --- | --- |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `…_METRICS_ENDPOINT` | where to send (default `http://localhost:4318` for http/protobuf, `:4317` for grpc) |
+//! | `OTEL_EXPORTER_OTLP_PROTOCOL` (and per-signal variants) | `http/protobuf` (default) or `grpc` |
+//! | `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_EXPORTER_OTLP_COMPRESSION` | request headers, per-export timeout, `gzip` |
+//! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | sampling (default `parentbased_always_on`) |
+//! | `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SERVICE_NAME` | extra resource attributes; override the defaults |
+//! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` | the bounded span queue |
+//! | `OTEL_METRIC_EXPORT_INTERVAL` | OTLP metric push interval (ms) |
+//! | `OTEL_SDK_DISABLED=true`, `OTEL_TRACES_EXPORTER=none`, `OTEL_METRICS_EXPORTER=none` | turn OTLP export off (`/metrics` stays) |
+//!
+//! Hallmark's own variables: `HALLMARK_ENV` (`deployment.environment.name`, default
+//! `development`), `HALLMARK_MASK_KEYS` / `HALLMARK_MASK_PATTERNS` (see [`mask`]), and `RUST_LOG`
+//! for the log and span filter.
+//!
+//! A request never waits for the collector: spans go into a bounded queue that a background
+//! thread exports; when the queue is full spans are dropped and counted in the standard
+//! `otel.sdk.processor.span.processed{error.type="queue_full"}` metric.
+
+pub mod attributes;
+pub mod db;
+pub mod http;
+pub mod logging;
+pub mod mask;
+pub mod metrics;
+pub mod processor;
+pub mod propagation;
+
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::resource::{
+    EnvResourceDetector, ResourceDetector, TelemetryResourceDetector,
+};
+use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+pub use attributes as attr;
+pub use metrics::metrics;
+
+/// Default `RUST_LOG` filter: our crates at info, chatty libraries at warn.
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn,lapin=warn,amq_protocol=warn,h2=warn,hyper=warn,tonic=warn,tower=warn,opentelemetry=warn,opentelemetry_sdk=warn";
+
+/// Who is reporting: the resource of every span, metric and log line.
+#[derive(Debug, Clone)]
+pub struct ServiceInfo {
+    /// `service.name`, one of the names fixed in the architecture notes (`shop-api`, …).
+    pub name: &'static str,
+    /// `service.version`, normally `env!("CARGO_PKG_VERSION")`.
+    pub version: &'static str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error(transparent)]
+    Mask(#[from] mask::MaskConfigError),
+    #[error("cannot build the OTLP exporter: {0}")]
+    Exporter(String),
+    #[error("cannot build the Prometheus exporter: {0}")]
+    Prometheus(String),
+    #[error("a global tracing subscriber is already installed")]
+    AlreadyInitialized,
+}
+
+/// Flushes and stops export when dropped or when [`TelemetryGuard::shutdown`] is called.
+#[must_use = "dropping the guard shuts telemetry down"]
+pub struct TelemetryGuard {
+    tracer_provider: SdkTracerProvider,
+    meter_provider: SdkMeterProvider,
+    shut_down: bool,
+}
+
+impl TelemetryGuard {
+    /// Exports what is queued and stops the exporters. Blocks for at most a few seconds when the
+    /// collector is unreachable; call it from a multi-threaded runtime or a plain thread.
+    pub fn shutdown(mut self) {
+        self.shutdown_inner();
+    }
+
+    fn shutdown_inner(&mut self) {
+        if std::mem::replace(&mut self.shut_down, true) {
+            return;
+        }
+        if let Err(err) = self.tracer_provider.force_flush() {
+            tracing::warn!(error = %err, "span flush failed");
+        }
+        let _ = self.tracer_provider.shutdown();
+        let _ = self.meter_provider.shutdown();
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        self.shutdown_inner();
+    }
+}
+
+fn env_flag(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_ascii_lowercase())
+}
+
+fn sdk_disabled() -> bool {
+    env_flag("OTEL_SDK_DISABLED").as_deref() == Some("true")
+}
+
+fn exporter_enabled(variable: &str) -> bool {
+    !sdk_disabled() && env_flag(variable).as_deref() != Some("none")
+}
+
+/// The resource: our defaults, overridden by `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SERVICE_NAME`.
+pub fn resource(service: &ServiceInfo) -> Resource {
+    use attributes::semconv::{
+        DEPLOYMENT_ENVIRONMENT_NAME, SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION,
+    };
+    let environment = std::env::var("HALLMARK_ENV").unwrap_or_else(|_| "development".into());
+    let mut builder = Resource::builder_empty()
+        .with_attributes([
+            KeyValue::new(SERVICE_NAME, service.name),
+            KeyValue::new(SERVICE_VERSION, service.version),
+            KeyValue::new(DEPLOYMENT_ENVIRONMENT_NAME, environment),
+            KeyValue::new(SERVICE_INSTANCE_ID, uuid::Uuid::new_v4().to_string()),
+        ])
+        .with_detectors(&[
+            Box::new(TelemetryResourceDetector) as Box<dyn ResourceDetector>,
+            Box::new(EnvResourceDetector::new()),
+        ]);
+    if let Ok(name) = std::env::var("OTEL_SERVICE_NAME")
+        && !name.trim().is_empty()
+    {
+        builder = builder.with_service_name(name);
+    }
+    builder.build()
+}
+
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogTarget {
+    Stdout,
+    Stderr,
+}
+
+/// Sets up propagation, traces, metrics and JSON logs (on stdout) for a service process.
+pub fn init(service: ServiceInfo) -> Result<TelemetryGuard, TelemetryError> {
+    init_with(service, LogTarget::Stdout)
+}
+
+/// As [`init`], for a command-line tool whose stdout is its output: logs go to stderr.
+pub fn init_cli(service: ServiceInfo) -> Result<TelemetryGuard, TelemetryError> {
+    init_with(service, LogTarget::Stderr)
+}
+
+fn init_with(service: ServiceInfo, logs: LogTarget) -> Result<TelemetryGuard, TelemetryError> {
+    propagation::install_propagator();
+    let masker = mask::Masker::from_env()?;
+    let resource = resource(&service);
+
+    // Metrics first: the batch span processor takes its self-diagnostic counter (dropped spans)
+    // from the global meter provider when it is built.
+    let registry = prometheus::Registry::new();
+    let prometheus = opentelemetry_prometheus::exporter()
+        .with_registry(registry.clone())
+        .build()
+        .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
+    metrics::set_registry(registry);
+    let mut meter_builder = SdkMeterProvider::builder()
+        .with_resource(resource.clone())
+        .with_reader(prometheus);
+    if exporter_enabled("OTEL_METRICS_EXPORTER") {
+        let exporter = opentelemetry_otlp::MetricExporter::builder()
+            .build()
+            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        meter_builder = meter_builder.with_reader(PeriodicReader::builder(exporter).build());
+    }
+    let meter_provider = meter_builder.build();
+    opentelemetry::global::set_meter_provider(meter_provider.clone());
+
+    let mut tracer_builder = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_span_processor(processor::OrderBaggageProcessor);
+    if exporter_enabled("OTEL_TRACES_EXPORTER") {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .build()
+            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        let exporter = mask::MaskingExporter::new(masker.clone(), exporter);
+        tracer_builder =
+            tracer_builder.with_span_processor(BatchSpanProcessor::builder(exporter).build());
+    }
+    let tracer_provider = tracer_builder.build();
+    opentelemetry::global::set_tracer_provider(tracer_provider.clone());
+
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer_provider.tracer(service.name))
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false);
+    let writer =
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || -> Box<dyn std::io::Write> {
+            match logs {
+                LogTarget::Stdout => Box::new(std::io::stdout()),
+                LogTarget::Stderr => Box::new(std::io::stderr()),
+            }
+        });
+    let log_layer = tracing_subscriber::fmt::layer()
+        .event_format(logging::JsonLines::new(service.name, masker))
+        .with_writer(writer);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(otel_layer)
+        .with(log_layer)
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadyInitialized)?;
+
+    Ok(TelemetryGuard {
+        tracer_provider,
+        meter_provider,
+        shut_down: false,
+    })
+}
+
+/// How long [`TelemetryGuard::shutdown`] may take at most when the collector is down.
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);

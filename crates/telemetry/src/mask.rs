@@ -1,0 +1,413 @@
+//! Masking of personal data before telemetry leaves the process.
+//!
+//! Two lines of defence work together. Code never records contact data on purpose; this module
+//! catches what slips through anyway. It masks
+//!
+//! * by key: an attribute whose key is listed (`customer.email`), or whose last dotted segment is a
+//!   listed leaf (`email`, `phone`, ...), has its whole value replaced by [`MASK`];
+//! * by value: any text matching a pattern (e-mail address, international phone number, payment
+//!   card number that passes the Luhn check) has just the match replaced by `[masked:<kind>]`.
+//!
+//! The same [`Masker`] is applied to span names, attributes, event names and attributes, link
+//! attributes and status descriptions (see [`MaskingExporter`]) and to every log line.
+//! The OTel Collector configuration masks again as a second line.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::{Key, KeyValue, StringValue, Value, trace::Status};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use regex::Regex;
+
+/// What a masked value is replaced with.
+pub const MASK: &str = "[masked]";
+
+/// Attribute keys masked whole by default.
+pub const DEFAULT_KEYS: &[&str] = &[
+    "customer.name",
+    "customer.email",
+    "customer.phone",
+    "customer.address",
+    "user.name",
+    "user.full_name",
+    "user.email",
+    "http.request.header.authorization",
+    "http.request.header.cookie",
+    "http.response.header.set-cookie",
+];
+
+/// Last key segments masked whole by default, whatever their prefix.
+pub const DEFAULT_LEAVES: &[&str] = &[
+    "email",
+    "phone",
+    "phone_number",
+    "address",
+    "street",
+    "full_name",
+    "first_name",
+    "last_name",
+    "password",
+    "authorization",
+    "cookie",
+];
+
+/// A value pattern: what it is called in the mask and the expression that finds it.
+#[derive(Clone)]
+struct Pattern {
+    kind: String,
+    regex: Regex,
+    /// Payment card numbers also have to pass the Luhn check, so order numbers and other long
+    /// digit strings are left alone.
+    luhn: bool,
+}
+
+/// Masks personal data in keys and values. Cheap to clone (shared inside).
+#[derive(Clone)]
+pub struct Masker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    keys: Vec<String>,
+    leaves: Vec<String>,
+    patterns: Vec<Pattern>,
+}
+
+impl fmt::Debug for Masker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Masker")
+            .field("keys", &self.inner.keys)
+            .field("leaves", &self.inner.leaves)
+            .field(
+                "patterns",
+                &self
+                    .inner
+                    .patterns
+                    .iter()
+                    .map(|p| p.kind.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// A masking rule that does not compile.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid masking pattern `{pattern}`: {source}")]
+pub struct MaskConfigError {
+    pattern: String,
+    #[source]
+    source: regex::Error,
+}
+
+impl Default for Masker {
+    fn default() -> Self {
+        Self::new(&[], &[]).expect("the built-in patterns compile")
+    }
+}
+
+impl Masker {
+    /// The defaults plus `extra_keys` (exact keys, or `*.leaf` for a last segment) and
+    /// `extra_patterns` (regular expressions, masked as `[masked:custom]`).
+    pub fn new(extra_keys: &[String], extra_patterns: &[String]) -> Result<Self, MaskConfigError> {
+        let mut keys: Vec<String> = DEFAULT_KEYS.iter().map(|k| k.to_string()).collect();
+        let mut leaves: Vec<String> = DEFAULT_LEAVES.iter().map(|k| k.to_string()).collect();
+        for key in extra_keys {
+            let key = key.trim().to_ascii_lowercase();
+            match key.strip_prefix("*.") {
+                Some(leaf) => leaves.push(leaf.to_owned()),
+                None if !key.is_empty() => keys.push(key),
+                None => {}
+            }
+        }
+        let compile = |kind: &str, pattern: &str, luhn| {
+            Regex::new(pattern)
+                .map(|regex| Pattern {
+                    kind: kind.to_owned(),
+                    regex,
+                    luhn,
+                })
+                .map_err(|source| MaskConfigError {
+                    pattern: pattern.to_owned(),
+                    source,
+                })
+        };
+        let mut patterns = vec![
+            compile(
+                "email",
+                r"(?i)[a-z0-9._%+\-]+@[a-z0-9\-]+(?:\.[a-z0-9\-]+)*\.[a-z]{2,}",
+                false,
+            )?,
+            // International numbers (+49 170 1234567, 0049-170-...) and bracketed area codes.
+            compile(
+                "phone",
+                r"(?:\+|\b00)\d{1,3}[\s\-./]?(?:\(\d{1,5}\)[\s\-./]?)?\d[\d\s\-./]{5,}\d|\(\d{2,5}\)\s?\d[\d\s\-]{4,}\d",
+                false,
+            )?,
+            compile("card", r"\b(?:\d[ \-]?){12,18}\d\b", true)?,
+        ];
+        for pattern in extra_patterns {
+            if !pattern.trim().is_empty() {
+                patterns.push(compile("custom", pattern.trim(), false)?);
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                keys,
+                leaves,
+                patterns,
+            }),
+        })
+    }
+
+    /// Reads `HALLMARK_MASK_KEYS` (comma-separated) and `HALLMARK_MASK_PATTERNS`
+    /// (regular expressions separated by `;;`) on top of the defaults.
+    pub fn from_env() -> Result<Self, MaskConfigError> {
+        let keys: Vec<String> = std::env::var("HALLMARK_MASK_KEYS")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        let patterns: Vec<String> = std::env::var("HALLMARK_MASK_PATTERNS")
+            .unwrap_or_default()
+            .split(";;")
+            .map(str::to_owned)
+            .collect();
+        Self::new(&keys, &patterns)
+    }
+
+    /// Whether every value under `key` is personal data.
+    pub fn is_sensitive_key(&self, key: &str) -> bool {
+        let key = key.to_ascii_lowercase();
+        if self.inner.keys.contains(&key) {
+            return true;
+        }
+        let leaf = key.rsplit('.').next().unwrap_or(&key);
+        self.inner.leaves.iter().any(|l| l == leaf)
+    }
+
+    /// Replaces every pattern match in `text`; borrows when nothing matched.
+    pub fn mask_text<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let mut out = Cow::Borrowed(text);
+        for pattern in &self.inner.patterns {
+            if !pattern.regex.is_match(&out) {
+                continue;
+            }
+            let replaced = pattern
+                .regex
+                .replace_all(&out, |caps: &regex::Captures<'_>| {
+                    let found = &caps[0];
+                    if pattern.luhn && !passes_luhn(found) {
+                        found.to_owned()
+                    } else {
+                        format!("[masked:{}]", pattern.kind)
+                    }
+                })
+                .into_owned();
+            out = Cow::Owned(replaced);
+        }
+        out
+    }
+
+    /// The value to export for `key`: the mask for a sensitive key, the text with matches
+    /// masked for a string, the value unchanged otherwise.
+    pub fn mask_value(&self, key: &str, value: &Value) -> Option<Value> {
+        if self.is_sensitive_key(key) {
+            return Some(Value::from(MASK));
+        }
+        match value {
+            Value::String(s) => match self.mask_text(s.as_str()) {
+                Cow::Borrowed(_) => None,
+                Cow::Owned(masked) => Some(Value::from(masked)),
+            },
+            Value::Array(opentelemetry::Array::String(items)) => {
+                let masked: Vec<StringValue> = items
+                    .iter()
+                    .map(|s| StringValue::from(self.mask_text(s.as_str()).into_owned()))
+                    .collect();
+                (masked != *items).then(|| Value::Array(masked.into()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Masks a list of attributes in place.
+    pub fn mask_attributes(&self, attributes: &mut [KeyValue]) {
+        for kv in attributes.iter_mut() {
+            if let Some(masked) = self.mask_value(kv.key.as_str(), &kv.value) {
+                *kv = KeyValue::new(Key::from(kv.key.as_str().to_owned()), masked);
+            }
+        }
+    }
+
+    /// Masks everything a span carries that could hold personal data.
+    pub fn mask_span(&self, span: &mut SpanData) {
+        if let Cow::Owned(name) = self.mask_text(&span.name) {
+            span.name = Cow::Owned(name);
+        }
+        self.mask_attributes(&mut span.attributes);
+        for event in span.events.events.iter_mut() {
+            if let Cow::Owned(name) = self.mask_text(&event.name) {
+                event.name = Cow::Owned(name);
+            }
+            self.mask_attributes(&mut event.attributes);
+        }
+        for link in span.links.links.iter_mut() {
+            self.mask_attributes(&mut link.attributes);
+        }
+        if let Status::Error { description } = &span.status
+            && let Cow::Owned(masked) = self.mask_text(description)
+        {
+            span.status = Status::error(masked);
+        }
+    }
+}
+
+fn passes_luhn(candidate: &str) -> bool {
+    let digits: Vec<u32> = candidate.chars().filter_map(|c| c.to_digit(10)).collect();
+    if !(13..=19).contains(&digits.len()) {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                let doubled = d * 2;
+                if doubled > 9 { doubled - 9 } else { doubled }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+/// A span exporter that masks every span before handing the batch to the real exporter.
+#[derive(Debug)]
+pub struct MaskingExporter<E> {
+    masker: Masker,
+    inner: E,
+}
+
+impl<E> MaskingExporter<E> {
+    pub fn new(masker: Masker, inner: E) -> Self {
+        Self { masker, inner }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for MaskingExporter<E> {
+    async fn export(&self, mut batch: Vec<SpanData>) -> OTelSdkResult {
+        for span in &mut batch {
+            self.masker.mask_span(span);
+        }
+        self.inner.export(batch).await
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contact_keys_are_masked_whole() {
+        let masker = Masker::default();
+        for key in [
+            "customer.email",
+            "customer.name",
+            "shipping.address",
+            "x.phone",
+        ] {
+            assert_eq!(
+                masker.mask_value(key, &Value::from("anything")),
+                Some(Value::from(MASK)),
+                "{key}"
+            );
+        }
+        assert_eq!(masker.mask_value("order.id", &Value::from("abc")), None);
+    }
+
+    #[test]
+    fn emails_phones_and_cards_in_free_text_are_masked() {
+        let masker = Masker::default();
+        let text =
+            "mail jane.doe+ring@example.co.uk or call +49 170 1234567, card 4111 1111 1111 1111";
+        let masked = masker.mask_text(text);
+        assert_eq!(
+            masked,
+            "mail [masked:email] or call [masked:phone], card [masked:card]"
+        );
+    }
+
+    #[test]
+    fn ids_dates_and_other_digit_strings_survive() {
+        let masker = Masker::default();
+        for text in [
+            "0192f5d4-7a3e-7c1b-9d2e-5f6a7b8c9d0e",
+            "PO-2026-000123",
+            "2026-11-24T10:00:00Z",
+            "1234567890123",
+            "took 1500 ms",
+        ] {
+            assert_eq!(masker.mask_text(text), text);
+        }
+    }
+
+    #[test]
+    fn extra_keys_and_patterns_extend_the_defaults() {
+        let masker =
+            Masker::new(&["iban".into(), "*.passport".into()], &[r"DE\d{20}".into()]).unwrap();
+        assert!(masker.is_sensitive_key("IBAN"));
+        assert!(masker.is_sensitive_key("customer.passport"));
+        assert_eq!(
+            masker.mask_text("pay to DE89370400440532013000"),
+            "pay to [masked:custom]"
+        );
+        assert!(Masker::new(&[], &["(".into()]).is_err());
+    }
+
+    #[test]
+    fn a_whole_span_is_masked() {
+        let masker = Masker::default();
+        let mut span = SpanData {
+            span_context: opentelemetry::trace::SpanContext::empty_context(),
+            parent_span_id: opentelemetry::trace::SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: opentelemetry::trace::SpanKind::Internal,
+            name: "notify jane@example.com".into(),
+            start_time: std::time::SystemTime::now(),
+            end_time: std::time::SystemTime::now(),
+            attributes: vec![
+                KeyValue::new("customer.phone", "+44 20 7946 0958"),
+                KeyValue::new("note", "from jane@example.com"),
+            ],
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: Status::error("bounce for jane@example.com"),
+            instrumentation_scope: Default::default(),
+        };
+        masker.mask_span(&mut span);
+        assert_eq!(span.name, "notify [masked:email]");
+        assert_eq!(span.attributes[0].value, Value::from(MASK));
+        assert_eq!(span.attributes[1].value, Value::from("from [masked:email]"));
+        assert_eq!(span.status, Status::error("bounce for [masked:email]"));
+    }
+}
