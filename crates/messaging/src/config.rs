@@ -1,0 +1,102 @@
+//! Broker settings shared by every service. All services of one deployment must agree on the
+//! topology settings (namespace, retry delays, delivery limit): they declare the same queues, and
+//! RabbitMQ refuses a redeclaration with different arguments.
+
+use std::time::Duration;
+
+/// Where the broker is and how the topology is shaped.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// AMQP URI, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`. A `heartbeat` query parameter is
+    /// added (15 s) when absent so a dead connection is noticed within seconds.
+    /// Env: `HALLMARK_AMQP_URL`.
+    pub url: String,
+    /// Prefix for every exchange and queue name (`{namespace}.hallmark.orders`). Empty in
+    /// production; tests use a unique one each. Env: `HALLMARK_AMQP_NAMESPACE`.
+    pub namespace: String,
+    /// Back-off before each retry of a message whose processing failed transiently; one retry
+    /// queue per entry, so the length is the number of retries. Env: `HALLMARK_RETRY_DELAYS`
+    /// (`1s,10s,60s`).
+    pub retry_delays: Vec<Duration>,
+    /// How many times the broker delivers a message before dead-lettering it on its own: the
+    /// backstop for a consumer that crashes on a message before it can decide anything.
+    /// Env: `HALLMARK_DELIVERY_LIMIT`.
+    pub delivery_limit: u32,
+    /// When set, queues expire after this long unused and exchanges auto-delete: for tests, so a
+    /// test run leaves nothing behind. Never set in production. Env: `HALLMARK_AMQP_EPHEMERAL`.
+    pub ephemeral: Option<Duration>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            namespace: String::new(),
+            retry_delays: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+            ],
+            delivery_limit: 10,
+            ephemeral: None,
+        }
+    }
+}
+
+/// A broker setting that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+fn parse_duration(variable: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text.trim()).map_err(|e| ConfigError {
+        variable,
+        message: format!("`{text}` is not a duration like `500ms` or `10s` ({e})"),
+    })
+}
+
+impl BrokerConfig {
+    /// Defaults overridden by the `HALLMARK_AMQP_*` variables documented on each field.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut config = Self::default();
+        if let Ok(url) = std::env::var("HALLMARK_AMQP_URL") {
+            config.url = url;
+        }
+        if let Ok(namespace) = std::env::var("HALLMARK_AMQP_NAMESPACE") {
+            config.namespace = namespace;
+        }
+        if let Ok(delays) = std::env::var("HALLMARK_RETRY_DELAYS") {
+            config.retry_delays = delays
+                .split(',')
+                .filter(|d| !d.trim().is_empty())
+                .map(|d| parse_duration("HALLMARK_RETRY_DELAYS", d))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Ok(limit) = std::env::var("HALLMARK_DELIVERY_LIMIT") {
+            config.delivery_limit = limit.trim().parse().map_err(|_| ConfigError {
+                variable: "HALLMARK_DELIVERY_LIMIT",
+                message: format!("`{limit}` is not a positive whole number"),
+            })?;
+        }
+        if let Ok(expiry) = std::env::var("HALLMARK_AMQP_EPHEMERAL")
+            && !expiry.trim().is_empty()
+        {
+            config.ephemeral = Some(parse_duration("HALLMARK_AMQP_EPHEMERAL", &expiry)?);
+        }
+        Ok(config)
+    }
+
+    /// The URI with a heartbeat, so a dead peer is detected.
+    pub fn url_with_heartbeat(&self) -> String {
+        if self.url.contains("heartbeat=") {
+            self.url.clone()
+        } else if self.url.contains('?') {
+            format!("{}&heartbeat=15", self.url)
+        } else {
+            format!("{}?heartbeat=15", self.url)
+        }
+    }
+}

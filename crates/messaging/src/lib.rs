@@ -1,0 +1,33 @@
+//! Hallmark's messaging over RabbitMQ: nothing lost, nothing applied twice.
+//!
+//! * [`topology`]: the exchanges and quorum queues every service declares at start-up.
+//! * [`outbox`]: messages written in the business transaction and published by a relay with
+//!   publisher confirms and mandatory routing.
+//! * [`consumer`]: deliveries applied through an inbox in one transaction with their effects,
+//!   acknowledged after commit, retried with back-off and dead-lettered when hopeless.
+//! * [`broker`]: the connection, reopened with back-off after any failure.
+//!
+//! The outbox and inbox tables live in the `messaging` schema of each service's own database
+//! and are created by [`install_schema`].
+
+pub mod broker;
+pub mod config;
+pub mod consumer;
+pub mod outbox;
+pub mod publisher;
+pub mod topology;
+
+pub use broker::{Backoff, Broker};
+pub use config::BrokerConfig;
+pub use consumer::{ConsumerConfig, Handler, HandlerError, Incoming};
+pub use outbox::{OutboxRelay, PublishHook, Published, RelayConfig, enqueue};
+
+use sqlx::PgPool;
+use sqlx::migrate::{MigrateError, Migrator};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Creates or upgrades the `messaging` schema (outbox and inbox), with its own migration history.
+pub async fn install_schema(pool: &PgPool) -> Result<(), MigrateError> {
+    platform::db::migrate_schema(pool, "messaging", &MIGRATOR).await
+}

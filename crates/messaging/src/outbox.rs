@@ -1,0 +1,397 @@
+//! The transactional outbox: [`enqueue`] writes a message in the caller's transaction, next to
+//! the business change it announces, and [`OutboxRelay`] publishes committed rows.
+//!
+//! Guarantees: a committed row is published at least once (the relay retries until the broker
+//! confirms); a rolled-back transaction publishes nothing. The relay may publish a row twice when
+//! it dies between the confirm and marking the row, which the consumers' inbox absorbs. Several
+//! relays can run against one database: rows are claimed with `FOR UPDATE SKIP LOCKED`.
+//!
+//! Tracing: the row stores the context of the transaction that wrote it. The relay's PRODUCER
+//! span `publish hallmark.orders` is that context's child, and the message carries the PRODUCER
+//! span as its creation context, so the trace runs on from the request to every consumer.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lapin::types::FieldTable;
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool, Row};
+use telemetry::attr;
+use telemetry::db::Traced;
+use telemetry::propagation::{from_carrier, inject_amqp, to_carrier, with_order};
+use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use uuid::Uuid;
+
+use domain::events::Envelope;
+
+use crate::broker::{Backoff, Broker};
+use crate::publisher::{Outgoing, PublishError, Publisher};
+
+/// The `NOTIFY` channel that wakes the relay when a row is written.
+pub const NOTIFY_CHANNEL: &str = "hallmark_outbox";
+
+/// Writes `envelope` to the outbox inside the caller's transaction, with the current trace context.
+pub async fn enqueue(tx: &mut PgConnection, envelope: &Envelope) -> Result<(), sqlx::Error> {
+    let trace = serde_json::to_value(to_carrier(&Span::current().context()))
+        .expect("a string map always serializes");
+    sqlx::query(
+        "INSERT INTO messaging.outbox (message_id, routing_key, kind, order_id, body, trace) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(envelope.message_id)
+    .bind(envelope.routing_key())
+    .bind(&envelope.kind)
+    .bind(envelope.order_id)
+    .bind(envelope.to_vec())
+    .bind(trace)
+    .execute(&mut *tx)
+    .db("INSERT", "outbox")
+    .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// An outbox row as the [`PublishHook`] sees it.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub message_id: Uuid,
+    pub kind: String,
+    pub routing_key: String,
+    pub order_id: Uuid,
+    /// When the relay handed the message to the broker.
+    pub sent_at: DateTime<Utc>,
+}
+
+/// Work a service does in the relay's transaction around publishing, e.g. Shop moving an order
+/// from `created` to `submitted` once `order.created` reached the broker.
+pub trait PublishHook: Send + Sync + 'static {
+    /// Runs before the message is sent. Locking the rows `on_published` will change makes
+    /// anything reacting to the message (which can arrive before the confirm does) wait until
+    /// the relay's transaction is committed.
+    fn before_publish(
+        &self,
+        _tx: &mut PgConnection,
+        _message: &Published,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Runs once the broker confirmed the message, before the row is committed as published.
+    fn on_published(
+        &self,
+        tx: &mut PgConnection,
+        message: &Published,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+/// No follow-up work.
+impl PublishHook for () {
+    async fn on_published(&self, _: &mut PgConnection, _: &Published) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+}
+
+/// How the relay batches and polls.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Rows claimed and published per transaction.
+    pub batch_size: i64,
+    /// Poll interval when no `NOTIFY` arrives (a safety net; notifications wake it at once).
+    pub poll_interval: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 100,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+/// Publishes committed outbox rows until cancelled.
+pub struct OutboxRelay<H> {
+    pool: PgPool,
+    broker: Broker,
+    hook: H,
+    config: RelayConfig,
+}
+
+struct Claimed {
+    id: i64,
+    message: Published,
+    body: Vec<u8>,
+    trace: HashMap<String, String>,
+}
+
+impl<H: PublishHook> OutboxRelay<H> {
+    pub fn new(pool: PgPool, broker: Broker, hook: H, config: RelayConfig) -> Self {
+        Self {
+            pool,
+            broker,
+            hook,
+            config,
+        }
+    }
+
+    /// Runs until `cancel` fires. A batch in progress is finished first, so nothing is left
+    /// half-published; rows not yet claimed wait for the next start.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut backoff = Backoff::default();
+        let mut publisher: Option<Publisher> = None;
+        let mut listener = self.listen().await;
+        while !cancel.is_cancelled() {
+            if publisher.as_ref().is_none_or(|p| !p.is_open()) {
+                match Publisher::open(&self.broker).await {
+                    Ok(p) => publisher = Some(p),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "outbox relay cannot reach the broker, retrying");
+                        if !backoff.wait(&cancel).await {
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            let publisher_ref = publisher.as_ref().expect("opened above");
+            match self.publish_batch(publisher_ref).await {
+                Ok(count) => {
+                    backoff.reset();
+                    if count as i64 == self.config.batch_size {
+                        continue;
+                    }
+                    self.wait_for_work(&mut listener, &cancel).await;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "outbox relay batch failed, retrying");
+                    if matches!(err, RelayError::Publish(PublishError::Broker(_))) {
+                        publisher = None;
+                    }
+                    if matches!(err, RelayError::Database(_)) {
+                        listener = None;
+                    }
+                    if !backoff.wait(&cancel).await {
+                        break;
+                    }
+                    if listener.is_none() {
+                        listener = self.listen().await;
+                    }
+                }
+            }
+        }
+        if let Some(publisher) = publisher {
+            publisher.close().await;
+        }
+        tracing::info!("outbox relay stopped");
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
+        listener.listen(NOTIFY_CHANNEL).await.ok()?;
+        Some(listener)
+    }
+
+    async fn wait_for_work(&self, listener: &mut Option<PgListener>, cancel: &CancellationToken) {
+        let poll = tokio::time::sleep(self.config.poll_interval);
+        match listener {
+            Some(l) => {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = poll => {}
+                    notification = l.recv() => {
+                        if notification.is_err() {
+                            *listener = None;
+                        }
+                    }
+                }
+            }
+            None => {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = poll => {}
+                }
+            }
+        }
+    }
+
+    /// Claims, publishes and marks one batch; returns how many rows were published.
+    async fn publish_batch(&self, publisher: &Publisher) -> Result<usize, RelayError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT id, message_id, routing_key, kind, order_id, body, trace \
+             FROM messaging.outbox WHERE published_at IS NULL \
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(self.config.batch_size)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        let mut claimed: Vec<Claimed> = rows
+            .into_iter()
+            .map(|row| Claimed {
+                id: row.get("id"),
+                message: Published {
+                    message_id: row.get("message_id"),
+                    kind: row.get("kind"),
+                    routing_key: row.get("routing_key"),
+                    order_id: row.get("order_id"),
+                    sent_at: Utc::now(),
+                },
+                body: row.get("body"),
+                trace: serde_json::from_value(row.get("trace")).unwrap_or_default(),
+            })
+            .collect();
+
+        for row in &claimed {
+            self.hook.before_publish(&mut tx, &row.message).await?;
+        }
+        let exchange = self.broker.names().orders_exchange();
+        for row in &mut claimed {
+            row.message.sent_at = Utc::now();
+        }
+        let mut sent = Vec::with_capacity(claimed.len());
+        for row in &claimed {
+            let span = publish_span(&exchange, row);
+            let mut headers = FieldTable::default();
+            inject_amqp(&span.context(), &mut headers);
+            let outgoing = Outgoing {
+                message_id: row.message.message_id,
+                kind: &row.message.kind,
+                body: &row.body,
+                headers,
+                occurred_at: Utc::now(),
+            };
+            let pending = publisher
+                .send(&exchange, &row.message.routing_key, outgoing)
+                .instrument(span.clone())
+                .await;
+            sent.push((row, span, pending));
+        }
+
+        let mut published = Vec::with_capacity(sent.len());
+        let mut failure = None;
+        for (row, span, pending) in sent {
+            let result = match pending {
+                Ok(pending) if failure.is_none() => pending.confirmed().await,
+                Ok(_) => continue,
+                Err(err) => Err(err),
+            };
+            match result {
+                Ok(()) => published.push((row, span)),
+                Err(err) => {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("error.type", publish_error_type(&err));
+                    tracing::warn!(parent: &span, error = %err, "outbox publish failed");
+                    sqlx::query(
+                        "UPDATE messaging.outbox SET attempts = attempts + 1, last_error = $2 \
+                         WHERE id = $1",
+                    )
+                    .bind(row.id)
+                    .bind(err.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                    failure = Some(err);
+                }
+            }
+        }
+
+        let ids: Vec<i64> = published.iter().map(|(row, _)| row.id).collect();
+        sqlx::query(
+            "UPDATE messaging.outbox SET published_at = now(), attempts = attempts + 1 \
+             WHERE id = ANY($1)",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .db("UPDATE", "outbox")
+        .await?;
+        for (row, span) in &published {
+            self.hook
+                .on_published(&mut tx, &row.message)
+                .instrument(span.clone())
+                .await?;
+        }
+        tx.commit().await?;
+        match failure {
+            Some(err) => Err(err.into()),
+            None => Ok(published.len()),
+        }
+    }
+}
+
+fn publish_error_type(err: &PublishError) -> &'static str {
+    match err {
+        PublishError::Broker(_) => "broker_unavailable",
+        PublishError::Unroutable { .. } => "unroutable",
+        PublishError::Nacked { .. } => "nacked",
+    }
+}
+
+/// The PRODUCER span of one outbox row, a child of the context stored with the row.
+fn publish_span(exchange: &str, row: &Claimed) -> Span {
+    let span = tracing::info_span!(
+        "messaging.publish",
+        otel.name = %format_args!("publish {exchange}"),
+        otel.kind = "producer",
+        otel.status_code = Empty,
+        error.type = Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = exchange,
+        messaging.rabbitmq.destination.routing_key = %row.message.routing_key,
+        messaging.message.id = %row.message.message_id,
+        messaging.message.body.size = row.body.len(),
+        { attr::MESSAGE_TYPE } = %row.message.kind,
+    );
+    let parent = with_order(&from_carrier(&row.trace), row.message.order_id);
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// Deletes published rows older than `retention`; returns how many went.
+pub async fn delete_published(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+    let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or_default();
+    let result = sqlx::query(
+        "DELETE FROM messaging.outbox WHERE published_at IS NOT NULL AND published_at < $1",
+    )
+    .bind(cutoff)
+    .execute(pool)
+    .db("DELETE", "outbox")
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Rows waiting to be published and the age of the oldest, for the backlog gauge.
+pub async fn backlog(pool: &PgPool) -> Result<(i64, Option<Duration>), sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT count(*) AS pending, \
+                EXTRACT(EPOCH FROM (now() - min(created_at)))::float8 AS oldest \
+         FROM messaging.outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    let oldest: Option<f64> = row.get("oldest");
+    Ok((
+        row.get("pending"),
+        oldest.map(|s| Duration::from_secs_f64(s.max(0.0))),
+    ))
+}

@@ -1,0 +1,430 @@
+//! The delivery guarantees of the messaging layer, against the real broker and database.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use domain::OrderStatus;
+use domain::events::{Envelope, Event, StatusChanged};
+use lapin::options::BasicGetOptions;
+use lapin::types::FieldTable;
+use messaging::consumer::{self, ConsumerConfig};
+use messaging::publisher::{Outgoing, PublishError, Publisher, header_i64, header_str};
+use messaging::topology::CRM_ORDERS;
+use messaging::{Broker, Handler, HandlerError, Incoming, OutboxRelay, RelayConfig};
+use sqlx::{PgConnection, PgPool};
+use testkit::database::TestDatabase;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+struct Setup {
+    pool: PgPool,
+    broker: Broker,
+    cancel: CancellationToken,
+    _db: TestDatabase,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn setup() -> Setup {
+    let db = TestDatabase::create("messaging").await;
+    let pool = db.connect().await;
+    messaging::install_schema(&pool).await.unwrap();
+    sqlx::query("CREATE TABLE applied (message_id UUID NOT NULL, retry_count INT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let broker = Broker::new(testkit::broker::isolated(), "messaging-test");
+    // Declares the topology.
+    broker.channel().await.unwrap();
+    Setup {
+        pool,
+        broker,
+        cancel: CancellationToken::new(),
+        _db: db,
+    }
+}
+
+fn status_event(order_id: Uuid) -> Envelope {
+    Envelope::new(
+        order_id,
+        StatusChanged::idempotency_key(order_id, OrderStatus::Registered),
+        "test",
+        Utc::now(),
+        Event::StatusChanged(StatusChanged {
+            from: OrderStatus::Submitted,
+            to: OrderStatus::Registered,
+            reason: None,
+            price: None,
+        }),
+    )
+}
+
+async fn publish_raw(broker: &Broker, message_id: Uuid, routing_key: &str, body: &[u8]) {
+    let publisher = Publisher::open(broker).await.unwrap();
+    publisher
+        .publish(
+            &broker.names().orders_exchange(),
+            routing_key,
+            Outgoing {
+                message_id,
+                kind: "order.status_changed",
+                body,
+                headers: FieldTable::default(),
+                occurred_at: Utc::now(),
+            },
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits up to `patience` for a message on a (namespaced) queue and takes it off.
+async fn take_within(
+    broker: &Broker,
+    queue: &str,
+    patience: Duration,
+) -> Option<lapin::message::BasicGetMessage> {
+    let channel = broker.channel().await.unwrap();
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if let Some(message) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            return Some(message);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn take(broker: &Broker, queue: &str) -> Option<lapin::message::BasicGetMessage> {
+    take_within(broker, queue, Duration::from_secs(10)).await
+}
+
+async fn applied(pool: &PgPool) -> Vec<(Uuid, i32)> {
+    sqlx::query_as("SELECT message_id, retry_count FROM applied ORDER BY retry_count")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// Records each message; fails transiently the first `failures` times.
+struct Recorder {
+    failures: u32,
+    calls: AtomicU32,
+    dead_letters: AtomicU32,
+}
+
+impl Recorder {
+    fn failing(failures: u32) -> Arc<Self> {
+        Arc::new(Self {
+            failures,
+            calls: AtomicU32::new(0),
+            dead_letters: AtomicU32::new(0),
+        })
+    }
+}
+
+impl Handler for Recorder {
+    async fn handle(&self, tx: &mut PgConnection, message: &Incoming) -> Result<(), HandlerError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
+            return Err(HandlerError::transient("flaky", "the test says no"));
+        }
+        sqlx::query("INSERT INTO applied (message_id, retry_count) VALUES ($1, $2)")
+            .bind(message.envelope.message_id)
+            .bind(message.retry_count as i32)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn on_dead_letter(
+        &self,
+        _: &mut PgConnection,
+        _: &Incoming,
+        _: &str,
+        _: &str,
+    ) -> Result<(), sqlx::Error> {
+        self.dead_letters.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn consume(setup: &Setup, handler: Arc<Recorder>) {
+    tokio::spawn(consumer::run(
+        setup.pool.clone(),
+        setup.broker.clone(),
+        handler,
+        ConsumerConfig {
+            queue: CRM_ORDERS,
+            concurrency: 2,
+        },
+        setup.cancel.clone(),
+    ));
+}
+
+#[tokio::test]
+async fn a_committed_outbox_row_is_published_with_its_identity_and_trace_headers() {
+    let setup = setup().await;
+    let envelope = status_event(Uuid::now_v7());
+    let mut tx = setup.pool.begin().await.unwrap();
+    messaging::enqueue(&mut tx, &envelope).await.unwrap();
+    tx.commit().await.unwrap();
+    tokio::spawn(
+        OutboxRelay::new(
+            setup.pool.clone(),
+            setup.broker.clone(),
+            (),
+            RelayConfig::default(),
+        )
+        .run(setup.cancel.clone()),
+    );
+
+    let message = take(&setup.broker, &setup.broker.names().queue("crm.orders"))
+        .await
+        .expect("the row is published");
+    let properties = &message.delivery.properties;
+    assert_eq!(
+        properties.message_id().as_ref().unwrap().as_str(),
+        envelope.message_id.to_string()
+    );
+    assert_eq!(
+        properties.kind().as_ref().unwrap().as_str(),
+        "order.status_changed"
+    );
+    assert_eq!(properties.delivery_mode(), &Some(2));
+    let headers = properties.headers().clone().unwrap();
+    assert!(header_i64(&headers, "x-published-at-us").is_some());
+    assert!(header_str(&headers, "traceparent").is_none_or(|t| t.starts_with("00-")));
+    assert_eq!(
+        Envelope::from_slice(&message.delivery.data).unwrap(),
+        envelope
+    );
+
+    testkit::wait::until(
+        "the row to be marked published",
+        Duration::from_secs(5),
+        || async {
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM messaging.outbox WHERE published_at IS NULL",
+            )
+            .fetch_one(&setup.pool)
+            .await
+            .unwrap();
+            (pending == 0).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_rolled_back_transaction_publishes_nothing() {
+    let setup = setup().await;
+    let mut tx = setup.pool.begin().await.unwrap();
+    messaging::enqueue(&mut tx, &status_event(Uuid::now_v7()))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    tokio::spawn(
+        OutboxRelay::new(
+            setup.pool.clone(),
+            setup.broker.clone(),
+            (),
+            RelayConfig::default(),
+        )
+        .run(setup.cancel.clone()),
+    );
+    let queue = setup.broker.names().queue("crm.orders");
+    let message = take_within(&setup.broker, &queue, Duration::from_millis(800)).await;
+    assert!(message.is_none());
+}
+
+#[tokio::test]
+async fn a_message_delivered_twice_is_applied_once() {
+    let setup = setup().await;
+    let envelope = status_event(Uuid::now_v7());
+    let body = envelope.to_vec();
+    publish_raw(
+        &setup.broker,
+        envelope.message_id,
+        "order.status_changed.registered",
+        &body,
+    )
+    .await;
+    publish_raw(
+        &setup.broker,
+        envelope.message_id,
+        "order.status_changed.registered",
+        &body,
+    )
+    .await;
+    let recorder = Recorder::failing(0);
+    consume(&setup, recorder.clone());
+
+    testkit::wait::until(
+        "both deliveries to be handled",
+        Duration::from_secs(10),
+        || async {
+            let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM messaging.inbox")
+                .fetch_one(&setup.pool)
+                .await
+                .unwrap();
+            (inbox == 1 && recorder.calls.load(Ordering::SeqCst) >= 1).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(applied(&setup.pool).await.len(), 1);
+    assert!(
+        take_within(
+            &setup.broker,
+            &setup.broker.names().queue("crm.orders"),
+            Duration::from_millis(500)
+        )
+        .await
+        .is_none(),
+        "both copies were acknowledged"
+    );
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_with_back_off_and_then_applied_once() {
+    let setup = setup().await;
+    let envelope = status_event(Uuid::now_v7());
+    publish_raw(
+        &setup.broker,
+        envelope.message_id,
+        "order.status_changed.registered",
+        &envelope.to_vec(),
+    )
+    .await;
+    let recorder = Recorder::failing(2);
+    consume(&setup, recorder.clone());
+
+    let rows = testkit::wait::until(
+        "the message to be applied",
+        Duration::from_secs(10),
+        || async {
+            let rows = applied(&setup.pool).await;
+            (!rows.is_empty()).then_some(rows)
+        },
+    )
+    .await;
+    assert_eq!(
+        rows,
+        vec![(envelope.message_id, 2)],
+        "applied on the second retry"
+    );
+    assert_eq!(recorder.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_message_that_keeps_failing_ends_in_the_dead_letter_queue_with_its_reason() {
+    let setup = setup().await;
+    let envelope = status_event(Uuid::now_v7());
+    publish_raw(
+        &setup.broker,
+        envelope.message_id,
+        "order.status_changed.registered",
+        &envelope.to_vec(),
+    )
+    .await;
+    let recorder = Recorder::failing(u32::MAX);
+    consume(&setup, recorder.clone());
+
+    let dead = take(
+        &setup.broker,
+        &setup.broker.names().dead_letter_queue("crm.orders"),
+    )
+    .await
+    .expect("the message is dead-lettered");
+    let headers = dead.delivery.properties.headers().clone().unwrap();
+    assert_eq!(header_str(&headers, "x-error-code"), Some("flaky"));
+    assert_eq!(header_i64(&headers, "x-retry-count"), Some(2));
+    assert_eq!(
+        header_str(&headers, "x-original-routing-key"),
+        Some("order.status_changed.registered")
+    );
+    assert_eq!(Envelope::from_slice(&dead.delivery.data).unwrap(), envelope);
+    assert_eq!(
+        recorder.calls.load(Ordering::SeqCst),
+        3,
+        "first attempt and two retries"
+    );
+    testkit::wait::until(
+        "the handler to hear of it",
+        Duration::from_secs(5),
+        || async { (recorder.dead_letters.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await;
+    assert!(applied(&setup.pool).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_an_envelope_is_dead_lettered_at_once() {
+    let setup = setup().await;
+    let id = Uuid::now_v7();
+    publish_raw(
+        &setup.broker,
+        id,
+        "order.created",
+        b"{\"this\": \"is not an envelope\"",
+    )
+    .await;
+    let recorder = Recorder::failing(0);
+    consume(&setup, recorder.clone());
+
+    let dead = take(
+        &setup.broker,
+        &setup.broker.names().dead_letter_queue("crm.orders"),
+    )
+    .await
+    .expect("the poison message is dead-lettered");
+    let headers = dead.delivery.properties.headers().clone().unwrap();
+    assert_eq!(
+        header_str(&headers, "x-error-code"),
+        Some("message_malformed")
+    );
+    assert!(
+        header_str(&headers, "x-error-message")
+            .unwrap()
+            .contains("not a valid envelope")
+    );
+    assert_eq!(
+        recorder.calls.load(Ordering::SeqCst),
+        0,
+        "never handed to the handler"
+    );
+}
+
+#[tokio::test]
+async fn an_unroutable_message_is_an_error_not_silence() {
+    let setup = setup().await;
+    let publisher = Publisher::open(&setup.broker).await.unwrap();
+    let result = publisher
+        .publish(
+            &setup.broker.names().orders_exchange(),
+            "nobody.listens.here",
+            Outgoing {
+                message_id: Uuid::now_v7(),
+                kind: "order.nothing",
+                body: b"{}",
+                headers: FieldTable::default(),
+                occurred_at: Utc::now(),
+            },
+        )
+        .await;
+    assert!(
+        matches!(result, Err(PublishError::Unroutable { .. })),
+        "{result:?}"
+    );
+}

@@ -1,0 +1,517 @@
+//! The order status machine as each service persists it.
+//!
+//! Every service keeps, in the `orderbook` schema of its own database, the current status of the
+//! orders it knows and their history. Two ways to move an order, matching the two rules of
+//! [`domain::status`]:
+//!
+//! * [`OrderBook::transition`]: the service *owns* the move. It is checked against the status
+//!   machine, written with its history row, and announced as `order.status_changed` through the
+//!   outbox, all in the caller's transaction. It runs in an `order.transition` span carrying
+//!   `order.status.from`, `order.status.to` and `order.stage`, the spans order-watch follows.
+//! * [`OrderBook::observe`]: another service made the move; the local projection follows only if
+//!   it is a step forward, so late, repeated and reordered events are harmless.
+//!
+//! The row also keeps the trace context of the last work done on the order here, so work a person
+//! starts later (confirming a price, a production step) can link its new trace to the old one.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use domain::events::{Envelope, Event, Reason, StatusChanged};
+use domain::pricing::Quote;
+use domain::{OrderStatus, TransitionError};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TraceContextExt;
+use serde::Serialize;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::{PgConnection, PgPool, Row};
+use telemetry::attr;
+use telemetry::db::Traced;
+use telemetry::metrics;
+use telemetry::propagation::{from_carrier, to_carrier};
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use uuid::Uuid;
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Creates or upgrades the `orderbook` schema and the `messaging` schema it writes to (outbox,
+/// inbox), each with its own migration history.
+pub async fn install_schema(pool: &PgPool) -> Result<(), MigrateError> {
+    messaging::install_schema(pool).await?;
+    platform::db::migrate_schema(pool, "orderbook", &MIGRATOR).await
+}
+
+/// One step in an order's life as this service recorded it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    pub from: Option<OrderStatus>,
+    pub status: OrderStatus,
+    /// The service that made the move.
+    pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    pub at: DateTime<Utc>,
+}
+
+/// What this service knows about an order right now.
+#[derive(Debug, Clone)]
+pub struct Current {
+    pub status: OrderStatus,
+    pub idempotency_key: Option<String>,
+    /// The price, once the order was priced.
+    pub price: Option<Quote>,
+    /// Why it was rejected, failed or cancelled.
+    pub reason: Option<Reason>,
+    pub updated_at: DateTime<Utc>,
+    trace: HashMap<String, String>,
+}
+
+/// Why an owner's transition did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionFailure {
+    #[error("order {0} is not known here")]
+    NotFound(Uuid),
+    #[error(transparent)]
+    Illegal(#[from] TransitionError),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// A move an owner wants to make.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub to: OrderStatus,
+    /// Why, for `rejected`, `failed` and `cancelled`.
+    pub reason: Option<Reason>,
+    /// The price, for `priced`.
+    pub price: Option<Quote>,
+    /// When it happened, when that was before now (e.g. when a message was sent).
+    pub at: Option<DateTime<Utc>>,
+}
+
+impl Change {
+    pub fn to(to: OrderStatus) -> Self {
+        Self {
+            to,
+            reason: None,
+            price: None,
+            at: None,
+        }
+    }
+
+    pub fn at(mut self, at: DateTime<Utc>) -> Self {
+        self.at = Some(at);
+        self
+    }
+
+    pub fn with_reason(mut self, code: impl Into<String>, message: impl Into<String>) -> Self {
+        self.reason = Some(Reason {
+            code: code.into(),
+            message: message.into(),
+        });
+        self
+    }
+
+    pub fn with_price(mut self, price: Quote) -> Self {
+        self.price = Some(price);
+        self
+    }
+}
+
+/// What [`OrderBook::observe`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// The projection moved forward.
+    Applied,
+    /// The event was stale or repeated; nothing changed.
+    Ignored,
+    /// This service has never heard of the order.
+    Unknown,
+}
+
+/// The orderbook of one service.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderBook {
+    /// `service.name` of the owning service; written as `source` on events and history.
+    source: &'static str,
+}
+
+impl OrderBook {
+    pub const fn new(source: &'static str) -> Self {
+        Self { source }
+    }
+
+    /// Registers an order this service sees for the first time, in `status`, which `source` (a
+    /// `service.name`) gave it at `occurred_at`. Returns `false` (and changes nothing) when the
+    /// order is already known.
+    pub async fn open(
+        &self,
+        tx: &mut PgConnection,
+        order_id: Uuid,
+        status: OrderStatus,
+        idempotency_key: Option<&str>,
+        source: &str,
+        occurred_at: DateTime<Utc>,
+    ) -> Result<bool, sqlx::Error> {
+        let inserted = sqlx::query(
+            "INSERT INTO orderbook.orders (order_id, status, idempotency_key, trace) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(order_id)
+        .bind(status.as_str())
+        .bind(idempotency_key)
+        .bind(current_trace())
+        .execute(&mut *tx)
+        .db("INSERT", "orders")
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(false);
+        }
+        self.record_history(tx, order_id, None, status, source, None, occurred_at)
+            .await?;
+        Ok(true)
+    }
+
+    pub async fn get(
+        &self,
+        conn: &mut PgConnection,
+        order_id: Uuid,
+    ) -> Result<Option<Current>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT status, idempotency_key, price, reason, trace, updated_at \
+             FROM orderbook.orders WHERE order_id = $1",
+        )
+        .bind(order_id)
+        .fetch_optional(&mut *conn)
+        .db("SELECT", "orders")
+        .await?;
+        row.map(|row| current_from_row(&row)).transpose()
+    }
+
+    /// The order's history in the order this service recorded it.
+    pub async fn history(
+        &self,
+        conn: &mut PgConnection,
+        order_id: Uuid,
+    ) -> Result<Vec<HistoryEntry>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT from_status, to_status, source, reason_code, reason, occurred_at \
+             FROM orderbook.history WHERE order_id = $1 ORDER BY id",
+        )
+        .bind(order_id)
+        .fetch_all(&mut *conn)
+        .db("SELECT", "history")
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(HistoryEntry {
+                    from: row
+                        .get::<Option<String>, _>("from_status")
+                        .and_then(|s| s.parse().ok()),
+                    status: parse_status(row.get("to_status"))?,
+                    source: row.get("source"),
+                    reason: match (
+                        row.get::<Option<String>, _>("reason_code"),
+                        row.get::<Option<String>, _>("reason"),
+                    ) {
+                        (Some(code), Some(message)) => Some(Reason { code, message }),
+                        _ => None,
+                    },
+                    at: row.get("occurred_at"),
+                })
+            })
+            .collect()
+    }
+
+    /// Makes an owner's move: checks it, writes it and announces it, in the caller's transaction.
+    pub async fn transition(
+        &self,
+        tx: &mut PgConnection,
+        order_id: Uuid,
+        change: Change,
+    ) -> Result<StatusChanged, TransitionFailure> {
+        let span = tracing::info_span!(
+            "order.transition",
+            otel.name = %format_args!("order {}", change.to),
+            otel.status_code = Empty,
+            { attr::ORDER_STATUS_FROM } = Empty,
+            { attr::ORDER_STATUS_TO } = change.to.as_str(),
+            { attr::ORDER_STAGE } = change.to.stage().as_str(),
+            { attr::ORDER_IDEMPOTENCY_KEY } = Empty,
+            { attr::ERROR_CODE } = Empty,
+        );
+        let result = self
+            .transition_in_span(tx, order_id, change)
+            .instrument(span.clone())
+            .await;
+        if let Err(err) = &result {
+            span.record("otel.status_code", "ERROR");
+            let code = match err {
+                TransitionFailure::NotFound(_) => "order_not_found",
+                TransitionFailure::Illegal(_) => "illegal_transition",
+                TransitionFailure::Database(_) => "database_unavailable",
+            };
+            span.record(attr::ERROR_CODE, code);
+        }
+        result
+    }
+
+    async fn transition_in_span(
+        &self,
+        tx: &mut PgConnection,
+        order_id: Uuid,
+        change: Change,
+    ) -> Result<StatusChanged, TransitionFailure> {
+        let current = self
+            .lock(tx, order_id)
+            .await?
+            .ok_or(TransitionFailure::NotFound(order_id))?;
+        let span = Span::current();
+        span.record(attr::ORDER_STATUS_FROM, current.status.as_str());
+        if let Some(key) = &current.idempotency_key {
+            span.record(attr::ORDER_IDEMPOTENCY_KEY, key.as_str());
+        }
+        let to = current.status.transition(change.to)?;
+        let now = change.at.unwrap_or_else(Utc::now);
+        self.write_status(
+            tx,
+            order_id,
+            to,
+            change.price.as_ref(),
+            change.reason.as_ref(),
+        )
+        .await?;
+        self.record_history(
+            tx,
+            order_id,
+            Some(current.status),
+            to,
+            self.source,
+            change.reason.as_ref(),
+            now,
+        )
+        .await?;
+        let event = StatusChanged {
+            from: current.status,
+            to,
+            reason: change.reason,
+            price: change.price,
+        };
+        let envelope = Envelope::new(
+            order_id,
+            StatusChanged::idempotency_key(order_id, to),
+            self.source,
+            now,
+            Event::StatusChanged(event.clone()),
+        );
+        messaging::enqueue(tx, &envelope).await?;
+        metrics().status_transitions.add(
+            1,
+            &[
+                KeyValue::new("from", current.status.as_str()),
+                KeyValue::new("to", to.as_str()),
+            ],
+        );
+        tracing::info!(from = %current.status, to = %to, "order status changed");
+        Ok(event)
+    }
+
+    /// A transition a person asked for (a customer confirming, a manager shipping, a production
+    /// step). Such work starts a new trace, so the current span first links to the trace of the
+    /// order's previous work; then the move is made as in [`OrderBook::transition`].
+    pub async fn decide(
+        &self,
+        tx: &mut PgConnection,
+        order_id: Uuid,
+        change: Change,
+    ) -> Result<StatusChanged, TransitionFailure> {
+        let current = self
+            .get(tx, order_id)
+            .await?
+            .ok_or(TransitionFailure::NotFound(order_id))?;
+        current.link_current_span();
+        self.transition(tx, order_id, change).await
+    }
+
+    /// Follows another service's move when it is a step forward.
+    pub async fn observe(
+        &self,
+        tx: &mut PgConnection,
+        envelope: &Envelope,
+        change: &StatusChanged,
+    ) -> Result<Observed, sqlx::Error> {
+        let Some(current) = self.lock(tx, envelope.order_id).await? else {
+            return Ok(Observed::Unknown);
+        };
+        Span::current().set_attribute(attr::ORDER_STATUS, current.status.as_str());
+        if !OrderStatus::supersedes(change.to, current.status) {
+            return Ok(Observed::Ignored);
+        }
+        self.write_status(
+            tx,
+            envelope.order_id,
+            change.to,
+            change.price.as_ref(),
+            change.reason.as_ref(),
+        )
+        .await?;
+        self.record_history(
+            tx,
+            envelope.order_id,
+            Some(change.from),
+            change.to,
+            &envelope.source,
+            change.reason.as_ref(),
+            envelope.occurred_at,
+        )
+        .await?;
+        Span::current().set_attribute(attr::ORDER_STATUS, change.to.as_str());
+        Ok(Observed::Applied)
+    }
+
+    /// Locks the order's row until the end of the transaction, so that concurrent work on the
+    /// order waits.
+    pub async fn lock_order(
+        &self,
+        tx: &mut PgConnection,
+        order_id: Uuid,
+    ) -> Result<(), sqlx::Error> {
+        self.lock(tx, order_id).await.map(|_| ())
+    }
+
+    /// Stores the current span's context as the order's latest, for later links.
+    pub async fn remember_trace(
+        &self,
+        conn: &mut PgConnection,
+        order_id: Uuid,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE orderbook.orders SET trace = $2 WHERE order_id = $1")
+            .bind(order_id)
+            .bind(current_trace())
+            .execute(&mut *conn)
+            .db("UPDATE", "orders")
+            .await?;
+        Ok(())
+    }
+
+    async fn lock(
+        &self,
+        tx: &mut PgConnection,
+        order_id: Uuid,
+    ) -> Result<Option<Current>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT status, idempotency_key, price, reason, trace, updated_at \
+             FROM orderbook.orders WHERE order_id = $1 FOR UPDATE",
+        )
+        .bind(order_id)
+        .fetch_optional(&mut *tx)
+        .db("SELECT", "orders")
+        .await?;
+        row.map(|row| current_from_row(&row)).transpose()
+    }
+
+    /// Sets the status; a price or reason that comes with it is kept, earlier ones stay otherwise.
+    async fn write_status(
+        &self,
+        tx: &mut PgConnection,
+        order_id: Uuid,
+        status: OrderStatus,
+        price: Option<&Quote>,
+        reason: Option<&Reason>,
+    ) -> Result<(), sqlx::Error> {
+        let json = |v: serde_json::Result<serde_json::Value>| v.expect("plain data serializes");
+        sqlx::query(
+            "UPDATE orderbook.orders SET status = $2, trace = $3, \
+                 price = COALESCE($4, price), reason = COALESCE($5, reason), updated_at = now() \
+             WHERE order_id = $1",
+        )
+        .bind(order_id)
+        .bind(status.as_str())
+        .bind(current_trace())
+        .bind(price.map(|p| json(serde_json::to_value(p))))
+        .bind(reason.map(|r| json(serde_json::to_value(r))))
+        .execute(&mut *tx)
+        .db("UPDATE", "orders")
+        .await?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record_history(
+        &self,
+        tx: &mut PgConnection,
+        order_id: Uuid,
+        from: Option<OrderStatus>,
+        to: OrderStatus,
+        source: &str,
+        reason: Option<&Reason>,
+        occurred_at: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO orderbook.history \
+             (order_id, from_status, to_status, source, reason_code, reason, occurred_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(order_id)
+        .bind(from.map(OrderStatus::as_str))
+        .bind(to.as_str())
+        .bind(source)
+        .bind(reason.map(|r| r.code.as_str()))
+        .bind(reason.map(|r| r.message.as_str()))
+        .bind(occurred_at)
+        .execute(&mut *tx)
+        .db("INSERT", "history")
+        .await?;
+        Ok(())
+    }
+}
+
+impl Current {
+    /// Adds a link from the current span to the trace of the last work on this order: the join
+    /// between a new trace started by a person and the order's earlier traces.
+    pub fn link_current_span(&self) {
+        let previous = from_carrier(&self.trace);
+        let previous = previous.span().span_context().clone();
+        if previous.is_valid() {
+            Span::current().add_link(previous);
+        }
+    }
+}
+
+fn current_trace() -> serde_json::Value {
+    serde_json::to_value(to_carrier(&Span::current().context()))
+        .expect("a string map always serializes")
+}
+
+fn parse_status(text: String) -> Result<OrderStatus, sqlx::Error> {
+    text.parse()
+        .map_err(|err| sqlx::Error::Decode(Box::new(err)))
+}
+
+fn current_from_row(row: &sqlx::postgres::PgRow) -> Result<Current, sqlx::Error> {
+    let price: Option<serde_json::Value> = row.get("price");
+    let reason: Option<serde_json::Value> = row.get("reason");
+    Ok(Current {
+        status: parse_status(row.get("status"))?,
+        idempotency_key: row.get("idempotency_key"),
+        price: price.and_then(|p| serde_json::from_value(p).ok()),
+        reason: reason.and_then(|r| serde_json::from_value(r).ok()),
+        updated_at: row.get("updated_at"),
+        trace: serde_json::from_value(row.get("trace")).unwrap_or_default(),
+    })
+}
+
+impl From<TransitionFailure> for platform::error::ApiError {
+    fn from(err: TransitionFailure) -> Self {
+        match err {
+            TransitionFailure::NotFound(id) => Self::order_not_found(id),
+            TransitionFailure::Illegal(err) => {
+                Self::conflict("illegal_transition", err.to_string())
+            }
+            TransitionFailure::Database(err) => err.into(),
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The service's PostgreSQL pool.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+use tokio_util::sync::CancellationToken;
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `postgres://user@host:port/database`.
+    pub url: String,
+    /// Upper bound of pooled connections.
+    pub max_connections: u32,
+}
+
+impl DatabaseConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 10,
+        }
+    }
+}
+
+/// Connects, retrying every second until the database answers or `cancel` fires, and records the
+/// database name for `db.namespace` on spans.
+pub async fn connect(
+    config: &DatabaseConfig,
+    cancel: &CancellationToken,
+) -> Result<PgPool, sqlx::Error> {
+    let options: PgConnectOptions = config
+        .url
+        .parse::<PgConnectOptions>()?
+        .log_statements(tracing::log::LevelFilter::Debug)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+    if let Some(database) = options.get_database() {
+        telemetry::db::set_namespace(database);
+    }
+    loop {
+        let attempt = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.clone())
+            .await;
+        match attempt {
+            Ok(pool) => return Ok(pool),
+            Err(err) if is_unavailable(&err) => {
+                tracing::warn!(error = %err, "database unavailable, retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(err),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Whether an error means "try again later" (the server is down or restarting) rather than a
+/// configuration mistake such as a wrong password or a missing database.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            // admin_shutdown, crash_shutdown, cannot_connect_now
+            Some("57P01" | "57P02" | "57P03")
+        ),
+        _ => false,
+    }
+}
+
+/// Whether an error is a unique-constraint violation, optionally on a named constraint.
+pub fn is_unique_violation(err: &sqlx::Error, constraint: Option<&str>) -> bool {
+    match err {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+            constraint.is_none() || db.constraint() == constraint
+        }
+        _ => false,
+    }
+}
+
+/// Runs `migrator` inside the PostgreSQL schema `schema` (created if missing), keeping that
+/// component's migration history in the schema too, so components sharing one database never
+/// see each other's migrations.
+pub async fn migrate_schema(
+    pool: &PgPool,
+    schema: &str,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(&format!("SET search_path TO \"{schema}\""))
+        .execute(&mut *conn)
+        .await?;
+    let result = migrator.run(&mut *conn).await;
+    sqlx::query("RESET search_path").execute(&mut *conn).await?;
+    result
+}

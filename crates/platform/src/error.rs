@@ -1,0 +1,176 @@
+//! The JSON error body every Hallmark HTTP API answers with.
+//!
+//! ```json
+//! {"error": {"code": "unknown_material", "message": "…", "trace_id": "4bf9…"}}
+//! ```
+//!
+//! `code` is stable and machine-readable; `message` says what to do about it. `trace_id` lets
+//! support find the request's trace. A 5xx never carries internal details: those go to the log
+//! and the span, and the body says only that something failed on our side.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use opentelemetry::trace::TraceContextExt;
+use serde::Serialize;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+#[derive(Debug, Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<String>,
+}
+
+/// The trace id of the current span, when there is one.
+pub fn current_trace_id() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let span_context = cx.span().span_context().clone();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+/// A JSON error response. For a 5xx, pass a generic message and log the cause yourself.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = Body {
+        error: Detail {
+            code,
+            message,
+            trace_id: current_trace_id(),
+        },
+    };
+    (status, Json(body)).into_response()
+}
+
+/// The message every 5xx body carries instead of its cause.
+pub const INTERNAL_MESSAGE: &str =
+    "something went wrong on our side; nothing you sent was lost, please retry later";
+
+/// Marks the current span failed and logs the cause of a 5xx, then answers without details.
+pub fn internal_error(err: &dyn std::fmt::Display) -> Response {
+    let span = tracing::Span::current();
+    span.record("otel.status_code", "ERROR");
+    tracing::error!(error = %err, "request failed");
+    error_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        INTERNAL_MESSAGE,
+    )
+}
+
+/// The answer for a request that matched no route.
+pub async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// A 503 for a dependency that is down: the cause goes to the log and span, the body says to retry.
+pub fn unavailable(code: &str, cause: &dyn std::fmt::Display) -> Response {
+    let span = tracing::Span::current();
+    span.record("otel.status_code", "ERROR");
+    tracing::warn!(code, error = %cause, "dependency unavailable");
+    let mut response = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        code,
+        "a service we depend on is unavailable; nothing was stored, please retry shortly",
+    );
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("5"),
+    );
+    response
+}
+
+/// The error every Hallmark HTTP handler returns. 4xx variants say what to fix, with a stable
+/// code; 5xx variants keep their cause out of the body.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed request: bad JSON, a missing part, a bad header or path.
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    /// Well-formed but unacceptable content (unknown material, not an STL, a reused key).
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
+    #[error("{message}")]
+    NotFound { code: &'static str, message: String },
+    /// The request conflicts with the resource's state (e.g. an illegal status transition).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("the upload is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    /// A dependency (database, object storage, broker) is down; the client may retry.
+    #[error("{code}: {cause}")]
+    Unavailable { code: &'static str, cause: String },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Unprocessable {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn order_not_found(order_id: uuid::Uuid) -> Self {
+        Self::NotFound {
+            code: "order_not_found",
+            message: format!("order {order_id} does not exist"),
+        }
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        if crate::db::is_unavailable(&err) {
+            Self::Unavailable {
+                code: "database_unavailable",
+                cause: err.to_string(),
+            }
+        } else {
+            Self::Internal(err.into())
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        match self {
+            Self::BadRequest { code, .. } => {
+                error_response(StatusCode::BAD_REQUEST, code, &message)
+            }
+            Self::Unprocessable { code, .. } => {
+                error_response(StatusCode::UNPROCESSABLE_ENTITY, code, &message)
+            }
+            Self::NotFound { code, .. } => error_response(StatusCode::NOT_FOUND, code, &message),
+            Self::Conflict { code, .. } => error_response(StatusCode::CONFLICT, code, &message),
+            Self::TooLarge { .. } => {
+                error_response(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &message)
+            }
+            Self::Unavailable { code, cause } => unavailable(code, &cause),
+            Self::Internal(err) => internal_error(&format!("{err:#}")),
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Where uploaded models live: the local filesystem by default, any S3-compatible server when a
+//! bucket is configured. The same code runs on both through the `object_store` crate, which also
+//! retries transient S3 failures with back-off.
+//!
+//! Every call is a CLIENT span (`S3.PutObject`, `S3.GetObject`, … or `filesystem.put`, …) with the
+//! bucket, key and size, a child of the request or message that caused it, so it carries the
+//! order id too.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use crate::env::{self, ConfigError};
+
+/// Which backend, and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageConfig {
+    /// Objects are files under `root`. Env: `HALLMARK_STORAGE_DIR` (default `.hallmark/objects`).
+    Filesystem { root: PathBuf },
+    /// An S3-compatible server. Chosen when `HALLMARK_S3_BUCKET` is set.
+    S3 {
+        /// Env: `HALLMARK_S3_BUCKET`.
+        bucket: String,
+        /// e.g. `http://127.0.0.1:9000` for a local server; AWS when unset.
+        /// Env: `HALLMARK_S3_ENDPOINT`.
+        endpoint: Option<String>,
+        /// Env: `HALLMARK_S3_REGION` (default `us-east-1`).
+        region: String,
+        /// Env: `HALLMARK_S3_ACCESS_KEY_ID`; when unset, the usual `AWS_*` variables apply.
+        access_key_id: Option<String>,
+        /// Env: `HALLMARK_S3_SECRET_ACCESS_KEY`.
+        secret_access_key: Option<String>,
+    },
+}
+
+impl StorageConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        match env::optional("HALLMARK_S3_BUCKET") {
+            Some(bucket) => Ok(Self::S3 {
+                bucket,
+                endpoint: env::optional("HALLMARK_S3_ENDPOINT"),
+                region: env::string("HALLMARK_S3_REGION", "us-east-1"),
+                access_key_id: env::optional("HALLMARK_S3_ACCESS_KEY_ID"),
+                secret_access_key: env::optional("HALLMARK_S3_SECRET_ACCESS_KEY"),
+            }),
+            None => Ok(Self::Filesystem {
+                root: PathBuf::from(env::string("HALLMARK_STORAGE_DIR", ".hallmark/objects")),
+            }),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object `{0}` does not exist")]
+    NotFound(String),
+    #[error("object storage failed: {0}")]
+    Backend(#[from] object_store::Error),
+    #[error("cannot prepare the storage directory {path}: {source}")]
+    Directory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The object store plus what spans need to describe it. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ObjectStorage {
+    store: Arc<dyn ObjectStore>,
+    backend: &'static str,
+    bucket: String,
+}
+
+impl ObjectStorage {
+    pub fn new(config: &StorageConfig) -> Result<Self, StorageError> {
+        match config {
+            StorageConfig::Filesystem { root } => {
+                std::fs::create_dir_all(root).map_err(|source| StorageError::Directory {
+                    path: root.clone(),
+                    source,
+                })?;
+                Ok(Self {
+                    store: Arc::new(LocalFileSystem::new_with_prefix(root)?),
+                    backend: "filesystem",
+                    bucket: root.display().to_string(),
+                })
+            }
+            StorageConfig::S3 {
+                bucket,
+                endpoint,
+                region,
+                access_key_id,
+                secret_access_key,
+            } => {
+                let mut builder = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_region(region);
+                if let Some(endpoint) = endpoint {
+                    builder = builder
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"))
+                        .with_virtual_hosted_style_request(false);
+                }
+                if let Some(key) = access_key_id {
+                    builder = builder.with_access_key_id(key);
+                }
+                if let Some(secret) = secret_access_key {
+                    builder = builder.with_secret_access_key(secret);
+                }
+                Ok(Self {
+                    store: Arc::new(builder.build()?),
+                    backend: "s3",
+                    bucket: bucket.clone(),
+                })
+            }
+        }
+    }
+
+    /// `s3` or `filesystem`.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    fn span(&self, s3_method: &'static str, fs_method: &'static str, key: &str) -> tracing::Span {
+        let name = if self.backend == "s3" {
+            format!("S3.{s3_method}")
+        } else {
+            format!("filesystem.{fs_method}")
+        };
+        tracing::info_span!(
+            "storage.client",
+            otel.name = %name,
+            otel.kind = "client",
+            otel.status_code = Empty,
+            error.type = Empty,
+            rpc.system = if self.backend == "s3" { "aws-api" } else { "filesystem" },
+            rpc.method = s3_method,
+            aws.s3.bucket = %self.bucket,
+            aws.s3.key = key,
+            hallmark.storage.backend = self.backend,
+            hallmark.storage.size_bytes = Empty,
+        )
+    }
+
+    fn fail(span: &tracing::Span, err: &dyn std::fmt::Display) {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", "storage");
+        tracing::warn!(parent: span, error = %err, "object storage call failed");
+    }
+
+    /// Stores `bytes` under `key`, replacing what was there. Atomic: readers see the old object
+    /// or the whole new one.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
+        let span = self.span("PutObject", "put", key);
+        span.record("hallmark.storage.size_bytes", bytes.len());
+        let result = self
+            .store
+            .put(&Path::from(key), PutPayload::from_bytes(bytes))
+            .instrument(span.clone())
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                Self::fail(&span, &err);
+                Err(err.into())
+            }
+        }
+    }
+
+    /// The whole object under `key`.
+    pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
+        let span = self.span("GetObject", "get", key);
+        let result = async { self.store.get(&Path::from(key)).await?.bytes().await }
+            .instrument(span.clone())
+            .await;
+        match result {
+            Ok(bytes) => {
+                span.record("hallmark.storage.size_bytes", bytes.len());
+                Ok(bytes)
+            }
+            Err(object_store::Error::NotFound { .. }) => {
+                Self::fail(&span, &"not found");
+                Err(StorageError::NotFound(key.to_owned()))
+            }
+            Err(err) => {
+                Self::fail(&span, &err);
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Removes `key`; a missing object is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let span = self.span("DeleteObject", "delete", key);
+        match self
+            .store
+            .delete(&Path::from(key))
+            .instrument(span.clone())
+            .await
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(err) => {
+                Self::fail(&span, &err);
+                Err(err.into())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_filesystem_backend_stores_reads_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = ObjectStorage::new(&StorageConfig::Filesystem {
+            root: dir.path().join("objects"),
+        })
+        .unwrap();
+        storage
+            .put("models/a/ring.stl", Bytes::from_static(b"solid x"))
+            .await
+            .unwrap();
+        assert_eq!(
+            storage.get("models/a/ring.stl").await.unwrap(),
+            Bytes::from_static(b"solid x")
+        );
+        storage.delete("models/a/ring.stl").await.unwrap();
+        assert!(matches!(
+            storage.get("models/a/ring.stl").await,
+            Err(StorageError::NotFound(_))
+        ));
+        storage.delete("models/a/ring.stl").await.unwrap();
+    }
+}
