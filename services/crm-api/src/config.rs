@@ -1,0 +1,32 @@
+//! CRM API settings, all from the environment.
+
+use messaging::BrokerConfig;
+use platform::db::DatabaseConfig;
+use platform::env;
+
+/// Everything CRM needs to run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Interface to listen on. Env: `CRM_HOST` (default `127.0.0.1`).
+    pub host: String,
+    /// Port to listen on; 0 picks a free one. Env: `CRM_PORT` (default 8082).
+    pub port: u16,
+    /// Env: `CRM_DATABASE_URL` (default `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_crm`).
+    pub database: DatabaseConfig,
+    /// Env: `HALLMARK_AMQP_*` (see `messaging::BrokerConfig`).
+    pub broker: BrokerConfig,
+}
+
+impl Settings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            host: env::string("CRM_HOST", "127.0.0.1"),
+            port: env::parse("CRM_PORT", 8082)?,
+            database: DatabaseConfig::new(env::string(
+                "CRM_DATABASE_URL",
+                "postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_crm",
+            )),
+            broker: BrokerConfig::from_env()?,
+        })
+    }
+}

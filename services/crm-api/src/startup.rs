@@ -1,0 +1,109 @@
+//! Builds the CRM API from its settings and runs it until shutdown.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use messaging::topology::CRM_ORDERS;
+use messaging::{Broker, ConsumerConfig, OutboxRelay, RelayConfig};
+use orderbook::OrderBook;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::events::Registrar;
+use crate::{SERVICE_NAME, orders};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Request bodies here are small JSON documents.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// What request handlers share.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub pool: PgPool,
+    pub orderbook: OrderBook,
+}
+
+/// A built CRM API, listening but not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    state: AppState,
+    broker: Broker,
+    cancel: CancellationToken,
+}
+
+impl Application {
+    /// Connects to the database (waiting for it), migrates and binds the port.
+    pub async fn build(settings: Settings, cancel: CancellationToken) -> anyhow::Result<Self> {
+        let pool = platform::db::connect(&settings.database, &cancel)
+            .await
+            .context("cannot connect to the CRM database")?;
+        orderbook::install_schema(&pool).await?;
+        MIGRATOR.run(&pool).await?;
+        let (listener, port) = platform::server::bind(&settings.host, settings.port).await?;
+        Ok(Self {
+            listener,
+            port,
+            state: AppState {
+                pool,
+                orderbook: OrderBook::new(SERVICE_NAME),
+            },
+            broker: Broker::new(settings.broker, SERVICE_NAME),
+            cancel,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves HTTP, registers orders and relays the outbox until the cancellation token fires;
+    /// then finishes the work in progress and returns.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            port,
+            state,
+            broker,
+            cancel,
+        } = self;
+        let mut tasks = JoinSet::new();
+        let relay = OutboxRelay::new(
+            state.pool.clone(),
+            broker.clone(),
+            (),
+            RelayConfig::default(),
+        );
+        tasks.spawn(relay.run(cancel.clone()));
+        let registrar = Arc::new(Registrar {
+            orderbook: state.orderbook,
+        });
+        // One at a time: order.created must be applied before the status changes that follow it.
+        let queue = ConsumerConfig {
+            queue: CRM_ORDERS,
+            concurrency: 1,
+        };
+        tasks.spawn(messaging::consumer::run(
+            state.pool.clone(),
+            broker.clone(),
+            registrar,
+            queue,
+            cancel.clone(),
+        ));
+
+        let pool = state.pool.clone();
+        let router =
+            platform::server::with_standard_routes(orders::router(), BODY_LIMIT).with_state(state);
+        tracing::info!(port, "crm-api listening");
+        let result = platform::server::serve_with_tasks(listener, router, tasks, cancel).await;
+        broker.close().await;
+        pool.close().await;
+        tracing::info!("crm-api stopped");
+        result
+    }
+}

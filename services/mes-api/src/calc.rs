@@ -1,0 +1,408 @@
+//! Price calculations: the durable job queue, the workers, and the wrapper around the calc engine.
+//!
+//! A job is queued (in the same transaction as `registered → pricing`) when MES accepts a price
+//! request. Workers claim due jobs with `FOR UPDATE SKIP LOCKED` and a lease, so several workers
+//! and MES replicas share the queue and a job whose worker died is picked up again when its lease
+//! runs out. Each attempt:
+//!
+//! 1. reads the model from object storage,
+//! 2. runs `mes-calc` with the model on stdin and the trace context in `TRACEPARENT`/`TRACESTATE`
+//!    (so the engine's own spans join the order's trace),
+//! 3. makes the order `priced` (with the quote) or `rejected` (with the engine's reason).
+//!
+//! An engine that crashes, hangs past its timeout or cannot get the model is retried with
+//! back-off; after the last attempt the order is `failed` with the reason, never left hanging.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use domain::{Material, OrderStatus};
+use mes_calc::protocol::{self, Output};
+use opentelemetry::KeyValue;
+use orderbook::{Change, OrderBook, TransitionFailure};
+use platform::storage::ObjectStorage;
+use sqlx::{PgConnection, PgPool, Row};
+use telemetry::attr;
+use telemetry::db::Traced;
+use telemetry::metrics;
+use telemetry::propagation::{from_carrier, to_carrier, to_env, with_order};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use uuid::Uuid;
+
+use crate::config::CalcSettings;
+
+/// What one run of the engine produced.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    Priced(domain::pricing::Quote),
+    Rejected { code: String, message: String },
+}
+
+/// Why a run produced nothing usable; worth another attempt.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RunError {
+    #[error("cannot start the calc engine {binary}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the calc engine did not finish within {0:?}")]
+    Timeout(Duration),
+    #[error("the calc engine exited with {status}: {stderr}")]
+    Crashed { status: String, stderr: String },
+    #[error("the calc engine answered something unreadable: {0}")]
+    BadOutput(String),
+    #[error("cannot read the model: {0}")]
+    Model(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// The calc engine as a child process.
+#[derive(Debug, Clone)]
+pub(crate) struct CalcEngine {
+    binary: PathBuf,
+    timeout: Duration,
+}
+
+impl CalcEngine {
+    pub fn new(binary: PathBuf, timeout: Duration) -> Self {
+        Self { binary, timeout }
+    }
+
+    /// Runs the engine on `model` inside a CLIENT span around the process.
+    pub async fn run(&self, material: Material, model: Bytes) -> Result<Verdict, RunError> {
+        let span = tracing::info_span!(
+            "calc.engine",
+            otel.name = "mes-calc run",
+            otel.kind = "client",
+            otel.status_code = Empty,
+            error.type = Empty,
+            process.command = "mes-calc",
+            process.pid = Empty,
+            process.exit.code = Empty,
+            { attr::ORDER_MATERIAL } = material.as_str(),
+        );
+        let result = self
+            .run_process(material, model)
+            .instrument(span.clone())
+            .await;
+        if let Err(err) = &result {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", run_error_type(err));
+            tracing::warn!(parent: &span, error = %err, "calc engine run failed");
+        }
+        result
+    }
+
+    async fn run_process(&self, material: Material, model: Bytes) -> Result<Verdict, RunError> {
+        let span = Span::current();
+        let mut child = tokio::process::Command::new(&self.binary)
+            .arg("--material")
+            .arg(material.as_str())
+            .envs(to_env(&span.context()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| RunError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            })?;
+        if let Some(pid) = child.id() {
+            span.record("process.pid", pid);
+        }
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let feed = async move {
+            // A broken pipe means the engine stopped reading; its exit status tells why.
+            let _ = stdin.write_all(&model).await;
+            drop(stdin);
+        };
+        let run = async {
+            let (_, output) = tokio::join!(feed, child.wait_with_output());
+            output
+        };
+        let output = tokio::time::timeout(self.timeout, run)
+            .await
+            .map_err(|_| RunError::Timeout(self.timeout))??;
+        if let Some(code) = output.status.code() {
+            span.record("process.exit.code", code);
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        match output.status.code() {
+            Some(protocol::EXIT_PRICED) | Some(protocol::EXIT_REJECTED) => {
+                match serde_json::from_str::<Output>(stdout.trim()) {
+                    Ok(Output::Priced { quote, .. }) => Ok(Verdict::Priced(quote)),
+                    Ok(Output::Rejected { code, message }) => {
+                        Ok(Verdict::Rejected { code, message })
+                    }
+                    Err(err) => Err(RunError::BadOutput(format!("{err}: {}", tail(&stdout)))),
+                }
+            }
+            _ => Err(RunError::Crashed {
+                status: output.status.to_string(),
+                stderr: tail(&String::from_utf8_lossy(&output.stderr)),
+            }),
+        }
+    }
+}
+
+fn run_error_type(err: &RunError) -> &'static str {
+    match err {
+        RunError::Spawn { .. } => "spawn_failed",
+        RunError::Timeout(_) => "timeout",
+        RunError::Crashed { .. } => "crashed",
+        RunError::BadOutput(_) => "bad_output",
+        RunError::Model(_) => "model_unavailable",
+        RunError::Io(_) => "io",
+    }
+}
+
+/// The last few hundred characters of a process's output, for an error message.
+fn tail(text: &str) -> String {
+    let text = text.trim();
+    let start = text
+        .char_indices()
+        .rev()
+        .nth(400)
+        .map_or(0, |(index, _)| index);
+    text[start..].to_owned()
+}
+
+/// Queues the price calculation of an order, in the caller's transaction.
+pub(crate) async fn enqueue(tx: &mut PgConnection, order_id: Uuid) -> Result<(), sqlx::Error> {
+    let trace = serde_json::to_value(to_carrier(&Span::current().context()))
+        .expect("a string map always serializes");
+    sqlx::query(
+        "INSERT INTO calc_jobs (order_id, state, trace) VALUES ($1, 'pending', $2) \
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(trace)
+    .execute(&mut *tx)
+    .db("INSERT", "calc_jobs")
+    .await?;
+    Ok(())
+}
+
+/// Drops a calculation that has not started, e.g. because the order was cancelled.
+pub(crate) async fn cancel(tx: &mut PgConnection, order_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE calc_jobs SET state = 'cancelled', updated_at = now() \
+         WHERE order_id = $1 AND state = 'pending'",
+    )
+    .bind(order_id)
+    .execute(&mut *tx)
+    .db("UPDATE", "calc_jobs")
+    .await?;
+    Ok(())
+}
+
+/// A claimed job.
+struct Job {
+    order_id: Uuid,
+    attempt: i32,
+    material: Material,
+    model_key: String,
+    trace: std::collections::HashMap<String, String>,
+}
+
+/// Claims due jobs and runs them until cancelled.
+pub(crate) struct Worker {
+    pub pool: PgPool,
+    pub storage: ObjectStorage,
+    pub orderbook: OrderBook,
+    pub engine: CalcEngine,
+    pub settings: CalcSettings,
+    pub wake: Arc<Notify>,
+}
+
+/// How often an idle worker looks for due jobs (retries become due without a wake-up).
+const POLL: Duration = Duration::from_secs(1);
+
+impl Worker {
+    pub async fn run(self, cancel: CancellationToken) {
+        while !cancel.is_cancelled() {
+            match self.claim().await {
+                Ok(Some(job)) => self.process(job).await,
+                Ok(None) => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(POLL) => {}
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot claim a calc job, retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = tokio::time::sleep(POLL) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn claim(&self) -> Result<Option<Job>, sqlx::Error> {
+        let lease = self.settings.timeout + Duration::from_secs(30);
+        let row = sqlx::query(
+            "UPDATE calc_jobs j SET state = 'running', attempts = attempts + 1, \
+                 lease_until = now() + $1, updated_at = now() \
+             FROM orders o \
+             WHERE j.order_id = o.id AND j.order_id = ( \
+                 SELECT order_id FROM calc_jobs \
+                 WHERE (state = 'pending' AND not_before <= now()) \
+                    OR (state = 'running' AND lease_until < now()) \
+                 ORDER BY not_before LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             RETURNING j.order_id, j.attempts, j.trace, o.material, o.model_key",
+        )
+        .bind(lease)
+        .fetch_optional(&self.pool)
+        .db("UPDATE", "calc_jobs")
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let material: String = row.get("material");
+        Ok(Some(Job {
+            order_id: row.get("order_id"),
+            attempt: row.get("attempts"),
+            material: material
+                .parse()
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            model_key: row.get("model_key"),
+            trace: serde_json::from_value(row.get("trace")).unwrap_or_default(),
+        }))
+    }
+
+    async fn process(&self, job: Job) {
+        let span = tracing::info_span!(
+            "calc.price",
+            otel.name = "price model",
+            otel.status_code = Empty,
+            { attr::ORDER_MATERIAL } = job.material.as_str(),
+            { attr::RETRY_COUNT } = job.attempt - 1,
+            { attr::ERROR_CODE } = Empty,
+        );
+        let _ = span.set_parent(with_order(&from_carrier(&job.trace), job.order_id));
+        let started = Instant::now();
+        let outcome = async {
+            let model = self
+                .storage
+                .get(&job.model_key)
+                .await
+                .map_err(|e| RunError::Model(e.to_string()))?;
+            self.engine.run(job.material, model).await
+        }
+        .instrument(span.clone())
+        .await;
+        let label = match &outcome {
+            Ok(Verdict::Priced(_)) => "priced",
+            Ok(Verdict::Rejected { .. }) => "rejected",
+            Err(_) => "failed",
+        };
+        metrics().price_calculation.record(
+            started.elapsed().as_secs_f64(),
+            &[
+                KeyValue::new("material", job.material.as_str()),
+                KeyValue::new("outcome", label),
+            ],
+        );
+        if let Err(err) = self.settle(&job, outcome).instrument(span.clone()).await {
+            span.record("otel.status_code", "ERROR");
+            tracing::warn!(parent: &span, error = %err, "cannot record a calc result; the job will run again when its lease ends");
+        }
+    }
+
+    /// Records the attempt's outcome: a status change, a retry, or the final failure.
+    async fn settle(
+        &self,
+        job: &Job,
+        outcome: Result<Verdict, RunError>,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let (change, job_state) = match outcome {
+            Ok(Verdict::Priced(quote)) => (
+                Some(Change::to(OrderStatus::Priced).with_price(quote)),
+                "done",
+            ),
+            Ok(Verdict::Rejected { code, message }) => {
+                Span::current().record(attr::ERROR_CODE, code.as_str());
+                (
+                    Some(Change::to(OrderStatus::Rejected).with_reason(code, message)),
+                    "done",
+                )
+            }
+            Err(err) if job.attempt < self.settings.max_attempts => {
+                let delay = self.settings.retry_delay * 2u32.pow((job.attempt - 1).max(0) as u32);
+                Span::current().record(attr::ERROR_CODE, run_error_type(&err));
+                metrics().record_failure("price", "pricing", run_error_type(&err));
+                sqlx::query(
+                    "UPDATE calc_jobs SET state = 'pending', not_before = now() + $2, \
+                         last_error = $3, lease_until = NULL, updated_at = now() \
+                     WHERE order_id = $1",
+                )
+                .bind(job.order_id)
+                .bind(delay)
+                .bind(err.to_string())
+                .execute(&mut *tx)
+                .db("UPDATE", "calc_jobs")
+                .await?;
+                tx.commit().await?;
+                tracing::warn!(error = %err, attempt = job.attempt, delay_ms = delay.as_millis() as u64, "price calculation failed, retrying later");
+                return Ok(());
+            }
+            Err(err) => {
+                Span::current().record(attr::ERROR_CODE, "calc_engine_failed");
+                metrics().record_failure("price", "pricing", run_error_type(&err));
+                let message = format!(
+                    "the price could not be calculated after {} attempts; the workshop has been notified ({err})",
+                    job.attempt
+                );
+                (
+                    Some(
+                        Change::to(OrderStatus::Failed).with_reason("calc_engine_failed", message),
+                    ),
+                    "failed",
+                )
+            }
+        };
+        let mut final_state = job_state;
+        if let Some(change) = change {
+            match self
+                .orderbook
+                .transition(&mut tx, job.order_id, change)
+                .await
+            {
+                Ok(_) => {}
+                // The order moved on without us (e.g. it was cancelled while being priced).
+                Err(TransitionFailure::Illegal(err)) => {
+                    tracing::info!(error = %err, "price result discarded");
+                    final_state = "cancelled";
+                }
+                Err(TransitionFailure::NotFound(_)) => final_state = "cancelled",
+                Err(TransitionFailure::Database(err)) => return Err(err),
+            }
+        }
+        sqlx::query(
+            "UPDATE calc_jobs SET state = $2, lease_until = NULL, updated_at = now() \
+             WHERE order_id = $1",
+        )
+        .bind(job.order_id)
+        .bind(final_state)
+        .execute(&mut *tx)
+        .db("UPDATE", "calc_jobs")
+        .await?;
+        tx.commit().await
+    }
+}

@@ -1,0 +1,162 @@
+//! MES's consumers: `mes.pricing` queues price calculations, `mes.production` follows the
+//! customer's confirmation or cancellation.
+
+use std::sync::Arc;
+
+use domain::OrderStatus;
+use domain::events::{Envelope, Event, PricingRequested};
+use messaging::{Handler, HandlerError, Incoming};
+use orderbook::{Change, Observed, OrderBook};
+use sqlx::PgConnection;
+use telemetry::attr;
+use telemetry::db::Traced;
+use tokio::sync::Notify;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::calc;
+
+/// Accepts price requests: `registered → pricing` and a queued calculation, in one transaction.
+pub(crate) struct PricingIntake {
+    pub orderbook: OrderBook,
+    /// Wakes a calc worker once the job is committed.
+    pub wake: Arc<Notify>,
+}
+
+impl Handler for PricingIntake {
+    async fn handle(&self, tx: &mut PgConnection, message: &Incoming) -> Result<(), HandlerError> {
+        let Event::PricingRequested(request) = &message.envelope.data else {
+            return Ok(());
+        };
+        self.accept(tx, &message.envelope, request).await?;
+        // The transaction commits right after this returns; a worker that wakes a little early
+        // finds nothing and polls again within a second.
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    async fn on_dead_letter(
+        &self,
+        tx: &mut PgConnection,
+        message: &Incoming,
+        code: &str,
+        reason: &str,
+    ) -> Result<(), sqlx::Error> {
+        fail_order(&self.orderbook, tx, message, code, reason).await
+    }
+}
+
+impl PricingIntake {
+    async fn accept(
+        &self,
+        tx: &mut PgConnection,
+        envelope: &Envelope,
+        request: &PricingRequested,
+    ) -> Result<(), HandlerError> {
+        Span::current().set_attribute(attr::ORDER_MATERIAL, request.material.as_str());
+        sqlx::query(
+            "INSERT INTO orders (id, material, model_key, model_size_bytes, model_sha256) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(envelope.order_id)
+        .bind(request.material.as_str())
+        .bind(&request.model.key)
+        .bind(request.model.size_bytes as i64)
+        .bind(&request.model.sha256)
+        .execute(&mut *tx)
+        .db("INSERT", "orders")
+        .await?;
+        let opened = self
+            .orderbook
+            .open(
+                tx,
+                envelope.order_id,
+                OrderStatus::Registered,
+                None,
+                &envelope.source,
+                envelope.occurred_at,
+            )
+            .await?;
+        if !opened {
+            return Ok(());
+        }
+        self.orderbook
+            .transition(tx, envelope.order_id, Change::to(OrderStatus::Pricing))
+            .await
+            .map_err(|e| HandlerError::transient("pricing_not_started", e.to_string()))?;
+        calc::enqueue(tx, envelope.order_id).await?;
+        tracing::info!(order_id = %envelope.order_id, "price calculation queued");
+        Ok(())
+    }
+}
+
+/// Follows the other services' status changes: `confirmed` (production may start),
+/// `cancelled` (drop a queued calculation), shipping and delivery.
+pub(crate) struct ProductionIntake {
+    pub orderbook: OrderBook,
+}
+
+impl Handler for ProductionIntake {
+    async fn handle(&self, tx: &mut PgConnection, message: &Incoming) -> Result<(), HandlerError> {
+        let Event::StatusChanged(change) = &message.envelope.data else {
+            return Ok(());
+        };
+        if message.envelope.source == crate::SERVICE_NAME {
+            return Ok(());
+        }
+        match self
+            .orderbook
+            .observe(tx, &message.envelope, change)
+            .await?
+        {
+            Observed::Applied => {
+                if change.to == OrderStatus::Cancelled {
+                    calc::cancel(tx, message.envelope.order_id).await?;
+                }
+                self.orderbook
+                    .remember_trace(tx, message.envelope.order_id)
+                    .await?;
+                if change.to == OrderStatus::Confirmed {
+                    tracing::info!(order_id = %message.envelope.order_id, "order confirmed, ready for production");
+                }
+                Ok(())
+            }
+            Observed::Ignored => Ok(()),
+            Observed::Unknown => Err(HandlerError::permanent(
+                "order_unknown",
+                format!("MES never priced order {}", message.envelope.order_id),
+            )),
+        }
+    }
+}
+
+/// A price request that can never be processed leaves the order `failed` with the reason, so it
+/// does not silently hang in `registered`.
+async fn fail_order(
+    orderbook: &OrderBook,
+    tx: &mut PgConnection,
+    message: &Incoming,
+    code: &str,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    let order_id = message.envelope.order_id;
+    orderbook
+        .open(
+            tx,
+            order_id,
+            OrderStatus::Registered,
+            None,
+            &message.envelope.source,
+            message.envelope.occurred_at,
+        )
+        .await?;
+    let change = Change::to(OrderStatus::Failed).with_reason(
+        code.to_owned(),
+        format!("the price request could not be processed: {reason}"),
+    );
+    match orderbook.transition(tx, order_id, change).await {
+        Ok(_) | Err(orderbook::TransitionFailure::Illegal(_)) => Ok(()),
+        Err(orderbook::TransitionFailure::NotFound(_)) => Ok(()),
+        Err(orderbook::TransitionFailure::Database(err)) => Err(err),
+    }
+}

@@ -1,0 +1,150 @@
+//! Builds the MES API from its settings and runs it until shutdown.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use messaging::topology::{MES_PRICING, MES_PRODUCTION};
+use messaging::{Broker, ConsumerConfig, OutboxRelay, RelayConfig};
+use orderbook::OrderBook;
+use platform::storage::ObjectStorage;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::calc::{CalcEngine, Worker};
+use crate::config::Settings;
+use crate::events::{PricingIntake, ProductionIntake};
+use crate::{SERVICE_NAME, orders};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Request bodies here are small JSON documents.
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// What request handlers share.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub pool: PgPool,
+    pub orderbook: OrderBook,
+}
+
+/// A built MES API, listening but not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    state: AppState,
+    storage: ObjectStorage,
+    broker: Broker,
+    settings: Settings,
+    cancel: CancellationToken,
+}
+
+impl Application {
+    /// Connects to the database (waiting for it), migrates, checks the calc engine is there and
+    /// binds the port.
+    pub async fn build(settings: Settings, cancel: CancellationToken) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            settings.calc.binary.is_file(),
+            "the calc engine {} does not exist; build it (cargo build -p mes-calc) or set MES_CALC_BIN",
+            settings.calc.binary.display()
+        );
+        let pool = platform::db::connect(&settings.database, &cancel)
+            .await
+            .context("cannot connect to the MES database")?;
+        orderbook::install_schema(&pool).await?;
+        MIGRATOR.run(&pool).await?;
+        let storage = ObjectStorage::new(&settings.storage)?;
+        let (listener, port) = platform::server::bind(&settings.host, settings.port).await?;
+        Ok(Self {
+            listener,
+            port,
+            state: AppState {
+                pool,
+                orderbook: OrderBook::new(SERVICE_NAME),
+            },
+            storage,
+            broker: Broker::new(settings.broker.clone(), SERVICE_NAME),
+            settings,
+            cancel,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves HTTP, takes price requests, runs calculations and relays the outbox until the
+    /// cancellation token fires; then finishes the work in progress and returns.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            port,
+            state,
+            storage,
+            broker,
+            settings,
+            cancel,
+        } = self;
+        let wake = Arc::new(Notify::new());
+        let mut tasks = JoinSet::new();
+        let relay = OutboxRelay::new(
+            state.pool.clone(),
+            broker.clone(),
+            (),
+            RelayConfig::default(),
+        );
+        tasks.spawn(relay.run(cancel.clone()));
+        let pricing = Arc::new(PricingIntake {
+            orderbook: state.orderbook,
+            wake: wake.clone(),
+        });
+        tasks.spawn(messaging::consumer::run(
+            state.pool.clone(),
+            broker.clone(),
+            pricing,
+            ConsumerConfig {
+                queue: MES_PRICING,
+                concurrency: 4,
+            },
+            cancel.clone(),
+        ));
+        let production = Arc::new(ProductionIntake {
+            orderbook: state.orderbook,
+        });
+        tasks.spawn(messaging::consumer::run(
+            state.pool.clone(),
+            broker.clone(),
+            production,
+            ConsumerConfig {
+                queue: MES_PRODUCTION,
+                concurrency: 1,
+            },
+            cancel.clone(),
+        ));
+        let engine = CalcEngine::new(settings.calc.binary.clone(), settings.calc.timeout);
+        for _ in 0..settings.calc.workers.max(1) {
+            let worker = Worker {
+                pool: state.pool.clone(),
+                storage: storage.clone(),
+                orderbook: state.orderbook,
+                engine: engine.clone(),
+                settings: settings.calc.clone(),
+                wake: wake.clone(),
+            };
+            tasks.spawn(worker.run(cancel.clone()));
+        }
+
+        let pool = state.pool.clone();
+        let router =
+            platform::server::with_standard_routes(orders::router(), BODY_LIMIT).with_state(state);
+        tracing::info!(port, "mes-api listening");
+        let result = platform::server::serve_with_tasks(listener, router, tasks, cancel).await;
+        broker.close().await;
+        pool.close().await;
+        tracing::info!("mes-api stopped");
+        result
+    }
+}

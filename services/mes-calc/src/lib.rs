@@ -1,0 +1,58 @@
+//! The calc engine's contract with its callers.
+//!
+//! ```text
+//! mes-calc --material gold_750 < model.stl
+//! ```
+//!
+//! The model comes on stdin; the trace context in `TRACEPARENT`/`TRACESTATE`/`BAGGAGE` (its spans
+//! become children of the caller's span); exporter settings in the usual `OTEL_*` variables. The
+//! answer is one JSON line on stdout, an [`protocol::Output`], with the exit status telling the
+//! same story: [`protocol::EXIT_PRICED`], [`protocol::EXIT_REJECTED`] (the model cannot be made,
+//! with a reason for the customer), [`protocol::EXIT_USAGE`]. Anything else, or no valid line, is
+//! a failure of the engine itself. Logs go to stderr.
+
+pub mod protocol {
+    use domain::pricing::Quote;
+    use domain::stl::MeshReport;
+    use serde::{Deserialize, Serialize};
+
+    /// The model was priced; stdout holds [`Output::Priced`].
+    pub const EXIT_PRICED: i32 = 0;
+    /// The command line was wrong; nothing was calculated.
+    pub const EXIT_USAGE: i32 = 2;
+    /// The model cannot be made; stdout holds [`Output::Rejected`].
+    pub const EXIT_REJECTED: i32 = 3;
+
+    /// The one line the engine prints.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    #[serde(tag = "outcome", rename_all = "snake_case")]
+    pub enum Output {
+        Priced { quote: Quote, mesh: MeshReport },
+        Rejected { code: String, message: String },
+    }
+}
+
+use domain::Material;
+use domain::pricing::PriceList;
+use protocol::Output;
+
+/// Analyses the model and prices it with `prices`.
+pub fn calculate(material: Material, model: &[u8], prices: &PriceList) -> Output {
+    let mesh = {
+        let _span = tracing::info_span!("calc.analyze", otel.name = "analyze mesh").entered();
+        domain::stl::analyze_bytes(model)
+    };
+    match mesh {
+        Ok(mesh) => {
+            let _span = tracing::info_span!("calc.quote", otel.name = "quote").entered();
+            Output::Priced {
+                quote: prices.quote(material, &mesh),
+                mesh,
+            }
+        }
+        Err(err) => Output::Rejected {
+            code: err.code().to_owned(),
+            message: err.to_string(),
+        },
+    }
+}

@@ -1,0 +1,42 @@
+//! Shop API settings, all from the environment.
+
+use messaging::BrokerConfig;
+use platform::db::DatabaseConfig;
+use platform::env;
+use platform::storage::StorageConfig;
+
+/// Everything Shop needs to run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Interface to listen on. Env: `SHOP_HOST` (default `127.0.0.1`).
+    pub host: String,
+    /// Port to listen on; 0 picks a free one. Env: `SHOP_PORT` (default 8081).
+    pub port: u16,
+    /// Env: `SHOP_DATABASE_URL` (default `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_shop`).
+    pub database: DatabaseConfig,
+    /// Env: `HALLMARK_AMQP_*` (see `messaging::BrokerConfig`).
+    pub broker: BrokerConfig,
+    /// Env: `HALLMARK_STORAGE_DIR` or `HALLMARK_S3_*` (see `platform::storage`).
+    pub storage: StorageConfig,
+    /// Largest model accepted, in bytes; a larger upload gets 413. Env: `SHOP_MAX_MODEL_BYTES`
+    /// (default 50 MiB, enough for a finely tessellated ring).
+    pub max_model_bytes: usize,
+}
+
+pub const DEFAULT_MAX_MODEL_BYTES: usize = 50 * 1024 * 1024;
+
+impl Settings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            host: env::string("SHOP_HOST", "127.0.0.1"),
+            port: env::parse("SHOP_PORT", 8081)?,
+            database: DatabaseConfig::new(env::string(
+                "SHOP_DATABASE_URL",
+                "postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_shop",
+            )),
+            broker: BrokerConfig::from_env()?,
+            storage: StorageConfig::from_env()?,
+            max_model_bytes: env::parse("SHOP_MAX_MODEL_BYTES", DEFAULT_MAX_MODEL_BYTES)?,
+        })
+    }
+}

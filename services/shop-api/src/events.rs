@@ -1,0 +1,93 @@
+//! Shop's side of the message flow.
+//!
+//! * [`SubmitOnPublish`]: when the relay has handed `order.created` to the broker, the order is
+//!   `submitted`: from here on a lost order is the broker's or a consumer's to explain.
+//! * [`StatusFollower`]: consumes `shop.status` and keeps the customer-facing view in step with
+//!   the owners' transitions (the orderbook keeps the price and a rejection reason with them).
+
+use domain::OrderStatus;
+use domain::events::{Event, ORDER_CREATED};
+use messaging::{Handler, HandlerError, Incoming, PublishHook, Published};
+use orderbook::{Change, Observed, OrderBook, TransitionFailure};
+use sqlx::PgConnection;
+
+use crate::SERVICE_NAME;
+
+pub(crate) struct SubmitOnPublish {
+    pub orderbook: OrderBook,
+}
+
+impl PublishHook for SubmitOnPublish {
+    /// CRM may register the order before the broker's confirm reaches us; holding the row
+    /// makes Shop's view of that wait until `submitted` is written.
+    async fn before_publish(
+        &self,
+        tx: &mut PgConnection,
+        message: &Published,
+    ) -> Result<(), sqlx::Error> {
+        if message.kind == ORDER_CREATED {
+            self.orderbook.lock_order(tx, message.order_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_published(
+        &self,
+        tx: &mut PgConnection,
+        message: &Published,
+    ) -> Result<(), sqlx::Error> {
+        if message.kind != ORDER_CREATED {
+            return Ok(());
+        }
+        match self
+            .orderbook
+            .transition(
+                tx,
+                message.order_id,
+                Change::to(OrderStatus::Submitted).at(message.sent_at),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Published again after a relay restart: the order has moved on already.
+            Err(TransitionFailure::Illegal(_)) => Ok(()),
+            Err(TransitionFailure::NotFound(id)) => {
+                tracing::warn!(order_id = %id, "published an order.created for an unknown order");
+                Ok(())
+            }
+            Err(TransitionFailure::Database(err)) => Err(err),
+        }
+    }
+}
+
+pub(crate) struct StatusFollower {
+    pub orderbook: OrderBook,
+}
+
+impl Handler for StatusFollower {
+    async fn handle(&self, tx: &mut PgConnection, message: &Incoming) -> Result<(), HandlerError> {
+        let Event::StatusChanged(change) = &message.envelope.data else {
+            return Ok(());
+        };
+        if message.envelope.source == SERVICE_NAME {
+            return Ok(());
+        }
+        match self
+            .orderbook
+            .observe(tx, &message.envelope, change)
+            .await?
+        {
+            Observed::Applied => {
+                self.orderbook
+                    .remember_trace(tx, message.envelope.order_id)
+                    .await?;
+                Ok(())
+            }
+            Observed::Ignored => Ok(()),
+            Observed::Unknown => Err(HandlerError::permanent(
+                "order_unknown",
+                format!("shop has no order {}", message.envelope.order_id),
+            )),
+        }
+    }
+}

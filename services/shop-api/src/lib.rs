@@ -1,0 +1,25 @@
+//! Shop API: where customers and partners place orders with a 3D model and follow them.
+//!
+//! * `POST /api/orders` (multipart: `order` JSON + `model` STL, optional `Idempotency-Key`)
+//! * `GET /api/orders/{order_id}`
+//! * `POST /api/orders/{order_id}/confirm`, `POST /api/orders/{order_id}/cancel`
+//!
+//! Shop owns the transitions `created`, `submitted` (when `order.created` reached the broker),
+//! `confirmed` and `cancelled`; it follows every other status through the `shop.status` queue.
+
+mod config;
+mod events;
+mod orders;
+mod startup;
+
+pub use config::Settings;
+pub use startup::Application;
+
+/// `service.name` of this service.
+pub const SERVICE_NAME: &str = "shop-api";
+
+/// This service as telemetry describes it.
+pub const SERVICE: telemetry::ServiceInfo = telemetry::ServiceInfo {
+    name: SERVICE_NAME,
+    version: env!("CARGO_PKG_VERSION"),
+};

@@ -1,0 +1,167 @@
+//! The order endpoints.
+
+mod intake;
+mod store;
+
+use axum::Router;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{Multipart, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use domain::OrderStatus;
+use orderbook::Change;
+use platform::extract::OrderId;
+use telemetry::attr;
+use telemetry::propagation::with_order;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use uuid::Uuid;
+
+use crate::startup::AppState;
+use platform::error::ApiError;
+use store::{Created, OrderView};
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/orders", post(create))
+        .route("/api/orders/{order_id}", get(show))
+        .route("/api/orders/{order_id}/confirm", post(confirm))
+        .route("/api/orders/{order_id}/cancel", post(cancel))
+}
+
+/// `POST /api/orders`: 201 with the new order, or the original answer again for a repeated
+/// `Idempotency-Key` with the same request (marked `Idempotent-Replayed: true`).
+async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let key = intake::idempotency_key(&headers)?;
+    let upload = intake::read(multipart, state.max_model_bytes).await?;
+    let scope = upload.order.partner_id.clone().unwrap_or_default();
+    if let Some(key) = &key
+        && let Some(existing) = store::find_by_key(&state.pool, &scope, key).await?
+    {
+        return replay(&state, existing, &upload.request_hash).await;
+    }
+
+    let order_id = Uuid::now_v7();
+    let key = key.unwrap_or_else(|| order_id.to_string());
+    let request_span = Span::current();
+    request_span.set_attribute(attr::ORDER_ID, order_id.to_string());
+    let span = tracing::info_span!(
+        "order.create",
+        otel.name = "order create",
+        { attr::ORDER_SOURCE } = upload.order.source.as_str(),
+        { attr::ORDER_EXTERNAL_ID } = upload.order.external_id.as_deref(),
+        { attr::ORDER_IDEMPOTENCY_KEY } = %key,
+        { attr::ORDER_MATERIAL } = upload.order.material.as_str(),
+        { attr::PARTNER_ID } = upload.order.partner_id.as_deref(),
+        { attr::CUSTOMER_ID } = Empty,
+        { attr::ORDER_STATUS_TO } = OrderStatus::Created.as_str(),
+        { attr::ORDER_STAGE } = OrderStatus::Created.stage().as_str(),
+    );
+    let _ = span.set_parent(with_order(&request_span.context(), order_id));
+    async {
+        match store::create(&state, order_id, &key, &scope, &upload).await? {
+            Created::New => {
+                let view = store::load(&state, order_id)
+                    .await?
+                    .ok_or_else(|| ApiError::order_not_found(order_id))?;
+                tracing::info!(order_id = %order_id, "order accepted");
+                Ok(respond(StatusCode::CREATED, &view, false))
+            }
+            // A concurrent request with the same key won the race; answer like a replay.
+            Created::KeyTaken => {
+                let existing = store::find_by_key(&state.pool, &scope, &key)
+                    .await?
+                    .ok_or_else(idempotency_key_reused)?;
+                replay(&state, existing, &upload.request_hash).await
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Answers a repeated request with the order it created the first time.
+async fn replay(
+    state: &AppState,
+    existing: store::KeyOwner,
+    request_hash: &str,
+) -> Result<Response, ApiError> {
+    if existing.request_hash != request_hash {
+        return Err(idempotency_key_reused());
+    }
+    let order_id = existing.order_id;
+    Span::current().set_attribute(attr::ORDER_ID, order_id.to_string());
+    let span = tracing::info_span!("order.replay", otel.name = "order replay");
+    let _ = span.set_parent(with_order(&Span::current().context(), order_id));
+    let view = store::load(state, order_id)
+        .instrument(span)
+        .await?
+        .ok_or_else(|| ApiError::order_not_found(order_id))?;
+    Ok(respond(StatusCode::CREATED, &view, true))
+}
+
+fn respond(status: StatusCode, view: &OrderView, replayed: bool) -> Response {
+    let mut response = (status, axum::Json(view)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/orders/{}", view.order_id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// `GET /api/orders/{order_id}`.
+async fn show(
+    State(state): State<AppState>,
+    OrderId(order_id): OrderId,
+) -> Result<Response, ApiError> {
+    let view = store::load(&state, order_id)
+        .await?
+        .ok_or_else(|| ApiError::order_not_found(order_id))?;
+    Ok(respond(StatusCode::OK, &view, false))
+}
+
+/// `POST /api/orders/{order_id}/confirm`: the customer accepts the price.
+async fn confirm(
+    State(state): State<AppState>,
+    OrderId(order_id): OrderId,
+) -> Result<Response, ApiError> {
+    decide(&state, order_id, Change::to(OrderStatus::Confirmed)).await
+}
+
+/// `POST /api/orders/{order_id}/cancel`: the customer withdraws the order before production.
+async fn cancel(
+    State(state): State<AppState>,
+    OrderId(order_id): OrderId,
+) -> Result<Response, ApiError> {
+    let change = Change::to(OrderStatus::Cancelled)
+        .with_reason("cancelled_by_customer", "the customer cancelled the order");
+    decide(&state, order_id, change).await
+}
+
+/// A customer's decision: new work by a person, so its trace links to the order's earlier one.
+async fn decide(state: &AppState, order_id: Uuid, change: Change) -> Result<Response, ApiError> {
+    let mut tx = state.pool.begin().await?;
+    state.orderbook.decide(&mut tx, order_id, change).await?;
+    tx.commit().await?;
+    let view = store::load(state, order_id)
+        .await?
+        .ok_or_else(|| ApiError::order_not_found(order_id))?;
+    Ok(respond(StatusCode::OK, &view, false))
+}
+
+fn idempotency_key_reused() -> ApiError {
+    ApiError::unprocessable(
+        "idempotency_key_reused",
+        "the Idempotency-Key was already used for a different request; use a new key for a new order",
+    )
+}

@@ -1,0 +1,117 @@
+//! Builds the Shop API from its settings and runs it until shutdown.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use messaging::topology::SHOP_STATUS;
+use messaging::{Broker, ConsumerConfig, OutboxRelay, RelayConfig};
+use orderbook::OrderBook;
+use platform::storage::ObjectStorage;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::events::{StatusFollower, SubmitOnPublish};
+use crate::{SERVICE_NAME, orders};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// What request handlers share.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub pool: PgPool,
+    pub storage: ObjectStorage,
+    pub orderbook: OrderBook,
+    pub max_model_bytes: usize,
+}
+
+/// A built Shop API, listening but not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    state: AppState,
+    broker: Broker,
+    cancel: CancellationToken,
+}
+
+impl Application {
+    /// Connects to the database (waiting for it), migrates, prepares storage and binds the port.
+    /// The broker may still be down: the outbox keeps orders until it is back.
+    pub async fn build(settings: Settings, cancel: CancellationToken) -> anyhow::Result<Self> {
+        let pool = platform::db::connect(&settings.database, &cancel)
+            .await
+            .context("cannot connect to the shop database")?;
+        orderbook::install_schema(&pool).await?;
+        MIGRATOR.run(&pool).await?;
+        let storage = ObjectStorage::new(&settings.storage)?;
+        let (listener, port) = platform::server::bind(&settings.host, settings.port).await?;
+        Ok(Self {
+            listener,
+            port,
+            state: AppState {
+                pool,
+                storage,
+                orderbook: OrderBook::new(SERVICE_NAME),
+                max_model_bytes: settings.max_model_bytes,
+            },
+            broker: Broker::new(settings.broker, SERVICE_NAME),
+            cancel,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves HTTP, relays the outbox and follows status events until the cancellation token
+    /// fires; then stops taking work, finishes what is in progress and returns.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            port,
+            state,
+            broker,
+            cancel,
+        } = self;
+        let mut tasks = JoinSet::new();
+        let hook = SubmitOnPublish {
+            orderbook: state.orderbook,
+        };
+        let relay = OutboxRelay::new(
+            state.pool.clone(),
+            broker.clone(),
+            hook,
+            RelayConfig::default(),
+        );
+        tasks.spawn(relay.run(cancel.clone()));
+        let follower = Arc::new(StatusFollower {
+            orderbook: state.orderbook,
+        });
+        let queue = ConsumerConfig {
+            queue: SHOP_STATUS,
+            concurrency: 4,
+        };
+        tasks.spawn(messaging::consumer::run(
+            state.pool.clone(),
+            broker.clone(),
+            follower,
+            queue,
+            cancel.clone(),
+        ));
+
+        let pool = state.pool.clone();
+        // Multipart bodies carry the model; allow it plus room for the order JSON and framing.
+        let body_limit = state.max_model_bytes + 1024 * 1024;
+        let router =
+            platform::server::with_standard_routes(orders::router(), body_limit).with_state(state);
+        tracing::info!(port, "shop-api listening");
+        let result = platform::server::serve_with_tasks(listener, router, tasks, cancel).await;
+        broker.close().await;
+        pool.close().await;
+        tracing::info!("shop-api stopped");
+        result
+    }
+}

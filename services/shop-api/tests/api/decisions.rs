@@ -1,0 +1,37 @@
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::helpers::{error_code, spawn_app};
+
+#[tokio::test]
+async fn an_order_cannot_be_confirmed_before_it_is_priced() {
+    let app = spawn_app().await;
+    let created: Value = app.place_ring(None).await.json().await.unwrap();
+    let id: Uuid = created["order_id"].as_str().unwrap().parse().unwrap();
+    let (status, code, message) = error_code(app.confirm(id).await).await;
+    assert_eq!((status, code.as_str()), (409, "illegal_transition"));
+    assert!(message.contains("to `confirmed`"), "{message}");
+}
+
+#[tokio::test]
+async fn confirming_an_unknown_order_is_a_404() {
+    let app = spawn_app().await;
+    let (status, code, _) = error_code(app.confirm(Uuid::now_v7()).await).await;
+    assert_eq!((status, code.as_str()), (404, "order_not_found"));
+}
+
+#[tokio::test]
+async fn a_customer_can_cancel_before_production() {
+    let app = spawn_app().await;
+    let created: Value = app.place_ring(None).await.json().await.unwrap();
+    let id = created["order_id"].as_str().unwrap();
+    let response = app
+        .client
+        .post(format!("{}/api/orders/{id}/cancel", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let order: Value = response.json().await.unwrap();
+    assert_eq!(order["status"], "cancelled");
+}

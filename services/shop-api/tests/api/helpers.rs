@@ -1,0 +1,183 @@
+use std::time::Duration;
+
+use lapin::options::BasicGetOptions;
+use messaging::BrokerConfig;
+use platform::db::DatabaseConfig;
+use platform::storage::StorageConfig;
+use serde_json::{Value, json};
+use shop_api::{Application, Settings};
+use sqlx::PgPool;
+use testkit::database::TestDatabase;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Small enough to test the size limit without big uploads.
+pub const MAX_MODEL_BYTES: usize = 512 * 1024;
+
+pub struct TestApp {
+    pub address: String,
+    pub pool: PgPool,
+    pub broker: BrokerConfig,
+    pub storage: tempfile::TempDir,
+    pub client: reqwest::Client,
+    cancel: CancellationToken,
+    _database: TestDatabase,
+}
+
+/// Shop on a free port with a fresh database, its own broker namespace and storage directory.
+pub async fn spawn_app() -> TestApp {
+    let database = TestDatabase::create("shop").await;
+    let broker = testkit::broker::isolated();
+    let storage = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        host: "127.0.0.1".into(),
+        port: 0,
+        database: DatabaseConfig::new(database.url()),
+        broker: broker.clone(),
+        storage: StorageConfig::Filesystem {
+            root: storage.path().to_owned(),
+        },
+        max_model_bytes: MAX_MODEL_BYTES,
+    };
+    let cancel = CancellationToken::new();
+    let app = Application::build(settings, cancel.clone())
+        .await
+        .expect("shop builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        pool: database.connect().await,
+        broker,
+        storage,
+        client: reqwest::Client::new(),
+        cancel,
+        _database: database,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+pub fn order_json() -> Value {
+    json!({
+        "customer": {"name": "Jane Doe", "email": "Jane.Doe@Example.com", "phone": "+49 170 1234567"},
+        "material": "gold_585",
+        "size": "17",
+        "comment": "engrave: forever",
+        "external_order_id": "PO-2026-000123",
+    })
+}
+
+/// One part of a multipart upload.
+pub enum Part {
+    Order(String),
+    Model(&'static str, Vec<u8>),
+    Other(&'static str),
+}
+
+impl TestApp {
+    pub async fn post_order(&self, parts: Vec<Part>, key: Option<&str>) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new();
+        for part in parts {
+            form = match part {
+                Part::Order(text) => form.part(
+                    "order",
+                    reqwest::multipart::Part::text(text)
+                        .mime_str("application/json")
+                        .unwrap(),
+                ),
+                Part::Model(name, bytes) => form.part(
+                    "model",
+                    reqwest::multipart::Part::bytes(bytes).file_name(name),
+                ),
+                Part::Other(name) => form.text(name, "x"),
+            };
+        }
+        let mut request = self
+            .client
+            .post(format!("{}/api/orders", self.address))
+            .multipart(form);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await.expect("shop answers")
+    }
+
+    /// A valid order with the torus model.
+    pub async fn place_ring(&self, key: Option<&str>) -> reqwest::Response {
+        self.post_order(
+            vec![
+                Part::Order(order_json().to_string()),
+                Part::Model("ring.stl", testkit::fixtures::stl("torus.STL")),
+            ],
+            key,
+        )
+        .await
+    }
+
+    pub async fn get_order(&self, id: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}/api/orders/{id}", self.address))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn confirm(&self, id: Uuid) -> reqwest::Response {
+        self.client
+            .post(format!("{}/api/orders/{id}/confirm", self.address))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// The next message waiting in logical queue `queue` of this test's namespace.
+    pub async fn next_message(&self, queue: &str) -> Option<(String, Value)> {
+        let broker = messaging::Broker::new(self.broker.clone(), "shop-api-test");
+        let channel = broker.channel().await.unwrap();
+        let name = broker.names().queue(queue);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(message) = channel
+                .basic_get(name.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+            {
+                let body: Value = serde_json::from_slice(&message.delivery.data).unwrap();
+                return Some((message.delivery.routing_key.to_string(), body));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The `error.code` of a JSON error body.
+pub async fn error_code(response: reqwest::Response) -> (u16, String, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("a JSON error body");
+    (
+        status,
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}

@@ -1,0 +1,3 @@
+mod create_order;
+mod decisions;
+mod helpers;
