@@ -1,0 +1,19 @@
+//! Test support for Hallmark, used by every crate's integration tests.
+//!
+//! * [`database`]: a fresh PostgreSQL database per test, dropped afterwards.
+//! * [`broker`]: a unique exchange/queue namespace per test on the real RabbitMQ, with short
+//!   retry delays and queues that expire when the test is gone.
+//! * [`otlp`]: a real OTLP/HTTP receiver that keeps every span it is sent.
+//! * [`process`]: the services as real child processes (what `cargo build` produced).
+//! * [`fixtures`]: the shared STL models.
+//!
+//! Where the servers are: `HALLMARK_TEST_DATABASE_URL` (default
+//! `postgres://hallmark:hallmark@127.0.0.1:5432/postgres`) and `HALLMARK_TEST_AMQP_URL` (default
+//! `amqp://guest:guest@127.0.0.1:5672/%2f`). `scripts/test` starts both when they are not running.
+
+pub mod broker;
+pub mod database;
+pub mod fixtures;
+pub mod otlp;
+pub mod process;
+pub mod wait;

@@ -1,0 +1,249 @@
+//! A real OTLP/HTTP receiver for tests: services export to it exactly as they would to a
+//! collector, and the test reads back every span (and every byte, to look for personal data).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use prost::Message;
+use serde_json::Value;
+
+/// Span kinds as OTLP numbers them.
+pub mod kind {
+    pub const INTERNAL: i32 = 1;
+    pub const SERVER: i32 = 2;
+    pub const CLIENT: i32 = 3;
+    pub const PRODUCER: i32 = 4;
+    pub const CONSUMER: i32 = 5;
+}
+
+/// One received span, flattened for assertions.
+#[derive(Debug, Clone)]
+pub struct CapturedSpan {
+    /// `service.name` of the exporting resource.
+    pub service: String,
+    pub trace_id: String,
+    pub span_id: String,
+    /// Empty for a root span.
+    pub parent_span_id: String,
+    pub name: String,
+    pub kind: i32,
+    pub attributes: BTreeMap<String, Value>,
+    /// `(trace_id, span_id)` of each link.
+    pub links: Vec<(String, String)>,
+    /// 0 unset, 1 ok, 2 error.
+    pub status_code: i32,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
+    pub events: Vec<String>,
+}
+
+impl CapturedSpan {
+    /// A string (or any scalar, as text) attribute.
+    pub fn attr(&self, key: &str) -> Option<String> {
+        self.attributes.get(key).map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
+}
+
+fn any_value_to_json(value: &AnyValue) -> Value {
+    match &value.value {
+        Some(any_value::Value::StringValue(s)) => Value::String(s.clone()),
+        Some(any_value::Value::BoolValue(b)) => Value::Bool(*b),
+        Some(any_value::Value::IntValue(i)) => Value::from(*i),
+        Some(any_value::Value::DoubleValue(d)) => Value::from(*d),
+        Some(any_value::Value::ArrayValue(a)) => {
+            Value::Array(a.values.iter().map(any_value_to_json).collect())
+        }
+        Some(any_value::Value::KvlistValue(kv)) => Value::Object(
+            kv.values
+                .iter()
+                .map(|kv| {
+                    (
+                        kv.key.clone(),
+                        kv.value
+                            .as_ref()
+                            .map(any_value_to_json)
+                            .unwrap_or(Value::Null),
+                    )
+                })
+                .collect(),
+        ),
+        Some(any_value::Value::BytesValue(b)) => Value::String(hex::encode(b)),
+        _ => Value::Null,
+    }
+}
+
+fn attributes(list: &[KeyValue]) -> BTreeMap<String, Value> {
+    list.iter()
+        .map(|kv| {
+            (
+                kv.key.clone(),
+                kv.value
+                    .as_ref()
+                    .map(any_value_to_json)
+                    .unwrap_or(Value::Null),
+            )
+        })
+        .collect()
+}
+
+/// Flattens an export request into spans.
+pub fn flatten(request: &ExportTraceServiceRequest) -> Vec<CapturedSpan> {
+    let mut spans = Vec::new();
+    for resource_spans in &request.resource_spans {
+        let resource = resource_spans
+            .resource
+            .as_ref()
+            .map(|r| attributes(&r.attributes))
+            .unwrap_or_default();
+        let service = resource
+            .get("service.name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        for scope_spans in &resource_spans.scope_spans {
+            for span in &scope_spans.spans {
+                spans.push(CapturedSpan {
+                    service: service.clone(),
+                    trace_id: hex::encode(&span.trace_id),
+                    span_id: hex::encode(&span.span_id),
+                    parent_span_id: hex::encode(&span.parent_span_id),
+                    name: span.name.clone(),
+                    kind: span.kind,
+                    attributes: attributes(&span.attributes),
+                    links: span
+                        .links
+                        .iter()
+                        .map(|l| (hex::encode(&l.trace_id), hex::encode(&l.span_id)))
+                        .collect(),
+                    status_code: span.status.as_ref().map_or(0, |s| s.code),
+                    start_unix_nano: span.start_time_unix_nano,
+                    end_unix_nano: span.end_time_unix_nano,
+                    events: span.events.iter().map(|e| e.name.clone()).collect(),
+                });
+            }
+        }
+    }
+    spans
+}
+
+#[derive(Default)]
+struct Received {
+    spans: Vec<CapturedSpan>,
+    /// Every decompressed request body, traces and metrics alike.
+    raw: Vec<u8>,
+}
+
+/// The receiver; it stops with the test's runtime.
+#[derive(Clone)]
+pub struct OtlpCapture {
+    endpoint: String,
+    received: Arc<Mutex<Received>>,
+}
+
+fn body_bytes(headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, StatusCode> {
+    let gzip = headers
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    if !gzip {
+        return Ok(body.to_vec());
+    }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_end(&mut out)
+        .map_err(|_| StatusCode::BAD_REQUEST)?;
+    Ok(out)
+}
+
+async fn traces(
+    State(received): State<Arc<Mutex<Received>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Vec<u8>, StatusCode> {
+    let bytes = body_bytes(&headers, body)?;
+    let json = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let request = if json {
+        serde_json::from_slice::<ExportTraceServiceRequest>(&bytes)
+            .map_err(|_| StatusCode::BAD_REQUEST)?
+    } else {
+        ExportTraceServiceRequest::decode(&bytes[..]).map_err(|_| StatusCode::BAD_REQUEST)?
+    };
+    let mut received = received.lock().expect("not poisoned");
+    received.raw.extend_from_slice(&bytes);
+    received.spans.extend(flatten(&request));
+    Ok(ExportTraceServiceResponse::default().encode_to_vec())
+}
+
+async fn other_signal(
+    State(received): State<Arc<Mutex<Received>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Vec<u8>, StatusCode> {
+    let bytes = body_bytes(&headers, body)?;
+    received
+        .lock()
+        .expect("not poisoned")
+        .raw
+        .extend_from_slice(&bytes);
+    Ok(Vec::new())
+}
+
+impl OtlpCapture {
+    /// Listens on a free loopback port.
+    pub async fn start() -> Self {
+        let received = Arc::new(Mutex::new(Received::default()));
+        let app = Router::new()
+            .route("/v1/traces", post(traces))
+            .route("/v1/metrics", post(other_signal))
+            .route("/v1/logs", post(other_signal))
+            .with_state(received.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let endpoint = format!("http://{}", listener.local_addr().expect("bound"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { endpoint, received }
+    }
+
+    /// `http://127.0.0.1:<port>`, for `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Environment for a process that should export here quickly (100 ms batches).
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), self.endpoint.clone()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/protobuf".into()),
+            ("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()),
+            ("OTEL_METRIC_EXPORT_INTERVAL".into(), "1000".into()),
+        ]
+    }
+
+    pub fn spans(&self) -> Vec<CapturedSpan> {
+        self.received.lock().expect("not poisoned").spans.clone()
+    }
+
+    /// Everything received so far, decompressed, in one buffer.
+    pub fn raw_bytes(&self) -> Vec<u8> {
+        self.received.lock().expect("not poisoned").raw.clone()
+    }
+}

@@ -1,0 +1,144 @@
+//! Services as real processes: the binaries `cargo build` produced, configured through their
+//! environment exactly as in production.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+/// `target/<profile>/<name>`, next to the test executable's `deps` directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executables live in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the services first (`cargo build --workspace --bins`; scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Where a process's output goes: `target/test-logs/`.
+fn log_path(name: &str) -> PathBuf {
+    let dir = binary_dir().join("../test-logs");
+    std::fs::create_dir_all(&dir).expect("a log directory");
+    dir.join(format!("{name}-{}.log", uuid::Uuid::new_v4().simple()))
+}
+
+fn binary_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executables live in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// A running service. Killed when dropped; [`ServiceProcess::stop`] shuts it down gracefully.
+pub struct ServiceProcess {
+    name: String,
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl ServiceProcess {
+    /// Starts binary `name` with `env`, listening on a free port given in `port_variable`, and
+    /// waits until its `/health` answers.
+    pub async fn start(name: &str, port_variable: &str, env: &[(String, String)]) -> Self {
+        let port = free_port();
+        let log = log_path(name);
+        let out = std::fs::File::create(&log).expect("a log file");
+        let err = out.try_clone().expect("a second handle");
+        let child = Command::new(binary(name))
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env(port_variable, port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let mut process = Self {
+            name: name.to_owned(),
+            child,
+            port,
+            log,
+        };
+        process.wait_until_healthy().await;
+        process
+    }
+
+    async fn wait_until_healthy(&mut self) {
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited with {status} before it was ready:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            let health = client
+                .get(format!("{}/health", self.url()))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await;
+            if health.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("{} did not become ready:\n{}", self.name, self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Everything the process printed so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (up to `grace`) for a clean exit; kills it after that. Returns
+    /// whether it exited by itself with success.
+    pub async fn stop(&mut self, grace: Duration) -> bool {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(Ok(status)) => status.success(),
+            _ => {
+                let _ = self.child.kill().await;
+                false
+            }
+        }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}

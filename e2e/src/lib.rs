@@ -1,0 +1,217 @@
+//! The whole Hallmark system for one test: fresh databases, its own broker namespace and storage
+//! directory, an OTLP receiver, and Shop, CRM and MES running as real processes.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use testkit::database::TestDatabase;
+use testkit::otlp::OtlpCapture;
+use testkit::process::{ServiceProcess, binary};
+use uuid::Uuid;
+
+/// How long a test waits for an order to reach a status.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub struct System {
+    /// Prefix of this system's exchanges and queues.
+    pub namespace: String,
+    pub shop: ServiceProcess,
+    pub crm: ServiceProcess,
+    pub mes: ServiceProcess,
+    pub otlp: OtlpCapture,
+    pub client: reqwest::Client,
+    _databases: Vec<TestDatabase>,
+    _storage: tempfile::TempDir,
+}
+
+/// A placed order and the answer to placing it.
+pub struct Placed {
+    pub id: Uuid,
+    pub response: Value,
+    /// The `traceresponse` header: `00-{trace_id}-{span_id}-{flags}`.
+    pub trace_id: String,
+}
+
+impl System {
+    /// Starts everything; `extra_env` is given to every service (e.g. masking rules).
+    pub async fn start_with(extra_env: &[(&str, &str)]) -> Self {
+        let broker = testkit::broker::isolated();
+        let storage = tempfile::tempdir().expect("a storage directory");
+        let otlp = OtlpCapture::start().await;
+        let mut env = testkit::broker::env(&broker);
+        env.extend(otlp.env());
+        env.push((
+            "HALLMARK_STORAGE_DIR".into(),
+            storage.path().display().to_string(),
+        ));
+        env.push(("HALLMARK_ENV".into(), "test".into()));
+        env.push((
+            "MES_CALC_BIN".into(),
+            binary("mes-calc").display().to_string(),
+        ));
+        env.push(("MES_CALC_RETRY_DELAY".into(), "200ms".into()));
+        env.push(("RUST_LOG".into(), "info".into()));
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+
+        let shop_db = TestDatabase::create("shop").await;
+        let crm_db = TestDatabase::create("crm").await;
+        let mes_db = TestDatabase::create("mes").await;
+        let with_db = |var: &str, db: &TestDatabase| {
+            let mut env = env.clone();
+            env.push((var.into(), db.url().into()));
+            env
+        };
+        let mes =
+            ServiceProcess::start("mes-api", "MES_PORT", &with_db("MES_DATABASE_URL", &mes_db))
+                .await;
+        let crm =
+            ServiceProcess::start("crm-api", "CRM_PORT", &with_db("CRM_DATABASE_URL", &crm_db))
+                .await;
+        let shop = ServiceProcess::start(
+            "shop-api",
+            "SHOP_PORT",
+            &with_db("SHOP_DATABASE_URL", &shop_db),
+        )
+        .await;
+        Self {
+            namespace: broker.namespace.clone(),
+            shop,
+            crm,
+            mes,
+            otlp,
+            client: reqwest::Client::new(),
+            _databases: vec![shop_db, crm_db, mes_db],
+            _storage: storage,
+        }
+    }
+
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Places an order for `fixture` in `material` through Shop's HTTP API.
+    pub async fn place_order(&self, fixture: &str, material: &str) -> Placed {
+        self.place_order_with_headers(fixture, material, &[]).await
+    }
+
+    /// As [`System::place_order`], with extra request headers (e.g. a `traceparent`).
+    pub async fn place_order_with_headers(
+        &self,
+        fixture: &str,
+        material: &str,
+        headers: &[(&str, &str)],
+    ) -> Placed {
+        let order = json!({
+            "customer": {"name": "Jane Doe", "email": "jane.doe@example.com", "phone": "+49 170 1234567"},
+            "material": material,
+            "size": 17,
+            "external_order_id": format!("PO-{}", Uuid::new_v4().simple()),
+        });
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "order",
+                reqwest::multipart::Part::text(order.to_string())
+                    .mime_str("application/json")
+                    .unwrap(),
+            )
+            .part(
+                "model",
+                reqwest::multipart::Part::bytes(testkit::fixtures::stl(fixture))
+                    .file_name(fixture.to_owned()),
+            );
+        let mut request = self
+            .client
+            .post(format!("{}/api/orders", self.shop.url()))
+            .multipart(form);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("shop answers");
+        assert_eq!(response.status(), 201, "placing {fixture}");
+        let trace_id = response
+            .headers()
+            .get("traceresponse")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split('-').nth(1))
+            .unwrap_or_default()
+            .to_owned();
+        let response: Value = response.json().await.unwrap();
+        let id = response["order_id"].as_str().unwrap().parse().unwrap();
+        Placed {
+            id,
+            response,
+            trace_id,
+        }
+    }
+
+    async fn get(&self, url: String) -> Value {
+        let response = self.client.get(&url).send().await.expect("service answers");
+        assert!(
+            response.status().is_success(),
+            "GET {url}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+
+    pub async fn shop_order(&self, id: Uuid) -> Value {
+        self.get(format!("{}/api/orders/{id}", self.shop.url()))
+            .await
+    }
+
+    pub async fn crm_order(&self, id: Uuid) -> Value {
+        self.get(format!("{}/api/orders/{id}", self.crm.url()))
+            .await
+    }
+
+    pub async fn mes_order(&self, id: Uuid) -> Value {
+        self.get(format!("{}/api/orders/{id}", self.mes.url()))
+            .await
+    }
+
+    /// Waits until Shop shows `status` for the order and returns Shop's view.
+    pub async fn until_shop_status(&self, id: Uuid, status: &str) -> Value {
+        testkit::wait::until(
+            &format!("order {id} to be {status} in shop"),
+            PATIENCE,
+            || async {
+                let order = self.shop_order(id).await;
+                (order["status"] == status).then_some(order)
+            },
+        )
+        .await
+    }
+
+    /// Waits until `service`'s view (`crm` or `mes`) shows `status`.
+    pub async fn until_status_in(&self, service: &str, id: Uuid, status: &str) -> Value {
+        testkit::wait::until(
+            &format!("order {id} to be {status} in {service}"),
+            PATIENCE,
+            || async {
+                let order = match service {
+                    "crm" => self.crm_order(id).await,
+                    "mes" => self.mes_order(id).await,
+                    _ => self.shop_order(id).await,
+                };
+                (order["status"] == status).then_some(order)
+            },
+        )
+        .await
+    }
+
+    /// POSTs `body` (JSON, or nothing) and returns status and JSON answer.
+    pub async fn post(&self, url: String, body: Option<Value>) -> (u16, Value) {
+        let request = self.client.post(&url);
+        let request = match body {
+            Some(body) => request.json(&body),
+            None => request,
+        };
+        let response = request.send().await.expect("service answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
