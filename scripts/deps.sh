@@ -1,0 +1,96 @@
+# Shared by scripts/run and scripts/test: make sure PostgreSQL and RabbitMQ are installed,
+# running and reachable the way Hallmark expects. Source it; it defines functions only.
+#
+# What it guarantees after `ensure_dependencies`:
+# - PostgreSQL on 127.0.0.1:5432 with a login role `hallmark` (password `hallmark`, CREATEDB);
+# - RabbitMQ on 127.0.0.1:5672 accepting guest/guest from this machine.
+# When something is missing it installs it from Debian packages if run as root, and otherwise
+# says exactly what to install.
+
+HALLMARK_DB_ADMIN_URL="${HALLMARK_DB_ADMIN_URL:-postgres://hallmark:hallmark@127.0.0.1:5432/postgres}"
+
+say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for_port() {
+  local port=$1 what=$2 seconds=${3:-60}
+  for _ in $(seq "$seconds"); do
+    port_open "$port" && return 0
+    sleep 1
+  done
+  die "$what did not open port $port within ${seconds}s"
+}
+
+is_root() { [ "$(id -u)" = 0 ]; }
+
+apt_install() {
+  is_root || die "missing packages: $*. Install them with: sudo apt-get install -y $*"
+  say "installing $* from Debian packages"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_postgres() {
+  if ! command -v pg_ctlcluster >/dev/null 2>&1 && ! port_open 5432; then
+    apt_install postgresql postgresql-client
+  fi
+  command -v psql >/dev/null 2>&1 || apt_install postgresql-client
+  if ! port_open 5432; then
+    local version
+    version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+    [ -n "$version" ] || die "PostgreSQL is installed but has no cluster; create one with: pg_createcluster --start 15 main"
+    say "starting PostgreSQL $version"
+    if is_root; then
+      pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    else
+      die "PostgreSQL is not running; start it with: sudo pg_ctlcluster $version main start"
+    fi
+    wait_for_port 5432 PostgreSQL
+  fi
+  # The hallmark role: services and tests connect with it over TCP, whatever the server's
+  # local authentication (trust here, scram on a stock Debian install).
+  if ! psql "$HALLMARK_DB_ADMIN_URL" -Atqc 'select 1' >/dev/null 2>&1; then
+    say "creating the PostgreSQL role hallmark"
+    local create="DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'hallmark') THEN CREATE ROLE hallmark LOGIN CREATEDB PASSWORD 'hallmark'; END IF; END \$\$;"
+    if is_root && id postgres >/dev/null 2>&1; then
+      runuser -u postgres -- psql -qc "$create" >/dev/null
+    else
+      psql "postgres://postgres@127.0.0.1:5432/postgres" -qc "$create" >/dev/null \
+        || die "cannot create the role hallmark; run as a PostgreSQL superuser: CREATE ROLE hallmark LOGIN CREATEDB PASSWORD 'hallmark'"
+    fi
+    psql "$HALLMARK_DB_ADMIN_URL" -Atqc 'select 1' >/dev/null \
+      || die "the role hallmark cannot log in over TCP; allow password (scram-sha-256) authentication for 127.0.0.1 in pg_hba.conf"
+  fi
+}
+
+# Creates database $1 (owned by hallmark) unless it exists.
+ensure_database() {
+  local name=$1
+  if [ "$(psql "$HALLMARK_DB_ADMIN_URL" -Atqc "select 1 from pg_database where datname = '$name'")" != 1 ]; then
+    say "creating database $name"
+    psql "$HALLMARK_DB_ADMIN_URL" -qc "create database \"$name\"" >/dev/null
+  fi
+}
+
+ensure_rabbitmq() {
+  if ! port_open 5672; then
+    command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
+    if ! port_open 5672; then
+      is_root || die "RabbitMQ is not running; start it with: sudo rabbitmq-server -detached"
+      say "starting RabbitMQ"
+      rabbitmq-server -detached >/dev/null 2>&1 || true
+      wait_for_port 5672 RabbitMQ 120
+    fi
+  fi
+  # The port opens before the broker accepts connections; wait until it is really up.
+  if command -v rabbitmqctl >/dev/null 2>&1 && is_root; then
+    timeout 120 rabbitmqctl await_startup >/dev/null 2>&1 || true
+  fi
+}
+
+ensure_dependencies() {
+  ensure_postgres
+  ensure_rabbitmq
+}
