@@ -79,3 +79,11 @@ pub mod semconv {
         DEPLOYMENT_ENVIRONMENT_NAME, SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION,
     };
 }
+
+/// Span names other components look for (order-watch derives metrics from them).
+pub mod span_names {
+    /// One price-calculation attempt in MES (storage read plus calc engine).
+    pub const PRICE_MODEL: &str = "price model";
+    /// MES's CLIENT span around the calc-engine process.
+    pub const CALC_ENGINE_RUN: &str = "mes-calc run";
+}

@@ -247,3 +247,91 @@ impl OtlpCapture {
         self.received.lock().expect("not poisoned").raw.clone()
     }
 }
+
+/// Building OTLP export requests by hand, for tests and benchmarks of receivers.
+pub mod build {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::span::Link;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+
+    pub fn string(key: &str, value: impl Into<String>) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(value.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub fn int(key: &str, value: i64) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::IntValue(value)),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A span of `trace` (16 bytes) with id `id` (8 bytes), from `start_ns` lasting `duration_ns`.
+    pub fn span(
+        trace: [u8; 16],
+        id: [u8; 8],
+        name: &str,
+        start_ns: u64,
+        duration_ns: u64,
+        attributes: Vec<KeyValue>,
+    ) -> Span {
+        Span {
+            trace_id: trace.to_vec(),
+            span_id: id.to_vec(),
+            name: name.into(),
+            kind: 1,
+            start_time_unix_nano: start_ns,
+            end_time_unix_nano: start_ns + duration_ns,
+            attributes,
+            status: Some(Status::default()),
+            ..Default::default()
+        }
+    }
+
+    /// `span` with a parent and links.
+    pub fn with_relations(
+        mut span: Span,
+        parent: Option<[u8; 8]>,
+        links: &[([u8; 16], [u8; 8])],
+    ) -> Span {
+        if let Some(parent) = parent {
+            span.parent_span_id = parent.to_vec();
+        }
+        span.links = links
+            .iter()
+            .map(|(trace, id)| Link {
+                trace_id: trace.to_vec(),
+                span_id: id.to_vec(),
+                ..Default::default()
+            })
+            .collect();
+        span
+    }
+
+    /// An export request of `spans` from `service`.
+    pub fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![string("service.name", service)],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+}

@@ -83,7 +83,7 @@ impl CalcEngine {
     pub async fn run(&self, material: Material, model: Bytes) -> Result<Verdict, RunError> {
         let span = tracing::info_span!(
             "calc.engine",
-            otel.name = "mes-calc run",
+            otel.name = telemetry::attr::span_names::CALC_ENGINE_RUN,
             otel.kind = "client",
             otel.status_code = Empty,
             error.type = Empty,
@@ -288,7 +288,7 @@ impl Worker {
     async fn process(&self, job: Job) {
         let span = tracing::info_span!(
             "calc.price",
-            otel.name = "price model",
+            otel.name = telemetry::attr::span_names::PRICE_MODEL,
             otel.status_code = Empty,
             { attr::ORDER_MATERIAL } = job.material.as_str(),
             { attr::RETRY_COUNT } = job.attempt - 1,

@@ -1,0 +1,246 @@
+//! order-watch's HTTP API and UI.
+//!
+//! * `GET /api/orders/{order_id}/journey`: the order's stage, status, activity and every span of
+//!   every trace, in time order, with the links that join the traces.
+//! * `GET /api/orders/stuck`: orders stuck right now, longest silent first.
+//! * `GET /api/incidents?open=true`: incidents, newest first.
+//! * `POST /api/alerts`: Alertmanager's webhook; its alerts become incidents.
+//! * `GET /api/config`: the stuck thresholds per stage and the retention.
+//! * `GET /`: the UI.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::response::Html;
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use platform::error::ApiError;
+use platform::extract::{Json, OrderId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::config::Thresholds;
+use crate::incidents::{self, AlertmanagerMessage, Incident};
+use crate::store::{OrderState, queries};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub pool: PgPool,
+    pub clock: Clock,
+    pub thresholds: Arc<Thresholds>,
+    pub retention_days: u64,
+}
+
+pub fn router() -> Router<ApiState> {
+    Router::new()
+        .route("/", get(ui))
+        .route("/api/orders/stuck", get(stuck))
+        .route("/api/orders/{order_id}/journey", get(journey))
+        .route("/api/incidents", get(list_incidents))
+        .route("/api/alerts", post(alerts))
+        .route("/api/config", get(config))
+}
+
+async fn ui() -> Html<&'static str> {
+    Html(include_str!("../static/index.html"))
+}
+
+/// An order's summary as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub order_id: Uuid,
+    pub status: Option<String>,
+    pub stage: String,
+    pub terminal: bool,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    /// Seconds since the last span.
+    pub silent_seconds: f64,
+    pub stuck: bool,
+    pub stuck_since: Option<DateTime<Utc>>,
+    /// When the order counts as stuck if nothing happens (none once terminal).
+    pub deadline: Option<DateTime<Utc>>,
+    /// The stage's threshold in seconds.
+    pub threshold_seconds: Option<u64>,
+    pub span_count: i64,
+    pub error_count: i64,
+    pub max_retries: i64,
+    pub dead_letters: i64,
+    pub last_service: String,
+    pub last_span: String,
+}
+
+fn summary(state: OrderState, now: DateTime<Utc>, thresholds: &Thresholds) -> Summary {
+    Summary {
+        order_id: state.order_id,
+        status: state.status.map(|s| s.as_str().to_owned()),
+        stage: state.stage.as_str().to_owned(),
+        terminal: state.terminal,
+        first_seen: state.first_seen,
+        last_seen: state.last_seen,
+        silent_seconds: ((now - state.last_seen).num_milliseconds().max(0) as f64) / 1000.0,
+        stuck: state.stuck_since.is_some(),
+        stuck_since: state.stuck_since,
+        deadline: state.deadline,
+        threshold_seconds: (!state.terminal).then(|| thresholds.for_stage(state.stage).as_secs()),
+        span_count: state.span_count,
+        error_count: state.error_count,
+        max_retries: state.max_retries,
+        dead_letters: state.dead_letters,
+        last_service: state.last_service,
+        last_span: state.last_span,
+    }
+}
+
+/// One trace of the journey.
+#[derive(Debug, Serialize)]
+struct TraceSummary {
+    trace_id: String,
+    spans: usize,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    services: BTreeSet<String>,
+}
+
+/// A span in one trace that links to a span in another: how the traces of an order join.
+#[derive(Debug, Serialize)]
+struct Join {
+    from_trace_id: String,
+    from_span_id: String,
+    to_trace_id: String,
+    to_span_id: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Journey {
+    #[serde(flatten)]
+    summary: Summary,
+    traces: Vec<TraceSummary>,
+    joins: Vec<Join>,
+    spans: Vec<queries::StoredSpan>,
+}
+
+/// `GET /api/orders/{order_id}/journey`.
+async fn journey(
+    State(state): State<ApiState>,
+    OrderId(order_id): OrderId,
+) -> Result<axum::Json<Journey>, ApiError> {
+    let order = queries::order(&state.pool, order_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound {
+            code: "order_not_found",
+            message: format!("order-watch has seen no span of order {order_id}"),
+        })?;
+    let spans = queries::spans(&state.pool, order_id).await?;
+    let mut traces: BTreeMap<String, TraceSummary> = BTreeMap::new();
+    let mut joins = Vec::new();
+    for span in &spans {
+        let trace = traces
+            .entry(span.trace_id.clone())
+            .or_insert_with(|| TraceSummary {
+                trace_id: span.trace_id.clone(),
+                spans: 0,
+                start: span.start,
+                end: span.end,
+                services: BTreeSet::new(),
+            });
+        trace.spans += 1;
+        trace.start = trace.start.min(span.start);
+        trace.end = trace.end.max(span.end);
+        trace.services.insert(span.service.clone());
+        for link in span.links.as_array().into_iter().flatten() {
+            let to_trace = link["trace_id"].as_str().unwrap_or_default();
+            if to_trace != span.trace_id {
+                joins.push(Join {
+                    from_trace_id: span.trace_id.clone(),
+                    from_span_id: span.span_id.clone(),
+                    to_trace_id: to_trace.to_owned(),
+                    to_span_id: link["span_id"].as_str().unwrap_or_default().to_owned(),
+                });
+            }
+        }
+    }
+    let mut traces: Vec<TraceSummary> = traces.into_values().collect();
+    traces.sort_by_key(|t| t.start);
+    Ok(axum::Json(Journey {
+        summary: summary(order, state.clock.now(), &state.thresholds),
+        traces,
+        joins,
+        spans,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct Limit {
+    limit: Option<i64>,
+    open: Option<bool>,
+}
+
+fn limit(query: &Limit) -> Result<i64, ApiError> {
+    let limit = query.limit.unwrap_or(100);
+    if (1..=1000).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_limit",
+            "`limit` must be between 1 and 1000",
+        ))
+    }
+}
+
+/// `GET /api/orders/stuck`.
+async fn stuck(
+    State(state): State<ApiState>,
+    Query(query): Query<Limit>,
+) -> Result<axum::Json<Vec<Summary>>, ApiError> {
+    let now = state.clock.now();
+    let orders = queries::stuck(&state.pool, limit(&query)?).await?;
+    Ok(axum::Json(
+        orders
+            .into_iter()
+            .map(|o| summary(o, now, &state.thresholds))
+            .collect(),
+    ))
+}
+
+/// `GET /api/incidents`.
+async fn list_incidents(
+    State(state): State<ApiState>,
+    Query(query): Query<Limit>,
+) -> Result<axum::Json<Vec<Incident>>, ApiError> {
+    let incidents =
+        incidents::list(&state.pool, query.open.unwrap_or(false), limit(&query)?).await?;
+    Ok(axum::Json(incidents))
+}
+
+/// `POST /api/alerts`: Alertmanager's webhook.
+async fn alerts(
+    State(state): State<ApiState>,
+    Json(message): Json<AlertmanagerMessage>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let (opened, resolved) =
+        incidents::record_alerts(&state.pool, &message, state.clock.now()).await?;
+    Ok(axum::Json(
+        serde_json::json!({"opened": opened, "resolved": resolved}),
+    ))
+}
+
+/// `GET /api/config`.
+async fn config(State(state): State<ApiState>) -> axum::Json<Value> {
+    let thresholds: BTreeMap<&str, u64> = state
+        .thresholds
+        .all()
+        .into_iter()
+        .map(|(stage, d)| (stage.as_str(), d.as_secs()))
+        .collect();
+    axum::Json(serde_json::json!({
+        "stuck_after_seconds": thresholds,
+        "default_stuck_after_seconds": state.thresholds.default.as_secs(),
+        "retention_days": state.retention_days,
+    }))
+}

@@ -1,0 +1,222 @@
+//! order-watch settings: the environment for where things are, a TOML file for the thresholds.
+//!
+//! ```toml
+//! # order-watch.toml (ORDER_WATCH_CONFIG); every key is optional.
+//! default_stuck_after = "15m"   # stages not listed below; ORDER_WATCH_STUCK_AFTER overrides it
+//! retention_days = 30
+//!
+//! [stuck_after]                 # per stage (names as in `order.stage`)
+//! customer_confirmation = "7d"
+//! production = "10d"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use domain::Stage;
+use platform::db::DatabaseConfig;
+use platform::env;
+use serde::Deserialize;
+
+/// How long each stage may stay silent before its order is stuck.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds {
+    /// For every stage without its own entry.
+    pub default: Duration,
+    pub per_stage: BTreeMap<Stage, Duration>,
+}
+
+impl Default for Thresholds {
+    /// The machine stages (intake, registration, pricing queue, pricing) take seconds when all
+    /// is well, so they share the default of 15 minutes. The stages that wait for people get
+    /// what people take: a customer has a week to accept a price, production takes days.
+    fn default() -> Self {
+        let day = Duration::from_secs(24 * 3600);
+        Self {
+            default: Duration::from_secs(15 * 60),
+            per_stage: BTreeMap::from([
+                (Stage::CustomerConfirmation, 7 * day),
+                (Stage::ProductionQueue, 2 * day),
+                (Stage::Production, 10 * day),
+                (Stage::QualityCheck, 2 * day),
+                (Stage::Shipping, 3 * day),
+                (Stage::Delivery, 14 * day),
+            ]),
+        }
+    }
+}
+
+impl Thresholds {
+    pub fn for_stage(&self, stage: Stage) -> Duration {
+        self.per_stage.get(&stage).copied().unwrap_or(self.default)
+    }
+
+    /// A threshold for every stage but `done` (which never gets stuck).
+    pub fn all(&self) -> Vec<(Stage, Duration)> {
+        Stage::ALL
+            .into_iter()
+            .filter(|s| *s != Stage::Done)
+            .map(|s| (s, self.for_stage(s)))
+            .collect()
+    }
+}
+
+/// The optional configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    default_stuck_after: Option<String>,
+    #[serde(default)]
+    stuck_after: BTreeMap<String, String>,
+    retention_days: Option<u32>,
+}
+
+/// Everything order-watch needs to run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Interface for all listeners. Env: `ORDER_WATCH_HOST` (default `127.0.0.1`).
+    pub host: String,
+    /// The API and UI. Env: `ORDER_WATCH_PORT` (default 8080).
+    pub http_port: u16,
+    /// OTLP/gRPC. Env: `ORDER_WATCH_OTLP_GRPC_PORT` (default 4317).
+    pub otlp_grpc_port: u16,
+    /// OTLP/HTTP. Env: `ORDER_WATCH_OTLP_HTTP_PORT` (default 4318).
+    pub otlp_http_port: u16,
+    /// Env: `ORDER_WATCH_DATABASE_URL` (default
+    /// `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_order_watch`).
+    pub database: DatabaseConfig,
+    pub thresholds: Thresholds,
+    /// Journeys whose last span is older are deleted. File: `retention_days`; env:
+    /// `ORDER_WATCH_RETENTION_DAYS` (default 30).
+    pub retention: Duration,
+    /// Where incident notifications go, in Alertmanager's webhook format; none when unset.
+    /// Env: `ORDER_WATCH_WEBHOOK_URL`.
+    pub webhook_url: Option<String>,
+    /// Largest OTLP request accepted (after decompression). Env: `ORDER_WATCH_MAX_REQUEST_BYTES`
+    /// (default 16 MiB).
+    pub max_request_bytes: usize,
+    /// The detector checks for due orders at least this often, besides waking exactly at the
+    /// earliest deadline it knows. Env: `ORDER_WATCH_DETECT_INTERVAL` (default `1s`).
+    pub detect_interval: Duration,
+    /// How often the per-stage gauges are recomputed. Env: `ORDER_WATCH_GAUGE_INTERVAL`
+    /// (default `15s`).
+    pub gauge_interval: Duration,
+}
+
+impl Settings {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let file = env::optional("ORDER_WATCH_CONFIG").map(PathBuf::from);
+        let file_config = match &file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let thresholds = thresholds(&file_config, env::optional("ORDER_WATCH_STUCK_AFTER"))?;
+        let retention_days: u32 = env::parse(
+            "ORDER_WATCH_RETENTION_DAYS",
+            file_config.retention_days.unwrap_or(30),
+        )?;
+        Ok(Self {
+            host: env::string("ORDER_WATCH_HOST", "127.0.0.1"),
+            http_port: env::parse("ORDER_WATCH_PORT", 8080)?,
+            otlp_grpc_port: env::parse("ORDER_WATCH_OTLP_GRPC_PORT", 4317)?,
+            otlp_http_port: env::parse("ORDER_WATCH_OTLP_HTTP_PORT", 4318)?,
+            database: DatabaseConfig::new(env::string(
+                "ORDER_WATCH_DATABASE_URL",
+                "postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_order_watch",
+            )),
+            thresholds,
+            retention: Duration::from_secs(u64::from(retention_days) * 24 * 3600),
+            webhook_url: env::optional("ORDER_WATCH_WEBHOOK_URL"),
+            max_request_bytes: env::parse("ORDER_WATCH_MAX_REQUEST_BYTES", 16 * 1024 * 1024)?,
+            detect_interval: env::duration("ORDER_WATCH_DETECT_INTERVAL", Duration::from_secs(1))?,
+            gauge_interval: env::duration("ORDER_WATCH_GAUGE_INTERVAL", Duration::from_secs(15))?,
+        })
+    }
+}
+
+fn parse_duration(what: &str, text: &str) -> anyhow::Result<Duration> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        anyhow::anyhow!("{what}: `{text}` is not a duration like `90s`, `15m` or `7d` ({e})")
+    })
+}
+
+/// Built-in thresholds, then the file's, then `ORDER_WATCH_STUCK_AFTER` for the default.
+fn thresholds(file: &FileConfig, stuck_after: Option<String>) -> anyhow::Result<Thresholds> {
+    let mut thresholds = Thresholds::default();
+    if let Some(default) = &file.default_stuck_after {
+        thresholds.default = parse_duration("default_stuck_after", default)?;
+    }
+    for (stage, duration) in &file.stuck_after {
+        let stage: Stage = stage
+            .parse()
+            .map_err(|_| anyhow::anyhow!("stuck_after: unknown stage `{stage}`"))?;
+        thresholds.per_stage.insert(
+            stage,
+            parse_duration(&format!("stuck_after.{stage}"), duration)?,
+        );
+    }
+    if let Some(default) = stuck_after {
+        thresholds.default = parse_duration("ORDER_WATCH_STUCK_AFTER", &default)?;
+    }
+    Ok(thresholds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_stages_use_the_default_and_the_variable_overrides_it() {
+        let thresholds = thresholds(&FileConfig::default(), Some("90s".into())).unwrap();
+        assert_eq!(
+            thresholds.for_stage(Stage::Pricing),
+            Duration::from_secs(90)
+        );
+        assert_eq!(thresholds.for_stage(Stage::Intake), Duration::from_secs(90));
+        assert_eq!(
+            thresholds.for_stage(Stage::CustomerConfirmation),
+            Duration::from_secs(7 * 24 * 3600)
+        );
+    }
+
+    #[test]
+    fn the_file_sets_stages_and_the_default() {
+        let file: FileConfig = toml::from_str(
+            "default_stuck_after = \"20m\"\n[stuck_after]\npricing = \"5m\"\nshipping = \"1d\"\n",
+        )
+        .unwrap();
+        let thresholds = thresholds(&file, None).unwrap();
+        assert_eq!(
+            thresholds.for_stage(Stage::Pricing),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            thresholds.for_stage(Stage::Shipping),
+            Duration::from_secs(86_400)
+        );
+        assert_eq!(
+            thresholds.for_stage(Stage::Intake),
+            Duration::from_secs(1200)
+        );
+    }
+
+    #[test]
+    fn bad_stages_and_durations_are_named() {
+        let file: FileConfig = toml::from_str("[stuck_after]\nnowhere = \"5m\"\n").unwrap();
+        assert!(
+            thresholds(&file, None)
+                .unwrap_err()
+                .to_string()
+                .contains("nowhere")
+        );
+        let err = thresholds(&FileConfig::default(), Some("soon".into())).unwrap_err();
+        assert!(err.to_string().contains("ORDER_WATCH_STUCK_AFTER"));
+        assert!(toml::from_str::<FileConfig>("colour = 1").is_err());
+    }
+}

@@ -1,0 +1,383 @@
+//! OTLP trace ingest: from an export request to the spans of orders.
+//!
+//! Only spans that carry `order.id` matter; the rest are counted and dropped after a look at
+//! their attribute keys, without converting anything. A span whose ids or times are malformed,
+//! or whose `order.id` is not a UUID, is rejected and reported back as a partial success, as the
+//! OTLP specification asks; the rest of its request is still accepted.
+
+pub mod grpc;
+pub mod http;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use domain::OrderStatus;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use serde_json::{Map, Value};
+use telemetry::attr;
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+use crate::store::{StoreError, Writer};
+
+/// What the receivers share.
+#[derive(Clone)]
+pub struct Ingest {
+    pub writer: Writer,
+    pub metrics: Arc<Metrics>,
+    /// Largest request accepted, decompressed.
+    pub max_request_bytes: usize,
+}
+
+/// Why a request was not taken; both are worth a retry by the exporter.
+#[derive(Debug)]
+pub enum IngestError {
+    Busy,
+    Unavailable(String),
+}
+
+impl Ingest {
+    /// Stores the spans of orders in `request`; answers once they are committed.
+    pub async fn export(
+        &self,
+        request: ExportTraceServiceRequest,
+    ) -> Result<ExportTraceServiceResponse, IngestError> {
+        let extracted = extract(&request);
+        let accepted = extracted.spans.len() as u64;
+        match self.writer.write(extracted.spans).await {
+            Ok(_) => {}
+            Err(StoreError::Busy) => return Err(IngestError::Busy),
+            Err(err) => return Err(IngestError::Unavailable(err.to_string())),
+        }
+        self.metrics
+            .record_ingest(accepted, extracted.ignored, extracted.rejected);
+        let partial_success = (extracted.rejected > 0).then(|| ExportTracePartialSuccess {
+            rejected_spans: extracted.rejected as i64,
+            error_message: extracted.rejection.unwrap_or_default(),
+        });
+        Ok(ExportTraceServiceResponse { partial_success })
+    }
+}
+
+/// order-watch's own spans are never part of a journey (looking at a journey must not move it).
+pub const OWN_SERVICE: &str = "order-watch";
+
+/// Longest attribute string kept; longer values are cut (with `…`).
+const MAX_VALUE_CHARS: usize = 1024;
+/// Most attributes kept per span.
+const MAX_ATTRIBUTES: usize = 128;
+
+/// One span of an order, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanRecord {
+    pub order_id: Uuid,
+    pub trace_id: Vec<u8>,
+    pub span_id: Vec<u8>,
+    pub parent_span_id: Option<Vec<u8>>,
+    pub service: String,
+    pub name: String,
+    /// OTLP span kind (1 internal, 2 server, 3 client, 4 producer, 5 consumer).
+    pub kind: i16,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// 0 unset, 1 ok, 2 error.
+    pub status_code: i16,
+    pub status_message: String,
+    pub attributes: Map<String, Value>,
+    /// `(trace_id, span_id)` in hex.
+    pub links: Vec<(String, String)>,
+}
+
+impl SpanRecord {
+    pub fn attribute_str(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).and_then(Value::as_str)
+    }
+
+    pub fn attribute_i64(&self, key: &str) -> Option<i64> {
+        self.attributes.get(key).and_then(Value::as_i64)
+    }
+
+    /// The status an owner moved the order to in this span.
+    pub fn status_to(&self) -> Option<OrderStatus> {
+        self.attribute_str(attr::ORDER_STATUS_TO)?.parse().ok()
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.status_code == 2
+    }
+}
+
+/// What one export request held.
+#[derive(Debug, Default)]
+pub struct Extracted {
+    pub spans: Vec<SpanRecord>,
+    /// Spans without `order.id` (or order-watch's own).
+    pub ignored: u64,
+    /// Spans refused as malformed.
+    pub rejected: u64,
+    /// Why the first rejected span was refused, for the partial-success answer.
+    pub rejection: Option<String>,
+}
+
+impl Extracted {
+    fn reject(&mut self, why: String) {
+        self.rejected += 1;
+        if self.rejection.is_none() {
+            self.rejection = Some(why);
+        }
+    }
+}
+
+fn value_to_json(value: &AnyValue) -> Value {
+    match &value.value {
+        Some(any_value::Value::StringValue(s)) => {
+            if s.chars().count() > MAX_VALUE_CHARS {
+                Value::String(s.chars().take(MAX_VALUE_CHARS).chain(['…']).collect())
+            } else {
+                Value::String(s.clone())
+            }
+        }
+        Some(any_value::Value::BoolValue(b)) => Value::Bool(*b),
+        Some(any_value::Value::IntValue(i)) => Value::from(*i),
+        Some(any_value::Value::DoubleValue(d)) => Value::from(*d),
+        Some(any_value::Value::ArrayValue(array)) => Value::Array(
+            array
+                .values
+                .iter()
+                .take(MAX_ATTRIBUTES)
+                .map(value_to_json)
+                .collect(),
+        ),
+        Some(any_value::Value::KvlistValue(list)) => Value::Object(attributes(&list.values)),
+        Some(any_value::Value::BytesValue(bytes)) => Value::String(hex::encode(bytes)),
+        _ => Value::Null,
+    }
+}
+
+fn attributes(list: &[KeyValue]) -> Map<String, Value> {
+    list.iter()
+        .take(MAX_ATTRIBUTES)
+        .map(|kv| {
+            let value = kv.value.as_ref().map(value_to_json).unwrap_or(Value::Null);
+            (kv.key.clone(), value)
+        })
+        .collect()
+}
+
+fn string_attribute<'a>(list: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    list.iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s.as_str()),
+            _ => None,
+        })
+}
+
+fn time(nanos: u64) -> Option<DateTime<Utc>> {
+    if nanos == 0 {
+        return None;
+    }
+    let seconds = (nanos / 1_000_000_000) as i64;
+    Utc.timestamp_opt(seconds, (nanos % 1_000_000_000) as u32)
+        .single()
+}
+
+fn valid_id(bytes: &[u8], len: usize) -> bool {
+    bytes.len() == len && bytes.iter().any(|b| *b != 0)
+}
+
+fn convert(span: &Span, service: &str, order_id: Uuid) -> Result<SpanRecord, String> {
+    if !valid_id(&span.trace_id, 16) {
+        return Err(format!("span `{}` has an invalid trace id", span.name));
+    }
+    if !valid_id(&span.span_id, 8) {
+        return Err(format!("span `{}` has an invalid span id", span.name));
+    }
+    let start = time(span.start_time_unix_nano)
+        .ok_or_else(|| format!("span `{}` has no start time", span.name))?;
+    let end = time(span.end_time_unix_nano).unwrap_or(start).max(start);
+    let parent = valid_id(&span.parent_span_id, 8).then(|| span.parent_span_id.clone());
+    let (status_code, status_message) = span
+        .status
+        .as_ref()
+        .map_or((0, String::new()), |s| (s.code as i16, s.message.clone()));
+    Ok(SpanRecord {
+        order_id,
+        trace_id: span.trace_id.clone(),
+        span_id: span.span_id.clone(),
+        parent_span_id: parent,
+        service: service.to_owned(),
+        name: span.name.clone(),
+        kind: span.kind as i16,
+        start,
+        end,
+        status_code,
+        status_message,
+        attributes: attributes(&span.attributes),
+        links: span
+            .links
+            .iter()
+            .filter(|l| valid_id(&l.trace_id, 16) && valid_id(&l.span_id, 8))
+            .map(|l| (hex::encode(&l.trace_id), hex::encode(&l.span_id)))
+            .collect(),
+    })
+}
+
+/// Picks the spans of orders out of an export request.
+pub fn extract(request: &ExportTraceServiceRequest) -> Extracted {
+    let mut out = Extracted::default();
+    for resource_spans in &request.resource_spans {
+        let service = resource_spans
+            .resource
+            .as_ref()
+            .and_then(|r| string_attribute(&r.attributes, "service.name"))
+            .unwrap_or("unknown_service");
+        for scope_spans in &resource_spans.scope_spans {
+            for span in &scope_spans.spans {
+                let Some(order) = string_attribute(&span.attributes, attr::ORDER_ID) else {
+                    out.ignored += 1;
+                    continue;
+                };
+                if service == OWN_SERVICE {
+                    out.ignored += 1;
+                    continue;
+                }
+                let Ok(order_id) = Uuid::parse_str(order) else {
+                    out.reject(format!(
+                        "span `{}` has an order.id that is not a UUID",
+                        span.name
+                    ));
+                    continue;
+                };
+                match convert(span, service, order_id) {
+                    Ok(record) => out.spans.push(record),
+                    Err(why) => out.reject(why),
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status};
+
+    fn kv(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(value.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn span(attributes: Vec<KeyValue>) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            name: "process hallmark.orders".into(),
+            kind: 5,
+            start_time_unix_nano: 1_700_000_000_000_000_000,
+            end_time_unix_nano: 1_700_000_000_500_000_000,
+            attributes,
+            status: Some(Status {
+                code: 2,
+                message: "boom".into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", service)],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn only_spans_of_orders_are_kept() {
+        let order = Uuid::now_v7();
+        let extracted = extract(&request(
+            "crm-api",
+            vec![
+                span(vec![
+                    kv("order.id", &order.to_string()),
+                    kv("order.status.to", "registered"),
+                ]),
+                span(vec![kv("http.route", "/health")]),
+            ],
+        ));
+        assert_eq!(extracted.ignored, 1);
+        assert_eq!(extracted.spans.len(), 1);
+        let record = &extracted.spans[0];
+        assert_eq!(record.order_id, order);
+        assert_eq!(record.service, "crm-api");
+        assert_eq!(record.status_to(), Some(OrderStatus::Registered));
+        assert!(record.is_error());
+        assert_eq!((record.end - record.start).num_milliseconds(), 500);
+    }
+
+    #[test]
+    fn malformed_spans_are_rejected_one_by_one() {
+        let order = Uuid::now_v7().to_string();
+        let mut zero_trace = span(vec![kv("order.id", &order)]);
+        zero_trace.trace_id = vec![0; 16];
+        let mut short_span_id = span(vec![kv("order.id", &order)]);
+        short_span_id.span_id = vec![1, 2, 3];
+        let mut no_start = span(vec![kv("order.id", &order)]);
+        no_start.start_time_unix_nano = 0;
+        let extracted = extract(&request(
+            "mes-api",
+            vec![
+                zero_trace,
+                short_span_id,
+                no_start,
+                span(vec![kv("order.id", "not-a-uuid")]),
+                span(vec![kv("order.id", &order)]),
+            ],
+        ));
+        assert_eq!(extracted.rejected, 4);
+        assert_eq!(extracted.spans.len(), 1);
+        assert!(extracted.rejection.unwrap().contains("trace id"));
+    }
+
+    #[test]
+    fn order_watchs_own_spans_are_ignored() {
+        let order = Uuid::now_v7().to_string();
+        let extracted = extract(&request(
+            OWN_SERVICE,
+            vec![span(vec![kv("order.id", &order)])],
+        ));
+        assert_eq!((extracted.ignored, extracted.spans.len()), (1, 0));
+    }
+
+    #[test]
+    fn long_values_are_cut() {
+        let order = Uuid::now_v7().to_string();
+        let long = "x".repeat(5000);
+        let extracted = extract(&request(
+            "shop-api",
+            vec![span(vec![kv("order.id", &order), kv("note", &long)])],
+        ));
+        let note = extracted.spans[0].attribute_str("note").unwrap();
+        assert_eq!(note.chars().count(), MAX_VALUE_CHARS + 1);
+    }
+}

@@ -1,0 +1,30 @@
+//! order-watch: where is order X, and which orders are stuck right now?
+//!
+//! It receives the services' spans over OTLP (gRPC :4317, HTTP :4318), keeps every span of every
+//! order across all its traces in PostgreSQL, and follows each order's status and stage. An open
+//! order whose stage has seen no new span for longer than the stage allows is stuck: it shows in
+//! the API, the UI and the metrics, an incident is opened once (and a webhook notified), and the
+//! next span closes it. See `docs/order-watch.md`.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod detector;
+pub mod incidents;
+pub mod ingest;
+pub mod metrics;
+pub mod retention;
+pub mod startup;
+pub mod store;
+
+pub use config::Settings;
+pub use startup::Application;
+
+/// `service.name` of this service.
+pub const SERVICE_NAME: &str = ingest::OWN_SERVICE;
+
+/// This service as telemetry describes it.
+pub const SERVICE: telemetry::ServiceInfo = telemetry::ServiceInfo {
+    name: SERVICE_NAME,
+    version: env!("CARGO_PKG_VERSION"),
+};

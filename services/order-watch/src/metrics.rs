@@ -1,0 +1,238 @@
+//! order-watch's SLO metrics, served on `/metrics` (and over OTLP like every Hallmark service).
+//!
+//! Two sources:
+//! * spans, as they are stored: price-calculation time, status-event delivery time, spans and
+//!   failed spans per service, ingest outcomes;
+//! * the database, every few seconds: open and stuck orders per stage and the share of open
+//!   orders without progress for over 24 hours (counting a million rows on every scrape would
+//!   make scrapes slow, so a background task keeps a snapshot).
+//!
+//! No label carries an order id.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::Utc;
+use domain::Stage;
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
+use sqlx::{PgPool, Row};
+use telemetry::attr;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::ingest::SpanRecord;
+
+const SECONDS_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Open and stuck orders per stage, and the share silent for a day.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub open: BTreeMap<Stage, u64>,
+    pub stuck: BTreeMap<Stage, u64>,
+    pub silent_24h_ratio: f64,
+}
+
+pub struct Metrics {
+    ingested: Counter<u64>,
+    spans: Counter<u64>,
+    failed_spans: Counter<u64>,
+    price_calculation: Histogram<f64>,
+    event_delivery: Histogram<f64>,
+    detection_delay: Histogram<f64>,
+    snapshot: Arc<RwLock<Snapshot>>,
+    _gauges: Vec<ObservableGauge<u64>>,
+    _ratio: ObservableGauge<f64>,
+}
+
+impl Metrics {
+    pub fn new(meter: &Meter) -> Self {
+        let snapshot = Arc::new(RwLock::new(Snapshot::default()));
+        let seconds = |name: &'static str, description: &'static str| {
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(description)
+                .with_boundaries(SECONDS_BUCKETS.to_vec())
+                .build()
+        };
+        let per_stage = |name: &'static str, description: &'static str, stuck: bool| {
+            let snapshot = snapshot.clone();
+            meter
+                .u64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |observer| {
+                    let snapshot = snapshot.read().expect("not poisoned");
+                    let counts = if stuck {
+                        &snapshot.stuck
+                    } else {
+                        &snapshot.open
+                    };
+                    for stage in Stage::ALL.into_iter().filter(|s| *s != Stage::Done) {
+                        let count = counts.get(&stage).copied().unwrap_or(0);
+                        observer.observe(count, &[KeyValue::new("stage", stage.as_str())]);
+                    }
+                })
+                .build()
+        };
+        let ratio_snapshot = snapshot.clone();
+        Self {
+            ingested: meter
+                .u64_counter("order_watch.spans.ingested")
+                .with_description("Spans received, by outcome: accepted, ignored (no order.id), rejected (malformed)")
+                .build(),
+            spans: meter
+                .u64_counter("order_watch.order_spans")
+                .with_description("Spans of orders stored, by service")
+                .build(),
+            failed_spans: meter
+                .u64_counter("order_watch.order_spans.failed")
+                .with_description("Spans of orders with error status, by service")
+                .build(),
+            price_calculation: seconds(
+                "order_watch.price_calculation.duration",
+                "Price-calculation attempts as seen in the spans, by material",
+            ),
+            event_delivery: seconds(
+                "order_watch.status_event.delivery.duration",
+                "Status events from publication to the end of their processing, by queue",
+            ),
+            detection_delay: seconds(
+                "order_watch.detection.delay",
+                "How long after its deadline a stuck order was detected, by stage",
+            ),
+            _gauges: vec![
+                per_stage("order_watch.orders.open", "Open (non-terminal) orders per stage", false),
+                per_stage("order_watch.orders.stuck", "Stuck orders per stage", true),
+            ],
+            _ratio: meter
+                .f64_observable_gauge("order_watch.orders.silent_24h.ratio")
+                .with_description("Share of open orders with no span for over 24 hours")
+                .with_callback(move |observer| {
+                    let ratio = ratio_snapshot.read().expect("not poisoned").silent_24h_ratio;
+                    observer.observe(ratio, &[]);
+                })
+                .build(),
+            snapshot,
+        }
+    }
+
+    pub fn record_ingest(&self, accepted: u64, ignored: u64, rejected: u64) {
+        for (outcome, count) in [
+            ("accepted", accepted),
+            ("ignored", ignored),
+            ("rejected", rejected),
+        ] {
+            if count > 0 {
+                self.ingested
+                    .add(count, &[KeyValue::new("outcome", outcome)]);
+            }
+        }
+    }
+
+    /// Records what newly stored spans tell about the system.
+    pub fn record_spans(&self, spans: &[&SpanRecord]) {
+        for span in spans {
+            let service = [KeyValue::new("service", span.service.clone())];
+            self.spans.add(1, &service);
+            if span.is_error() {
+                self.failed_spans.add(1, &service);
+            }
+            let seconds = (span.end - span.start)
+                .num_microseconds()
+                .unwrap_or_default() as f64
+                / 1e6;
+            if span.name == attr::span_names::PRICE_MODEL {
+                let material = span
+                    .attribute_str(attr::ORDER_MATERIAL)
+                    .unwrap_or("unknown");
+                self.price_calculation
+                    .record(seconds, &[KeyValue::new("material", material.to_owned())]);
+            }
+            if span.kind == 5
+                && span.attribute_str(attr::MESSAGE_TYPE)
+                    == Some(domain::events::ORDER_STATUS_CHANGED)
+            {
+                let waited = span.attribute_i64(attr::QUEUE_WAIT_MS).unwrap_or(0) as f64 / 1000.0;
+                let queue = span
+                    .attribute_str("messaging.destination.subscription.name")
+                    .unwrap_or("unknown");
+                self.event_delivery.record(
+                    waited + seconds,
+                    &[KeyValue::new("queue", queue.to_owned())],
+                );
+            }
+        }
+    }
+
+    pub fn record_detection(&self, stage: Stage, delay: chrono::Duration) {
+        let seconds = delay.num_microseconds().unwrap_or_default().max(0) as f64 / 1e6;
+        self.detection_delay
+            .record(seconds, &[KeyValue::new("stage", stage.as_str())]);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.read().expect("not poisoned").clone()
+    }
+
+    /// Recomputes the per-stage snapshot now.
+    pub async fn refresh(&self, pool: &PgPool, clock: &Clock) -> Result<(), sqlx::Error> {
+        let day_ago = clock.now() - chrono::Duration::hours(24);
+        let rows = sqlx::query(
+            "SELECT stage, count(*) AS open, count(stuck_since) AS stuck, \
+                 count(*) FILTER (WHERE last_seen < $1) AS silent \
+             FROM orders WHERE NOT terminal GROUP BY stage",
+        )
+        .bind(day_ago)
+        .fetch_all(pool)
+        .await?;
+        let mut snapshot = Snapshot::default();
+        let (mut open_total, mut silent_total) = (0u64, 0u64);
+        for row in rows {
+            let Ok(stage) = row.get::<String, _>("stage").parse::<Stage>() else {
+                continue;
+            };
+            let open = row.get::<i64, _>("open") as u64;
+            open_total += open;
+            silent_total += row.get::<i64, _>("silent") as u64;
+            snapshot.open.insert(stage, open);
+            snapshot
+                .stuck
+                .insert(stage, row.get::<i64, _>("stuck") as u64);
+        }
+        snapshot.silent_24h_ratio = if open_total == 0 {
+            0.0
+        } else {
+            silent_total as f64 / open_total as f64
+        };
+        *self.snapshot.write().expect("not poisoned") = snapshot;
+        Ok(())
+    }
+
+    /// Keeps the snapshot fresh until cancelled.
+    pub async fn refresh_every(
+        self: Arc<Self>,
+        pool: PgPool,
+        clock: Clock,
+        interval: Duration,
+        cancel: CancellationToken,
+    ) {
+        while !cancel.is_cancelled() {
+            let started = Utc::now();
+            if let Err(err) = self.refresh(&pool, &clock).await {
+                tracing::warn!(error = %err, "cannot refresh the order gauges");
+            }
+            tracing::debug!(
+                elapsed_ms = (Utc::now() - started).num_milliseconds(),
+                "order gauges refreshed"
+            );
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+use chrono::{Duration, Utc};
+use testkit::otlp::build;
+use uuid::Uuid;
+
+use crate::helpers::{order_span, spawn_app, transition};
+
+#[tokio::test]
+async fn a_journey_stitches_the_spans_of_one_order_across_its_traces() {
+    let app = spawn_app().await;
+    let order = Uuid::now_v7();
+    let other = Uuid::now_v7();
+    let t0 = app.clock.now() - Duration::seconds(60);
+    let (creation, confirmation) = ([1; 16], [2; 16]);
+
+    let shop = build::request(
+        "shop-api",
+        vec![
+            transition(order, creation, 1, "created", t0),
+            order_span(
+                order,
+                creation,
+                2,
+                "INSERT orders",
+                t0 + Duration::milliseconds(5),
+                vec![],
+            ),
+            // A person confirms later: a new trace that links to the first one.
+            build::with_relations(
+                transition(
+                    order,
+                    confirmation,
+                    3,
+                    "confirmed",
+                    t0 + Duration::seconds(30),
+                ),
+                None,
+                &[(creation, [1; 8])],
+            ),
+            transition(other, [9; 16], 1, "created", t0),
+            build::span([7; 16], [7; 8], "GET /health", 0, 1, vec![]),
+        ],
+    );
+    assert_eq!(app.export(&shop).await.status(), 200);
+    let mes = build::request(
+        "mes-api",
+        vec![transition(
+            order,
+            creation,
+            4,
+            "priced",
+            t0 + Duration::seconds(10),
+        )],
+    );
+    assert_eq!(app.export(&mes).await.status(), 200);
+
+    let journey = app.journey(order).await;
+    assert_eq!(journey["order_id"], order.to_string());
+    assert_eq!(journey["status"], "confirmed");
+    assert_eq!(journey["stage"], "production_queue");
+    assert_eq!(journey["span_count"], 4);
+    let names: Vec<&str> = journey["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "order created",
+            "INSERT orders",
+            "order priced",
+            "order confirmed"
+        ]
+    );
+    assert_eq!(journey["spans"][2]["service"], "mes-api");
+    assert_eq!(journey["traces"].as_array().unwrap().len(), 2);
+    assert_eq!(journey["joins"][0]["from_trace_id"], hex(&confirmation));
+    assert_eq!(journey["joins"][0]["to_trace_id"], hex(&creation));
+    assert_eq!(
+        journey["last_seen"].as_str().unwrap()[..19],
+        (t0 + Duration::seconds(30)).to_rfc3339()[..19]
+    );
+    assert_eq!(app.journey(other).await["span_count"], 1);
+}
+
+#[tokio::test]
+async fn an_older_status_arriving_late_does_not_move_the_order_back() {
+    let app = spawn_app().await;
+    let order = Uuid::now_v7();
+    let t0 = Utc::now();
+    app.export(&build::request(
+        "mes-api",
+        vec![transition(order, [1; 16], 2, "priced", t0)],
+    ))
+    .await;
+    app.export(&build::request(
+        "crm-api",
+        vec![transition(order, [1; 16], 1, "registered", t0)],
+    ))
+    .await;
+    assert_eq!(app.journey(order).await["status"], "priced");
+}
+
+#[tokio::test]
+async fn a_span_sent_twice_is_stored_once() {
+    let app = spawn_app().await;
+    let order = Uuid::now_v7();
+    let request = build::request(
+        "shop-api",
+        vec![transition(order, [1; 16], 1, "created", Utc::now())],
+    );
+    app.export(&request).await;
+    app.export(&request).await;
+    assert_eq!(app.journey(order).await["span_count"], 1);
+}
+
+#[tokio::test]
+async fn an_unknown_order_is_a_404_and_a_malformed_id_a_400() {
+    let app = spawn_app().await;
+    let (status, body) = app
+        .get(&format!("/api/orders/{}/journey", Uuid::now_v7()))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("order_not_found"))
+    );
+    let (status, _) = app.get("/api/orders/nope/journey").await;
+    assert_eq!(status, 400);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

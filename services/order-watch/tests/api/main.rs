@@ -1,0 +1,4 @@
+mod detection;
+mod helpers;
+mod ingest;
+mod journey;
