@@ -56,7 +56,7 @@ fn alert(
         },
         "startsAt": starts_at.to_rfc3339(),
         "endsAt": ends_at.map_or("0001-01-01T00:00:00Z".to_owned(), |t| t.to_rfc3339()),
-        "generatorURL": format!("{}/orders/{}", announcer.external_url, order.order_id),
+        "generatorURL": format!("{}/#{}", announcer.external_url, order.order_id),
         "fingerprint": incident_id.simple().to_string(),
     })
 }
