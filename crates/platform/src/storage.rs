@@ -8,12 +8,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -37,8 +38,18 @@ pub enum StorageConfig {
         access_key_id: Option<String>,
         /// Env: `HALLMARK_S3_SECRET_ACCESS_KEY`.
         secret_access_key: Option<String>,
+        /// How long one call keeps retrying transient failures (5xx answers, lost connections)
+        /// with back-off before it gives up (and never more than 10 retries). A back-off that has
+        /// begun still runs out, so a failing call can take up to about three times this. Shop
+        /// stores a model while its client waits: this bounds how long an upload hangs on an
+        /// unavailable server.
+        /// Env: `HALLMARK_S3_RETRY_TIMEOUT` (default `10s`).
+        retry_timeout: Duration,
     },
 }
+
+/// `retry_timeout` when `HALLMARK_S3_RETRY_TIMEOUT` is unset.
+pub const DEFAULT_S3_RETRY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl StorageConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -49,6 +60,10 @@ impl StorageConfig {
                 region: env::string("HALLMARK_S3_REGION", "us-east-1"),
                 access_key_id: env::optional("HALLMARK_S3_ACCESS_KEY_ID"),
                 secret_access_key: env::optional("HALLMARK_S3_SECRET_ACCESS_KEY"),
+                retry_timeout: env::duration(
+                    "HALLMARK_S3_RETRY_TIMEOUT",
+                    DEFAULT_S3_RETRY_TIMEOUT,
+                )?,
             }),
             None => Ok(Self::Filesystem {
                 root: PathBuf::from(env::string("HALLMARK_STORAGE_DIR", ".hallmark/objects")),
@@ -99,10 +114,15 @@ impl ObjectStorage {
                 region,
                 access_key_id,
                 secret_access_key,
+                retry_timeout,
             } => {
                 let mut builder = AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
-                    .with_region(region);
+                    .with_region(region)
+                    .with_retry(RetryConfig {
+                        retry_timeout: *retry_timeout,
+                        ..RetryConfig::default()
+                    });
                 if let Some(endpoint) = endpoint {
                     builder = builder
                         .with_endpoint(endpoint)

@@ -4,6 +4,8 @@
 //! * [`broker`]: a unique exchange/queue namespace per test on the real RabbitMQ, with short
 //!   retry delays and queues that expire when the test is gone.
 //! * [`otlp`]: a real OTLP/HTTP receiver that keeps every span it is sent.
+//! * [`s3`]: a real S3 server (SigV4 authentication, objects in a temporary directory) that can
+//!   be made to fail on demand.
 //! * [`process`]: the services as real child processes (what `cargo build` produced).
 //! * [`fixtures`]: the shared STL models.
 //!
@@ -16,4 +18,5 @@ pub mod database;
 pub mod fixtures;
 pub mod otlp;
 pub mod process;
+pub mod s3;
 pub mod wait;

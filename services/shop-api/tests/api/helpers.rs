@@ -18,6 +18,7 @@ pub struct TestApp {
     pub address: String,
     pub pool: PgPool,
     pub broker: BrokerConfig,
+    /// Where `spawn_app()` has Shop store models; empty with any other storage.
     pub storage: tempfile::TempDir,
     pub client: reqwest::Client,
     cancel: CancellationToken,
@@ -26,17 +27,27 @@ pub struct TestApp {
 
 /// Shop on a free port with a fresh database, its own broker namespace and storage directory.
 pub async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = StorageConfig::Filesystem {
+        root: dir.path().to_owned(),
+    };
+    spawn(storage, dir).await
+}
+
+/// Shop as with `spawn_app()`, but storing models in `storage`, such as a `testkit::s3` server.
+pub async fn spawn_app_with_storage(storage: StorageConfig) -> TestApp {
+    spawn(storage, tempfile::tempdir().unwrap()).await
+}
+
+async fn spawn(storage: StorageConfig, dir: tempfile::TempDir) -> TestApp {
     let database = TestDatabase::create("shop").await;
     let broker = testkit::broker::isolated();
-    let storage = tempfile::tempdir().unwrap();
     let settings = Settings {
         host: "127.0.0.1".into(),
         port: 0,
         database: DatabaseConfig::new(database.url()),
         broker: broker.clone(),
-        storage: StorageConfig::Filesystem {
-            root: storage.path().to_owned(),
-        },
+        storage,
         max_model_bytes: MAX_MODEL_BYTES,
     };
     let cancel = CancellationToken::new();
@@ -49,7 +60,7 @@ pub async fn spawn_app() -> TestApp {
         address,
         pool: database.connect().await,
         broker,
-        storage,
+        storage: dir,
         client: reqwest::Client::new(),
         cancel,
         _database: database,

@@ -1,3 +1,4 @@
 mod create_order;
 mod decisions;
 mod helpers;
+mod s3;
