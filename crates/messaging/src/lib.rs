@@ -5,6 +5,7 @@
 //!   publisher confirms and mandatory routing.
 //! * [`consumer`]: deliveries applied through an inbox in one transaction with their effects,
 //!   acknowledged after commit, retried with back-off and dead-lettered when hopeless.
+//! * [`dead_letters`]: listing and replaying what ended in a dead-letter queue.
 //! * [`broker`]: the connection, reopened with back-off after any failure.
 //!
 //! The outbox and inbox tables live in the `messaging` schema of each service's own database
@@ -13,6 +14,7 @@
 pub mod broker;
 pub mod config;
 pub mod consumer;
+pub mod dead_letters;
 pub mod outbox;
 pub mod publisher;
 pub mod topology;

@@ -10,6 +10,7 @@ use domain::events::{Envelope, Event, StatusChanged};
 use lapin::options::BasicGetOptions;
 use lapin::types::FieldTable;
 use messaging::consumer::{self, ConsumerConfig};
+use messaging::dead_letters::{self, Selection};
 use messaging::publisher::{Outgoing, PublishError, Publisher, header_i64, header_str};
 use messaging::topology::CRM_ORDERS;
 use messaging::{Broker, Handler, HandlerError, Incoming, OutboxRelay, RelayConfig};
@@ -427,4 +428,71 @@ async fn an_unroutable_message_is_an_error_not_silence() {
         matches!(result, Err(PublishError::Unroutable { .. })),
         "{result:?}"
     );
+}
+
+#[tokio::test]
+async fn an_operator_sees_a_dead_letter_with_its_reason_and_replays_it_to_be_applied_once() {
+    let setup = setup().await;
+    let envelope = status_event(Uuid::now_v7());
+    publish_raw(
+        &setup.broker,
+        envelope.message_id,
+        "order.status_changed.registered",
+        &envelope.to_vec(),
+    )
+    .await;
+    // Fails the first attempt and both retries, then works: the fix an operator waits for.
+    let recorder = Recorder::failing(3);
+    consume(&setup, recorder.clone());
+
+    let letters = testkit::wait::until("the dead letter", Duration::from_secs(10), || async {
+        let letters = dead_letters::list(&setup.broker, CRM_ORDERS, 10)
+            .await
+            .unwrap();
+        (!letters.is_empty()).then_some(letters)
+    })
+    .await;
+    let [letter] = letters.as_slice() else {
+        panic!("one dead letter, got {letters:?}");
+    };
+    assert_eq!(letter.message_id, Some(envelope.message_id.to_string()));
+    assert_eq!(letter.order_id, Some(envelope.order_id));
+    assert_eq!(letter.error_code.as_deref(), Some("flaky"));
+    assert_eq!(letter.error_message.as_deref(), Some("the test says no"));
+    assert_eq!(
+        letter.routing_key.as_deref(),
+        Some("order.status_changed.registered")
+    );
+    assert_eq!((letter.retries, letter.replays), (2, 0));
+    assert_eq!(
+        dead_letters::list(&setup.broker, CRM_ORDERS, 10)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "listing leaves the dead letter where it is"
+    );
+
+    let other = Selection::MessageId(Uuid::now_v7().to_string());
+    let replayed = dead_letters::replay(&setup.broker, CRM_ORDERS, &other)
+        .await
+        .unwrap();
+    assert!(replayed.is_empty(), "only the selected message is replayed");
+
+    let mine = Selection::MessageId(envelope.message_id.to_string());
+    let replayed = dead_letters::replay(&setup.broker, CRM_ORDERS, &mine)
+        .await
+        .unwrap();
+    assert_eq!(replayed.len(), 1);
+    testkit::wait::until("the replay to apply", Duration::from_secs(10), || async {
+        (!applied(&setup.pool).await.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        applied(&setup.pool).await,
+        vec![(envelope.message_id, 0)],
+        "applied once, with a fresh retry budget"
+    );
+    let counts = dead_letters::counts(&setup.broker).await.unwrap();
+    assert!(counts.iter().all(|(_, n)| *n == 0), "{counts:?}");
 }

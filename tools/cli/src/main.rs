@@ -4,21 +4,34 @@
 //! hallmark demo  --shop http://127.0.0.1:8081 --model ring.stl [--material gold_585]
 //! hallmark place --shop http://127.0.0.1:8081 --model ring.stl [--material gold_585]
 //! hallmark show  --shop http://127.0.0.1:8081 <order_id>
+//! hallmark dlq   list [QUEUE] [--limit N]
+//! hallmark dlq   replay QUEUE MESSAGE_ID|all
 //! ```
 //!
 //! `demo` places a sample order and prints every status it reaches until it is priced (or
 //! rejected, or fails); `place` prints the new order as JSON; `show` prints an order.
+//!
+//! `dlq` is for operators: `list` without a queue counts the dead letters of every queue, with
+//! one (e.g. `mes.pricing`) it prints them as JSON with their reason and leaves them there;
+//! `replay` sends one message (by message id) or all of a queue's dead letters back to the queue
+//! they failed in. It reads the broker settings (`HALLMARK_AMQP_URL`, `HALLMARK_AMQP_NAMESPACE`,
+//! `HALLMARK_RETRY_DELAYS`, ...) from the environment, exactly as the services do, and must be
+//! given the same values.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use messaging::dead_letters::{self, Selection};
+use messaging::{Broker, BrokerConfig};
 use serde_json::{Value, json};
 
 const USAGE: &str = "usage:
   hallmark demo  --shop URL --model FILE [--material MATERIAL]
   hallmark place --shop URL --model FILE [--material MATERIAL]
-  hallmark show  --shop URL ORDER_ID";
+  hallmark show  --shop URL ORDER_ID
+  hallmark dlq   list [QUEUE] [--limit N]
+  hallmark dlq   replay QUEUE MESSAGE_ID|all";
 
 struct Args {
     command: String,
@@ -83,8 +96,44 @@ async fn run() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&order)?);
             Ok(())
         }
+        "dlq" => dlq(&args).await,
         _ => bail!("{USAGE}"),
     }
+}
+
+async fn dlq(args: &Args) -> anyhow::Result<()> {
+    let config = BrokerConfig::from_env()?;
+    let broker = Broker::new(config, "hallmark-cli");
+    match args.positional.as_slice() {
+        [list] if list == "list" => {
+            for (queue, count) in dead_letters::counts(&broker).await? {
+                println!("{queue}\t{count}");
+            }
+        }
+        [list, queue] if list == "list" => {
+            let limit = match args.options.get("limit") {
+                Some(limit) => limit.parse().context("--limit takes a whole number")?,
+                None => 100,
+            };
+            let letters = dead_letters::list(&broker, dead_letters::queue(queue)?, limit).await?;
+            println!("{}", serde_json::to_string_pretty(&letters)?);
+        }
+        [replay, queue, which] if replay == "replay" => {
+            let selection = match which.as_str() {
+                "all" => Selection::All,
+                id => Selection::MessageId(id.to_owned()),
+            };
+            let spec = dead_letters::queue(queue)?;
+            let replayed = dead_letters::replay(&broker, spec, &selection).await?;
+            if replayed.is_empty() && selection != Selection::All {
+                bail!("no dead letter with message id {which} in {queue}");
+            }
+            println!("{}", serde_json::to_string_pretty(&replayed)?);
+            eprintln!("replayed {} message(s) to {queue}", replayed.len());
+        }
+        _ => bail!("{USAGE}"),
+    }
+    Ok(())
 }
 
 async fn place(client: &reqwest::Client, shop: &str, args: &Args) -> anyhow::Result<Value> {

@@ -1,0 +1,251 @@
+//! What an operator does with dead letters: see what sits in a queue's `.dlq` and why, and send
+//! messages back to the queue they failed in once the cause is fixed.
+//!
+//! Listing takes messages without acknowledging them and closes its channel, which returns them
+//! to the dead-letter queue unchanged (a return by channel close does not count as a failed
+//! delivery). Replaying publishes a copy to the queue the message failed in, through the requeue
+//! exchange so that no other queue sees it again, with publisher confirms, and only then
+//! acknowledges the dead letter: a crash in between leaves a message in both places, which the
+//! consumer's inbox makes harmless. The replayed copy keeps its message id and trace context,
+//! starts its retries from zero and counts its replays in `x-replay-count`.
+//!
+//! The `hallmark dlq` command drives this module; see docs/reliability.md.
+
+use std::collections::BTreeMap;
+
+use lapin::Channel;
+use lapin::message::BasicGetMessage;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::broker::Broker;
+use crate::publisher::{
+    HEADER_ERROR_CODE, HEADER_ERROR_MESSAGE, HEADER_FAILED_QUEUE, HEADER_ORIGINAL_ROUTING_KEY,
+    HEADER_PUBLISHED_AT_US, HEADER_RETRY_COUNT, Outgoing, PublishError, Publisher, header_i64,
+    header_str,
+};
+use crate::topology::{QUEUES, QueueSpec};
+
+/// Header counting how often an operator replayed a message.
+pub const HEADER_REPLAY_COUNT: &str = "x-replay-count";
+
+/// One message in a dead-letter queue, as an operator needs to see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    /// Logical name of the queue it failed in, e.g. `mes.pricing`.
+    pub queue: &'static str,
+    /// The AMQP `message-id`: the inbox key, the same on every copy of the message.
+    pub message_id: Option<String>,
+    /// The AMQP `type`, e.g. `order.pricing_requested`.
+    pub kind: Option<String>,
+    /// From the body, when it is an envelope.
+    pub order_id: Option<Uuid>,
+    /// The routing key it was first published with.
+    pub routing_key: Option<String>,
+    /// Why it was dead-lettered (`x-error-code` / `x-error-message`).
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    /// Retries it went through before giving up.
+    pub retries: i64,
+    /// How often it was replayed before.
+    pub replays: i64,
+    /// The body, as text when it is UTF-8 (bodies are JSON), cut at 4 KiB.
+    pub body: String,
+}
+
+/// Which dead letters to replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    All,
+    /// The messages with this `message-id`.
+    MessageId(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error(
+        "unknown queue `{0}`; the queues are crm.orders, mes.pricing, mes.production and shop.status"
+    )]
+    UnknownQueue(String),
+    #[error("broker unavailable: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("cannot send a dead letter back: {0}")]
+    Publish(#[from] PublishError),
+}
+
+/// The consumer queue with this logical name.
+pub fn queue(logical: &str) -> Result<QueueSpec, DeadLetterError> {
+    QUEUES
+        .into_iter()
+        .find(|spec| spec.name == logical)
+        .ok_or_else(|| DeadLetterError::UnknownQueue(logical.to_owned()))
+}
+
+/// Messages waiting in each dead-letter queue, in the order of [`QUEUES`].
+pub async fn counts(broker: &Broker) -> Result<Vec<(&'static str, u32)>, DeadLetterError> {
+    let channel = broker.channel().await?;
+    let mut counts = Vec::with_capacity(QUEUES.len());
+    for spec in QUEUES {
+        counts.push((spec.name, depth(&channel, broker, spec).await?));
+    }
+    let _ = channel.close(200, "dead letters counted".into()).await;
+    Ok(counts)
+}
+
+/// Up to `limit` dead letters of `spec`, oldest first, left where they are.
+pub async fn list(
+    broker: &Broker,
+    spec: QueueSpec,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, DeadLetterError> {
+    let channel = broker.channel().await?;
+    let dlq = broker.names().dead_letter_queue(spec.name);
+    let mut letters = Vec::new();
+    while letters.len() < limit {
+        let Some(message) = get(&channel, &dlq).await? else {
+            break;
+        };
+        letters.push(describe(spec.name, &message));
+    }
+    // Closing without acknowledging returns every message taken, in order.
+    let _ = channel.close(200, "dead letters listed".into()).await;
+    Ok(letters)
+}
+
+/// Sends the selected dead letters of `spec` back to their queue; returns those it sent. Looks
+/// at no more messages than the dead-letter queue held when it started, so a replayed message
+/// that fails again at once is not replayed twice in one call.
+pub async fn replay(
+    broker: &Broker,
+    spec: QueueSpec,
+    selection: &Selection,
+) -> Result<Vec<DeadLetter>, DeadLetterError> {
+    let channel = broker.channel().await?;
+    let publisher = Publisher::open(broker).await?;
+    let dlq = broker.names().dead_letter_queue(spec.name);
+    let queue = broker.names().queue(spec.name);
+    let requeue = broker.names().requeue_exchange();
+    let mut replayed = Vec::new();
+    for _ in 0..depth(&channel, broker, spec).await? {
+        let Some(message) = get(&channel, &dlq).await? else {
+            break;
+        };
+        let letter = describe(spec.name, &message);
+        let selected = match selection {
+            Selection::All => true,
+            Selection::MessageId(id) => letter.message_id.as_deref() == Some(id.as_str()),
+        };
+        if !selected {
+            continue;
+        }
+        let kind = letter.kind.clone().unwrap_or_default();
+        publisher
+            .publish(
+                &requeue,
+                &queue,
+                Outgoing {
+                    message_id: letter
+                        .message_id
+                        .as_deref()
+                        .and_then(|id| Uuid::parse_str(id).ok())
+                        .unwrap_or_else(Uuid::now_v7),
+                    kind: &kind,
+                    body: &message.delivery.data,
+                    headers: replay_headers(&message, letter.replays + 1),
+                    occurred_at: chrono::Utc::now(),
+                },
+            )
+            .await?;
+        message
+            .delivery
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(DeadLetterError::Broker)?;
+        tracing::info!(
+            queue = spec.name,
+            message_id = letter.message_id.as_deref().unwrap_or(""),
+            order_id = letter.order_id.map(|id| id.to_string()).unwrap_or_default(),
+            error_code = letter.error_code.as_deref().unwrap_or(""),
+            "dead letter replayed"
+        );
+        replayed.push(letter);
+    }
+    publisher.close().await;
+    // Messages not selected were taken without an ack: closing returns them.
+    let _ = channel.close(200, "dead letters replayed".into()).await;
+    Ok(replayed)
+}
+
+async fn depth(channel: &Channel, broker: &Broker, spec: QueueSpec) -> lapin::Result<u32> {
+    let queue = channel
+        .queue_declare(
+            ShortString::from(broker.names().dead_letter_queue(spec.name)),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(queue.message_count())
+}
+
+async fn get(channel: &Channel, queue: &str) -> lapin::Result<Option<BasicGetMessage>> {
+    channel
+        .basic_get(ShortString::from(queue), BasicGetOptions { no_ack: false })
+        .await
+}
+
+fn describe(queue: &'static str, message: &BasicGetMessage) -> DeadLetter {
+    let properties = &message.delivery.properties;
+    let headers = properties.headers().clone().unwrap_or_default();
+    let text = |key| header_str(&headers, key).map(str::to_owned);
+    let body = &message.delivery.data;
+    const BODY_PREVIEW: usize = 4096;
+    DeadLetter {
+        queue,
+        message_id: properties.message_id().as_ref().map(|m| m.to_string()),
+        kind: properties.kind().as_ref().map(|k| k.to_string()),
+        order_id: serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("order_id")?.as_str().map(str::to_owned))
+            .and_then(|id| Uuid::parse_str(&id).ok()),
+        routing_key: text(HEADER_ORIGINAL_ROUTING_KEY),
+        error_code: text(HEADER_ERROR_CODE),
+        error_message: text(HEADER_ERROR_MESSAGE),
+        retries: header_i64(&headers, HEADER_RETRY_COUNT).unwrap_or(0),
+        replays: header_i64(&headers, HEADER_REPLAY_COUNT).unwrap_or(0),
+        body: String::from_utf8_lossy(&body[..body.len().min(BODY_PREVIEW)]).into_owned(),
+    }
+}
+
+/// The dead letter's headers (trace context, origin) without its verdict, with a fresh retry
+/// budget and publication time, and the replay counted.
+fn replay_headers(message: &BasicGetMessage, replays: i64) -> FieldTable {
+    const VERDICT: [&str; 5] = [
+        HEADER_ERROR_CODE,
+        HEADER_ERROR_MESSAGE,
+        HEADER_FAILED_QUEUE,
+        HEADER_RETRY_COUNT,
+        HEADER_PUBLISHED_AT_US,
+    ];
+    let mut headers: FieldTable = message
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .map(|headers| {
+            headers
+                .inner()
+                .iter()
+                .filter(|(key, _)| !VERDICT.contains(&key.as_str()))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect::<BTreeMap<_, _>>()
+                .into()
+        })
+        .unwrap_or_default();
+    headers.insert(HEADER_REPLAY_COUNT.into(), AMQPValue::LongLongInt(replays));
+    headers
+}
