@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use messaging::dead_letters;
+use messaging::{Broker, BrokerConfig};
 use serde_json::{Value, json};
 use testkit::database::TestDatabase;
 use testkit::otlp::OtlpCapture;
@@ -15,6 +17,8 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 pub struct System {
     /// Prefix of this system's exchanges and queues.
     pub namespace: String,
+    /// The services' broker settings, for looking at their queues.
+    pub broker: BrokerConfig,
     pub shop: ServiceProcess,
     pub crm: ServiceProcess,
     pub mes: ServiceProcess,
@@ -79,6 +83,7 @@ impl System {
         .await;
         Self {
             namespace: broker.namespace.clone(),
+            broker,
             shop,
             crm,
             mes,
@@ -201,6 +206,15 @@ impl System {
             },
         )
         .await
+    }
+
+    /// The dead letters in every queue, as `(queue, count)` for those that have any.
+    pub async fn dead_letters(&self) -> Vec<(&'static str, u32)> {
+        let broker = Broker::new(self.broker.clone(), "e2e-test");
+        let counts = dead_letters::counts(&broker)
+            .await
+            .expect("the broker answers");
+        counts.into_iter().filter(|(_, n)| *n > 0).collect()
     }
 
     /// POSTs `body` (JSON, or nothing) and returns status and JSON answer.

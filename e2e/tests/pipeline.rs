@@ -151,6 +151,28 @@ async fn an_order_travels_from_upload_to_delivered_in_every_services_view() {
             "delivered"
         ]
     );
+    assert_eq!(system.dead_letters().await, []);
+}
+
+#[tokio::test]
+async fn an_order_cancelled_at_once_ends_cancelled_in_every_view_and_leaves_no_dead_letter() {
+    let system = System::start().await;
+    let order = system.place_order("torus.STL", "gold_750").await;
+    let id = order.id;
+    // At once: MES may hear of the cancellation before or after CRM's price request.
+    let (status, body) = system
+        .post(
+            format!("{}/api/orders/{id}/cancel", system.shop.url()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    system.until_status_in("crm", id, "cancelled").await;
+    system.until_status_in("mes", id, "cancelled").await;
+    let shop = system.until_shop_status(id, "cancelled").await;
+    assert!(shop["price"].is_null(), "{shop}");
+    assert_eq!(system.dead_letters().await, []);
 }
 
 #[tokio::test]

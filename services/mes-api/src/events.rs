@@ -122,11 +122,52 @@ impl Handler for ProductionIntake {
                 Ok(())
             }
             Observed::Ignored => Ok(()),
-            Observed::Unknown => Err(HandlerError::permanent(
-                "order_unknown",
-                format!("MES never priced order {}", message.envelope.order_id),
-            )),
+            Observed::Unknown => self.unknown_order(tx, &message.envelope, change.to).await,
         }
+    }
+}
+
+impl ProductionIntake {
+    /// A status change of an order MES has not opened yet. MES joins an order at its price
+    /// request, which travels on another queue, so the changes before it (`submitted`,
+    /// `registered`) are none of MES's business, and an order can end (`cancelled`, `failed`)
+    /// before its price request arrives: MES records the end, and the late request then finds
+    /// the order already there and starts no calculation. Anything else presumes a price MES
+    /// computed, so the order must exist: that message is a dead letter.
+    async fn unknown_order(
+        &self,
+        tx: &mut PgConnection,
+        envelope: &Envelope,
+        to: OrderStatus,
+    ) -> Result<(), HandlerError> {
+        if matches!(
+            to,
+            OrderStatus::Created | OrderStatus::Submitted | OrderStatus::Registered
+        ) {
+            return Ok(());
+        }
+        if matches!(to, OrderStatus::Cancelled | OrderStatus::Failed) {
+            self.orderbook
+                .open(
+                    tx,
+                    envelope.order_id,
+                    to,
+                    None,
+                    &envelope.source,
+                    envelope.occurred_at,
+                )
+                .await?;
+            tracing::info!(order_id = %envelope.order_id, status = to.as_str(), "order ended before MES was asked to price it");
+            return Ok(());
+        }
+        Err(HandlerError::permanent(
+            "order_unknown",
+            format!(
+                "MES never priced order {}, yet it is now {}",
+                envelope.order_id,
+                to.as_str()
+            ),
+        ))
     }
 }
 
