@@ -208,3 +208,62 @@ async fn a_callers_trace_is_continued_and_a_malformed_one_is_replaced() {
     assert_ne!(fresh.trace_id, caller_trace);
     assert_ne!(fresh.trace_id, "0".repeat(32));
 }
+
+#[tokio::test]
+async fn each_service_serves_its_slo_metrics_for_prometheus_without_order_ids() {
+    let system = System::start().await;
+    let order = system.place_order("torus.STL", "gold_585").await;
+    system.until_shop_status(order.id, "priced").await;
+
+    let expected = [
+        (
+            &system.mes,
+            vec![
+                "hallmark_price_calculation_duration_seconds_bucket{",
+                "hallmark_queue_wait_seconds_bucket{",
+                "hallmark_event_delivery_duration_seconds_bucket{",
+                "hallmark_order_status_transitions_total{",
+            ],
+        ),
+        (
+            &system.crm,
+            vec![
+                "hallmark_queue_wait_seconds_bucket{",
+                "hallmark_event_delivery_duration_seconds_bucket{",
+            ],
+        ),
+        (
+            &system.shop,
+            vec![
+                "hallmark_event_delivery_duration_seconds_bucket{",
+                "http_server_request_duration_seconds_bucket{",
+            ],
+        ),
+    ];
+    for (service, families) in expected {
+        let metrics = testkit::wait::until("the service's metrics", PATIENCE, || async {
+            let metrics = system
+                .client
+                .get(format!("{}/metrics", service.url()))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            families
+                .iter()
+                .all(|f| metrics.contains(f))
+                .then_some(metrics)
+        })
+        .await;
+        assert!(
+            metrics.contains("queue=\""),
+            "queue wait and delivery are labelled by queue:\n{metrics}"
+        );
+        assert!(
+            !metrics.contains(&order.id.to_string()),
+            "an order id in a label:\n{metrics}"
+        );
+    }
+}
