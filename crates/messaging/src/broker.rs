@@ -26,14 +26,20 @@ struct Inner {
 }
 
 impl Broker {
-    /// `connection_name` shows in the broker's management UI, e.g. `shop-api`.
+    /// `connection_name` shows in the broker's management UI, e.g. `shop-api`; under a
+    /// namespace it is followed by the namespace in brackets, so the connections of one
+    /// namespace can be told apart (and cut by fault-injection tests).
     pub fn new(config: BrokerConfig, connection_name: impl Into<String>) -> Self {
         let names = Names::new(&config.namespace);
+        let connection_name = match config.namespace.as_str() {
+            "" => connection_name.into(),
+            namespace => format!("{} [{namespace}]", connection_name.into()),
+        };
         Self {
             inner: Arc::new(Inner {
                 config,
                 names,
-                connection_name: connection_name.into(),
+                connection_name,
                 connection: Mutex::new(None),
             }),
         }

@@ -25,6 +25,13 @@ pub struct BrokerConfig {
     /// When set, queues expire after this long unused and exchanges auto-delete: for tests, so a
     /// test run leaves nothing behind. Never set in production. Env: `HALLMARK_AMQP_EPHEMERAL`.
     pub ephemeral: Option<Duration>,
+    /// Published outbox rows are deleted once this old (they only serve diagnosis by then).
+    /// Env: `HALLMARK_OUTBOX_RETENTION` (default `7d`).
+    pub outbox_retention: Duration,
+    /// Inbox keys are deleted once this old. A key must outlive every redelivery of its message,
+    /// so this must be longer than all retry delays together; start-up refuses anything shorter.
+    /// Env: `HALLMARK_INBOX_RETENTION` (default `14d`).
+    pub inbox_retention: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -39,6 +46,8 @@ impl Default for BrokerConfig {
             ],
             delivery_limit: 10,
             ephemeral: None,
+            outbox_retention: Duration::from_secs(7 * 24 * 3600),
+            inbox_retention: Duration::from_secs(14 * 24 * 3600),
         }
     }
 }
@@ -86,7 +95,31 @@ impl BrokerConfig {
         {
             config.ephemeral = Some(parse_duration("HALLMARK_AMQP_EPHEMERAL", &expiry)?);
         }
+        if let Ok(retention) = std::env::var("HALLMARK_OUTBOX_RETENTION") {
+            config.outbox_retention = parse_duration("HALLMARK_OUTBOX_RETENTION", &retention)?;
+        }
+        if let Ok(retention) = std::env::var("HALLMARK_INBOX_RETENTION") {
+            config.inbox_retention = parse_duration("HALLMARK_INBOX_RETENTION", &retention)?;
+        }
+        config.validate()?;
         Ok(config)
+    }
+
+    /// Refuses settings that would break a guarantee: an inbox that forgets a message's key
+    /// before its last retry could apply it twice.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let longest_retry: Duration = self.retry_delays.iter().sum();
+        if self.inbox_retention <= longest_retry {
+            return Err(ConfigError {
+                variable: "HALLMARK_INBOX_RETENTION",
+                message: format!(
+                    "{} is not longer than the retries ({}): a redelivered message would be applied again",
+                    humantime::format_duration(self.inbox_retention),
+                    humantime::format_duration(longest_retry)
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The URI with a heartbeat, so a dead peer is detected.
@@ -98,5 +131,27 @@ impl BrokerConfig {
         } else {
             format!("{}?heartbeat=15", self.url)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid() {
+        BrokerConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn an_inbox_retention_shorter_than_the_retries_is_refused() {
+        let config = BrokerConfig {
+            retry_delays: vec![Duration::from_secs(60), Duration::from_secs(3600)],
+            inbox_retention: Duration::from_secs(3600),
+            ..BrokerConfig::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.variable, "HALLMARK_INBOX_RETENTION");
+        assert!(err.message.contains("1h 1m"), "{}", err.message);
     }
 }

@@ -45,6 +45,7 @@ use uuid::Uuid;
 use domain::events::Envelope;
 
 use crate::broker::{Backoff, Broker};
+use crate::crash;
 use crate::publisher::{
     HEADER_ERROR_CODE, HEADER_ERROR_MESSAGE, HEADER_FAILED_QUEUE, HEADER_ORIGINAL_EXCHANGE,
     HEADER_ORIGINAL_ROUTING_KEY, HEADER_PUBLISHED_AT_US, HEADER_RETRY_COUNT, Outgoing, Publisher,
@@ -75,6 +76,11 @@ pub enum HandlerError {
     /// Can never work: the message goes to the dead-letter queue now.
     #[error("{message}")]
     Permanent { code: &'static str, message: String },
+    /// This service's database is down or restarting: not the message's fault. The consumer
+    /// holds the message and tries again with back-off until the database is back, without
+    /// spending the message's retries.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl HandlerError {
@@ -95,13 +101,18 @@ impl HandlerError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Transient { code, .. } | Self::Permanent { code, .. } => code,
+            Self::Unavailable(_) => "database_unavailable",
         }
     }
 }
 
 impl From<sqlx::Error> for HandlerError {
     fn from(err: sqlx::Error) -> Self {
-        Self::transient("database_unavailable", err.to_string())
+        if platform::db::is_unavailable(&err) {
+            Self::Unavailable(err.to_string())
+        } else {
+            Self::transient("database_error", err.to_string())
+        }
     }
 }
 
@@ -149,6 +160,7 @@ struct Shared<H> {
     broker: Broker,
     handler: Arc<H>,
     queue: &'static str,
+    cancel: CancellationToken,
 }
 
 /// Consumes `config.queue` until `cancel` fires, reconnecting with back-off whenever the broker
@@ -166,6 +178,7 @@ pub async fn run<H: Handler>(
         broker,
         handler,
         queue: config.queue.name,
+        cancel: cancel.clone(),
     });
     let mut backoff = Backoff::default();
     while !cancel.is_cancelled() {
@@ -366,7 +379,19 @@ async fn process<H: Handler>(shared: &Shared<H>, publisher: &Publisher, delivery
             published_at,
             creation_context: creation,
         };
-        match apply(shared, &incoming).await {
+        let mut backoff = Backoff::default();
+        let applied = loop {
+            match apply(shared, &incoming).await {
+                Err(HandlerError::Unavailable(err)) => {
+                    tracing::warn!(error = %err, "database unavailable, holding the message");
+                    if !backoff.wait(&shared.cancel).await {
+                        return requeue(&delivery).await;
+                    }
+                }
+                other => break other,
+            }
+        };
+        match applied {
             Ok(applied) => {
                 ack(&delivery).await;
                 if applied {
@@ -403,6 +428,7 @@ async fn process<H: Handler>(shared: &Shared<H>, publisher: &Publisher, delivery
                         dead_letter(shared, publisher, &delivery, Some(&incoming), code, &message)
                             .await
                     }
+                    HandlerError::Unavailable(_) => unreachable!("waited out above"),
                 }
             }
         }
@@ -412,26 +438,31 @@ async fn process<H: Handler>(shared: &Shared<H>, publisher: &Publisher, delivery
     tracing::debug!(parent: &span, outcome = ?outcome, elapsed_ms = started.elapsed().as_millis() as u64, "delivery handled");
 }
 
-/// Runs the handler in the inbox transaction. `Ok(false)` for a duplicate.
+/// Runs the handler in the inbox transaction. `Ok(false)` for a duplicate, which is counted on
+/// its inbox row instead.
 async fn apply<H: Handler>(shared: &Shared<H>, incoming: &Incoming) -> Result<bool, HandlerError> {
     let mut tx = shared.pool.begin().await?;
-    let inserted = sqlx::query(
-        "INSERT INTO messaging.inbox (consumer, message_id) VALUES ($1, $2) \
-         ON CONFLICT DO NOTHING",
+    // `xmax = 0` holds for a row this statement inserted, not for one it updated.
+    let first: bool = sqlx::query_scalar(
+        "INSERT INTO messaging.inbox AS i (consumer, message_id) VALUES ($1, $2) \
+         ON CONFLICT (consumer, message_id) DO UPDATE \
+         SET duplicates = i.duplicates + 1, last_duplicate_at = now() \
+         RETURNING (xmax = 0)",
     )
     .bind(shared.queue)
     .bind(incoming.envelope.message_id)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .db("INSERT", "inbox")
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        tx.rollback().await?;
-        return Ok(false);
+    .await?;
+    if first {
+        shared.handler.handle(&mut tx, incoming).await?;
+        crash::at(crash::CONSUMER_BEFORE_COMMIT, shared.queue);
     }
-    shared.handler.handle(&mut tx, incoming).await?;
     tx.commit().await?;
-    Ok(true)
+    if first {
+        crash::at(crash::CONSUMER_AFTER_COMMIT, shared.queue);
+    }
+    Ok(first)
 }
 
 async fn ack(delivery: &Delivery) {

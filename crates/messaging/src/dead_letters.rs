@@ -114,9 +114,9 @@ pub async fn list(
     Ok(letters)
 }
 
-/// Sends the selected dead letters of `spec` back to their queue; returns those it sent. Looks
-/// at no more messages than the dead-letter queue held when it started, so a replayed message
-/// that fails again at once is not replayed twice in one call.
+/// Sends the selected dead letters of `spec` back to their queue; returns those it sent. It
+/// stops when the dead-letter queue is empty or shows a message it already sent back (one that
+/// failed again at once), so one call replays each message at most once.
 pub async fn replay(
     broker: &Broker,
     spec: QueueSpec,
@@ -127,12 +127,13 @@ pub async fn replay(
     let dlq = broker.names().dead_letter_queue(spec.name);
     let queue = broker.names().queue(spec.name);
     let requeue = broker.names().requeue_exchange();
-    let mut replayed = Vec::new();
-    for _ in 0..depth(&channel, broker, spec).await? {
-        let Some(message) = get(&channel, &dlq).await? else {
-            break;
-        };
+    let mut replayed: Vec<DeadLetter> = Vec::new();
+    while let Some(message) = get(&channel, &dlq).await? {
         let letter = describe(spec.name, &message);
+        if letter.message_id.is_some() && replayed.iter().any(|r| r.message_id == letter.message_id)
+        {
+            break;
+        }
         let selected = match selection {
             Selection::All => true,
             Selection::MessageId(id) => letter.message_id.as_deref() == Some(id.as_str()),

@@ -6,6 +6,7 @@
 //! * [`consumer`]: deliveries applied through an inbox in one transaction with their effects,
 //!   acknowledged after commit, retried with back-off and dead-lettered when hopeless.
 //! * [`dead_letters`]: listing and replaying what ended in a dead-letter queue.
+//! * [`retention`]: old outbox and inbox rows deleted on a schedule.
 //! * [`broker`]: the connection, reopened with back-off after any failure.
 //!
 //! The outbox and inbox tables live in the `messaging` schema of each service's own database
@@ -14,9 +15,11 @@
 pub mod broker;
 pub mod config;
 pub mod consumer;
+pub mod crash;
 pub mod dead_letters;
 pub mod outbox;
 pub mod publisher;
+pub mod retention;
 pub mod topology;
 
 pub use broker::{Backoff, Broker};

@@ -30,6 +30,7 @@ use uuid::Uuid;
 use domain::events::Envelope;
 
 use crate::broker::{Backoff, Broker};
+use crate::crash;
 use crate::publisher::{Outgoing, PublishError, Publisher};
 
 /// The `NOTIFY` channel that wakes the relay when a row is written.
@@ -314,6 +315,9 @@ impl<H: PublishHook> OutboxRelay<H> {
             }
         }
 
+        for (row, _) in &published {
+            crash::at(crash::RELAY_AFTER_CONFIRM, &row.message.routing_key);
+        }
         let ids: Vec<i64> = published.iter().map(|(row, _)| row.id).collect();
         sqlx::query(
             "UPDATE messaging.outbox SET published_at = now(), attempts = attempts + 1 \
@@ -365,19 +369,6 @@ fn publish_span(exchange: &str, row: &Claimed) -> Span {
     let parent = with_order(&from_carrier(&row.trace), row.message.order_id);
     let _ = span.set_parent(parent);
     span
-}
-
-/// Deletes published rows older than `retention`; returns how many went.
-pub async fn delete_published(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-    let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or_default();
-    let result = sqlx::query(
-        "DELETE FROM messaging.outbox WHERE published_at IS NOT NULL AND published_at < $1",
-    )
-    .bind(cutoff)
-    .execute(pool)
-    .db("DELETE", "outbox")
-    .await?;
-    Ok(result.rows_affected())
 }
 
 /// Rows waiting to be published and the age of the oldest, for the backlog gauge.

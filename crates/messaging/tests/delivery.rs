@@ -118,9 +118,11 @@ async fn applied(pool: &PgPool) -> Vec<(Uuid, i32)> {
         .unwrap()
 }
 
-/// Records each message; fails transiently the first `failures` times.
+/// Records each message; fails the first `failures` times, transiently or (when `database_down`)
+/// as if its database were unavailable.
 struct Recorder {
     failures: u32,
+    database_down: bool,
     calls: AtomicU32,
     dead_letters: AtomicU32,
 }
@@ -129,6 +131,7 @@ impl Recorder {
     fn failing(failures: u32) -> Arc<Self> {
         Arc::new(Self {
             failures,
+            database_down: false,
             calls: AtomicU32::new(0),
             dead_letters: AtomicU32::new(0),
         })
@@ -138,7 +141,11 @@ impl Recorder {
 impl Handler for Recorder {
     async fn handle(&self, tx: &mut PgConnection, message: &Incoming) -> Result<(), HandlerError> {
         if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
-            return Err(HandlerError::transient("flaky", "the test says no"));
+            return Err(if self.database_down {
+                HandlerError::Unavailable("connection refused".into())
+            } else {
+                HandlerError::transient("flaky", "the test says no")
+            });
         }
         sqlx::query("INSERT INTO applied (message_id, retry_count) VALUES ($1, $2)")
             .bind(message.envelope.message_id)
@@ -157,6 +164,17 @@ impl Handler for Recorder {
     ) -> Result<(), sqlx::Error> {
         self.dead_letters.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+}
+
+impl Recorder {
+    fn database_down(failures: u32) -> Arc<Self> {
+        Arc::new(Self {
+            failures,
+            database_down: true,
+            calls: AtomicU32::new(0),
+            dead_letters: AtomicU32::new(0),
+        })
     }
 }
 
@@ -283,7 +301,19 @@ async fn a_message_delivered_twice_is_applied_once() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let duplicates = testkit::wait::until(
+        "the copy to be counted",
+        Duration::from_secs(10),
+        || async {
+            let duplicates: i32 = sqlx::query_scalar("SELECT duplicates FROM messaging.inbox")
+                .fetch_one(&setup.pool)
+                .await
+                .unwrap();
+            (duplicates > 0).then_some(duplicates)
+        },
+    )
+    .await;
+    assert_eq!(duplicates, 1, "the second copy is counted on the inbox row");
     assert_eq!(applied(&setup.pool).await.len(), 1);
     assert!(
         take_within(
@@ -479,10 +509,15 @@ async fn an_operator_sees_a_dead_letter_with_its_reason_and_replays_it_to_be_app
         .unwrap();
     assert!(replayed.is_empty(), "only the selected message is replayed");
 
+    // The broker puts back what the previous call left alone a moment after it closed.
     let mine = Selection::MessageId(envelope.message_id.to_string());
-    let replayed = dead_letters::replay(&setup.broker, CRM_ORDERS, &mine)
-        .await
-        .unwrap();
+    let replayed = testkit::wait::until("the replay", Duration::from_secs(10), || async {
+        let replayed = dead_letters::replay(&setup.broker, CRM_ORDERS, &mine)
+            .await
+            .unwrap();
+        (!replayed.is_empty()).then_some(replayed)
+    })
+    .await;
     assert_eq!(replayed.len(), 1);
     testkit::wait::until("the replay to apply", Duration::from_secs(10), || async {
         (!applied(&setup.pool).await.is_empty()).then_some(())
@@ -495,4 +530,94 @@ async fn an_operator_sees_a_dead_letter_with_its_reason_and_replays_it_to_be_app
     );
     let counts = dead_letters::counts(&setup.broker).await.unwrap();
     assert!(counts.iter().all(|(_, n)| *n == 0), "{counts:?}");
+}
+
+#[tokio::test]
+async fn a_database_outage_is_waited_out_without_spending_the_messages_retries() {
+    let setup = setup().await;
+    let envelope = status_event(Uuid::now_v7());
+    publish_raw(
+        &setup.broker,
+        envelope.message_id,
+        "order.status_changed.registered",
+        &envelope.to_vec(),
+    )
+    .await;
+    // More failures than the two retries allow: a transient error would dead-letter it.
+    let recorder = Recorder::database_down(5);
+    consume(&setup, recorder.clone());
+
+    testkit::wait::until("the message to apply", Duration::from_secs(20), || async {
+        (!applied(&setup.pool).await.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(
+        applied(&setup.pool).await,
+        vec![(envelope.message_id, 0)],
+        "applied on its first delivery, no retry spent"
+    );
+    assert_eq!(recorder.calls.load(Ordering::SeqCst), 6);
+    assert_eq!(recorder.dead_letters.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn old_outbox_and_inbox_rows_are_cleaned_up_but_unpublished_ones_never() {
+    let setup = setup().await;
+    let insert_outbox = |published: Option<&'static str>| {
+        let pool = setup.pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO messaging.outbox (message_id, routing_key, kind, order_id, body, created_at, published_at) \
+                 VALUES ($1, 'order.created', 'order.created', $2, '\\x00', now() - interval '30 days', \
+                         now() - $3::interval)",
+            )
+            .bind(Uuid::now_v7())
+            .bind(Uuid::now_v7())
+            .bind(published)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    insert_outbox(Some("8 days")).await;
+    insert_outbox(Some("1 hour")).await;
+    insert_outbox(None).await;
+    for age in ["15 days", "1 day"] {
+        sqlx::query(
+            "INSERT INTO messaging.inbox (consumer, message_id, received_at) \
+             VALUES ('crm.orders', $1, now() - $2::interval)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(age)
+        .execute(&setup.pool)
+        .await
+        .unwrap();
+    }
+
+    let day = Duration::from_secs(24 * 3600);
+    let cleaned = messaging::retention::clean(&setup.pool, 7 * day, 14 * day)
+        .await
+        .unwrap();
+    assert_eq!(
+        cleaned,
+        messaging::retention::Cleaned {
+            outbox: 1,
+            inbox: 1
+        }
+    );
+    let left: Vec<(bool,)> =
+        sqlx::query_as("SELECT published_at IS NULL FROM messaging.outbox ORDER BY id")
+            .fetch_all(&setup.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        left,
+        [(false,), (true,)],
+        "the recent and the unpublished row stay"
+    );
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM messaging.inbox")
+        .fetch_one(&setup.pool)
+        .await
+        .unwrap();
+    assert_eq!(inbox, 1);
 }

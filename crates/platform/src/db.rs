@@ -62,12 +62,15 @@ pub async fn connect(
 /// configuration mistake such as a wrong password or a missing database.
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
-        sqlx::Error::Database(db) => matches!(
-            db.code().as_deref(),
-            // admin_shutdown, crash_shutdown, cannot_connect_now
-            Some("57P01" | "57P02" | "57P03")
-        ),
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // Class 08 (connection exception); admin_shutdown, crash_shutdown,
+            // cannot_connect_now (a server starting or stopping).
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
         _ => false,
     }
 }

@@ -21,6 +21,7 @@ pub fn isolated() -> BrokerConfig {
         retry_delays: vec![Duration::from_millis(100), Duration::from_millis(200)],
         delivery_limit: 5,
         ephemeral: Some(Duration::from_secs(600)),
+        ..BrokerConfig::default()
     }
 }
 

@@ -80,6 +80,11 @@ impl Application {
             RelayConfig::default(),
         );
         tasks.spawn(relay.run(cancel.clone()));
+        tasks.spawn(messaging::retention::run(
+            state.pool.clone(),
+            broker.config().clone(),
+            cancel.clone(),
+        ));
         let registrar = Arc::new(Registrar {
             orderbook: state.orderbook,
         });

@@ -97,6 +97,11 @@ impl Application {
             RelayConfig::default(),
         );
         tasks.spawn(relay.run(cancel.clone()));
+        tasks.spawn(messaging::retention::run(
+            state.pool.clone(),
+            broker.config().clone(),
+            cancel.clone(),
+        ));
         let pricing = Arc::new(PricingIntake {
             orderbook: state.orderbook,
             wake: wake.clone(),

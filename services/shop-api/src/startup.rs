@@ -87,6 +87,11 @@ impl Application {
             RelayConfig::default(),
         );
         tasks.spawn(relay.run(cancel.clone()));
+        tasks.spawn(messaging::retention::run(
+            state.pool.clone(),
+            broker.config().clone(),
+            cancel.clone(),
+        ));
         let follower = Arc::new(StatusFollower {
             orderbook: state.orderbook,
         });
