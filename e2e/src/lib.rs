@@ -24,8 +24,51 @@ pub struct System {
     pub mes: ServiceProcess,
     pub otlp: OtlpCapture,
     pub client: reqwest::Client,
-    _databases: Vec<TestDatabase>,
+    /// What every service is started with (its database URL comes on top).
+    env: Vec<(String, String)>,
+    /// Shop's, CRM's and MES's, in that order.
+    databases: [TestDatabase; 3],
     _storage: tempfile::TempDir,
+}
+
+/// One of the three services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    Shop,
+    Crm,
+    Mes,
+}
+
+impl Service {
+    pub const ALL: [Service; 3] = [Service::Shop, Service::Crm, Service::Mes];
+
+    pub fn binary(self) -> &'static str {
+        match self {
+            Self::Shop => "shop-api",
+            Self::Crm => "crm-api",
+            Self::Mes => "mes-api",
+        }
+    }
+
+    fn port_variable(self) -> &'static str {
+        match self {
+            Self::Shop => "SHOP_PORT",
+            Self::Crm => "CRM_PORT",
+            Self::Mes => "MES_PORT",
+        }
+    }
+
+    fn database_variable(self) -> &'static str {
+        match self {
+            Self::Shop => "SHOP_DATABASE_URL",
+            Self::Crm => "CRM_DATABASE_URL",
+            Self::Mes => "MES_DATABASE_URL",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// A placed order and the answer to placing it.
@@ -37,7 +80,8 @@ pub struct Placed {
 }
 
 impl System {
-    /// Starts everything; `extra_env` is given to every service (e.g. masking rules).
+    /// Starts everything; `extra_env` is given to every service (e.g. masking rules, or a
+    /// crash point: `messaging::crash`).
     pub async fn start_with(extra_env: &[(&str, &str)]) -> Self {
         let broker = testkit::broker::isolated();
         let storage = tempfile::tempdir().expect("a storage directory");
@@ -61,26 +105,22 @@ impl System {
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
 
-        let shop_db = TestDatabase::create("shop").await;
-        let crm_db = TestDatabase::create("crm").await;
-        let mes_db = TestDatabase::create("mes").await;
-        let with_db = |var: &str, db: &TestDatabase| {
+        let databases = [
+            TestDatabase::create("shop").await,
+            TestDatabase::create("crm").await,
+            TestDatabase::create("mes").await,
+        ];
+        let start = |service: Service| {
             let mut env = env.clone();
-            env.push((var.into(), db.url().into()));
-            env
+            env.push((
+                service.database_variable().into(),
+                databases[service.index()].url().into(),
+            ));
+            async move { ServiceProcess::start(service.binary(), service.port_variable(), &env).await }
         };
-        let mes =
-            ServiceProcess::start("mes-api", "MES_PORT", &with_db("MES_DATABASE_URL", &mes_db))
-                .await;
-        let crm =
-            ServiceProcess::start("crm-api", "CRM_PORT", &with_db("CRM_DATABASE_URL", &crm_db))
-                .await;
-        let shop = ServiceProcess::start(
-            "shop-api",
-            "SHOP_PORT",
-            &with_db("SHOP_DATABASE_URL", &shop_db),
-        )
-        .await;
+        let mes = start(Service::Mes).await;
+        let crm = start(Service::Crm).await;
+        let shop = start(Service::Shop).await;
         Self {
             namespace: broker.namespace.clone(),
             broker,
@@ -89,9 +129,42 @@ impl System {
             mes,
             otlp,
             client: reqwest::Client::new(),
-            _databases: vec![shop_db, crm_db, mes_db],
+            env,
+            databases,
             _storage: storage,
         }
+    }
+
+    pub fn process(&mut self, service: Service) -> &mut ServiceProcess {
+        match service {
+            Service::Shop => &mut self.shop,
+            Service::Crm => &mut self.crm,
+            Service::Mes => &mut self.mes,
+        }
+    }
+
+    /// Starts `service` again (killing what is left of it first), with the environment it was
+    /// started with but without a crash point: the process a supervisor would bring back. It
+    /// listens on a new port.
+    pub async fn restart(&mut self, service: Service) {
+        self.process(service).kill().await;
+        let mut env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .filter(|(k, _)| k != messaging::crash::ENV)
+            .cloned()
+            .collect();
+        env.push((
+            service.database_variable().into(),
+            self.databases[service.index()].url().into(),
+        ));
+        *self.process(service) =
+            ServiceProcess::start(service.binary(), service.port_variable(), &env).await;
+    }
+
+    /// A connection to `service`'s own database, for counting what it holds.
+    pub async fn database(&self, service: Service) -> sqlx::PgPool {
+        self.databases[service.index()].connect().await
     }
 
     pub async fn start() -> Self {

@@ -6,6 +6,7 @@
 //! * [`otlp`]: a real OTLP/HTTP receiver that keeps every span it is sent.
 //! * [`s3`]: a real S3 server (SigV4 authentication, objects in a temporary directory) that can
 //!   be made to fail on demand.
+//! * [`faults`]: broker connections cut, RabbitMQ stopped, PostgreSQL restarted.
 //! * [`process`]: the services as real child processes (what `cargo build` produced).
 //! * [`fixtures`]: the shared STL models.
 //!
@@ -15,6 +16,7 @@
 
 pub mod broker;
 pub mod database;
+pub mod faults;
 pub mod fixtures;
 pub mod otlp;
 pub mod process;

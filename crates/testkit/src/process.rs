@@ -137,6 +137,15 @@ impl ServiceProcess {
         }
     }
 
+    /// Waits up to `patience` for the process to exit by itself (e.g. at a crash point of
+    /// `messaging::crash`); its exit status, or `None` while it is still running.
+    pub async fn exited_within(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(patience, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
