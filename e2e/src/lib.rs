@@ -1,6 +1,8 @@
 //! The whole Hallmark system for one test: fresh databases, its own broker namespace and storage
 //! directory, an OTLP receiver, and Shop, CRM and MES running as real processes.
 
+pub mod checker;
+
 use std::time::Duration;
 
 use messaging::dead_letters;
@@ -183,6 +185,19 @@ impl System {
         material: &str,
         headers: &[(&str, &str)],
     ) -> Placed {
+        self.try_place_order(fixture, material, headers)
+            .await
+            .unwrap_or_else(|err| panic!("placing {fixture}: {err}"))
+    }
+
+    /// Places an order and returns what Shop acknowledged, or why it did not (an error status
+    /// or no answer at all), for tests where refusals are expected.
+    pub async fn try_place_order(
+        &self,
+        fixture: &str,
+        material: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Placed, String> {
         let order = json!({
             "customer": {"name": "Jane Doe", "email": "jane.doe@example.com", "phone": "+49 170 1234567"},
             "material": material,
@@ -204,12 +219,16 @@ impl System {
         let mut request = self
             .client
             .post(format!("{}/api/orders", self.shop.url()))
+            .timeout(Duration::from_secs(30))
             .multipart(form);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = request.send().await.expect("shop answers");
-        assert_eq!(response.status(), 201, "placing {fixture}");
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        if response.status() != 201 {
+            let status = response.status();
+            return Err(format!("{status}: {}", response.text().await.unwrap_or_default()));
+        }
         let trace_id = response
             .headers()
             .get("traceresponse")
@@ -217,13 +236,13 @@ impl System {
             .and_then(|v| v.split('-').nth(1))
             .unwrap_or_default()
             .to_owned();
-        let response: Value = response.json().await.unwrap();
+        let response: Value = response.json().await.map_err(|e| e.to_string())?;
         let id = response["order_id"].as_str().unwrap().parse().unwrap();
-        Placed {
+        Ok(Placed {
             id,
             response,
             trace_id,
-        }
+        })
     }
 
     async fn get(&self, url: String) -> Value {

@@ -45,6 +45,20 @@ async fn run(program: &str, args: &[&str]) -> String {
 /// connections `<service> [<namespace>]`), as a network cut or a broker-side kill would.
 /// Returns how many it closed.
 pub async fn cut_broker_connections(namespace: &str) -> usize {
+    connections(
+        namespace,
+        "[rabbit_networking:close_connection(P, \"fault injected by a test\") || P <- Ps], ",
+    )
+    .await
+}
+
+/// How many broker connections carry `namespace` in their name.
+pub async fn broker_connections(namespace: &str) -> usize {
+    connections(namespace, "").await
+}
+
+/// Runs `action` (Erlang, on the list `Ps` of the namespace's connections) and counts them.
+async fn connections(namespace: &str, action: &str) -> usize {
     // The namespace is `t` and hex digits, nothing that could break out of the string.
     assert!(
         namespace.chars().all(|c| c.is_ascii_alphanumeric()),
@@ -59,13 +73,12 @@ pub async fn cut_broker_connections(namespace: &str) -> usize {
                          _ -> false \
                      end \
                end], \
-         [rabbit_networking:close_connection(P, \"fault injected by a test\") || P <- Ps], \
-         length(Ps)."
+         {action}length(Ps)."
     );
-    let closed = run("rabbitmqctl", &["eval", &program]).await;
-    closed
+    let count = run("rabbitmqctl", &["eval", &program]).await;
+    count
         .parse()
-        .unwrap_or_else(|_| panic!("rabbitmqctl eval answered {closed:?}"))
+        .unwrap_or_else(|_| panic!("rabbitmqctl eval answered {count:?}"))
 }
 
 /// Stops the RabbitMQ application (the node stays up to be started again); every connection

@@ -12,7 +12,7 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -41,6 +41,11 @@ const BUCKET: &str = "hallmark-models";
 /// within about a second instead of the production default's several.
 const RETRY_TIMEOUT: Duration = Duration::from_millis(300);
 
+/// What the server does with requests, held in `S3Server::mode`.
+const WORKING: u8 = 0;
+const FAIL_ALL: u8 = 1;
+const FAIL_READS: u8 = 2;
+
 /// How much of a request a failing server reads before answering (see [`answer`]).
 const MAX_DISCARDED_BODY: usize = 64 * 1024 * 1024;
 
@@ -48,7 +53,8 @@ const MAX_DISCARDED_BODY: usize = 64 * 1024 * 1024;
 /// deleted, when this value is dropped (or when the test's runtime ends).
 pub struct S3Server {
     endpoint: String,
-    failing: Arc<AtomicBool>,
+    /// `WORKING`, `FAIL_ALL` or `FAIL_READS`.
+    mode: Arc<AtomicU8>,
     server: JoinHandle<()>,
     _root: tempfile::TempDir,
 }
@@ -72,11 +78,11 @@ impl S3Server {
         let address = listener
             .local_addr()
             .expect("a bound listener has an address");
-        let failing = Arc::new(AtomicBool::new(false));
-        let server = tokio::spawn(serve(listener, s3, Arc::clone(&failing)));
+        let mode = Arc::new(AtomicU8::new(WORKING));
+        let server = tokio::spawn(serve(listener, s3, Arc::clone(&mode)));
         Self {
             endpoint: format!("http://{address}"),
-            failing,
+            mode,
             server,
             _root: root,
         }
@@ -106,11 +112,34 @@ impl S3Server {
         }
     }
 
+    /// The same configuration as environment variables, for a service started as a process.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("HALLMARK_S3_BUCKET", BUCKET),
+            ("HALLMARK_S3_ENDPOINT", self.endpoint.as_str()),
+            ("HALLMARK_S3_REGION", REGION),
+            ("HALLMARK_S3_ACCESS_KEY_ID", ACCESS_KEY_ID),
+            ("HALLMARK_S3_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
+            ("HALLMARK_S3_RETRY_TIMEOUT", "300ms"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into()
+    }
+
     /// While `failing`, every request is answered `503 Service Unavailable` (S3's
     /// `ServiceUnavailable` error) without reaching the store; afterwards the server works as
     /// before, with everything it stored still there.
     pub fn set_failing(&self, failing: bool) {
-        self.failing.store(failing, Ordering::SeqCst);
+        self.set_mode(if failing { FAIL_ALL } else { WORKING });
+    }
+
+    /// As [`S3Server::set_failing`], but only reads (GET and HEAD) fail: uploads still work.
+    pub fn set_failing_reads(&self, failing: bool) {
+        self.set_mode(if failing { FAIL_READS } else { WORKING });
+    }
+
+    fn set_mode(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
     }
 }
 
@@ -146,7 +175,7 @@ async fn create_bucket(fs: &s3s_fs::FileSystem, bucket: &str) {
 
 /// Accepts connections until the task is aborted. Aborting drops `connections`, which ends the
 /// open connections too, so nothing of the server outlives it.
-async fn serve(listener: TcpListener, s3: S3Service, failing: Arc<AtomicBool>) {
+async fn serve(listener: TcpListener, s3: S3Service, mode: Arc<AtomicU8>) {
     let mut connections = JoinSet::new();
     loop {
         let stream = match listener.accept().await {
@@ -158,8 +187,8 @@ async fn serve(listener: TcpListener, s3: S3Service, failing: Arc<AtomicBool>) {
         };
         while connections.try_join_next().is_some() {}
         let s3 = s3.clone();
-        let failing = Arc::clone(&failing);
-        let service = service_fn(move |request| answer(s3.clone(), Arc::clone(&failing), request));
+        let mode = Arc::clone(&mode);
+        let service = service_fn(move |request| answer(s3.clone(), Arc::clone(&mode), request));
         connections.spawn(async move {
             // A client that hangs up mid-request is no concern of the server's.
             let _ = http1::Builder::new()
@@ -174,10 +203,15 @@ async fn serve(listener: TcpListener, s3: S3Service, failing: Arc<AtomicBool>) {
 /// than a connection reset halfway through sending its body.
 async fn answer(
     s3: S3Service,
-    failing: Arc<AtomicBool>,
+    mode: Arc<AtomicU8>,
     request: Request<Incoming>,
 ) -> Result<HttpResponse, HttpError> {
-    if !failing.load(Ordering::SeqCst) {
+    let fails = match mode.load(Ordering::SeqCst) {
+        FAIL_ALL => true,
+        FAIL_READS => matches!(*request.method(), Method::GET | Method::HEAD),
+        _ => false,
+    };
+    if !fails {
         return s3.call(request.map(Body::from)).await;
     }
     let mut body = Body::from(request.into_body());
