@@ -66,6 +66,19 @@ fn status_event(order_id: Uuid) -> Envelope {
     )
 }
 
+/// Publishes a fresh status event to the test's exchange, as CRM would receive it.
+async fn publish_status_event(setup: &Setup) -> Envelope {
+    let envelope = status_event(Uuid::now_v7());
+    publish_raw(
+        &setup.broker,
+        envelope.message_id,
+        "order.status_changed.registered",
+        &envelope.to_vec(),
+    )
+    .await;
+    envelope
+}
+
 async fn publish_raw(broker: &Broker, message_id: Uuid, routing_key: &str, body: &[u8]) {
     let publisher = Publisher::open(broker).await.unwrap();
     publisher
@@ -330,14 +343,7 @@ async fn a_message_delivered_twice_is_applied_once() {
 #[tokio::test]
 async fn a_transient_failure_is_retried_with_back_off_and_then_applied_once() {
     let setup = setup().await;
-    let envelope = status_event(Uuid::now_v7());
-    publish_raw(
-        &setup.broker,
-        envelope.message_id,
-        "order.status_changed.registered",
-        &envelope.to_vec(),
-    )
-    .await;
+    let envelope = publish_status_event(&setup).await;
     let recorder = Recorder::failing(2);
     consume(&setup, recorder.clone());
 
@@ -361,14 +367,7 @@ async fn a_transient_failure_is_retried_with_back_off_and_then_applied_once() {
 #[tokio::test]
 async fn a_message_that_keeps_failing_ends_in_the_dead_letter_queue_with_its_reason() {
     let setup = setup().await;
-    let envelope = status_event(Uuid::now_v7());
-    publish_raw(
-        &setup.broker,
-        envelope.message_id,
-        "order.status_changed.registered",
-        &envelope.to_vec(),
-    )
-    .await;
+    let envelope = publish_status_event(&setup).await;
     let recorder = Recorder::failing(u32::MAX);
     consume(&setup, recorder.clone());
 
@@ -463,14 +462,7 @@ async fn an_unroutable_message_is_an_error_not_silence() {
 #[tokio::test]
 async fn an_operator_sees_a_dead_letter_with_its_reason_and_replays_it_to_be_applied_once() {
     let setup = setup().await;
-    let envelope = status_event(Uuid::now_v7());
-    publish_raw(
-        &setup.broker,
-        envelope.message_id,
-        "order.status_changed.registered",
-        &envelope.to_vec(),
-    )
-    .await;
+    let envelope = publish_status_event(&setup).await;
     // Fails the first attempt and both retries, then works: the fix an operator waits for.
     let recorder = Recorder::failing(3);
     consume(&setup, recorder.clone());
@@ -535,14 +527,7 @@ async fn an_operator_sees_a_dead_letter_with_its_reason_and_replays_it_to_be_app
 #[tokio::test]
 async fn a_database_outage_is_waited_out_without_spending_the_messages_retries() {
     let setup = setup().await;
-    let envelope = status_event(Uuid::now_v7());
-    publish_raw(
-        &setup.broker,
-        envelope.message_id,
-        "order.status_changed.registered",
-        &envelope.to_vec(),
-    )
-    .await;
+    let envelope = publish_status_event(&setup).await;
     // More failures than the two retries allow: a transient error would dead-letter it.
     let recorder = Recorder::database_down(5);
     consume(&setup, recorder.clone());
