@@ -198,51 +198,7 @@ impl System {
         material: &str,
         headers: &[(&str, &str)],
     ) -> Result<Placed, String> {
-        let order = json!({
-            "customer": {"name": "Jane Doe", "email": "jane.doe@example.com", "phone": "+49 170 1234567"},
-            "material": material,
-            "size": 17,
-            "external_order_id": format!("PO-{}", Uuid::new_v4().simple()),
-        });
-        let form = reqwest::multipart::Form::new()
-            .part(
-                "order",
-                reqwest::multipart::Part::text(order.to_string())
-                    .mime_str("application/json")
-                    .unwrap(),
-            )
-            .part(
-                "model",
-                reqwest::multipart::Part::bytes(testkit::fixtures::stl(fixture))
-                    .file_name(fixture.to_owned()),
-            );
-        let mut request = self
-            .client
-            .post(format!("{}/api/orders", self.shop.url()))
-            .timeout(Duration::from_secs(30))
-            .multipart(form);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = request.send().await.map_err(|e| e.to_string())?;
-        if response.status() != 201 {
-            let status = response.status();
-            return Err(format!("{status}: {}", response.text().await.unwrap_or_default()));
-        }
-        let trace_id = response
-            .headers()
-            .get("traceresponse")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split('-').nth(1))
-            .unwrap_or_default()
-            .to_owned();
-        let response: Value = response.json().await.map_err(|e| e.to_string())?;
-        let id = response["order_id"].as_str().unwrap().parse().unwrap();
-        Ok(Placed {
-            id,
-            response,
-            trace_id,
-        })
+        place_order_at(&self.client, &self.shop.url(), fixture, material, headers).await
     }
 
     async fn get(&self, url: String) -> Value {
@@ -320,4 +276,65 @@ impl System {
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
+}
+
+/// Places an order for `fixture` at the Shop at `shop_url` (multipart, with a customer whose
+/// personal data the telemetry must mask); what Shop acknowledged, or why not.
+pub async fn place_order_at(
+    client: &reqwest::Client,
+    shop_url: &str,
+    fixture: &str,
+    material: &str,
+    headers: &[(&str, &str)],
+) -> Result<Placed, String> {
+    let order = json!({
+        "customer": {"name": "Jane Doe", "email": "jane.doe@example.com", "phone": "+49 170 1234567"},
+        "material": material,
+        "size": 17,
+        "external_order_id": format!("PO-{}", Uuid::new_v4().simple()),
+    });
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "order",
+            reqwest::multipart::Part::text(order.to_string())
+                .mime_str("application/json")
+                .unwrap(),
+        )
+        .part(
+            "model",
+            reqwest::multipart::Part::bytes(testkit::fixtures::stl(fixture))
+                .file_name(fixture.to_owned()),
+        );
+    let mut request = client
+        .post(format!("{shop_url}/api/orders"))
+        .timeout(Duration::from_secs(30))
+        .multipart(form);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.map_err(|e| e.to_string())?;
+    if response.status() != 201 {
+        let status = response.status();
+        return Err(format!(
+            "{status}: {}",
+            response.text().await.unwrap_or_default()
+        ));
+    }
+    let trace_id = response
+        .headers()
+        .get("traceresponse")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .unwrap_or_default()
+        .to_owned();
+    let response: Value = response.json().await.map_err(|e| e.to_string())?;
+    let id = response["order_id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| format!("no order_id in {response}"))?;
+    Ok(Placed {
+        id,
+        response,
+        trace_id,
+    })
 }

@@ -7,14 +7,10 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-/// `target/<profile>/<name>`, next to the test executable's `deps` directory.
+/// `target/<profile>/<name>`: next to the running executable, or one level up from a test
+/// executable's `deps` directory.
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable has a path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executables live in target/<profile>/deps");
-    let path = profile_dir.join(name);
+    let path = binary_dir().join(name);
     assert!(
         path.is_file(),
         "{} is missing: build the services first (`cargo build --workspace --bins`; scripts/test does)",
@@ -39,11 +35,15 @@ fn log_path(name: &str) -> PathBuf {
 }
 
 fn binary_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable has a path");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executables live in target/<profile>/deps")
-        .to_path_buf()
+    let exe = std::env::current_exe().expect("the executable has a path");
+    let dir = exe.parent().expect("an executable lives in a directory");
+    if dir.ends_with("deps") {
+        dir.parent()
+            .expect("deps lives in target/<profile>")
+            .to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// A running service. Killed when dropped; [`ServiceProcess::stop`] shuts it down gracefully.
