@@ -3,8 +3,8 @@
 //! numbers of a run are in docs/reliability.md.
 //!
 //! ```text
-//! cargo build --release --workspace --bins
-//! target/release/chaos [--orders 300] [--clients 4] [--think-ms 300] [--seed N] [--outages]
+//! cargo build --workspace --bins
+//! target/debug/chaos [--orders 300] [--clients 4] [--think-ms 300] [--seed N] [--outages]
 //! ```
 //!
 //! Faults: a service killed (SIGKILL) and restarted after a random pause, a service stopped with
