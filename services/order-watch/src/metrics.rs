@@ -135,11 +135,16 @@ impl Metrics {
 
     /// Records what newly stored spans tell about the system.
     pub fn record_spans(&self, spans: &[&SpanRecord]) {
+        // (service, spans, failed spans): one counter update per service, not per span.
+        let mut per_service: Vec<(&str, u64, u64)> = Vec::new();
         for span in spans {
-            let service = [KeyValue::new("service", span.service.clone())];
-            self.spans.add(1, &service);
-            if span.is_error() {
-                self.failed_spans.add(1, &service);
+            let failed = u64::from(span.is_error());
+            match per_service.iter_mut().find(|(s, ..)| *s == span.service) {
+                Some((_, count, failures)) => {
+                    *count += 1;
+                    *failures += failed;
+                }
+                None => per_service.push((&span.service, 1, failed)),
             }
             let seconds = (span.end - span.start)
                 .num_microseconds()
@@ -164,6 +169,13 @@ impl Metrics {
                     waited + seconds,
                     &[KeyValue::new("queue", queue.to_owned())],
                 );
+            }
+        }
+        for (service, count, failures) in per_service {
+            let service = [KeyValue::new("service", service.to_owned())];
+            self.spans.add(count, &service);
+            if failures > 0 {
+                self.failed_spans.add(failures, &service);
             }
         }
     }

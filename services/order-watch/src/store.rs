@@ -18,6 +18,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use domain::{OrderStatus, Stage};
 use serde_json::Value;
+use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -153,12 +154,7 @@ impl SpanWriter {
         let context = &self.context;
         let now = context.clock.now();
         let mut tx = context.pool.begin().await?;
-        let new = insert_spans(&mut tx, spans).await?;
-        let new_spans: Vec<&SpanRecord> = spans
-            .iter()
-            .copied()
-            .filter(|s| new.contains(&(s.order_id, s.trace_id.clone(), s.span_id.clone())))
-            .collect();
+        let new_spans = insert_spans(&mut tx, spans).await?;
         let mut by_order: BTreeMap<Uuid, Vec<&SpanRecord>> = BTreeMap::new();
         for span in &new_spans {
             by_order.entry(span.order_id).or_default().push(span);
@@ -192,43 +188,30 @@ impl SpanWriter {
     }
 }
 
-async fn insert_spans(
+/// A link as stored in `spans.links`.
+#[derive(serde::Serialize)]
+struct StoredLink<'a> {
+    trace_id: &'a str,
+    span_id: &'a str,
+}
+
+/// Inserts `spans`, skipping any already stored, and returns those that were new. The columns
+/// borrow from the spans: nothing is copied on the way to the database but the JSON text.
+async fn insert_spans<'a>(
     tx: &mut PgConnection,
-    spans: &[&SpanRecord],
-) -> Result<HashSet<(Uuid, Vec<u8>, Vec<u8>)>, sqlx::Error> {
-    let mut order_ids = Vec::with_capacity(spans.len());
-    let mut trace_ids = Vec::with_capacity(spans.len());
-    let mut span_ids = Vec::with_capacity(spans.len());
-    let mut parents = Vec::with_capacity(spans.len());
-    let mut services = Vec::with_capacity(spans.len());
-    let mut names = Vec::with_capacity(spans.len());
-    let mut kinds = Vec::with_capacity(spans.len());
-    let mut starts = Vec::with_capacity(spans.len());
-    let mut ends = Vec::with_capacity(spans.len());
-    let mut codes = Vec::with_capacity(spans.len());
-    let mut messages = Vec::with_capacity(spans.len());
-    let mut attributes = Vec::with_capacity(spans.len());
-    let mut links = Vec::with_capacity(spans.len());
-    for span in spans {
-        order_ids.push(span.order_id);
-        trace_ids.push(span.trace_id.clone());
-        span_ids.push(span.span_id.clone());
-        parents.push(span.parent_span_id.clone());
-        services.push(span.service.clone());
-        names.push(span.name.clone());
-        kinds.push(span.kind);
-        starts.push(span.start);
-        ends.push(span.end);
-        codes.push(span.status_code);
-        messages.push(span.status_message.clone());
-        attributes.push(Value::Object(span.attributes.clone()));
-        links.push(Value::Array(
-            span.links
-                .iter()
-                .map(|(t, s)| serde_json::json!({"trace_id": t, "span_id": s}))
-                .collect(),
-        ));
+    spans: &[&'a SpanRecord],
+) -> Result<Vec<&'a SpanRecord>, sqlx::Error> {
+    fn column<'a, T>(spans: &[&'a SpanRecord], f: impl Fn(&'a SpanRecord) -> T) -> Vec<T> {
+        spans.iter().map(|span| f(span)).collect()
     }
+    let links = column(spans, |s| {
+        Json(
+            s.links
+                .iter()
+                .map(|(trace_id, span_id)| StoredLink { trace_id, span_id })
+                .collect::<Vec<_>>(),
+        )
+    });
     let rows = sqlx::query(
         "INSERT INTO spans (order_id, trace_id, span_id, parent_span_id, service, name, kind, \
              start_time, end_time, status_code, status_message, attributes, links) \
@@ -237,24 +220,37 @@ async fn insert_spans(
              $11::text[], $12::jsonb[], $13::jsonb[]) \
          ON CONFLICT DO NOTHING RETURNING order_id, trace_id, span_id",
     )
-    .bind(&order_ids)
-    .bind(&trace_ids)
-    .bind(&span_ids)
-    .bind(&parents)
-    .bind(&services)
-    .bind(&names)
-    .bind(&kinds)
-    .bind(&starts)
-    .bind(&ends)
-    .bind(&codes)
-    .bind(&messages)
-    .bind(&attributes)
-    .bind(&links)
+    .bind(column(spans, |s| s.order_id))
+    .bind(column(spans, |s| s.trace_id.as_slice()))
+    .bind(column(spans, |s| s.span_id.as_slice()))
+    .bind(column(spans, |s| s.parent_span_id.as_deref()))
+    .bind(column(spans, |s| s.service.as_str()))
+    .bind(column(spans, |s| s.name.as_str()))
+    .bind(column(spans, |s| s.kind))
+    .bind(column(spans, |s| s.start))
+    .bind(column(spans, |s| s.end))
+    .bind(column(spans, |s| s.status_code))
+    .bind(column(spans, |s| s.status_message.as_str()))
+    .bind(column(spans, |s| Json(&s.attributes)))
+    .bind(links)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(rows
-        .into_iter()
+    // Usually every span is new; only exporters' retries bring some back.
+    if rows.len() == spans.len() {
+        return Ok(spans.to_vec());
+    }
+    let stored: Vec<(Uuid, Vec<u8>, Vec<u8>)> = rows
+        .iter()
         .map(|row| (row.get("order_id"), row.get("trace_id"), row.get("span_id")))
+        .collect();
+    let new: HashSet<(Uuid, &[u8], &[u8])> = stored
+        .iter()
+        .map(|(order, trace, span)| (*order, trace.as_slice(), span.as_slice()))
+        .collect();
+    Ok(spans
+        .iter()
+        .copied()
+        .filter(|s| new.contains(&(s.order_id, s.trace_id.as_slice(), s.span_id.as_slice())))
         .collect())
 }
 

@@ -261,10 +261,12 @@ async fn old_journeys_are_deleted_after_the_retention_period() {
     ))
     .await;
     let pool = app.database.connect().await;
+    // The service purges at start-up too, which may already have taken the old journey: the
+    // end state is what counts.
     let deleted = order_watch::retention::purge(&pool, now - chrono::Duration::days(30))
         .await
         .unwrap();
-    assert_eq!(deleted, 1);
+    assert!(deleted <= 1, "only the old journey goes ({deleted})");
     assert_eq!(app.get(&format!("/api/orders/{old}/journey")).await.0, 404);
     assert_eq!(app.journey(recent).await["span_count"], 1);
 }

@@ -1,0 +1,1717 @@
+//! order-watch ingest and detection benchmark (a benchmark binary, not a timed test).
+//!
+//! ```text
+//! cargo bench -p order-watch --bench ingest
+//! HALLMARK_BENCH_SPANS=50000 HALLMARK_BENCH_ORDERS=20000 cargo bench -p order-watch --bench ingest
+//! ```
+//!
+//! The benchmark starts the real order-watch [`Application`] in this process, on a Tokio runtime
+//! of its own, against a fresh PostgreSQL database ([`TestDatabase`]: the server named by
+//! `HALLMARK_TEST_DATABASE_URL`, as for the tests). Persistence is on: order-watch answers an
+//! export only after its span writer committed the spans. The system clock drives it and
+//! its metrics go to a Prometheus reader, as in production. The benchmark measures, and prints
+//! as Markdown:
+//!
+//! 1. **Ingest throughput** over OTLP/HTTP protobuf (`POST /v1/traces`) and OTLP/gRPC:
+//!    `HALLMARK_BENCH_CLIENTS` concurrent exporters (default 8) send `HALLMARK_BENCH_SPANS` spans
+//!    per protocol (default 1,000,000) in requests of 512 spans. Each request is one service's
+//!    export (shop-api, crm-api, mes-api or mes-calc) and holds parts of many orders' journeys,
+//!    with the attributes those services put on their spans (`order.*`, `customer.id`,
+//!    `hallmark.*`, `http.*`, `db.*`, `messaging.*`, `process.*`) and one transition span
+//!    (`order.status.from/to`, `order.stage`) per status change, so orders stand open in every
+//!    stage. Every span carries `order.id`, so every span sent is a span stored. Throughput is
+//!    given per wall-clock second and per CPU-second of order-watch (this process's CPU time
+//!    minus that of the load generator's threads), and per CPU-second of order-watch plus the
+//!    PostgreSQL processes serving its database.
+//! 2. **Memory and detection with many open orders**: more journeys go in over OTLP/HTTP until
+//!    at least `HALLMARK_BENCH_ORDERS` orders are open (default 1,000,000); then the process's resident
+//!    memory and the database size are read. `HALLMARK_BENCH_PROBES` probe orders (default 100)
+//!    are then sent with spans dated so that their deadlines fall at known instants a few
+//!    seconds ahead, once with ingest idle and once under full ingest load. For each probe the
+//!    benchmark reports how long after its deadline the detector claimed it (the incident's
+//!    `opened_at`, which the detector stamps) and how long until the benchmark, polling every
+//!    5 ms, saw it committed as stuck.
+//!
+//! Everything shares the machine: order-watch, the load generator and PostgreSQL. The load
+//! generator's own CPU time is measured and left out of order-watch's figures.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use chrono::{DateTime, Utc};
+use domain::OrderStatus;
+use domain::events::{ORDER_CREATED, ORDER_PRICING_REQUESTED, ORDER_STATUS_CHANGED};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::span::{Link, SpanKind};
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use order_watch::clock::Clock;
+use order_watch::config::Thresholds;
+use order_watch::startup::Ports;
+use order_watch::{Application, Settings};
+use platform::db::DatabaseConfig;
+use prost::Message as _;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+use telemetry::attr::{self, semconv};
+use testkit::database::TestDatabase;
+use testkit::otlp::build::{int, string};
+use tokio::runtime::Handle;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Spans per export request.
+const BATCH_SPANS: usize = 512;
+/// Name of the threads of order-watch's runtime.
+const SERVICE_THREADS: &str = "order-watch";
+/// Name of the threads of the load generator's runtime; their CPU time is not order-watch's.
+const LOAD_THREADS: &str = "bench-load";
+/// `application_name` of the benchmark's own database connections, so their CPU time is not
+/// counted as PostgreSQL working for order-watch.
+const BENCH_APPLICATION: &str = "order-watch-bench";
+/// The threshold of the machine stages (intake to pricing; 15 minutes in production): long
+/// enough that no background order falls due even in a slow run. The probe orders are dated
+/// back by this much instead.
+const MACHINE_STAGE_THRESHOLD: Duration = Duration::from_secs(6 * 3600);
+/// Time between the steps of a generated journey.
+const STEP_GAP: chrono::Duration = chrono::Duration::seconds(90);
+/// The first probe deadline lies this far after the probes are sent, so they are stored first.
+const PROBE_LEAD: Duration = Duration::from_secs(3);
+/// The probe deadlines are spread evenly over this long.
+const PROBE_SPREAD: Duration = Duration::from_secs(5);
+/// How often the benchmark looks for probe orders marked stuck.
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// A probe not detected this long after its deadline fails the benchmark.
+const DETECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the CPU time of PostgreSQL's processes is read during an ingest run.
+const POSTGRES_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
+/// One clock tick of `/proc/*/stat` CPU times (`USER_HZ`, 100 on Linux).
+const CLOCK_TICK: Duration = Duration::from_millis(10);
+
+/// Where generated orders end up, per thousand: most open orders wait for people (a customer
+/// to accept a price, production), a few are in the machine stages, 15 % are finished.
+const FINAL_STATUSES: [(OrderStatus, u32); 13] = [
+    (OrderStatus::Created, 5),
+    (OrderStatus::Submitted, 5),
+    (OrderStatus::Registered, 5),
+    (OrderStatus::Pricing, 10),
+    (OrderStatus::Priced, 220),
+    (OrderStatus::Confirmed, 130),
+    (OrderStatus::InProduction, 260),
+    (OrderStatus::QualityCheck, 70),
+    (OrderStatus::Ready, 70),
+    (OrderStatus::Shipped, 75),
+    (OrderStatus::Delivered, 110),
+    (OrderStatus::Rejected, 15),
+    (OrderStatus::Cancelled, 25),
+];
+
+fn main() -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    install_metrics()?;
+    let service = tokio::runtime::Builder::new_multi_thread()
+        .thread_name(SERVICE_THREADS)
+        .enable_all()
+        .build()?;
+    let load = tokio::runtime::Builder::new_multi_thread()
+        .thread_name(LOAD_THREADS)
+        .enable_all()
+        .build()?;
+    load.block_on(run(config, service.handle().clone()))
+}
+
+/// What to run, from the environment.
+#[derive(Debug, Clone, Copy)]
+struct Config {
+    spans_per_protocol: u64,
+    open_orders: u64,
+    clients: u64,
+    probes: usize,
+}
+
+impl Config {
+    fn from_env() -> anyhow::Result<Self> {
+        let number = |name: &str, default: u64| -> anyhow::Result<u64> {
+            match std::env::var(name) {
+                Ok(text) => text
+                    .replace('_', "")
+                    .parse()
+                    .with_context(|| format!("{name}=`{text}` is not a whole number")),
+                Err(_) => Ok(default),
+            }
+        };
+        let config = Self {
+            spans_per_protocol: number("HALLMARK_BENCH_SPANS", 1_000_000)?,
+            open_orders: number("HALLMARK_BENCH_ORDERS", 1_000_000)?,
+            clients: number("HALLMARK_BENCH_CLIENTS", 8)?,
+            probes: number("HALLMARK_BENCH_PROBES", 100)? as usize,
+        };
+        ensure!(
+            config.clients > 0,
+            "HALLMARK_BENCH_CLIENTS must be at least 1"
+        );
+        ensure!(
+            config.probes > 0,
+            "HALLMARK_BENCH_PROBES must be at least 1"
+        );
+        Ok(config)
+    }
+}
+
+/// A real meter provider, as `telemetry::init` installs in production, so that recording
+/// order-watch's metrics costs what it costs there.
+fn install_metrics() -> anyhow::Result<()> {
+    let reader = opentelemetry_prometheus::exporter()
+        .with_registry(prometheus::Registry::new())
+        .build()?;
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(reader)
+        .build();
+    opentelemetry::global::set_meter_provider(provider);
+    Ok(())
+}
+
+async fn run(config: Config, service: Handle) -> anyhow::Result<()> {
+    let database = TestDatabase::create("bench_watch").await;
+    let order_watch = OrderWatch::start(&database, &service).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(
+            database
+                .url()
+                .parse::<PgConnectOptions>()?
+                .application_name(BENCH_APPLICATION),
+        )
+        .await?;
+    let load_before = load_average()?;
+    let started = memory()?;
+
+    eprintln!("ingest over OTLP/HTTP protobuf…");
+    let mut ingest = vec![measure_ingest(&pool, order_watch.ports, config, Workload::Http).await?];
+    eprintln!("ingest over OTLP/gRPC…");
+    ingest.push(measure_ingest(&pool, order_watch.ports, config, Workload::Grpc).await?);
+    let warmed_up = memory()?;
+    let open = count(&pool, "SELECT count(*) FROM orders WHERE NOT terminal").await?;
+    let to_open = config.open_orders.saturating_sub(open);
+    if to_open > 0 {
+        eprintln!("loading {to_open} more open orders over OTLP/HTTP…");
+        let workload = Workload::OpenOrders(to_open);
+        ingest.push(measure_ingest(&pool, order_watch.ports, config, workload).await?);
+    }
+    let population = Population::read(&pool).await?;
+    let loaded = memory()?;
+
+    eprintln!("detection with ingest idle…");
+    let idle = measure_detection(&pool, order_watch.ports, config, Background::Idle).await?;
+    eprintln!("detection under ingest load…");
+    let busy = measure_detection(&pool, order_watch.ports, config, Background::Ingesting).await?;
+    let finished = memory()?;
+
+    print_report(&Report {
+        config,
+        load_average: [load_before, load_average()?],
+        ingest,
+        population,
+        memory: [started, warmed_up, loaded, finished],
+        detection: [idle, busy],
+    });
+    pool.close().await;
+    order_watch.stop().await
+}
+
+/// order-watch running on its own runtime.
+struct OrderWatch {
+    ports: Ports,
+    cancel: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl OrderWatch {
+    async fn start(database: &TestDatabase, runtime: &Handle) -> anyhow::Result<Self> {
+        let settings = Settings {
+            host: "127.0.0.1".into(),
+            http_port: 0,
+            otlp_grpc_port: 0,
+            otlp_http_port: 0,
+            database: DatabaseConfig::new(database.url()),
+            thresholds: Thresholds {
+                default: MACHINE_STAGE_THRESHOLD,
+                ..Thresholds::default()
+            },
+            // The rest as `Settings::from_env` has it without variables.
+            retention: Duration::from_secs(30 * 86_400),
+            webhook_url: None,
+            max_request_bytes: 16 * 1024 * 1024,
+            detect_interval: Duration::from_secs(1),
+            gauge_interval: Duration::from_secs(15),
+        };
+        let cancel = CancellationToken::new();
+        let app = runtime
+            .spawn(Application::build(settings, Clock::System, cancel.clone()))
+            .await??;
+        let ports = app.ports();
+        let handle = runtime.spawn(app.run_until_stopped());
+        Ok(Self {
+            ports,
+            cancel,
+            handle,
+        })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        self.handle.await?
+    }
+}
+
+async fn count(pool: &PgPool, query: &str) -> anyhow::Result<u64> {
+    let count: i64 = sqlx::query_scalar(query).fetch_one(pool).await?;
+    Ok(count as u64)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Journeys: realistic spans of many orders, cut into one service's export requests.
+// ---------------------------------------------------------------------------------------------
+
+/// The services that report spans of orders.
+#[derive(Debug, Clone, Copy)]
+enum Service {
+    Shop,
+    Crm,
+    Mes,
+    MesCalc,
+}
+
+impl Service {
+    const ALL: [Self; 4] = [Self::Shop, Self::Crm, Self::Mes, Self::MesCalc];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Shop => "shop-api",
+            Self::Crm => "crm-api",
+            Self::Mes => "mes-api",
+            Self::MesCalc => "mes-calc",
+        }
+    }
+
+    fn database(self) -> &'static str {
+        match self {
+            Self::Shop => "hallmark_shop",
+            Self::Crm => "hallmark_crm",
+            Self::Mes | Self::MesCalc => "hallmark_mes",
+        }
+    }
+
+    fn resource(self) -> Resource {
+        Resource {
+            attributes: vec![
+                string(semconv::SERVICE_NAME, self.name()),
+                string(semconv::SERVICE_VERSION, "0.1.0"),
+                string(semconv::DEPLOYMENT_ENVIRONMENT_NAME, "production"),
+                string(semconv::SERVICE_INSTANCE_ID, Uuid::new_v4().to_string()),
+                string("telemetry.sdk.language", "rust"),
+                string("telemetry.sdk.name", "opentelemetry"),
+                string("telemetry.sdk.version", "0.33.0"),
+            ],
+            ..Default::default()
+        }
+    }
+}
+
+/// `(trace id, span id)` of a span, for parents and links.
+type SpanRef = ([u8; 16], [u8; 8]);
+
+/// What a generated order keeps between the steps of its journey.
+struct Order {
+    id: String,
+    trace: [u8; 16],
+    /// The span the next step continues from: the message's PRODUCER span, or the last one.
+    previous: SpanRef,
+    /// `messaging.message.id` of the last message published about the order.
+    message_id: String,
+    /// Identity attributes, repeated on the spans that record them.
+    external_id: String,
+    idempotency_key: String,
+    customer_id: String,
+    partner_id: Option<String>,
+    material: &'static str,
+    source: &'static str,
+}
+
+/// The timing of the step being generated: its spans start 2 ms apart and end by `end`.
+struct StepClock {
+    end: DateTime<Utc>,
+    next_start: DateTime<Utc>,
+}
+
+/// One span to add to an order's journey.
+struct SpanSpec {
+    service: Service,
+    kind: SpanKind,
+    name: String,
+    attributes: Vec<KeyValue>,
+    parent: Option<[u8; 8]>,
+    link: Option<SpanRef>,
+    error: Option<&'static str>,
+}
+
+impl SpanSpec {
+    fn new(
+        service: Service,
+        kind: SpanKind,
+        name: impl Into<String>,
+        attributes: Vec<KeyValue>,
+    ) -> Self {
+        Self {
+            service,
+            kind,
+            name: name.into(),
+            attributes,
+            parent: None,
+            link: None,
+            error: None,
+        }
+    }
+
+    fn child_of(mut self, parent: [u8; 8]) -> Self {
+        self.parent = Some(parent);
+        self
+    }
+
+    fn linked_to(mut self, span: SpanRef) -> Self {
+        self.link = Some(span);
+        self
+    }
+
+    fn failed(mut self, message: &'static str) -> Self {
+        self.error = Some(message);
+        self
+    }
+}
+
+/// An endless supply of export requests carrying order journeys, as one instance of each
+/// service would export them: every request holds 512 spans of one service.
+struct Journeys {
+    rng: SmallRng,
+    resources: [Resource; 4],
+    /// Spans waiting until their service has a full request.
+    pending: [Vec<Span>; 4],
+    ready: VecDeque<ExportTraceServiceRequest>,
+    delivery_tag: i64,
+}
+
+impl Journeys {
+    fn new(seed: u64) -> Self {
+        Self {
+            rng: SmallRng::seed_from_u64(seed),
+            resources: Service::ALL.map(Service::resource),
+            pending: Default::default(),
+            ready: VecDeque::new(),
+            delivery_tag: 0,
+        }
+    }
+
+    /// The next full request, generating orders as needed.
+    fn next_batch(&mut self) -> ExportTraceServiceRequest {
+        loop {
+            if let Some(request) = self.ready.pop_front() {
+                return request;
+            }
+            self.add_random_order();
+        }
+    }
+
+    /// A full request, if one is waiting.
+    fn take_ready(&mut self) -> Option<ExportTraceServiceRequest> {
+        self.ready.pop_front()
+    }
+
+    /// Every request still waiting, the partial ones included.
+    fn drain(mut self) -> Vec<ExportTraceServiceRequest> {
+        for service in Service::ALL {
+            let spans = std::mem::take(&mut self.pending[service as usize]);
+            if !spans.is_empty() {
+                let request = self.request(service, spans);
+                self.ready.push_back(request);
+            }
+        }
+        self.ready.into()
+    }
+
+    /// Adds an order ending where [`FINAL_STATUSES`] says, its last span at most ten minutes
+    /// old; returns whether it is open.
+    fn add_random_order(&mut self) -> bool {
+        let mut pick = self.rng.random_range(0..1000);
+        let last = FINAL_STATUSES
+            .iter()
+            .find_map(|&(status, weight)| {
+                if pick < weight {
+                    Some(status)
+                } else {
+                    pick -= weight;
+                    None
+                }
+            })
+            .expect("the weights add up to 1000");
+        let end = Utc::now() - chrono::Duration::milliseconds(self.rng.random_range(0..600_000));
+        self.add_order(last, end);
+        !last.is_terminal()
+    }
+
+    /// Adds the journey of one order up to `last`, its last step ending at `end`.
+    fn add_order(&mut self, last: OrderStatus, end: DateTime<Utc>) -> Uuid {
+        let path = journey(last);
+        let steps = path.len() as i32;
+        let created = end - STEP_GAP * (steps - 1);
+        let order_id = uuid::Builder::from_unix_timestamp_millis(
+            created.timestamp_millis() as u64,
+            &self.rng.random(),
+        )
+        .into_uuid();
+        let (source, external_id, partner_id) = match self.rng.random_range(0..10) {
+            0..6 => {
+                let external_id = format!("WEB-{:08}", self.rng.random_range(0..100_000_000));
+                ("web", external_id, None)
+            }
+            6..9 => {
+                let partner = self.rng.random_range(1..40);
+                let external_id = format!("PO-{}", self.rng.random_range(10_000..100_000));
+                (
+                    "partner_api",
+                    external_id,
+                    Some(format!("partner-{partner:03}")),
+                )
+            }
+            _ => {
+                let external_id = format!("CRM-{:06}", self.rng.random_range(0..1_000_000));
+                ("crm", external_id, None)
+            }
+        };
+        let mut order = Order {
+            id: order_id.to_string(),
+            trace: self.trace_id(),
+            previous: ([0; 16], [0; 8]),
+            message_id: String::new(),
+            external_id,
+            idempotency_key: self.random_uuid(),
+            customer_id: self.random_uuid(),
+            partner_id,
+            material: ["gold_585", "gold_750", "silver_925", "platinum_950"]
+                [self.rng.random_range(0..4)],
+            source,
+        };
+        for (index, to) in (0..).zip(path) {
+            let step_end = created + STEP_GAP * index;
+            let mut clock = StepClock {
+                end: step_end,
+                next_start: step_end - chrono::Duration::milliseconds(40),
+            };
+            self.step(&mut order, to, &mut clock);
+        }
+        order_id
+    }
+
+    /// The spans of the step that moves `order` to `to`: what triggered it, the owner's
+    /// transition span and the message announcing the change.
+    fn step(&mut self, order: &mut Order, to: OrderStatus, clock: &mut StepClock) {
+        use OrderStatus::*;
+        let (owner, trigger) = trigger(to);
+        let trigger = match trigger {
+            Trigger::NewOrder(route) => {
+                let spec = http_server(order, owner, route, 201);
+                self.add(order, clock, spec)
+            }
+            Trigger::OutboxRelay => {
+                let kind = ORDER_CREATED;
+                self.publish(order, clock, owner, kind, kind)
+            }
+            Trigger::Message(queue) => self.consume(order, clock, owner, queue),
+            Trigger::Calculation => self.price(order, clock, to != Priced),
+            Trigger::Person(route) => self.person_starts(order, clock, owner, route),
+        };
+
+        let mut attributes = vec![
+            string(attr::ORDER_STATUS_TO, to.as_str()),
+            string(attr::ORDER_STAGE, to.stage().as_str()),
+            string(attr::ORDER_IDEMPOTENCY_KEY, order.idempotency_key.clone()),
+        ];
+        if let Some(from) = previous_status(to) {
+            attributes.push(string(attr::ORDER_STATUS_FROM, from.as_str()));
+        }
+        if matches!(to, Created | Registered) {
+            attributes.extend([
+                string(attr::ORDER_SOURCE, order.source),
+                string(attr::ORDER_EXTERNAL_ID, order.external_id.clone()),
+                string(attr::CUSTOMER_ID, order.customer_id.clone()),
+                string(attr::ORDER_MATERIAL, order.material),
+            ]);
+            if let Some(partner) = &order.partner_id {
+                attributes.push(string(attr::PARTNER_ID, partner.clone()));
+            }
+        }
+        if matches!(to, Rejected | Failed) {
+            attributes.push(string(attr::ERROR_CODE, "stl_not_closed"));
+        }
+        let name = if to == Created {
+            "order create".to_owned()
+        } else {
+            format!("order {to}")
+        };
+        let spec = SpanSpec::new(owner, SpanKind::Internal, name, attributes).child_of(trigger);
+        let transition = self.add(order, clock, spec);
+        order.previous = (order.trace, transition);
+        match to {
+            Created => self.db(order, clock, owner, "INSERT", "orders", transition),
+            // The relay's publication was this step's trigger.
+            Submitted => {}
+            Registered => {
+                let kind = ORDER_PRICING_REQUESTED;
+                self.publish(order, clock, owner, kind, kind);
+            }
+            _ => {
+                let key = format!("{ORDER_STATUS_CHANGED}.{to}");
+                self.publish(order, clock, owner, ORDER_STATUS_CHANGED, &key);
+            }
+        }
+    }
+
+    /// Work a person starts later: a new trace whose SERVER span links to the order's last
+    /// span, with the owner's database update inside it.
+    fn person_starts(
+        &mut self,
+        order: &mut Order,
+        clock: &mut StepClock,
+        service: Service,
+        route: &str,
+    ) -> [u8; 8] {
+        let previous = order.previous;
+        order.trace = self.trace_id();
+        let spec = http_server(order, service, route, 200).linked_to(previous);
+        let server = self.add(order, clock, spec);
+        self.db(order, clock, service, "UPDATE", "orders", server);
+        server
+    }
+
+    /// The outbox relay's PRODUCER span for a message about the order.
+    fn publish(
+        &mut self,
+        order: &mut Order,
+        clock: &mut StepClock,
+        service: Service,
+        kind: &str,
+        routing_key: &str,
+    ) -> [u8; 8] {
+        order.message_id = self.random_uuid();
+        let attributes = vec![
+            string(semconv::MESSAGING_SYSTEM, "rabbitmq"),
+            string(semconv::MESSAGING_OPERATION_TYPE, "send"),
+            string(semconv::MESSAGING_OPERATION_NAME, "publish"),
+            string(semconv::MESSAGING_DESTINATION_NAME, "hallmark.orders"),
+            string(
+                semconv::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
+                routing_key,
+            ),
+            string(semconv::MESSAGING_MESSAGE_ID, order.message_id.clone()),
+            int(
+                semconv::MESSAGING_MESSAGE_BODY_SIZE,
+                self.rng.random_range(300..900),
+            ),
+            string(attr::MESSAGE_TYPE, kind),
+        ];
+        let spec = SpanSpec::new(
+            service,
+            SpanKind::Producer,
+            "publish hallmark.orders",
+            attributes,
+        )
+        .child_of(order.previous.1);
+        let publish = self.add(order, clock, spec);
+        order.previous = (order.trace, publish);
+        publish
+    }
+
+    /// A consumer's `process` span for the message the order's last step published: a child
+    /// of the PRODUCER span that also links to it. Two deliveries in a hundred are retries,
+    /// after a failed first attempt.
+    fn consume(
+        &mut self,
+        order: &mut Order,
+        clock: &mut StepClock,
+        service: Service,
+        queue: &str,
+    ) -> [u8; 8] {
+        let retries = i64::from(self.rng.random_range(0..100) < 2);
+        let mut process = [0; 8];
+        for attempt in 0..=retries {
+            self.delivery_tag += 1;
+            let failed = attempt < retries;
+            let mut attributes = vec![
+                string(semconv::MESSAGING_SYSTEM, "rabbitmq"),
+                string(semconv::MESSAGING_OPERATION_TYPE, "process"),
+                string(semconv::MESSAGING_OPERATION_NAME, "process"),
+                string(semconv::MESSAGING_DESTINATION_NAME, "hallmark.orders"),
+                string(semconv::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, queue),
+                int(
+                    semconv::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG,
+                    self.delivery_tag,
+                ),
+                string(semconv::MESSAGING_MESSAGE_ID, order.message_id.clone()),
+                int(
+                    semconv::MESSAGING_MESSAGE_BODY_SIZE,
+                    self.rng.random_range(300..900),
+                ),
+                int(attr::QUEUE_WAIT_MS, self.rng.random_range(1..250)),
+                int(attr::RETRY_COUNT, attempt),
+            ];
+            if failed {
+                attributes.extend([
+                    string(semconv::ERROR_TYPE, "dependency_unavailable"),
+                    string(attr::ERROR_CODE, "dependency_unavailable"),
+                ]);
+            }
+            let mut spec = SpanSpec::new(
+                service,
+                SpanKind::Consumer,
+                "process hallmark.orders",
+                attributes,
+            )
+            .child_of(order.previous.1)
+            .linked_to(order.previous);
+            if failed {
+                spec = spec.failed("the database did not answer in time");
+            }
+            process = self.add(order, clock, spec);
+        }
+        process
+    }
+
+    /// MES pricing the model: `price model`, the calc engine run and the engine's own span.
+    fn price(&mut self, order: &Order, clock: &mut StepClock, unmakeable: bool) -> [u8; 8] {
+        let attributes = vec![
+            string(attr::ORDER_MATERIAL, order.material),
+            int(attr::RETRY_COUNT, 0),
+        ];
+        let spec = SpanSpec::new(
+            Service::Mes,
+            SpanKind::Internal,
+            attr::span_names::PRICE_MODEL,
+            attributes,
+        )
+        .child_of(order.previous.1);
+        let model = self.add(order, clock, spec);
+        let attributes = vec![
+            string(semconv::PROCESS_COMMAND, "mes-calc"),
+            int(semconv::PROCESS_PID, self.rng.random_range(1000..60_000)),
+            int(semconv::PROCESS_EXIT_CODE, if unmakeable { 2 } else { 0 }),
+        ];
+        let spec = SpanSpec::new(
+            Service::Mes,
+            SpanKind::Client,
+            attr::span_names::CALC_ENGINE_RUN,
+            attributes,
+        )
+        .child_of(model);
+        let run = self.add(order, clock, spec);
+        let mut attributes = vec![string(attr::ORDER_MATERIAL, order.material)];
+        if unmakeable {
+            attributes.push(string(attr::ERROR_CODE, "stl_not_closed"));
+        }
+        let mut spec = SpanSpec::new(
+            Service::MesCalc,
+            SpanKind::Server,
+            "calculate price",
+            attributes,
+        )
+        .child_of(run);
+        if unmakeable {
+            spec = spec.failed("the model is not a closed solid");
+        }
+        self.add(order, clock, spec);
+        model
+    }
+
+    /// A CLIENT span of a database statement.
+    fn db(
+        &mut self,
+        order: &Order,
+        clock: &mut StepClock,
+        service: Service,
+        operation: &str,
+        table: &str,
+        parent: [u8; 8],
+    ) {
+        let summary = format!("{operation} {table}");
+        let attributes = vec![
+            string(semconv::DB_SYSTEM_NAME, "postgresql"),
+            string(semconv::DB_NAMESPACE, service.database()),
+            string(semconv::DB_OPERATION_NAME, operation),
+            string(semconv::DB_COLLECTION_NAME, table),
+            string(semconv::DB_QUERY_SUMMARY, summary.clone()),
+        ];
+        let spec = SpanSpec::new(service, SpanKind::Client, summary, attributes).child_of(parent);
+        self.add(order, clock, spec);
+    }
+
+    /// Adds a span of `order` (with `order.id` first, as every span of an order has it) to
+    /// its current trace and returns the span's id.
+    fn add(&mut self, order: &Order, clock: &mut StepClock, spec: SpanSpec) -> [u8; 8] {
+        let mut attributes = Vec::with_capacity(spec.attributes.len() + 1);
+        attributes.push(string(attr::ORDER_ID, order.id.clone()));
+        attributes.extend(spec.attributes);
+        let id = (self.rng.random::<u64>() | 1).to_be_bytes();
+        let start = clock.next_start;
+        clock.next_start += chrono::Duration::milliseconds(2);
+        let duration = chrono::Duration::milliseconds(self.rng.random_range(1..30));
+        let status = match spec.error {
+            Some(message) => Status {
+                code: StatusCode::Error as i32,
+                message: message.into(),
+            },
+            None => Status::default(),
+        };
+        let span = Span {
+            trace_id: order.trace.to_vec(),
+            span_id: id.to_vec(),
+            parent_span_id: spec.parent.map(|p| p.to_vec()).unwrap_or_default(),
+            name: spec.name,
+            kind: spec.kind as i32,
+            start_time_unix_nano: nanos(start),
+            end_time_unix_nano: nanos((start + duration).min(clock.end)),
+            attributes,
+            links: spec
+                .link
+                .map(|(trace, span)| Link {
+                    trace_id: trace.to_vec(),
+                    span_id: span.to_vec(),
+                    ..Default::default()
+                })
+                .into_iter()
+                .collect(),
+            status: Some(status),
+            ..Default::default()
+        };
+        let pending = &mut self.pending[spec.service as usize];
+        pending.push(span);
+        if pending.len() == BATCH_SPANS {
+            let spans = std::mem::take(pending);
+            let request = self.request(spec.service, spans);
+            self.ready.push_back(request);
+        }
+        id
+    }
+
+    fn request(&self, service: Service, spans: Vec<Span>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(self.resources[service as usize].clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: service.name().into(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn trace_id(&mut self) -> [u8; 16] {
+        (self.rng.random::<u128>() | 1).to_be_bytes()
+    }
+
+    fn random_uuid(&mut self) -> String {
+        uuid::Builder::from_random_bytes(self.rng.random())
+            .into_uuid()
+            .to_string()
+    }
+}
+
+/// What makes a service move an order.
+enum Trigger {
+    /// A request creating the order, to this route.
+    NewOrder(&'static str),
+    /// The outbox relay handing the new order to the broker.
+    OutboxRelay,
+    /// A message, consumed from this queue.
+    Message(&'static str),
+    /// A price calculation.
+    Calculation,
+    /// A person's request, later and in a trace of its own, to this route.
+    Person(&'static str),
+}
+
+/// Which service moves an order to `to`, and why.
+fn trigger(to: OrderStatus) -> (Service, Trigger) {
+    use OrderStatus::*;
+    match to {
+        Created => (Service::Shop, Trigger::NewOrder("/api/orders")),
+        Submitted => (Service::Shop, Trigger::OutboxRelay),
+        Registered => (Service::Crm, Trigger::Message("crm.orders")),
+        Pricing => (Service::Mes, Trigger::Message("mes.pricing")),
+        Priced | Rejected | Failed => (Service::Mes, Trigger::Calculation),
+        Confirmed => (
+            Service::Shop,
+            Trigger::Person("/api/orders/{order_id}/confirm"),
+        ),
+        Cancelled => (
+            Service::Shop,
+            Trigger::Person("/api/orders/{order_id}/cancel"),
+        ),
+        InProduction | QualityCheck | Ready => (
+            Service::Mes,
+            Trigger::Person("/api/orders/{order_id}/production"),
+        ),
+        Shipped => (Service::Crm, Trigger::Person("/api/orders/{order_id}/ship")),
+        Delivered => (
+            Service::Crm,
+            Trigger::Person("/api/orders/{order_id}/deliver"),
+        ),
+    }
+}
+
+/// A SERVER span of `service` for a request to `route`, in the order's current trace.
+fn http_server(order: &Order, service: Service, route: &str, status: i64) -> SpanSpec {
+    let attributes = vec![
+        string(semconv::HTTP_REQUEST_METHOD, "POST"),
+        string(semconv::HTTP_ROUTE, route),
+        string(semconv::URL_PATH, route.replace("{order_id}", &order.id)),
+        string(semconv::URL_SCHEME, "http"),
+        int(semconv::HTTP_RESPONSE_STATUS_CODE, status),
+        string(semconv::NETWORK_PROTOCOL_VERSION, "1.1"),
+        string(
+            semconv::SERVER_ADDRESS,
+            format!("{}.hallmark.internal", service.name()),
+        ),
+        int(semconv::SERVER_PORT, 8080),
+    ];
+    SpanSpec::new(
+        service,
+        SpanKind::Server,
+        format!("POST {route}"),
+        attributes,
+    )
+}
+
+/// The statuses an order passes through to reach `last`.
+fn journey(last: OrderStatus) -> Vec<OrderStatus> {
+    use OrderStatus::*;
+    let happy = [
+        Created,
+        Submitted,
+        Registered,
+        Pricing,
+        Priced,
+        Confirmed,
+        InProduction,
+        QualityCheck,
+        Ready,
+        Shipped,
+        Delivered,
+    ];
+    let (through, then) = match last {
+        Rejected => (Pricing, Some(Rejected)),
+        Cancelled => (Priced, Some(Cancelled)),
+        Failed => (Pricing, Some(Failed)),
+        other => (other, None),
+    };
+    let end = happy.iter().position(|s| *s == through).unwrap_or(0);
+    happy[..=end].iter().copied().chain(then).collect()
+}
+
+/// The status before `to` on the journeys [`journey`] builds.
+fn previous_status(to: OrderStatus) -> Option<OrderStatus> {
+    use OrderStatus::*;
+    match to {
+        Created => None,
+        Submitted => Some(Created),
+        Registered => Some(Submitted),
+        Pricing => Some(Registered),
+        Priced | Rejected | Failed => Some(Pricing),
+        Confirmed | Cancelled => Some(Priced),
+        InProduction => Some(Confirmed),
+        QualityCheck => Some(InProduction),
+        Ready => Some(QualityCheck),
+        Shipped => Some(Ready),
+        Delivered => Some(Shipped),
+    }
+}
+
+fn nanos(time: DateTime<Utc>) -> u64 {
+    time.timestamp_nanos_opt().unwrap_or_default() as u64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exporters: how the load reaches order-watch.
+// ---------------------------------------------------------------------------------------------
+
+/// How exporters reach order-watch.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    /// OTLP/HTTP with protobuf bodies.
+    Http,
+    Grpc,
+}
+
+/// One exporter's connection to order-watch, as an OTLP SDK would hold it.
+enum Exporter {
+    Http {
+        client: reqwest::Client,
+        url: String,
+    },
+    Grpc(TraceServiceClient<tonic::transport::Channel>),
+}
+
+impl Exporter {
+    async fn connect(protocol: Protocol, ports: Ports) -> anyhow::Result<Self> {
+        Ok(match protocol {
+            Protocol::Http => Self::Http {
+                client: reqwest::Client::new(),
+                url: format!("http://127.0.0.1:{}/v1/traces", ports.otlp_http),
+            },
+            Protocol::Grpc => {
+                let endpoint = format!("http://127.0.0.1:{}", ports.otlp_grpc);
+                Self::Grpc(TraceServiceClient::connect(endpoint).await?)
+            }
+        })
+    }
+
+    /// Sends `request` until order-watch takes it (answering only once the spans are
+    /// committed) and returns how often it said "busy, retry" first.
+    async fn export(&mut self, request: ExportTraceServiceRequest) -> anyhow::Result<u64> {
+        let mut retries = 0;
+        match self {
+            Self::Http { client, url } => {
+                let body = bytes::Bytes::from(request.encode_to_vec());
+                loop {
+                    let response = client
+                        .post(url.as_str())
+                        .header("content-type", "application/x-protobuf")
+                        .body(body.clone())
+                        .send()
+                        .await?;
+                    match response.status().as_u16() {
+                        200 => return Ok(retries),
+                        429 | 503 => retries += 1,
+                        status => bail!("OTLP/HTTP answered {status}: {}", response.text().await?),
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            Self::Grpc(client) => loop {
+                match client.export(request.clone()).await {
+                    Ok(_) => return Ok(retries),
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+                        ) =>
+                    {
+                        retries += 1;
+                    }
+                    Err(status) => bail!("OTLP/gRPC answered {status}"),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            },
+        }
+    }
+}
+
+/// What the exporters sent.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sent {
+    requests: u64,
+    spans: u64,
+    retries: u64,
+}
+
+impl Sent {
+    fn add(&mut self, other: Sent) {
+        self.requests += other.requests;
+        self.spans += other.spans;
+        self.retries += other.retries;
+    }
+}
+
+/// One exporter's part of a workload.
+enum Share {
+    /// This many full requests.
+    Batches(u64),
+    /// Journeys until this many open orders went out, then every span still pending.
+    OpenOrders(u64),
+    /// Full requests until cancelled.
+    Until(CancellationToken),
+}
+
+/// Runs one exporter through its share of a workload.
+async fn export_share(
+    protocol: Protocol,
+    ports: Ports,
+    seed: u64,
+    share: Share,
+) -> anyhow::Result<Sent> {
+    let mut exporter = Exporter::connect(protocol, ports).await?;
+    let mut journeys = Journeys::new(seed);
+    let mut sent = Sent::default();
+    match share {
+        Share::Batches(batches) => {
+            for _ in 0..batches {
+                sent.add(send(&mut exporter, journeys.next_batch()).await?);
+            }
+        }
+        Share::OpenOrders(orders) => {
+            let mut opened = 0;
+            while opened < orders {
+                opened += u64::from(journeys.add_random_order());
+                while let Some(request) = journeys.take_ready() {
+                    sent.add(send(&mut exporter, request).await?);
+                }
+            }
+            for request in journeys.drain() {
+                sent.add(send(&mut exporter, request).await?);
+            }
+        }
+        Share::Until(stop) => {
+            while !stop.is_cancelled() {
+                sent.add(send(&mut exporter, journeys.next_batch()).await?);
+            }
+        }
+    }
+    Ok(sent)
+}
+
+/// The service that exported `request` (its instrumentation scope is named after it).
+fn exporter_of(request: &ExportTraceServiceRequest) -> &str {
+    request.resource_spans[0].scope_spans[0]
+        .scope
+        .as_ref()
+        .map_or("", |scope| scope.name.as_str())
+}
+
+/// Exports one request; returns what it carried.
+async fn send(exporter: &mut Exporter, request: ExportTraceServiceRequest) -> anyhow::Result<Sent> {
+    let spans = request.resource_spans[0].scope_spans[0].spans.len() as u64;
+    let retries = exporter.export(request).await?;
+    Ok(Sent {
+        requests: 1,
+        spans,
+        retries,
+    })
+}
+
+/// Splits `total` over `parts` as evenly as whole numbers allow.
+fn split(total: u64, parts: u64, index: u64) -> u64 {
+    total / parts + u64::from(index < total % parts)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ingest throughput.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy)]
+enum Workload {
+    /// `spans_per_protocol` spans over OTLP/HTTP protobuf.
+    Http,
+    /// `spans_per_protocol` spans over OTLP/gRPC.
+    Grpc,
+    /// Journeys over OTLP/HTTP protobuf until this many more orders are open.
+    OpenOrders(u64),
+}
+
+impl Workload {
+    /// Distinguishes the random streams of the workloads, so that no two generate the same ids.
+    fn stream(self) -> u64 {
+        match self {
+            Self::Http => 1,
+            Self::Grpc => 2,
+            Self::OpenOrders(_) => 3,
+        }
+    }
+
+    fn protocol(self) -> Protocol {
+        match self {
+            Self::Http | Self::OpenOrders(_) => Protocol::Http,
+            Self::Grpc => Protocol::Grpc,
+        }
+    }
+
+    /// One exporter's share of the workload.
+    fn share(self, config: Config, client: u64) -> Share {
+        match self {
+            Self::Http | Self::Grpc => {
+                let batches = config.spans_per_protocol.div_ceil(BATCH_SPANS as u64);
+                Share::Batches(split(batches, config.clients, client))
+            }
+            Self::OpenOrders(orders) => Share::OpenOrders(split(orders, config.clients, client)),
+        }
+    }
+
+    fn title(self) -> String {
+        match self {
+            Self::Http => "OTLP/HTTP protobuf".into(),
+            Self::Grpc => "OTLP/gRPC".into(),
+            Self::OpenOrders(orders) => {
+                format!("OTLP/HTTP, loading {} open orders", thousands(orders))
+            }
+        }
+    }
+}
+
+/// One measured ingest run.
+struct IngestRun {
+    workload: Workload,
+    sent: Sent,
+    /// Spans the database holds now that it did not before.
+    stored: u64,
+    wall: Duration,
+    cpu: CpuUsage,
+}
+
+impl IngestRun {
+    fn per_second(&self, seconds: Duration) -> f64 {
+        self.stored as f64 / seconds.as_secs_f64()
+    }
+}
+
+async fn measure_ingest(
+    pool: &PgPool,
+    ports: Ports,
+    config: Config,
+    workload: Workload,
+) -> anyhow::Result<IngestRun> {
+    let before = count(pool, "SELECT count(*) FROM spans").await?;
+    let stop_sampling = CancellationToken::new();
+    let postgres = tokio::spawn(
+        PostgresCpu::start(pool)
+            .await?
+            .follow(stop_sampling.clone()),
+    );
+    let cpu_before = ProcessCpu::now()?;
+    let started = Instant::now();
+    let mut exporters = JoinSet::new();
+    for client in 0..config.clients {
+        let seed = workload.stream() << 32 | client;
+        let share = workload.share(config, client);
+        exporters.spawn(export_share(workload.protocol(), ports, seed, share));
+    }
+    let mut sent = Sent::default();
+    while let Some(result) = exporters.join_next().await {
+        sent.add(result??);
+    }
+    let wall = started.elapsed();
+    let cpu_after = ProcessCpu::now()?;
+    stop_sampling.cancel();
+    let cpu = CpuUsage::new(&cpu_before, &cpu_after, postgres.await??);
+    let stored = count(pool, "SELECT count(*) FROM spans").await? - before;
+    ensure!(
+        stored == sent.spans,
+        "{} spans were answered as stored but the database holds {stored} more",
+        sent.spans
+    );
+    Ok(IngestRun {
+        workload,
+        sent,
+        stored,
+        wall,
+        cpu,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU time and memory.
+// ---------------------------------------------------------------------------------------------
+
+/// CPU time (user + system) of this process so far, read from `/proc`.
+struct ProcessCpu {
+    total: Duration,
+    load_generator: Duration,
+}
+
+impl ProcessCpu {
+    fn now() -> anyhow::Result<Self> {
+        let main_thread = std::process::id().to_string();
+        let mut load_generator = Duration::ZERO;
+        for task in std::fs::read_dir("/proc/self/task")? {
+            let task = task?.path();
+            let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+            // The main thread drives the load generator's runtime.
+            let main = task.file_name().and_then(|n| n.to_str()) == Some(main_thread.as_str());
+            if main || name.starts_with(LOAD_THREADS) {
+                load_generator +=
+                    cpu_time(&task.join("stat").to_string_lossy()).unwrap_or_default();
+            }
+        }
+        Ok(Self {
+            total: cpu_time("/proc/self/stat").context("cannot read /proc/self/stat")?,
+            load_generator,
+        })
+    }
+}
+
+/// CPU time spent during a run.
+#[derive(Debug, Clone, Copy)]
+struct CpuUsage {
+    /// This process minus the load generator: order-watch's runtime, and any thread that
+    /// ended during the run (counted against order-watch, so it is never flattered).
+    order_watch: Duration,
+    load_generator: Duration,
+    /// See [`PostgresCpu`].
+    postgres: Duration,
+}
+
+impl CpuUsage {
+    fn new(before: &ProcessCpu, after: &ProcessCpu, postgres: Duration) -> Self {
+        let load_generator = after.load_generator.saturating_sub(before.load_generator);
+        let total = after.total.saturating_sub(before.total);
+        Self {
+            order_watch: total.saturating_sub(load_generator),
+            load_generator,
+            postgres,
+        }
+    }
+}
+
+/// The CPU time of the PostgreSQL processes working for order-watch: the backends serving its
+/// database (not this benchmark's own connections) and the server's background processes (WAL
+/// writer, checkpointer, …). Backends come and go, so they are sampled every
+/// [`POSTGRES_SAMPLE_INTERVAL`]; one that ends during a run loses at most that much.
+struct PostgresCpu {
+    pool: PgPool,
+    /// Per process id, at the start; a process that started later used all its time since.
+    start: HashMap<u32, Duration>,
+}
+
+impl PostgresCpu {
+    async fn start(pool: &PgPool) -> anyhow::Result<Self> {
+        Ok(Self {
+            pool: pool.clone(),
+            start: Self::sample(pool).await?,
+        })
+    }
+
+    async fn sample(pool: &PgPool) -> anyhow::Result<HashMap<u32, Duration>> {
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE (datname = current_database() AND application_name <> $1) \
+                OR (datname IS NULL AND backend_type <> 'client backend')",
+        )
+        .bind(BENCH_APPLICATION)
+        .fetch_all(pool)
+        .await?;
+        Ok(pids
+            .into_iter()
+            .filter_map(|pid| Some((pid as u32, cpu_time(&format!("/proc/{pid}/stat"))?)))
+            .collect())
+    }
+
+    /// Follows the processes until `stop` fires; returns the CPU time they used since the start.
+    async fn follow(self, stop: CancellationToken) -> anyhow::Result<Duration> {
+        let mut latest = self.start.clone();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(POSTGRES_SAMPLE_INTERVAL) => {}
+            }
+            latest.extend(Self::sample(&self.pool).await?);
+            if stop.is_cancelled() {
+                break;
+            }
+        }
+        Ok(latest
+            .iter()
+            .map(|(pid, time)| {
+                time.saturating_sub(self.start.get(pid).copied().unwrap_or_default())
+            })
+            .sum())
+    }
+}
+
+/// utime + stime of a `/proc/…/stat` file.
+fn cpu_time(path: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name (field 2) may contain spaces; the fields after it are plain.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u32>().ok()? + fields.get(12)?.parse::<u32>().ok()?;
+    Some(CLOCK_TICK * ticks)
+}
+
+/// Resident memory of this process, now and at its peak, in bytes.
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    resident: u64,
+    peak: u64,
+}
+
+fn memory() -> anyhow::Result<Memory> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name} in /proc/self/status"))?;
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()?;
+        Ok(kib * 1024)
+    };
+    Ok(Memory {
+        resident: field("VmRSS:")?,
+        peak: field("VmHWM:")?,
+    })
+}
+
+/// The first three fields of `/proc/loadavg`.
+fn load_average() -> anyhow::Result<String> {
+    let text = std::fs::read_to_string("/proc/loadavg")?;
+    Ok(text
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+/// What the database holds once the open orders are loaded.
+struct Population {
+    open_orders: u64,
+    orders: u64,
+    spans: u64,
+    database_bytes: u64,
+    orders_bytes: u64,
+    spans_bytes: u64,
+}
+
+impl Population {
+    async fn read(pool: &PgPool) -> anyhow::Result<Self> {
+        let row = sqlx::query(
+            "SELECT (SELECT count(*) FROM orders WHERE NOT terminal) AS open_orders, \
+                    (SELECT count(*) FROM orders) AS orders, \
+                    (SELECT count(*) FROM spans) AS spans, \
+                    pg_database_size(current_database()) AS database_bytes, \
+                    pg_total_relation_size('orders') AS orders_bytes, \
+                    pg_total_relation_size('spans') AS spans_bytes",
+        )
+        .fetch_one(pool)
+        .await?;
+        let get = |column: &str| row.get::<i64, _>(column) as u64;
+        Ok(Self {
+            open_orders: get("open_orders"),
+            orders: get("orders"),
+            spans: get("spans"),
+            database_bytes: get("database_bytes"),
+            orders_bytes: get("orders_bytes"),
+            spans_bytes: get("spans_bytes"),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Detection delay.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy)]
+enum Background {
+    Idle,
+    /// `clients` exporters keep sending journeys over OTLP/HTTP throughout.
+    Ingesting,
+}
+
+struct Detection {
+    /// Deadline to the incident's `opened_at`, in milliseconds, per probe.
+    claimed: Vec<f64>,
+    /// Deadline to the benchmark seeing the order committed as stuck, in milliseconds.
+    visible: Vec<f64>,
+    /// Spans per second ingested meanwhile, if any were.
+    background_spans_per_second: Option<f64>,
+}
+
+async fn measure_detection(
+    pool: &PgPool,
+    ports: Ports,
+    config: Config,
+    background: Background,
+) -> anyhow::Result<Detection> {
+    let stop = CancellationToken::new();
+    let mut load = JoinSet::new();
+    let load_started = Instant::now();
+    if let Background::Ingesting = background {
+        for client in 0..config.clients {
+            let share = Share::Until(stop.clone());
+            load.spawn(export_share(Protocol::Http, ports, 4 << 32 | client, share));
+        }
+        // Let the load reach its pace before the probes go in.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    // Probe orders wait in `pricing` (a machine stage); their last span is dated so that the
+    // deadline (last span + threshold) falls at an instant PROBE_LEAD to PROBE_LEAD +
+    // PROBE_SPREAD from now.
+    let first_deadline = Utc::now() + chrono::Duration::from_std(PROBE_LEAD)?;
+    let spacing = PROBE_SPREAD / config.probes as u32;
+    let threshold = chrono::Duration::from_std(MACHINE_STAGE_THRESHOLD)?;
+    let mut journeys = Journeys::new(match background {
+        Background::Idle => 5 << 32,
+        Background::Ingesting => 6 << 32,
+    });
+    let probes: Vec<Uuid> = (0..config.probes as u32)
+        .map(|k| {
+            let deadline =
+                first_deadline + chrono::Duration::from_std(spacing * k).unwrap_or_default();
+            journeys.add_order(OrderStatus::Pricing, deadline - threshold)
+        })
+        .collect();
+    // mes-api's requests carry the probes' last spans; sent first, they set the final deadline
+    // at once, and the older spans from the other services leave it alone. (The other way
+    // round, a probe would be briefly overdue by its earlier steps.)
+    let mut requests = journeys.drain();
+    requests.sort_by_key(|request| exporter_of(request) != Service::Mes.name());
+    let mut exporter = Exporter::connect(Protocol::Http, ports).await?;
+    for request in requests {
+        exporter.export(request).await?;
+    }
+    let deadlines: HashMap<Uuid, DateTime<Utc>> =
+        sqlx::query("SELECT order_id, deadline FROM orders WHERE order_id = ANY($1)")
+            .bind(&probes)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| (row.get("order_id"), row.get("deadline")))
+            .collect();
+    ensure!(
+        deadlines.len() == probes.len(),
+        "only {} of {} probe orders were stored",
+        deadlines.len(),
+        probes.len()
+    );
+    let earliest = deadlines.values().min().copied().unwrap_or(first_deadline);
+    ensure!(
+        earliest > Utc::now(),
+        "the probes were stored only after their first deadline; raise PROBE_LEAD"
+    );
+
+    // Poll for the moment each probe is committed as stuck.
+    let latest = deadlines.values().max().copied().unwrap_or(first_deadline);
+    let give_up = latest + chrono::Duration::from_std(DETECTION_TIMEOUT)?;
+    let mut seen: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+    while seen.len() < probes.len() {
+        if Utc::now() > give_up {
+            bail!(
+                "{} of {} probe orders were never detected",
+                probes.len() - seen.len(),
+                probes.len()
+            );
+        }
+        let stuck: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT order_id FROM orders WHERE order_id = ANY($1) AND stuck_since IS NOT NULL",
+        )
+        .bind(&probes)
+        .fetch_all(pool)
+        .await?;
+        let now = Utc::now();
+        for order in stuck {
+            seen.entry(order).or_insert(now);
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+
+    stop.cancel();
+    let mut background_sent = Sent::default();
+    while let Some(result) = load.join_next().await {
+        background_sent.add(result??);
+    }
+    let background_spans_per_second = matches!(background, Background::Ingesting)
+        .then(|| background_sent.spans as f64 / load_started.elapsed().as_secs_f64());
+
+    let incidents = sqlx::query(
+        "SELECT order_id, opened_at FROM incidents \
+         WHERE kind = 'stuck_order' AND order_id = ANY($1)",
+    )
+    .bind(&probes)
+    .fetch_all(pool)
+    .await?;
+    ensure!(
+        incidents.len() == probes.len(),
+        "{} incidents for {} probe orders: each must be detected exactly once",
+        incidents.len(),
+        probes.len()
+    );
+    let opened: HashMap<Uuid, DateTime<Utc>> = incidents
+        .iter()
+        .map(|row| (row.get("order_id"), row.get("opened_at")))
+        .collect();
+    let millis = |times: &HashMap<Uuid, DateTime<Utc>>| -> Vec<f64> {
+        let mut delays: Vec<f64> = probes
+            .iter()
+            .map(|order| {
+                let delay = times[order] - deadlines[order];
+                delay.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0
+            })
+            .collect();
+        delays.sort_by(f64::total_cmp);
+        delays
+    };
+    Ok(Detection {
+        claimed: millis(&opened),
+        visible: millis(&seen),
+        background_spans_per_second,
+    })
+}
+
+/// The nearest-rank percentile of sorted `values`.
+fn percentile(values: &[f64], percent: usize) -> f64 {
+    let rank = (values.len() * percent).div_ceil(100).max(1);
+    values[rank - 1]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report.
+// ---------------------------------------------------------------------------------------------
+
+struct Report {
+    config: Config,
+    /// `/proc/loadavg` before and after: how busy the machine was besides.
+    load_average: [String; 2],
+    ingest: Vec<IngestRun>,
+    population: Population,
+    /// After start-up, after the throughput runs, with the open orders loaded, at the end.
+    memory: [Memory; 4],
+    detection: [Detection; 2],
+}
+
+fn thousands(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn print_report(report: &Report) {
+    let Report {
+        config,
+        load_average,
+        ingest,
+        population,
+        memory,
+        detection,
+    } = report;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "{cores} cores; load average (1, 5, 15 min) before: {}, after: {}\n",
+        load_average[0], load_average[1]
+    );
+    let row = |label: &str, cell: &dyn Fn(&IngestRun) -> String| {
+        let cells: Vec<String> = ingest.iter().map(cell).collect();
+        println!("| {label} | {} |", cells.join(" | "));
+    };
+    let rate = |value: f64| thousands(value.round() as u64);
+    println!(
+        "### Ingest ({} concurrent exporters, {BATCH_SPANS} spans per request)\n",
+        config.clients
+    );
+    let titles: Vec<String> = ingest.iter().map(|run| run.workload.title()).collect();
+    println!("| | {} |", titles.join(" | "));
+    println!("|---|{}", "---|".repeat(ingest.len()));
+    row("spans stored (checked in the database)", &|r| {
+        thousands(r.stored)
+    });
+    row("requests (answered after commit)", &|r| {
+        thousands(r.sent.requests)
+    });
+    row("\"busy, retry\" answers", &|r| thousands(r.sent.retries));
+    row("wall-clock time", &|r| {
+        format!("{:.1} s", r.wall.as_secs_f64())
+    });
+    row(
+        "**spans/s, wall clock** (everything on this machine)",
+        &|r| rate(r.per_second(r.wall)),
+    );
+    row("order-watch CPU time", &|r| {
+        format!("{:.1} s", r.cpu.order_watch.as_secs_f64())
+    });
+    row("**spans/s per core of order-watch**", &|r| {
+        rate(r.per_second(r.cpu.order_watch))
+    });
+    row("PostgreSQL CPU time", &|r| {
+        format!("{:.1} s", r.cpu.postgres.as_secs_f64())
+    });
+    row("spans/s per core of order-watch + PostgreSQL", &|r| {
+        rate(r.per_second(r.cpu.order_watch + r.cpu.postgres))
+    });
+    row("load generator CPU time (not counted above)", &|r| {
+        format!("{:.1} s", r.cpu.load_generator.as_secs_f64())
+    });
+
+    println!("\n### {} open orders\n", thousands(population.open_orders));
+    println!("| | |\n|---|---|");
+    println!(
+        "| orders stored (open + finished) | {} |",
+        thousands(population.orders)
+    );
+    println!(
+        "| spans stored | {} ({:.1} per order) |",
+        thousands(population.spans),
+        population.spans as f64 / population.orders as f64
+    );
+    println!(
+        "| database size | {} (orders {}, spans {}) |",
+        mib(population.database_bytes),
+        mib(population.orders_bytes),
+        mib(population.spans_bytes)
+    );
+    let [started, warmed_up, loaded, finished] = memory;
+    for (when, memory) in [
+        ("after start-up", started),
+        ("after the throughput runs", warmed_up),
+        ("with the open orders loaded", loaded),
+        ("at the end", finished),
+    ] {
+        println!("| resident memory {when} | {} |", mib(memory.resident));
+    }
+    println!("| peak resident memory | {} |", mib(finished.peak));
+
+    println!(
+        "\n### Detection delay among them ({} probe orders per row, ms after the deadline)\n",
+        config.probes
+    );
+    println!(
+        "| ingest meanwhile | claimed (incident `opened_at`) p50 / p99 / max | committed and seen (5 ms polling) p50 / p99 / max |"
+    );
+    println!("|---|---|---|");
+    for run in detection {
+        let background = match run.background_spans_per_second {
+            Some(rate) => format!("full load, {} spans/s", thousands(rate.round() as u64)),
+            None => "idle".to_owned(),
+        };
+        let stats = |values: &[f64]| {
+            format!(
+                "{:.1} / {:.1} / {:.1}",
+                percentile(values, 50),
+                percentile(values, 99),
+                values.last().copied().unwrap_or_default()
+            )
+        };
+        println!(
+            "| {background} | {} | {} |",
+            stats(&run.claimed),
+            stats(&run.visible)
+        );
+    }
+}
