@@ -239,17 +239,29 @@ impl System {
         .await
     }
 
-    /// Waits until `service`'s view (`crm` or `mes`) shows `status`.
+    /// Waits until `service`'s view (`crm` or `mes`) shows `status`; a service that does not
+    /// know the order yet (404) is waited for too.
     pub async fn until_status_in(&self, service: &str, id: Uuid, status: &str) -> Value {
+        let base = match service {
+            "crm" => self.crm.url(),
+            "mes" => self.mes.url(),
+            _ => self.shop.url(),
+        };
+        let url = format!("{base}/api/orders/{id}");
         testkit::wait::until(
             &format!("order {id} to be {status} in {service}"),
             PATIENCE,
             || async {
-                let order = match service {
-                    "crm" => self.crm_order(id).await,
-                    "mes" => self.mes_order(id).await,
-                    _ => self.shop_order(id).await,
-                };
+                let response = self.client.get(&url).send().await.ok()?;
+                if response.status() == 404 {
+                    return None;
+                }
+                assert!(
+                    response.status().is_success(),
+                    "GET {url}: {}",
+                    response.status()
+                );
+                let order: Value = response.json().await.ok()?;
                 (order["status"] == status).then_some(order)
             },
         )
