@@ -147,7 +147,8 @@ impl ProductionIntake {
             return Ok(());
         }
         if matches!(to, OrderStatus::Cancelled | OrderStatus::Failed) {
-            self.orderbook
+            let opened = self
+                .orderbook
                 .open(
                     tx,
                     envelope.order_id,
@@ -157,6 +158,16 @@ impl ProductionIntake {
                     envelope.occurred_at,
                 )
                 .await?;
+            if !opened {
+                // The price request was accepted meanwhile: apply the end to that order.
+                return Err(HandlerError::transient(
+                    "order_opened_concurrently",
+                    format!(
+                        "order {} was opened while this change was applied",
+                        envelope.order_id
+                    ),
+                ));
+            }
             tracing::info!(order_id = %envelope.order_id, status = to.as_str(), "order ended before MES was asked to price it");
             return Ok(());
         }
