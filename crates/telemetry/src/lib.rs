@@ -20,10 +20,13 @@
 //!
 //! A request never waits for the collector: spans go into a bounded queue that a background
 //! thread exports; when the queue is full spans are dropped and counted in the standard
-//! `otel.sdk.processor.span.processed{error.type="queue_full"}` metric.
+//! `otel.sdk.processor.span.processed{error.type="queue_full"}` metric, and spans of a batch the
+//! collector did not take in `otel.sdk.exporter.span.exported{error.type=…}` (see [`export`]).
+//! Shutdown flushes within a fixed budget ([`SHUTDOWN_BUDGET`], [`CLI_SHUTDOWN_BUDGET`]).
 
 pub mod attributes;
 pub mod db;
+pub mod export;
 pub mod http;
 pub mod logging;
 pub mod mask;
@@ -31,7 +34,8 @@ pub mod metrics;
 pub mod processor;
 pub mod propagation;
 
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
@@ -77,12 +81,15 @@ pub enum TelemetryError {
 pub struct TelemetryGuard {
     tracer_provider: SdkTracerProvider,
     meter_provider: SdkMeterProvider,
+    /// How long shutdown may wait for the collector.
+    budget: Duration,
     shut_down: bool,
 }
 
 impl TelemetryGuard {
-    /// Exports what is queued and stops the exporters. Blocks for at most a few seconds when the
-    /// collector is unreachable; call it from a multi-threaded runtime or a plain thread.
+    /// Exports what is queued and stops the exporters. Waits at most the budget
+    /// ([`SHUTDOWN_BUDGET`], [`CLI_SHUTDOWN_BUDGET`]) when the collector is unreachable or does
+    /// not answer; what is not exported by then is lost.
     pub fn shutdown(mut self) {
         self.shutdown_inner();
     }
@@ -91,11 +98,35 @@ impl TelemetryGuard {
         if std::mem::replace(&mut self.shut_down, true) {
             return;
         }
-        if let Err(err) = self.tracer_provider.force_flush() {
-            tracing::warn!(error = %err, "span flush failed");
+        // Each provider flushes as it shuts down, which against a collector that never answers
+        // lasts as long as the export timeout (and the meter provider ignores any timeout given
+        // to it), so both run on threads of their own and the wait for them is bounded.
+        let (done, finished) = mpsc::channel();
+        let tracer_provider = self.tracer_provider.clone();
+        let budget = self.budget;
+        let traces_done = done.clone();
+        std::thread::spawn(move || {
+            let _ = tracer_provider.shutdown_with_timeout(budget);
+            let _ = traces_done.send(());
+        });
+        let meter_provider = self.meter_provider.clone();
+        std::thread::spawn(move || {
+            let _ = meter_provider.shutdown();
+            let _ = done.send(());
+        });
+        let deadline = Instant::now() + budget;
+        for _ in 0..2 {
+            if finished
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .is_err()
+            {
+                tracing::warn!(
+                    budget_ms = budget.as_millis() as u64,
+                    "telemetry export did not finish in time, the rest is dropped"
+                );
+                return;
+            }
         }
-        let _ = self.tracer_provider.shutdown();
-        let _ = self.meter_provider.shutdown();
     }
 }
 
@@ -153,15 +184,20 @@ enum LogTarget {
 
 /// Sets up propagation, traces, metrics and JSON logs (on stdout) for a service process.
 pub fn init(service: ServiceInfo) -> Result<TelemetryGuard, TelemetryError> {
-    init_with(service, LogTarget::Stdout)
+    init_with(service, LogTarget::Stdout, SHUTDOWN_BUDGET)
 }
 
-/// As [`init`], for a command-line tool whose stdout is its output: logs go to stderr.
+/// As [`init`], for a command-line tool whose stdout is its output: logs go to stderr, and
+/// shutdown waits at most [`CLI_SHUTDOWN_BUDGET`].
 pub fn init_cli(service: ServiceInfo) -> Result<TelemetryGuard, TelemetryError> {
-    init_with(service, LogTarget::Stderr)
+    init_with(service, LogTarget::Stderr, CLI_SHUTDOWN_BUDGET)
 }
 
-fn init_with(service: ServiceInfo, logs: LogTarget) -> Result<TelemetryGuard, TelemetryError> {
+fn init_with(
+    service: ServiceInfo,
+    logs: LogTarget,
+    shutdown_budget: Duration,
+) -> Result<TelemetryGuard, TelemetryError> {
     propagation::install_propagator();
     let masker = mask::Masker::from_env()?;
     let resource = resource(&service);
@@ -193,7 +229,10 @@ fn init_with(service: ServiceInfo, logs: LogTarget) -> Result<TelemetryGuard, Te
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .build()
             .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
-        let exporter = mask::MaskingExporter::new(masker.clone(), exporter);
+        let exporter = export::CountingExporter::new(
+            mask::MaskingExporter::new(masker.clone(), exporter),
+            &opentelemetry::global::meter("otel.sdk"),
+        );
         tracer_builder =
             tracer_builder.with_span_processor(BatchSpanProcessor::builder(exporter).build());
     }
@@ -228,9 +267,57 @@ fn init_with(service: ServiceInfo, logs: LogTarget) -> Result<TelemetryGuard, Te
     Ok(TelemetryGuard {
         tracer_provider,
         meter_provider,
+        budget: shutdown_budget,
         shut_down: false,
     })
 }
 
-/// How long [`TelemetryGuard::shutdown`] may take at most when the collector is down.
+/// How long [`TelemetryGuard::shutdown`] of a service may take at most when the collector is
+/// down.
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);
+
+/// As [`SHUTDOWN_BUDGET`], for a command-line tool: its caller waits for it to exit (MES for the
+/// calc engine, once per price calculation), and a reachable collector takes its last batch in
+/// milliseconds.
+pub const CLI_SHUTDOWN_BUDGET: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{Span as _, Tracer as _};
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+
+    use super::*;
+
+    /// An exporter stuck like one whose collector accepts connections and never answers.
+    #[derive(Debug)]
+    struct Unanswered;
+
+    impl SpanExporter for Unanswered {
+        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+            std::thread::sleep(Duration::from_secs(30));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn shutdown_gives_up_on_a_collector_that_never_answers_once_its_budget_is_spent() {
+        let tracer_provider = SdkTracerProvider::builder()
+            .with_span_processor(BatchSpanProcessor::builder(Unanswered).build())
+            .build();
+        tracer_provider.tracer("test").start("work").end();
+        let guard = TelemetryGuard {
+            tracer_provider,
+            meter_provider: SdkMeterProvider::builder().build(),
+            budget: Duration::from_millis(200),
+            shut_down: false,
+        };
+        let started = Instant::now();
+        guard.shutdown();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "shutdown took {:?}",
+            started.elapsed()
+        );
+    }
+}
