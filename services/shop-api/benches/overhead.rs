@@ -1,0 +1,607 @@
+//! Tracing overhead in Shop API (a benchmark binary, not a timed test).
+//!
+//! ```text
+//! cargo bench -p shop-api --bench overhead
+//! HALLMARK_BENCH_ROUNDS=20 HALLMARK_BENCH_ORDERS=300 HALLMARK_BENCH_WARMUP=300 \
+//!     HALLMARK_BENCH_CLIENTS=4 cargo bench -p shop-api --bench overhead
+//! ```
+//!
+//! Measures create-order throughput and latency of the real Shop [`Application`] with telemetry
+//! on and with telemetry off, in one run on one machine, and prints the results as Markdown.
+//!
+//! **On** is Shop as its `main` runs it ([`platform::service::run`]): `telemetry::init` with
+//! the OpenTelemetry SDK, the `tracing` layer, the order-baggage processor, the masking exporter
+//! and the batch span processor exporting OTLP/HTTP protobuf to a local receiver, metrics on
+//! `/metrics`, and JSON logs (on stdout, which goes to `/dev/null`). **Off** never calls
+//! `telemetry::init`: spans and log events find no subscriber.
+//!
+//! Why child processes: `telemetry::init` installs process-wide state that cannot be removed
+//! again (the global `tracing` subscriber, the global tracer and meter providers, the Prometheus
+//! registry), so one process cannot serve with telemetry on and then off. This binary therefore
+//! coordinates, and re-executes itself as the server with `HALLMARK_BENCH_SERVE=on` or `off`.
+//! Both servers run the same code in the same kind of process, each with a fresh database
+//! (`testkit::database`), broker namespace (`testkit::broker`) and storage directory.
+//!
+//! Both servers are started side by side and warmed up (`HALLMARK_BENCH_WARMUP` orders each,
+//! default 300, not measured). Then come `HALLMARK_BENCH_ROUNDS` rounds (default 20): in each,
+//! one server and then the other takes `HALLMARK_BENCH_ORDERS` orders (default 300) from
+//! `HALLMARK_BENCH_CLIENTS` concurrent clients (default 4), each client posting the multipart
+//! order with the torus fixture (435 KB) as soon as its previous one was answered (201). Which
+//! server goes first alternates, and only one is loaded at a time; short alternating rounds
+//! spread the drift of a shared machine (page cache, PostgreSQL checkpoints and autovacuum,
+//! other load) evenly over both. Reported: each round's throughputs, p99 latencies and CPU time
+//! per order of the server (from `/proc`), and per mode the medians over rounds and p50/p99 over
+//! all measured orders. The verdicts compare within rounds: the median of the rounds' throughput
+//! ratios and of their p99 differences, so that a disturbance hitting one round does not decide
+//! them. The receiver is this process: it answers exports as a
+//! collector does and only counts bytes, so a collector's decoding work does not land on the
+//! shared CPUs; exported and dropped span counts come from the telemetry server's `/metrics`.
+
+use std::fmt::Write as _;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use axum::http::header::CONTENT_TYPE;
+use bytes::Bytes;
+use shop_api::{Application, SERVICE, Settings};
+use testkit::database::TestDatabase;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// In a child process: serve Shop with telemetry `on` or `off` instead of coordinating.
+const SERVE: &str = "HALLMARK_BENCH_SERVE";
+
+/// Boundary of the multipart bodies the clients send.
+const BOUNDARY: &str = "hallmark-bench-7c1d3f";
+
+/// Linux reports process CPU time in clock ticks of 1/100 s (`USER_HZ`).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Telemetry {
+    Off,
+    On,
+}
+
+impl Telemetry {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::On => "on",
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    // The same runtime `#[tokio::main]` gives the shop-api binary.
+    let runtime = tokio::runtime::Runtime::new()?;
+    match std::env::var(SERVE).ok().as_deref() {
+        None => runtime.block_on(coordinate()),
+        Some("on") => runtime.block_on(serve(Telemetry::On)),
+        Some("off") => runtime.block_on(serve(Telemetry::Off)),
+        Some(other) => bail!("{SERVE}={other}: expected `on` or `off`"),
+    }
+}
+
+/// The server: Shop exactly as its `main` runs it, or without `telemetry::init`.
+async fn serve(telemetry: Telemetry) -> anyhow::Result<()> {
+    let app = |cancel: CancellationToken| async move {
+        Application::build(Settings::from_env()?, cancel)
+            .await?
+            .run_until_stopped()
+            .await
+    };
+    match telemetry {
+        Telemetry::On => platform::service::run(SERVICE, app).await,
+        Telemetry::Off => app(platform::server::shutdown_on_signal()).await,
+    }
+}
+
+struct BenchSettings {
+    rounds: usize,
+    warmup: usize,
+    orders: usize,
+    clients: usize,
+}
+
+fn setting(name: &str, default: usize) -> anyhow::Result<usize> {
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .with_context(|| format!("{name}={value} is not a count")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// Pause after each measurement, so that the server just measured has relayed its outbox before
+/// the other one is measured.
+const SETTLE: Duration = Duration::from_millis(500);
+
+async fn coordinate() -> anyhow::Result<()> {
+    let settings = BenchSettings {
+        rounds: setting("HALLMARK_BENCH_ROUNDS", 20)?,
+        warmup: setting("HALLMARK_BENCH_WARMUP", 300)?,
+        orders: setting("HALLMARK_BENCH_ORDERS", 300)?,
+        clients: setting("HALLMARK_BENCH_CLIENTS", 4)?,
+    };
+    ensure!(
+        settings.rounds > 0 && settings.orders > 0 && settings.clients > 0,
+        "rounds, orders and clients must be positive"
+    );
+    let model = Bytes::from(testkit::fixtures::stl("torus.STL"));
+    let receiver = Receiver::start().await?;
+    let client = reqwest::Client::new();
+    let off = Server::start(Telemetry::Off, &receiver, &client).await?;
+    let on = Server::start(Telemetry::On, &receiver, &client).await?;
+    for server in [&off, &on] {
+        drive(
+            &client,
+            &server.base,
+            &model,
+            settings.warmup,
+            settings.clients,
+        )
+        .await?;
+    }
+    tokio::time::sleep(SETTLE).await;
+
+    let mut rounds = Vec::new();
+    for round in 0..settings.rounds {
+        let order = if round % 2 == 0 {
+            [&off, &on]
+        } else {
+            [&on, &off]
+        };
+        for server in order {
+            let measured = server.measure(&client, &model, &settings).await?;
+            eprintln!(
+                "round {} telemetry {:>3}: {:7.1} orders/s",
+                round + 1,
+                server.telemetry.name(),
+                measured.orders_per_second
+            );
+            rounds.push(measured);
+            tokio::time::sleep(SETTLE).await;
+        }
+    }
+    let spans = SpanCounts::of(&client, &on).await?;
+    off.stop().await;
+    on.stop().await;
+    print!(
+        "{}",
+        report(&settings, &rounds, &spans, model.len(), receiver.bytes())
+    );
+    Ok(())
+}
+
+/// A Shop server in a child process of this one, with a database, broker namespace and storage
+/// directory of its own.
+struct Server {
+    telemetry: Telemetry,
+    process: Child,
+    pid: u32,
+    base: String,
+    _database: TestDatabase,
+    _storage: tempfile::TempDir,
+}
+
+/// What one server did in one round.
+struct Measurement {
+    telemetry: Telemetry,
+    orders_per_second: f64,
+    latencies: Vec<Duration>,
+    cpu_ms_per_order: f64,
+}
+
+impl Server {
+    async fn start(
+        telemetry: Telemetry,
+        receiver: &Receiver,
+        client: &reqwest::Client,
+    ) -> anyhow::Result<Self> {
+        let database = TestDatabase::create("bench_shop").await;
+        let broker = testkit::broker::isolated();
+        let storage = tempfile::tempdir()?;
+        let port = testkit::process::free_port();
+        let mut process = Command::new(std::env::current_exe()?)
+            .env(SERVE, telemetry.name())
+            .env("SHOP_PORT", port.to_string())
+            .env("SHOP_DATABASE_URL", database.url())
+            .env("HALLMARK_STORAGE_DIR", storage.path())
+            .envs(testkit::broker::env(&broker))
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the server")?;
+        let pid = process.id().context("the server has a pid")?;
+        let base = format!("http://127.0.0.1:{port}");
+        wait_until_healthy(client, &base, &mut process).await?;
+        Ok(Self {
+            telemetry,
+            process,
+            pid,
+            base,
+            _database: database,
+            _storage: storage,
+        })
+    }
+
+    /// Places `settings.orders` orders and notes how fast they were taken.
+    async fn measure(
+        &self,
+        client: &reqwest::Client,
+        model: &Bytes,
+        settings: &BenchSettings,
+    ) -> anyhow::Result<Measurement> {
+        let cpu_before = cpu_seconds(self.pid)?;
+        let started = Instant::now();
+        let latencies = drive(client, &self.base, model, settings.orders, settings.clients).await?;
+        let elapsed = started.elapsed();
+        let cpu = cpu_seconds(self.pid)? - cpu_before;
+        Ok(Measurement {
+            telemetry: self.telemetry,
+            orders_per_second: settings.orders as f64 / elapsed.as_secs_f64(),
+            latencies,
+            cpu_ms_per_order: cpu * 1000.0 / settings.orders as f64,
+        })
+    }
+
+    /// SIGTERM, as in production, so that telemetry flushes; killed if that takes too long.
+    async fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
+        if tokio::time::timeout(Duration::from_secs(15), self.process.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.process.kill().await;
+        }
+    }
+}
+
+async fn wait_until_healthy(
+    client: &reqwest::Client,
+    base: &str,
+    process: &mut Child,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = process.try_wait()? {
+            bail!("the server exited with {status} before it was ready");
+        }
+        let health = client
+            .get(format!("{base}/health"))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await;
+        if health.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "the server did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The telemetry server's own count of the spans it exported and dropped (queue full or export
+/// failed), warm-up included; spans it has not handed to the exporter yet are in neither.
+struct SpanCounts {
+    exported: f64,
+    dropped: f64,
+}
+
+impl SpanCounts {
+    async fn of(client: &reqwest::Client, server: &Server) -> anyhow::Result<Self> {
+        let metrics = client
+            .get(format!("{}/metrics", server.base))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let exported = counter_total(&metrics, "otel_sdk_exporter_span_exported_total", "");
+        let failed = counter_total(
+            &metrics,
+            "otel_sdk_exporter_span_exported_total",
+            "error_type=",
+        );
+        let queue_full = counter_total(
+            &metrics,
+            "otel_sdk_processor_span_processed_total",
+            r#"error_type="queue_full""#,
+        );
+        Ok(Self {
+            exported: exported - failed,
+            dropped: queue_full + failed,
+        })
+    }
+}
+
+/// User plus system CPU time of process `pid` so far, in seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which is in parentheses): state is field 3, utime 14,
+    // stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("a /proc stat line")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = |index: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(index)
+            .context("a /proc stat field")?
+            .parse::<f64>()?)
+    };
+    Ok((ticks(11)? + ticks(12)?) / TICKS_PER_SECOND)
+}
+
+/// A multipart order for the model, with a customer of its own (orders of one customer would
+/// queue for the same row).
+fn order_body(model: &[u8]) -> Vec<u8> {
+    let order = serde_json::json!({
+        "customer": {
+            "name": "Bench Customer",
+            "email": format!("bench-{}@example.com", Uuid::new_v4().simple()),
+            "phone": "+49 170 0000000",
+        },
+        "material": "gold_585",
+        "size": "17",
+        "external_order_id": format!("BENCH-{}", Uuid::new_v4().simple()),
+    });
+    let mut body = Vec::with_capacity(model.len() + 1024);
+    body.extend_from_slice(
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"order\"\r\n\
+             Content-Type: application/json\r\n\r\n{order}\r\n\
+             --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"model\"; filename=\"torus.STL\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(model);
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+/// Places `count` orders from `clients` concurrent clients, each sending its next order when the
+/// previous one was answered; returns every order's latency.
+async fn drive(
+    client: &reqwest::Client,
+    base: &str,
+    model: &Bytes,
+    count: usize,
+    clients: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let url = format!("{base}/api/orders");
+    let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (client, next, url, content_type, model) = (
+            client.clone(),
+            next.clone(),
+            url.clone(),
+            content_type.clone(),
+            model.clone(),
+        );
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < count {
+                let body = order_body(&model);
+                let started = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header(CONTENT_TYPE, &content_type)
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = response.status();
+                let answer = response.bytes().await?;
+                latencies.push(started.elapsed());
+                ensure!(
+                    status == 201,
+                    "placing an order: {status} {}",
+                    String::from_utf8_lossy(&answer)
+                );
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut latencies = Vec::with_capacity(count);
+    while let Some(done) = tasks.join_next().await {
+        latencies.extend(done??);
+    }
+    Ok(latencies)
+}
+
+/// A local OTLP/HTTP receiver: answers every export as a collector does (200 with an empty,
+/// i.e. fully successful, protobuf response) and counts the bytes it was sent.
+struct Receiver {
+    endpoint: String,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Receiver {
+    async fn start() -> anyhow::Result<Self> {
+        let bytes = Arc::new(AtomicU64::new(0));
+        let counted = bytes.clone();
+        let export = move |body: Bytes| {
+            counted.fetch_add(body.len() as u64, Ordering::Relaxed);
+            async { ([(CONTENT_TYPE, "application/x-protobuf")], Bytes::new()) }
+        };
+        let app = axum::Router::new().route("/v1/{signal}", axum::routing::post(export));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { endpoint, bytes })
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// The sum of the samples of Prometheus counter `name` whose labels include `label`.
+fn counter_total(metrics: &str, name: &str, label: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(label))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        // From +0.0: `sum()` of no samples would be -0.0.
+        .fold(0.0, |total, value| total + value)
+}
+
+fn percentile(sorted: &[Duration], quantile: f64) -> Duration {
+    let rank = (quantile * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    }
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// The summary of one mode over all rounds.
+struct Summary {
+    orders_per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    median_round_p99_ms: f64,
+    cpu_ms_per_order: f64,
+}
+
+impl Measurement {
+    fn p99_ms(&self) -> f64 {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        ms(percentile(&sorted, 0.99))
+    }
+}
+
+fn summarize(rounds: &[Measurement], telemetry: Telemetry) -> Summary {
+    let mine: Vec<&Measurement> = rounds.iter().filter(|r| r.telemetry == telemetry).collect();
+    let mut latencies: Vec<Duration> = mine
+        .iter()
+        .flat_map(|r| r.latencies.iter().copied())
+        .collect();
+    latencies.sort();
+    Summary {
+        orders_per_second: median(mine.iter().map(|r| r.orders_per_second).collect()),
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        median_round_p99_ms: median(mine.iter().map(|r| r.p99_ms()).collect()),
+        cpu_ms_per_order: median(mine.iter().map(|r| r.cpu_ms_per_order).collect()),
+    }
+}
+
+fn report(
+    settings: &BenchSettings,
+    measurements: &[Measurement],
+    spans: &SpanCounts,
+    model_bytes: usize,
+    otlp_bytes: u64,
+) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Both servers up side by side; {} warm-up orders each, then {} rounds of {} orders per \
+         server from {} concurrent clients, alternating which server goes first; model \
+         torus.STL ({} KB).\n",
+        settings.warmup,
+        settings.rounds,
+        settings.orders,
+        settings.clients,
+        model_bytes / 1000
+    );
+    let _ = writeln!(
+        out,
+        "| round | off orders/s | on orders/s | on/off | off p99 ms | on p99 ms | off CPU ms/order | on CPU ms/order |"
+    );
+    let _ = writeln!(
+        out,
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let mut ratios = Vec::new();
+    let mut added_p99s = Vec::new();
+    for (index, pair) in measurements.chunks(2).enumerate() {
+        let [first, second] = pair else { continue };
+        let (off, on) = match first.telemetry {
+            Telemetry::Off => (first, second),
+            Telemetry::On => (second, first),
+        };
+        let ratio = on.orders_per_second / off.orders_per_second;
+        ratios.push(ratio);
+        added_p99s.push(on.p99_ms() - off.p99_ms());
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} | {:.1} | {ratio:.3} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            index + 1,
+            off.orders_per_second,
+            on.orders_per_second,
+            off.p99_ms(),
+            on.p99_ms(),
+            off.cpu_ms_per_order,
+            on.cpu_ms_per_order,
+        );
+    }
+
+    let off = summarize(measurements, Telemetry::Off);
+    let on = summarize(measurements, Telemetry::On);
+    let _ = writeln!(
+        out,
+        "\n| telemetry | orders/s (median of rounds) | p50 ms (all orders) | p99 ms (all orders) | p99 ms (median of rounds) | Shop CPU ms/order (median of rounds) |"
+    );
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (name, summary) in [("off", &off), ("on", &on)] {
+        let _ = writeln!(
+            out,
+            "| {name} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            summary.orders_per_second,
+            ms(summary.p50),
+            ms(summary.p99),
+            summary.median_round_p99_ms,
+            summary.cpu_ms_per_order
+        );
+    }
+    let ratio = median(ratios);
+    let added_p99 = median(added_p99s);
+    let verdict = |met: bool| if met { "met" } else { "not met" };
+    let _ = writeln!(
+        out,
+        "\nThroughput on/off (median of the rounds' ratios): {ratio:.3} ({:+.1} %; target within \
+         5 %: {}). Added p99 (median of the rounds' differences): {added_p99:+.2} ms (target under 1 \
+         ms: {}); over all orders of a mode: {:+.2} ms. Added p50: {:+.2} ms. Added Shop CPU per order: {:+.2} ms. Spans exported by the \
+         telemetry server: {:.0}, dropped: {:.0}; OTLP received: {:.1} MB.",
+        (ratio - 1.0) * 100.0,
+        verdict(ratio >= 0.95),
+        verdict(added_p99 < 1.0),
+        ms(on.p99) - ms(off.p99),
+        ms(on.p50) - ms(off.p50),
+        on.cpu_ms_per_order - off.cpu_ms_per_order,
+        spans.exported,
+        spans.dropped,
+        otlp_bytes as f64 / 1e6,
+    );
+    out
+}
