@@ -31,6 +31,8 @@ pub struct System {
     /// Shop's, CRM's and MES's, in that order.
     databases: [TestDatabase; 3],
     _storage: tempfile::TempDir,
+    /// Last, so the processes are gone first.
+    _broker_cleanup: testkit::broker::Cleanup,
 }
 
 /// One of the three services.
@@ -123,6 +125,7 @@ impl System {
         let mes = start(Service::Mes).await;
         let crm = start(Service::Crm).await;
         let shop = start(Service::Shop).await;
+        let broker_config = broker.clone();
         Self {
             namespace: broker.namespace.clone(),
             broker,
@@ -134,6 +137,7 @@ impl System {
             env,
             databases,
             _storage: storage,
+            _broker_cleanup: testkit::broker::cleanup_on_drop(&broker_config),
         }
     }
 

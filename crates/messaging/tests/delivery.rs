@@ -24,6 +24,7 @@ struct Setup {
     broker: Broker,
     cancel: CancellationToken,
     _db: TestDatabase,
+    _broker_cleanup: testkit::broker::Cleanup,
 }
 
 impl Drop for Setup {
@@ -40,7 +41,9 @@ async fn setup() -> Setup {
         .execute(&pool)
         .await
         .unwrap();
-    let broker = Broker::new(testkit::broker::isolated(), "messaging-test");
+    let config = testkit::broker::isolated();
+    let broker_cleanup = testkit::broker::cleanup_on_drop(&config);
+    let broker = Broker::new(config, "messaging-test");
     // Declares the topology.
     broker.channel().await.unwrap();
     Setup {
@@ -48,6 +51,7 @@ async fn setup() -> Setup {
         broker,
         cancel: CancellationToken::new(),
         _db: db,
+        _broker_cleanup: broker_cleanup,
     }
 }
 

@@ -23,6 +23,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     cancel: CancellationToken,
     _database: TestDatabase,
+    _broker_cleanup: testkit::broker::Cleanup,
 }
 
 /// Shop on a free port with a fresh database, its own broker namespace and storage directory.
@@ -59,11 +60,12 @@ async fn spawn(storage: StorageConfig, dir: tempfile::TempDir) -> TestApp {
     TestApp {
         address,
         pool: database.connect().await,
-        broker,
+        broker: broker.clone(),
         storage: dir,
         client: reqwest::Client::new(),
         cancel,
         _database: database,
+        _broker_cleanup: testkit::broker::cleanup_on_drop(&broker),
     }
 }
 
