@@ -318,7 +318,21 @@ impl Worker {
                 KeyValue::new("outcome", label),
             ],
         );
-        if let Err(err) = self.settle(&job, outcome).instrument(span.clone()).await {
+        // A database restarting is waited out (up to the lease) rather than the calculation
+        // being thrown away and run again once the lease ends.
+        let mut backoff = Duration::from_millis(100);
+        let mut result = self.settle(&job, &outcome).instrument(span.clone()).await;
+        let give_up = Instant::now() + self.settings.timeout;
+        while let Err(err) = &result
+            && platform::db::is_unavailable(err)
+            && Instant::now() + backoff < give_up
+        {
+            tracing::warn!(parent: &span, error = %err, "database unavailable, retrying to record the calc result");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            result = self.settle(&job, &outcome).instrument(span.clone()).await;
+        }
+        if let Err(err) = result {
             span.record("otel.status_code", "ERROR");
             tracing::warn!(parent: &span, error = %err, "cannot record a calc result; the job will run again when its lease ends");
         }
@@ -328,25 +342,28 @@ impl Worker {
     async fn settle(
         &self,
         job: &Job,
-        outcome: Result<Verdict, RunError>,
+        outcome: &Result<Verdict, RunError>,
     ) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let (change, job_state) = match outcome {
             Ok(Verdict::Priced(quote)) => (
-                Some(Change::to(OrderStatus::Priced).with_price(quote)),
+                Some(Change::to(OrderStatus::Priced).with_price(quote.clone())),
                 "done",
             ),
             Ok(Verdict::Rejected { code, message }) => {
                 Span::current().record(attr::ERROR_CODE, code.as_str());
                 (
-                    Some(Change::to(OrderStatus::Rejected).with_reason(code, message)),
+                    Some(
+                        Change::to(OrderStatus::Rejected)
+                            .with_reason(code.clone(), message.clone()),
+                    ),
                     "done",
                 )
             }
             Err(err) if job.attempt < self.settings.max_attempts => {
                 let delay = self.settings.retry_delay * 2u32.pow((job.attempt - 1).max(0) as u32);
-                Span::current().record(attr::ERROR_CODE, run_error_type(&err));
-                metrics().record_failure("price", "pricing", run_error_type(&err));
+                Span::current().record(attr::ERROR_CODE, run_error_type(err));
+                metrics().record_failure("price", "pricing", run_error_type(err));
                 sqlx::query(
                     "UPDATE calc_jobs SET state = 'pending', not_before = now() + $2, \
                          last_error = $3, lease_until = NULL, updated_at = now() \
@@ -364,7 +381,7 @@ impl Worker {
             }
             Err(err) => {
                 Span::current().record(attr::ERROR_CODE, "calc_engine_failed");
-                metrics().record_failure("price", "pricing", run_error_type(&err));
+                metrics().record_failure("price", "pricing", run_error_type(err));
                 let message = format!(
                     "the price could not be calculated after {} attempts; the workshop has been notified ({err})",
                     job.attempt
