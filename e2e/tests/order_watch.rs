@@ -142,7 +142,10 @@ async fn a_priced_order_has_one_journey_across_every_service_it_passed() {
         journey["traces"]
     );
     let spans = journey["spans"].as_array().unwrap();
-    let starts: Vec<&str> = spans.iter().map(|s| s["start"].as_str().unwrap()).collect();
+    let starts: Vec<chrono::DateTime<chrono::Utc>> = spans
+        .iter()
+        .map(|s| s["start"].as_str().unwrap().parse().unwrap())
+        .collect();
     assert!(
         starts.windows(2).all(|w| w[0] <= w[1]),
         "spans in time order"
