@@ -117,6 +117,8 @@ async fn an_order_travels_from_upload_to_delivered_in_every_services_view() {
         .await;
     assert_eq!(status, 200, "{shipped}");
     assert_eq!(shipped["tracking_number"], "1Z999AA10123456784");
+    // Delivery comes days later; the customer's view has seen the parcel leave by then.
+    system.until_shop_status(id, "shipped").await;
     let (status, delivered) = system
         .post(
             format!("{}/api/orders/{id}/deliver", system.crm.url()),
