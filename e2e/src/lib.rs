@@ -336,13 +336,7 @@ pub async fn place_order_at(
             response.text().await.unwrap_or_default()
         ));
     }
-    let trace_id = response
-        .headers()
-        .get("traceresponse")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split('-').nth(1))
-        .unwrap_or_default()
-        .to_owned();
+    let trace_id = trace_id_of(&response);
     let response: Value = response.json().await.map_err(|e| e.to_string())?;
     let id = response["order_id"]
         .as_str()
@@ -353,4 +347,16 @@ pub async fn place_order_at(
         response,
         trace_id,
     })
+}
+
+/// The trace a response names in its W3C `traceresponse` header (`00-{trace_id}-{span_id}-{flags}`);
+/// empty when there is none.
+pub fn trace_id_of(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("traceresponse")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .unwrap_or_default()
+        .to_owned()
 }

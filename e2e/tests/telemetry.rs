@@ -227,13 +227,7 @@ impl Action {
         };
         let response = request.send().await.expect("the service answers");
         let status = response.status();
-        let trace_id = response
-            .headers()
-            .get("traceresponse")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split('-').nth(1))
-            .unwrap_or_default()
-            .to_owned();
+        let trace_id = e2e::trace_id_of(&response);
         assert_eq!(
             status,
             200,
