@@ -328,9 +328,9 @@ async fn process<H: Handler>(shared: &Shared<H>, publisher: &Publisher, delivery
         messaging.system = "rabbitmq",
         messaging.operation.type = "process",
         messaging.operation.name = "process",
-        messaging.destination.name = %origin.exchange,
+        messaging.destination.name = origin.exchange.as_str(),
         messaging.destination.subscription.name = shared.queue,
-        messaging.rabbitmq.destination.routing_key = %origin.routing_key,
+        messaging.rabbitmq.destination.routing_key = origin.routing_key.as_str(),
         messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag,
         messaging.message.id = %message_id,
         messaging.message.body.size = delivery.data.len(),
@@ -452,7 +452,7 @@ async fn apply<H: Handler>(shared: &Shared<H>, incoming: &Incoming) -> Result<bo
     .bind(shared.queue)
     .bind(incoming.envelope.message_id)
     .fetch_one(&mut *tx)
-    .db("INSERT", "inbox")
+    .db("INSERT inbox")
     .await?;
     if first {
         shared.handler.handle(&mut tx, incoming).await?;

@@ -58,7 +58,7 @@ pub async fn clean(
         pool,
         "DELETE FROM messaging.outbox WHERE id IN (SELECT id FROM messaging.outbox \
          WHERE published_at IS NOT NULL AND published_at < $1 LIMIT $2)",
-        "outbox",
+        "DELETE outbox",
         outbox_retention,
     )
     .await?;
@@ -66,7 +66,7 @@ pub async fn clean(
         pool,
         "DELETE FROM messaging.inbox WHERE (consumer, message_id) IN \
          (SELECT consumer, message_id FROM messaging.inbox WHERE received_at < $1 LIMIT $2)",
-        "inbox",
+        "DELETE inbox",
         inbox_retention,
     )
     .await?;
@@ -76,7 +76,7 @@ pub async fn clean(
 async fn delete_in_batches(
     pool: &PgPool,
     statement: &'static str,
-    table: &'static str,
+    summary: &'static str,
     retention: Duration,
 ) -> Result<u64, sqlx::Error> {
     let cutoff = chrono::Duration::from_std(retention)
@@ -89,7 +89,7 @@ async fn delete_in_batches(
             .bind(cutoff)
             .bind(BATCH)
             .execute(pool)
-            .db("DELETE", table)
+            .db(summary)
             .await?
             .rows_affected();
         deleted += batch;

@@ -164,7 +164,7 @@ impl OrderBook {
         .bind(idempotency_key)
         .bind(current_trace())
         .execute(&mut *tx)
-        .db("INSERT", "orders")
+        .db("INSERT orders")
         .await?
         .rows_affected();
         if inserted == 0 {
@@ -186,7 +186,7 @@ impl OrderBook {
         )
         .bind(order_id)
         .fetch_optional(&mut *conn)
-        .db("SELECT", "orders")
+        .db("SELECT orders")
         .await?;
         row.map(|row| current_from_row(&row)).transpose()
     }
@@ -203,7 +203,7 @@ impl OrderBook {
         )
         .bind(order_id)
         .fetch_all(&mut *conn)
-        .db("SELECT", "history")
+        .db("SELECT history")
         .await?;
         rows.iter()
             .map(|row| {
@@ -392,7 +392,7 @@ impl OrderBook {
             .bind(order_id)
             .bind(current_trace())
             .execute(&mut *conn)
-            .db("UPDATE", "orders")
+            .db("UPDATE orders")
             .await?;
         Ok(())
     }
@@ -408,7 +408,7 @@ impl OrderBook {
         )
         .bind(order_id)
         .fetch_optional(&mut *tx)
-        .db("SELECT", "orders")
+        .db("SELECT orders")
         .await?;
         row.map(|row| current_from_row(&row)).transpose()
     }
@@ -434,7 +434,7 @@ impl OrderBook {
         .bind(price.map(|p| json(serde_json::to_value(p))))
         .bind(reason.map(|r| json(serde_json::to_value(r))))
         .execute(&mut *tx)
-        .db("UPDATE", "orders")
+        .db("UPDATE orders")
         .await?;
         Ok(())
     }
@@ -463,7 +463,7 @@ impl OrderBook {
         .bind(reason.map(|r| r.message.as_str()))
         .bind(occurred_at)
         .execute(&mut *tx)
-        .db("INSERT", "history")
+        .db("INSERT history")
         .await?;
         Ok(())
     }

@@ -157,13 +157,13 @@ impl ObjectStorage {
         };
         tracing::info_span!(
             "storage.client",
-            otel.name = %name,
+            otel.name = name.as_str(),
             otel.kind = "client",
             otel.status_code = Empty,
             error.type = Empty,
             rpc.system = if self.backend == "s3" { "aws-api" } else { "filesystem" },
             rpc.method = s3_method,
-            aws.s3.bucket = %self.bucket,
+            aws.s3.bucket = self.bucket.as_str(),
             aws.s3.key = key,
             hallmark.storage.backend = self.backend,
             hallmark.storage.size_bytes = Empty,

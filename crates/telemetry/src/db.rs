@@ -3,8 +3,12 @@
 //! sqlx emits no spans of its own, so every query a service makes goes through [`Traced::db`]:
 //!
 //! ```text
-//! sqlx::query("INSERT INTO orders …").execute(&mut *tx).db("INSERT", "orders").await?;
+//! sqlx::query("INSERT INTO orders …").execute(&mut *tx).db("INSERT orders").await?;
 //! ```
+//!
+//! The argument is the query summary of the database conventions, `"{operation} {table}"`, as a
+//! literal: it names the span as it is, and its two words become `db.operation.name` and
+//! `db.collection.name` without formatting anything on the request path.
 //!
 //! The span is a child of whatever request or message caused the query, so it inherits the
 //! order id from baggage. Query text is not recorded: it would be the same for every call and
@@ -24,18 +28,19 @@ pub fn set_namespace(database: &str) {
     let _ = NAMESPACE.set(database.to_owned());
 }
 
-/// A CLIENT span for `operation` (`SELECT`, `INSERT`, …) on `collection` (the table).
-pub fn span(operation: &'static str, collection: &'static str) -> tracing::Span {
+/// A CLIENT span for `summary`, `"{operation} {table}"` (`"INSERT orders"`).
+pub fn span(summary: &'static str) -> tracing::Span {
+    let (operation, collection) = summary.split_once(' ').unwrap_or((summary, ""));
     tracing::info_span!(
         "db.client",
-        otel.name = %format_args!("{operation} {collection}"),
+        otel.name = summary,
         otel.kind = "client",
         otel.status_code = Empty,
         db.system.name = "postgresql",
         db.namespace = NAMESPACE.get().map(String::as_str).unwrap_or_default(),
         db.operation.name = operation,
         db.collection.name = collection,
-        db.query.summary = %format_args!("{operation} {collection}"),
+        db.query.summary = summary,
         error.type = Empty,
     )
 }
@@ -45,12 +50,8 @@ pub trait Traced: Future<Output = Result<Self::Ok, Self::Err>> + Sized {
     type Ok;
     type Err: Display;
 
-    fn db(
-        self,
-        operation: &'static str,
-        collection: &'static str,
-    ) -> impl Future<Output = Result<Self::Ok, Self::Err>> {
-        let span = span(operation, collection);
+    fn db(self, summary: &'static str) -> impl Future<Output = Result<Self::Ok, Self::Err>> {
+        let span = span(summary);
         let recorder = span.clone();
         async move {
             let result = self.instrument(span).await;

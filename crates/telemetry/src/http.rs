@@ -54,12 +54,12 @@ pub async fn trace_requests(request: Request, next: Next) -> Response {
     }
     let span = tracing::info_span!(
         "http.server.request",
-        otel.name = %name,
+        otel.name = name.as_str(),
         otel.kind = "server",
         otel.status_code = Empty,
-        http.request.method = %method,
+        http.request.method = method.as_str(),
         http.route = route.as_deref().unwrap_or_default(),
-        url.path = %path,
+        url.path = path.as_str(),
         url.scheme = "http",
         http.response.status_code = Empty,
         error.type = Empty,

@@ -255,6 +255,7 @@ fn init_with(
             }
         });
     let log_layer = tracing_subscriber::fmt::layer()
+        .fmt_fields(logging::NoSpanFields)
         .event_format(logging::JsonLines::new(service.name, masker))
         .with_writer(writer);
     tracing_subscriber::registry()

@@ -18,6 +18,7 @@ use opentelemetry::trace::TraceContextExt;
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -34,6 +35,17 @@ pub struct JsonLines {
 impl JsonLines {
     pub fn new(service: &'static str, masker: Masker) -> Self {
         Self { service, masker }
+    }
+}
+
+/// The log layer's formatter of span fields: nothing. A log line names its span and carries the
+/// trace and span ids; the span's fields go to the trace. Without this, the layer would format
+/// every span's fields as text each time a span starts, on the request path, for nothing.
+pub struct NoSpanFields;
+
+impl<'writer> FormatFields<'writer> for NoSpanFields {
+    fn format_fields<R: RecordFields>(&self, _writer: Writer<'writer>, _fields: R) -> fmt::Result {
+        Ok(())
     }
 }
 

@@ -90,7 +90,7 @@ impl Registrar {
         .bind(created.model.size_bytes as i64)
         .bind(&created.model.sha256)
         .execute(&mut *tx)
-        .db("INSERT", "orders")
+        .db("INSERT orders")
         .await?;
         let opened = self
             .orderbook

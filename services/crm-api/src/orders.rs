@@ -101,7 +101,7 @@ async fn list(
     .bind(query.before)
     .bind(limit + 1)
     .fetch_all(&state.pool)
-    .db("SELECT", "orders")
+    .db("SELECT orders")
     .await?;
     let mut orders = rows
         .iter()
@@ -172,7 +172,7 @@ async fn load(state: &AppState, order_id: Uuid) -> Result<OrderDetail, ApiError>
     let row = sqlx::query("SELECT * FROM orders WHERE id = $1")
         .bind(order_id)
         .fetch_optional(&mut *conn)
-        .db("SELECT", "orders")
+        .db("SELECT orders")
         .await?
         .ok_or_else(|| ApiError::order_not_found(order_id))?;
     let history = state.orderbook.history(&mut conn, order_id).await?;
@@ -250,7 +250,7 @@ async fn ship(
             .bind(order_id)
             .bind(tracking)
             .execute(&mut *tx)
-            .db("UPDATE", "orders")
+            .db("UPDATE orders")
             .await?;
     }
     tx.commit().await?;

@@ -190,7 +190,7 @@ pub(crate) async fn enqueue(tx: &mut PgConnection, order_id: Uuid) -> Result<(),
     .bind(order_id)
     .bind(trace)
     .execute(&mut *tx)
-    .db("INSERT", "calc_jobs")
+    .db("INSERT calc_jobs")
     .await?;
     Ok(())
 }
@@ -203,7 +203,7 @@ pub(crate) async fn cancel(tx: &mut PgConnection, order_id: Uuid) -> Result<(), 
     )
     .bind(order_id)
     .execute(&mut *tx)
-    .db("UPDATE", "calc_jobs")
+    .db("UPDATE calc_jobs")
     .await?;
     Ok(())
 }
@@ -268,7 +268,7 @@ impl Worker {
         )
         .bind(lease)
         .fetch_optional(&self.pool)
-        .db("UPDATE", "calc_jobs")
+        .db("UPDATE calc_jobs")
         .await?;
         let Some(row) = row else {
             return Ok(None);
@@ -373,7 +373,7 @@ impl Worker {
                 .bind(delay)
                 .bind(err.to_string())
                 .execute(&mut *tx)
-                .db("UPDATE", "calc_jobs")
+                .db("UPDATE calc_jobs")
                 .await?;
                 tx.commit().await?;
                 tracing::warn!(error = %err, attempt = job.attempt, delay_ms = delay.as_millis() as u64, "price calculation failed, retrying later");
@@ -418,7 +418,7 @@ impl Worker {
         .bind(job.order_id)
         .bind(final_state)
         .execute(&mut *tx)
-        .db("UPDATE", "calc_jobs")
+        .db("UPDATE calc_jobs")
         .await?;
         tx.commit().await
     }

@@ -64,7 +64,7 @@ impl PricingIntake {
         .bind(request.model.size_bytes as i64)
         .bind(&request.model.sha256)
         .execute(&mut *tx)
-        .db("INSERT", "orders")
+        .db("INSERT orders")
         .await?;
         let opened = self
             .orderbook

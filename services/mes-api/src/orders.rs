@@ -58,7 +58,7 @@ async fn load(state: &AppState, order_id: Uuid) -> Result<OrderView, ApiError> {
     )
     .bind(order_id)
     .fetch_optional(&mut *conn)
-    .db("SELECT", "orders")
+    .db("SELECT orders")
     .await?
     .ok_or_else(|| ApiError::order_not_found(order_id))?;
     let history = state.orderbook.history(&mut conn, order_id).await?;

@@ -40,7 +40,7 @@ pub(crate) async fn find_by_key(
     .bind(scope)
     .bind(key)
     .fetch_optional(pool)
-    .db("SELECT", "orders")
+    .db("SELECT orders")
     .await?;
     Ok(row.map(|row| KeyOwner {
         order_id: row.get("id"),
@@ -97,7 +97,7 @@ async fn write(
     .bind(&order.name)
     .bind(&order.phone)
     .fetch_one(&mut *tx)
-    .db("INSERT", "customers")
+    .db("INSERT customers")
     .await?;
     Span::current().record(attr::CUSTOMER_ID, customer_id.to_string());
 
@@ -123,7 +123,7 @@ async fn write(
     .bind(upload.model.bytes.len() as i64)
     .bind(&upload.model.sha256)
     .execute(&mut *tx)
-    .db("INSERT", "orders")
+    .db("INSERT orders")
     .await;
     match inserted {
         Ok(_) => {}
@@ -240,7 +240,7 @@ pub(crate) async fn load(state: &AppState, order_id: Uuid) -> Result<Option<Orde
     let Some(row) = sqlx::query("SELECT * FROM orders WHERE id = $1")
         .bind(order_id)
         .fetch_optional(&mut *conn)
-        .db("SELECT", "orders")
+        .db("SELECT orders")
         .await?
     else {
         return Ok(None);
