@@ -66,10 +66,7 @@ async fn create(
     let _ = span.set_parent(with_order(&request_span.context(), order_id));
     async {
         match store::create(&state, order_id, &key, &scope, &upload).await? {
-            Created::New => {
-                let view = store::load(&state, order_id)
-                    .await?
-                    .ok_or_else(|| ApiError::order_not_found(order_id))?;
+            Created::New(view) => {
                 tracing::info!(order_id = %order_id, "order accepted");
                 Ok(respond(StatusCode::CREATED, &view, false))
             }

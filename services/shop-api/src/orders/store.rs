@@ -1,6 +1,6 @@
 //! Shop's order rows: writing a new order with its outbox message, and reading the order view.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use domain::events::{Customer, Envelope, Event, ModelRef, OrderCreated};
 use domain::pricing::Quote;
 use domain::{OrderStatus, Stage};
@@ -23,7 +23,8 @@ pub(crate) struct KeyOwner {
 }
 
 pub(crate) enum Created {
-    New,
+    /// The order as it was written, which is what reading it back would show at this moment.
+    New(Box<OrderView>),
     /// Another request with the same key committed first.
     KeyTaken,
 }
@@ -68,7 +69,7 @@ pub(crate) async fn create(
             cause: err.to_string(),
         })?;
     let result = write(state, order_id, key, scope, upload, &model_key).await;
-    if !matches!(result, Ok(Created::New))
+    if !matches!(result, Ok(Created::New(_)))
         && let Err(err) = state.storage.delete(&model_key).await
     {
         tracing::warn!(error = %err, key = %model_key, "cannot remove the model of an order that was not created");
@@ -101,11 +102,14 @@ async fn write(
     .await?;
     Span::current().record(attr::CUSTOMER_ID, customer_id.to_string());
 
-    let inserted = sqlx::query(
+    // `created_at` is the transaction's `now()`, which is also the `updated_at` the order book
+    // gives the order in this transaction.
+    let inserted = sqlx::query_scalar::<_, DateTime<Utc>>(
         "INSERT INTO orders (id, idempotency_key, idempotency_scope, request_hash, customer_id, \
              source, partner_id, external_id, material, size, comment, model_key, \
              model_file_name, model_size_bytes, model_sha256) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+         RETURNING created_at",
     )
     .bind(order_id)
     .bind(key)
@@ -122,18 +126,19 @@ async fn write(
     .bind(&upload.model.file_name)
     .bind(upload.model.bytes.len() as i64)
     .bind(&upload.model.sha256)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .db("INSERT orders")
     .await;
-    match inserted {
-        Ok(_) => {}
+    let created_at = match inserted {
+        Ok(created_at) => created_at,
         Err(err) if platform::db::is_unique_violation(&err, Some("orders_idempotency")) => {
             return Ok(Created::KeyTaken);
         }
         Err(err) => return Err(err.into()),
-    }
+    };
 
-    let now = Utc::now();
+    // Microseconds, as PostgreSQL stores it, so the answer equals what a read shows later.
+    let now = Utc::now().trunc_subsecs(6);
     state
         .orderbook
         .open(
@@ -174,7 +179,35 @@ async fn write(
     );
     messaging::enqueue(&mut tx, &envelope).await?;
     tx.commit().await?;
-    Ok(Created::New)
+    Ok(Created::New(Box::new(OrderView {
+        order_id,
+        status: OrderStatus::Created,
+        stage: OrderStatus::Created.stage(),
+        material: order.material.as_str().to_owned(),
+        size: order.size.clone(),
+        comment: order.comment.clone(),
+        external_order_id: order.external_id.clone(),
+        partner_id: order.partner_id.clone(),
+        source: order.source.as_str().to_owned(),
+        customer_id,
+        model: ModelView {
+            file_name: upload.model.file_name.clone(),
+            size_bytes: upload.model.bytes.len() as i64,
+            sha256: upload.model.sha256.clone(),
+        },
+        price: None,
+        rejection_code: None,
+        rejection_reason: None,
+        history: vec![HistoryEntry {
+            from: None,
+            status: OrderStatus::Created,
+            source: crate::SERVICE_NAME.to_owned(),
+            reason: None,
+            at: now,
+        }],
+        created_at,
+        updated_at: created_at,
+    })))
 }
 
 /// The price as customers see it: euros, not cents.
