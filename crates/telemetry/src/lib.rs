@@ -246,7 +246,12 @@ fn init_with(
         .with_location(false)
         .with_threads(false)
         .with_target(false)
-        .with_tracked_inactivity(false);
+        .with_tracked_inactivity(false)
+        // Entering a span would otherwise also make its OpenTelemetry context the thread's
+        // current one, on every poll of every instrumented future. Nothing here reads that:
+        // contexts are taken from the `tracing` span (`OpenTelemetrySpanExt::context`, and
+        // `logging::SpanContexts` for log lines).
+        .with_context_activation(false);
     let writer =
         tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || -> Box<dyn std::io::Write> {
             match logs {
@@ -254,14 +259,23 @@ fn init_with(
                 LogTarget::Stderr => Box::new(std::io::stderr()),
             }
         });
+    let contexts = logging::SpanContexts::default();
     let log_layer = tracing_subscriber::fmt::layer()
         .fmt_fields(logging::NoSpanFields)
-        .event_format(logging::JsonLines::new(service.name, masker))
+        .event_format(logging::JsonLines::new(
+            service.name,
+            masker,
+            contexts.clone(),
+        ))
         .with_writer(writer);
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(otel_layer)
-        .with(log_layer)
+    let dispatch = tracing::Dispatch::new(
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(otel_layer)
+            .with(log_layer),
+    );
+    contexts.attach(&dispatch);
+    dispatch
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInitialized)?;
 

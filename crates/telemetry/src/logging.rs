@@ -7,17 +7,22 @@
 //! ```
 //!
 //! Messages are short lowercase sentences without a trailing period; values go into fields, not
-//! into the message. `trace_id`/`span_id` come from the active OpenTelemetry context so a log line
-//! leads straight to its trace, and `order_id` from the context's baggage. Every message and field
+//! into the message. `trace_id`/`span_id` come from the OpenTelemetry context of the event's span so a
+//! log line leads straight to its trace, and `order_id` from that context's baggage. Every message and field
 //! passes through the same [`Masker`] as the spans.
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use opentelemetry::Context;
+
 use opentelemetry::trace::TraceContextExt;
 use serde_json::{Map, Value};
+use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::span::Id;
+use tracing::{Dispatch, Event, Subscriber};
+use tracing_opentelemetry::get_otel_context;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -30,11 +35,40 @@ use crate::propagation::order_id;
 pub struct JsonLines {
     service: &'static str,
     masker: Masker,
+    dispatch: SpanContexts,
 }
 
 impl JsonLines {
-    pub fn new(service: &'static str, masker: Masker) -> Self {
-        Self { service, masker }
+    /// Lines name the trace of their span once `contexts` is attached to the dispatch this
+    /// formatter is part of.
+    pub fn new(service: &'static str, masker: Masker, contexts: SpanContexts) -> Self {
+        Self {
+            service,
+            masker,
+            dispatch: contexts,
+        }
+    }
+}
+
+/// Where [`JsonLines`] looks up the OpenTelemetry context of an event's span: the dispatch (the
+/// whole subscriber) the OpenTelemetry layer is part of.
+///
+/// Spans do not make their context the thread's current OpenTelemetry context (see `init`), and
+/// while an event is being formatted `tracing` hands out no dispatch (it guards against
+/// re-entry), so the formatter keeps a weak handle to its own dispatch. Until one is attached,
+/// lines carry no trace ids.
+#[derive(Clone, Default)]
+pub struct SpanContexts(Arc<OnceLock<WeakDispatch>>);
+
+impl SpanContexts {
+    /// Attaches the dispatch; the first one attached stays.
+    pub fn attach(&self, dispatch: &Dispatch) {
+        let _ = self.0.set(dispatch.downgrade());
+    }
+
+    fn of(&self, span: &Id) -> Option<Context> {
+        let dispatch = self.0.get()?.upgrade()?;
+        get_otel_context(span, &dispatch)
     }
 }
 
@@ -133,10 +167,15 @@ where
             "message".into(),
             Value::String(visitor.message.unwrap_or_default()),
         );
-        if let Some(span) = ctx.lookup_current() {
+        // The span the event belongs to (its explicit parent, else the current span) and that
+        // span's OpenTelemetry context.
+        let span = ctx.parent_span();
+        if let Some(span) = &span {
             line.insert("span".into(), Value::String(span.name().to_owned()));
         }
-        let cx = Context::current();
+        let cx = span
+            .and_then(|span| self.dispatch.of(&span.id()))
+            .unwrap_or_default();
         let span_context = cx.span().span_context().clone();
         if span_context.is_valid() {
             line.insert(
@@ -156,5 +195,100 @@ where
         }
         let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
         writeln!(writer, "{text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::propagation::with_order;
+
+    /// Log lines written into memory.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Lines {
+        fn parsed(&self) -> Vec<Value> {
+            String::from_utf8(self.0.lock().unwrap().clone())
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect()
+        }
+    }
+
+    fn trace_id(span: &tracing::Span) -> String {
+        span.context().span().span_context().trace_id().to_string()
+    }
+
+    #[test]
+    fn a_log_line_names_the_trace_and_order_of_the_span_it_belongs_to() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let provider = SdkTracerProvider::builder().build();
+        // Layered as `init` does it, context activation off included.
+        let contexts = SpanContexts::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("test"))
+                    .with_context_activation(false),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(NoSpanFields)
+                    .event_format(JsonLines::new(
+                        "test-service",
+                        Masker::default(),
+                        contexts.clone(),
+                    ))
+                    .with_writer(move || writer.clone()),
+            );
+        let order = Uuid::now_v7();
+        let dispatch = Dispatch::new(subscriber);
+        contexts.attach(&dispatch);
+        let (request_trace, other_trace) = tracing::dispatcher::with_default(&dispatch, || {
+            let request = tracing::info_span!("request");
+            let _ = request.set_parent(with_order(&opentelemetry::Context::new(), order));
+            let other = tracing::info_span!(parent: None, "other");
+            request.in_scope(|| {
+                tracing::info!(attempt = 1, "inside the request");
+                tracing::warn!(parent: &other, "about the other span");
+            });
+            tracing::info!("outside any span");
+            (trace_id(&request), trace_id(&other))
+        });
+
+        let lines = lines.parsed();
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert_eq!(lines[0]["message"], "inside the request");
+        assert_eq!(lines[0]["span"], "request");
+        assert_eq!(lines[0]["trace_id"], request_trace.as_str());
+        assert_eq!(lines[0]["order_id"], order.to_string().as_str());
+        assert_eq!(lines[0]["fields"]["attempt"], 1);
+        assert_eq!(lines[1]["span"], "other");
+        assert_eq!(lines[1]["trace_id"], other_trace.as_str());
+        assert!(lines[1].get("order_id").is_none());
+        assert!(lines[2].get("trace_id").is_none() && lines[2].get("span").is_none());
+        assert_ne!(request_trace, other_trace);
     }
 }
