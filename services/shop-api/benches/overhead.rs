@@ -4,6 +4,8 @@
 //! cargo bench -p shop-api --bench overhead
 //! HALLMARK_BENCH_ROUNDS=20 HALLMARK_BENCH_ORDERS=300 HALLMARK_BENCH_WARMUP=300 \
 //!     HALLMARK_BENCH_CLIENTS=4 cargo bench -p shop-api --bench overhead
+//! # models go to /dev/shm (about 6 GB with the defaults); elsewhere:
+//! HALLMARK_BENCH_STORAGE_DIR=/var/tmp cargo bench -p shop-api --bench overhead
 //! ```
 //!
 //! Measures create-order throughput and latency of the real Shop [`Application`] with telemetry
@@ -205,7 +207,7 @@ impl Server {
     ) -> anyhow::Result<Self> {
         let database = TestDatabase::create("bench_shop").await;
         let broker = testkit::broker::isolated();
-        let storage = tempfile::tempdir()?;
+        let storage = storage_dir()?;
         let port = testkit::process::free_port();
         let mut process = Command::new(std::env::current_exe()?)
             .env(SERVE, telemetry.name())
@@ -290,6 +292,22 @@ async fn wait_until_healthy(
         ensure!(Instant::now() < deadline, "the server did not become ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Where the servers store models: `HALLMARK_BENCH_STORAGE_DIR`, else `/dev/shm` when there is
+/// one. The benchmark writes about 6 GB of models; on a disk, page-cache write-back of that much
+/// stalls both servers for up to a second at random moments, which is noise around a
+/// difference of a fraction of a millisecond. In memory, neither server waits for the disk.
+fn storage_dir() -> anyhow::Result<tempfile::TempDir> {
+    let parent = match std::env::var_os("HALLMARK_BENCH_STORAGE_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None if std::path::Path::new("/dev/shm").is_dir() => "/dev/shm".into(),
+        None => std::env::temp_dir(),
+    };
+    tempfile::Builder::new()
+        .prefix("hallmark-bench-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("cannot create a storage directory in {}", parent.display()))
 }
 
 /// The telemetry server's own count of the spans it exported and dropped (queue full or export
