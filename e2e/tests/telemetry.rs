@@ -179,6 +179,24 @@ async fn one_order_is_one_connected_trace_from_the_http_request_through_the_calc
     for personal in ["Jane Doe", "jane.doe@example.com", "+49 170 1234567"] {
         assert!(!exported.contains(personal), "`{personal}` was exported");
     }
+
+    // Every query ran under the request or message it was made for: the only database spans
+    // without a parent are the outbox and inbox clean-up, which serves no single order.
+    let orphans: Vec<String> = system
+        .otlp
+        .spans()
+        .into_iter()
+        .filter(|s| {
+            s.parent_span_id.is_empty()
+                && s.attr("db.system.name").is_some()
+                && !s.name.starts_with("DELETE ")
+        })
+        .map(|s| format!("{} {}", s.service, s.name))
+        .collect();
+    assert!(
+        orphans.is_empty(),
+        "database spans under no request or message: {orphans:?}"
+    );
 }
 
 /// The services an order passes through; each consumes every status change.

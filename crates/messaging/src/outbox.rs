@@ -262,16 +262,25 @@ impl<H: PublishHook> OutboxRelay<H> {
             })
             .collect();
 
-        for row in &claimed {
-            self.hook.before_publish(&mut tx, &row.message).await?;
-        }
         let exchange = self.broker.names().orders_exchange();
+        // Each row's PRODUCER span covers everything the relay does for it, the hook's work
+        // before publishing included (so that it lands in the order's trace, not in a root
+        // trace of its own).
+        let spans: Vec<Span> = claimed
+            .iter()
+            .map(|row| publish_span(&exchange, row))
+            .collect();
+        for (row, span) in claimed.iter().zip(&spans) {
+            self.hook
+                .before_publish(&mut tx, &row.message)
+                .instrument(span.clone())
+                .await?;
+        }
         for row in &mut claimed {
             row.message.sent_at = Utc::now();
         }
         let mut sent = Vec::with_capacity(claimed.len());
-        for row in &claimed {
-            let span = publish_span(&exchange, row);
+        for (row, span) in claimed.iter().zip(spans) {
             let mut headers = FieldTable::default();
             inject_amqp(&span.context(), &mut headers);
             let outgoing = Outgoing {

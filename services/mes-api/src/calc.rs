@@ -253,6 +253,9 @@ impl Worker {
         }
     }
 
+    /// Takes the next due job. Not traced: it is the worker polling (once a second when idle),
+    /// under no order until it returns one, and would be a root trace of its own each time;
+    /// the job's work is traced from its `price model` span on, in the order's trace.
     async fn claim(&self) -> Result<Option<Job>, sqlx::Error> {
         let lease = self.settings.timeout + Duration::from_secs(30);
         let row = sqlx::query(
@@ -268,7 +271,6 @@ impl Worker {
         )
         .bind(lease)
         .fetch_optional(&self.pool)
-        .db("UPDATE calc_jobs")
         .await?;
         let Some(row) = row else {
             return Ok(None);
