@@ -159,6 +159,13 @@ impl OrderStatus {
         next.rank() > current.rank()
     }
 
+    /// Whether an order now in `current` has passed through `self` on its way there: an event
+    /// announcing `self` that arrives after one announcing `current` was overtaken, and still
+    /// belongs in the order's history. Terminal statuses are never passed through.
+    pub fn overtaken_by(self, current: OrderStatus) -> bool {
+        !self.is_terminal() && self.rank() < current.rank()
+    }
+
     /// The stage an order in this status is waiting in; each stage has its own "stuck" threshold.
     pub fn stage(self) -> Stage {
         match self {
@@ -327,6 +334,20 @@ mod tests {
         );
         assert!(Priced.transition(InProduction).is_err());
         assert!(Registered.transition(Confirmed).is_err());
+    }
+
+    #[test]
+    fn a_step_is_overtaken_by_every_later_one_and_an_end_by_none() {
+        for (i, step) in HAPPY_PATH.iter().enumerate() {
+            for later in &HAPPY_PATH[i + 1..] {
+                assert!(step.overtaken_by(*later), "{step} before {later}");
+                assert!(!later.overtaken_by(*step), "{later} after {step}");
+            }
+        }
+        assert!(Pricing.overtaken_by(Rejected));
+        assert!(!Rejected.overtaken_by(Delivered));
+        assert!(!Cancelled.overtaken_by(Failed));
+        assert!(!Pricing.overtaken_by(Pricing));
     }
 
     #[test]

@@ -125,6 +125,9 @@ impl Change {
 pub enum Observed {
     /// The projection moved forward.
     Applied,
+    /// The event announced a step the order had already passed (it was overtaken by a later
+    /// event, e.g. processed concurrently): the step went into the history, the status stayed.
+    Late,
     /// The event was stale or repeated; nothing changed.
     Ignored,
     /// This service has never heard of the order.
@@ -191,7 +194,8 @@ impl OrderBook {
         row.map(|row| current_from_row(&row)).transpose()
     }
 
-    /// The order's history in the order this service recorded it.
+    /// The order's history in the order the moves happened (by their time; moves recorded at
+    /// the same instant in the order they were recorded).
     pub async fn history(
         &self,
         conn: &mut PgConnection,
@@ -199,7 +203,7 @@ impl OrderBook {
     ) -> Result<Vec<HistoryEntry>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT from_status, to_status, source, reason_code, reason, occurred_at \
-             FROM orderbook.history WHERE order_id = $1 ORDER BY id",
+             FROM orderbook.history WHERE order_id = $1 ORDER BY occurred_at, id",
         )
         .bind(order_id)
         .fetch_all(&mut *conn)
@@ -348,6 +352,21 @@ impl OrderBook {
         };
         Span::current().set_attribute(attr::ORDER_STATUS, current.status.as_str());
         if !OrderStatus::supersedes(change.to, current.status) {
+            if change.to.overtaken_by(current.status)
+                && !self.has_passed(tx, envelope.order_id, change.to).await?
+            {
+                self.record_history(
+                    tx,
+                    envelope.order_id,
+                    Some(change.from),
+                    change.to,
+                    &envelope.source,
+                    change.reason.as_ref(),
+                    envelope.occurred_at,
+                )
+                .await?;
+                return Ok(Observed::Late);
+            }
             return Ok(Observed::Ignored);
         }
         self.write_status(
@@ -370,6 +389,24 @@ impl OrderBook {
         .await?;
         Span::current().set_attribute(attr::ORDER_STATUS, change.to.as_str());
         Ok(Observed::Applied)
+    }
+
+    /// Whether the order's history already shows a move to `status`.
+    async fn has_passed(
+        &self,
+        tx: &mut PgConnection,
+        order_id: Uuid,
+        status: OrderStatus,
+    ) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM orderbook.history \
+                            WHERE order_id = $1 AND to_status = $2)",
+        )
+        .bind(order_id)
+        .bind(status.as_str())
+        .fetch_one(&mut *tx)
+        .db("SELECT history")
+        .await
     }
 
     /// Locks the order's row until the end of the transaction, so that concurrent work on the

@@ -32,7 +32,7 @@ impl Handler for Registrar {
                         self.orderbook.remember_trace(tx, envelope.order_id).await?;
                         Ok(())
                     }
-                    Observed::Ignored => Ok(()),
+                    Observed::Late | Observed::Ignored => Ok(()),
                     // Its order.created is still on its way (e.g. waiting for a retry).
                     Observed::Unknown => Err(HandlerError::transient(
                         "order_not_registered_yet",

@@ -121,7 +121,7 @@ impl Handler for ProductionIntake {
                 }
                 Ok(())
             }
-            Observed::Ignored => Ok(()),
+            Observed::Late | Observed::Ignored => Ok(()),
             Observed::Unknown => self.unknown_order(tx, &message.envelope, change.to).await,
         }
     }

@@ -83,7 +83,7 @@ impl Handler for StatusFollower {
                     .await?;
                 Ok(())
             }
-            Observed::Ignored => Ok(()),
+            Observed::Late | Observed::Ignored => Ok(()),
             Observed::Unknown => Err(HandlerError::permanent(
                 "order_unknown",
                 format!("shop has no order {}", message.envelope.order_id),

@@ -2,3 +2,4 @@ mod create_order;
 mod decisions;
 mod helpers;
 mod s3;
+mod status_events;
