@@ -340,7 +340,8 @@ impl OrderBook {
         self.transition(tx, order_id, change).await
     }
 
-    /// Follows another service's move when it is a step forward.
+    /// Follows another service's move when it is a step forward; records a step the order
+    /// already passed in the history only ([`Observed::Late`]).
     pub async fn observe(
         &self,
         tx: &mut PgConnection,
@@ -351,32 +352,21 @@ impl OrderBook {
             return Ok(Observed::Unknown);
         };
         Span::current().set_attribute(attr::ORDER_STATUS, current.status.as_str());
-        if !OrderStatus::supersedes(change.to, current.status) {
-            if change.to.overtaken_by(current.status)
-                && !self.has_passed(tx, envelope.order_id, change.to).await?
-            {
-                self.record_history(
-                    tx,
-                    envelope.order_id,
-                    Some(change.from),
-                    change.to,
-                    &envelope.source,
-                    change.reason.as_ref(),
-                    envelope.occurred_at,
-                )
-                .await?;
-                return Ok(Observed::Late);
-            }
+        let forward = OrderStatus::supersedes(change.to, current.status);
+        if forward {
+            self.write_status(
+                tx,
+                envelope.order_id,
+                change.to,
+                change.price.as_ref(),
+                change.reason.as_ref(),
+            )
+            .await?;
+        } else if !change.to.overtaken_by(current.status)
+            || self.has_passed(tx, envelope.order_id, change.to).await?
+        {
             return Ok(Observed::Ignored);
         }
-        self.write_status(
-            tx,
-            envelope.order_id,
-            change.to,
-            change.price.as_ref(),
-            change.reason.as_ref(),
-        )
-        .await?;
         self.record_history(
             tx,
             envelope.order_id,
@@ -387,6 +377,9 @@ impl OrderBook {
             envelope.occurred_at,
         )
         .await?;
+        if !forward {
+            return Ok(Observed::Late);
+        }
         Span::current().set_attribute(attr::ORDER_STATUS, change.to.as_str());
         Ok(Observed::Applied)
     }
