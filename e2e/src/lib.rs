@@ -205,6 +205,25 @@ impl System {
         place_order_at(&self.client, &self.shop.url(), fixture, material, headers).await
     }
 
+    /// Places an order as partner `partner` does through the API.
+    pub async fn place_partner_order(
+        &self,
+        fixture: &str,
+        material: &str,
+        partner: &str,
+    ) -> Placed {
+        place_order_for(
+            &self.client,
+            &self.shop.url(),
+            fixture,
+            material,
+            &[],
+            Some(partner),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("placing {fixture} for {partner}: {err}"))
+    }
+
     async fn get(&self, url: String) -> Value {
         let response = self.client.get(&url).send().await.expect("service answers");
         assert!(
@@ -303,12 +322,27 @@ pub async fn place_order_at(
     material: &str,
     headers: &[(&str, &str)],
 ) -> Result<Placed, String> {
-    let order = json!({
+    place_order_for(client, shop_url, fixture, material, headers, None).await
+}
+
+/// As [`place_order_at`], placed through the API by partner `partner` when given.
+pub async fn place_order_for(
+    client: &reqwest::Client,
+    shop_url: &str,
+    fixture: &str,
+    material: &str,
+    headers: &[(&str, &str)],
+    partner: Option<&str>,
+) -> Result<Placed, String> {
+    let mut order = json!({
         "customer": {"name": "Jane Doe", "email": "jane.doe@example.com", "phone": "+49 170 1234567"},
         "material": material,
         "size": 17,
         "external_order_id": format!("PO-{}", Uuid::new_v4().simple()),
     });
+    if let Some(partner) = partner {
+        order["partner_id"] = json!(partner);
+    }
     let form = reqwest::multipart::Form::new()
         .part(
             "order",

@@ -199,6 +199,46 @@ async fn one_order_is_one_connected_trace_from_the_http_request_through_the_calc
     );
 }
 
+#[tokio::test]
+async fn a_partners_order_names_the_partner_on_its_intake_and_registration_spans() {
+    let system = System::start().await;
+    let order = system
+        .place_partner_order("20mm-xyz-cube.stl", "silver_925", "acme-jewels")
+        .await;
+    assert_eq!(order.response["partner_id"], "acme-jewels");
+
+    let is_registration = |s: &CapturedSpan| {
+        s.service == "crm-api"
+            && s.kind == kind::CONSUMER
+            && s.attr("hallmark.message.type").as_deref() == Some("order.created")
+    };
+    let spans = trace_when(&system, &order.trace_id, |spans| {
+        spans.iter().any(is_registration)
+    })
+    .await;
+    let create = spans
+        .iter()
+        .find(|s| s.service == "shop-api" && s.name == "order create")
+        .expect("Shop's `order create` span");
+    let registration = spans
+        .iter()
+        .find(|s| is_registration(s))
+        .expect("CRM's registration span");
+    for span in [create, registration] {
+        let what = format!("{} {}", span.service, span.name);
+        assert_eq!(
+            span.attr("partner.id").as_deref(),
+            Some("acme-jewels"),
+            "{what}"
+        );
+        assert_eq!(
+            span.attr("order.source").as_deref(),
+            Some("partner_api"),
+            "{what}"
+        );
+    }
+}
+
 /// The services an order passes through; each consumes every status change.
 const SERVICES: [&str; 3] = ["crm-api", "mes-api", "shop-api"];
 
