@@ -10,11 +10,11 @@
 //!
 //! The same [`Masker`] is applied to span names, attributes, event names and attributes, link
 //! attributes and status descriptions (see [`MaskingExporter`]) and to every log line.
-//! The OTel Collector configuration masks again as a second line.
+//! An OTel Collector in front of the backends can mask again, as a second line.
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use opentelemetry::{Key, KeyValue, StringValue, Value, trace::Status};
@@ -201,8 +201,14 @@ impl Masker {
     }
 
     /// Replaces every pattern match in `text`; borrows when nothing matched.
+    ///
+    /// Digits inside a UUID are never taken for a phone or card number: ids are what telemetry
+    /// is correlated by (a UUIDv7 such as `019ad4f2-0012-7345-8123-456789abcdef` holds a run
+    /// of digits and dashes that reads like a phone number), and a UUID is pseudonymous by
+    /// construction. A match reaching beyond the UUID (an e-mail address with a UUID as its
+    /// local part) is still masked.
     pub fn mask_text<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        if !self.inner.any.is_match(text) {
+        if is_uuid(text) || !self.inner.any.is_match(text) {
             return Cow::Borrowed(text);
         }
         let mut out = Cow::Borrowed(text);
@@ -210,12 +216,17 @@ impl Masker {
             if !pattern.regex.is_match(&out) {
                 continue;
             }
+            let uuids: Vec<std::ops::Range<usize>> =
+                UUID.find_iter(&out).map(|m| m.range()).collect();
             let replaced = pattern
                 .regex
                 .replace_all(&out, |caps: &regex::Captures<'_>| {
-                    let found = &caps[0];
-                    if pattern.luhn && !passes_luhn(found) {
-                        found.to_owned()
+                    let found = caps.get(0).expect("group 0 is the match");
+                    let inside_uuid = uuids
+                        .iter()
+                        .any(|id| id.start <= found.start() && found.end() <= id.end);
+                    if inside_uuid || (pattern.luhn && !passes_luhn(found.as_str())) {
+                        found.as_str().to_owned()
                     } else {
                         format!("[masked:{}]", pattern.kind)
                     }
@@ -280,6 +291,17 @@ impl Masker {
     }
 }
 
+/// A UUID in its hyphenated form, anywhere in a text.
+static UUID: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+        .expect("the UUID pattern compiles")
+});
+
+/// Whether the whole of `text` is a hyphenated UUID (most attribute values are ids).
+fn is_uuid(text: &str) -> bool {
+    text.len() == 36 && uuid::Uuid::try_parse(text).is_ok()
+}
+
 fn passes_luhn(candidate: &str) -> bool {
     let digits: Vec<u32> = candidate.chars().filter_map(|c| c.to_digit(10)).collect();
     if !(13..=19).contains(&digits.len()) {
@@ -338,6 +360,26 @@ impl<E: SpanExporter> SpanExporter for MaskingExporter<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_whose_digits_read_like_a_phone_number_are_left_alone() {
+        let masker = Masker::default();
+        // A UUIDv7 of the kind orders and messages get: "0012-7345-8123-456789" matches the
+        // phone pattern on its own.
+        let id = "019ad4f2-0012-7345-8123-456789abcdef";
+        assert!(masker.inner.patterns[1].regex.is_match(id));
+        assert_eq!(masker.mask_text(id), id);
+        let line = format!("order {id} accepted");
+        assert_eq!(masker.mask_text(&line), line);
+        assert_eq!(
+            masker.mask_text(&format!("order {id}, call +49 170 1234567")),
+            format!("order {id}, call [masked:phone]")
+        );
+        assert_eq!(
+            masker.mask_text(&format!("{id}@example.com")),
+            "[masked:email]"
+        );
+    }
 
     #[test]
     fn contact_keys_are_masked_whole() {
