@@ -207,11 +207,6 @@ async fn a_partners_order_names_the_partner_on_its_intake_and_registration_spans
         .await;
     assert_eq!(order.response["partner_id"], "acme-jewels");
 
-    let is_registration = |s: &CapturedSpan| {
-        s.service == "crm-api"
-            && s.kind == kind::CONSUMER
-            && s.attr("hallmark.message.type").as_deref() == Some("order.created")
-    };
     let spans = trace_when(&system, &order.trace_id, |spans| {
         spans.iter().any(is_registration)
     })
@@ -237,6 +232,13 @@ async fn a_partners_order_names_the_partner_on_its_intake_and_registration_spans
             "{what}"
         );
     }
+}
+
+/// CRM's CONSUMER span of an `order.created`: where it registers the order.
+fn is_registration(span: &CapturedSpan) -> bool {
+    span.service == "crm-api"
+        && span.kind == kind::CONSUMER
+        && span.attr("hallmark.message.type").as_deref() == Some("order.created")
 }
 
 /// The services an order passes through; each consumes every status change.
@@ -619,11 +621,7 @@ async fn every_step_a_person_takes_starts_its_own_trace_linked_to_the_orders_pre
         .to_owned();
     let registration = spans
         .iter()
-        .find(|s| {
-            s.service == "crm-api"
-                && s.kind == kind::CONSUMER
-                && s.attr("hallmark.message.type").as_deref() == Some("order.created")
-        })
+        .find(|s| is_registration(s))
         .expect("CRM's registration span");
     for span in [create, registration] {
         let what = format!("{} {}", span.service, span.name);
