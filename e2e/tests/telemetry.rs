@@ -215,10 +215,7 @@ async fn a_partners_order_names_the_partner_on_its_intake_and_registration_spans
         .iter()
         .find(|s| s.service == "shop-api" && s.name == "order create")
         .expect("Shop's `order create` span");
-    let registration = spans
-        .iter()
-        .find(|s| is_registration(s))
-        .expect("CRM's registration span");
+    let registration = registration_in(&spans);
     for span in [create, registration] {
         let what = format!("{} {}", span.service, span.name);
         assert_eq!(
@@ -239,6 +236,13 @@ fn is_registration(span: &CapturedSpan) -> bool {
     span.service == "crm-api"
         && span.kind == kind::CONSUMER
         && span.attr("hallmark.message.type").as_deref() == Some("order.created")
+}
+
+fn registration_in(spans: &[CapturedSpan]) -> &CapturedSpan {
+    spans
+        .iter()
+        .find(|s| is_registration(s))
+        .expect("CRM's registration span")
 }
 
 /// The services an order passes through; each consumes every status change.
@@ -619,10 +623,7 @@ async fn every_step_a_person_takes_starts_its_own_trace_linked_to_the_orders_pre
         .as_str()
         .unwrap()
         .to_owned();
-    let registration = spans
-        .iter()
-        .find(|s| is_registration(s))
-        .expect("CRM's registration span");
+    let registration = registration_in(&spans);
     for span in [create, registration] {
         let what = format!("{} {}", span.service, span.name);
         assert_eq!(
