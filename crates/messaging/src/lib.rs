@@ -36,3 +36,22 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 pub async fn install_schema(pool: &PgPool) -> Result<(), MigrateError> {
     platform::db::migrate_schema(pool, "messaging", &MIGRATOR).await
 }
+
+/// Starts, in `tasks`, the messaging work every service runs beside its consumers: the outbox
+/// relay (with the service's `hook`) and the outbox and inbox clean-up. Both stop when `cancel`
+/// fires, the relay after the batch in progress.
+pub fn spawn_outbox_work<H: PublishHook>(
+    tasks: &mut tokio::task::JoinSet<()>,
+    pool: &PgPool,
+    broker: &Broker,
+    hook: H,
+    cancel: &tokio_util::sync::CancellationToken,
+) {
+    let relay = OutboxRelay::new(pool.clone(), broker.clone(), hook, RelayConfig::default());
+    tasks.spawn(relay.run(cancel.clone()));
+    tasks.spawn(retention::run(
+        pool.clone(),
+        broker.config().clone(),
+        cancel.clone(),
+    ));
+}

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use messaging::topology::CRM_ORDERS;
-use messaging::{Broker, ConsumerConfig, OutboxRelay, RelayConfig};
+use messaging::{Broker, ConsumerConfig};
 use orderbook::OrderBook;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -73,18 +73,7 @@ impl Application {
             cancel,
         } = self;
         let mut tasks = JoinSet::new();
-        let relay = OutboxRelay::new(
-            state.pool.clone(),
-            broker.clone(),
-            (),
-            RelayConfig::default(),
-        );
-        tasks.spawn(relay.run(cancel.clone()));
-        tasks.spawn(messaging::retention::run(
-            state.pool.clone(),
-            broker.config().clone(),
-            cancel.clone(),
-        ));
+        messaging::spawn_outbox_work(&mut tasks, &state.pool, &broker, (), &cancel);
         let registrar = Arc::new(Registrar {
             orderbook: state.orderbook,
         });

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use messaging::topology::{MES_PRICING, MES_PRODUCTION};
-use messaging::{Broker, ConsumerConfig, OutboxRelay, RelayConfig};
+use messaging::{Broker, ConsumerConfig};
 use orderbook::OrderBook;
 use platform::storage::ObjectStorage;
 use sqlx::PgPool;
@@ -90,18 +90,7 @@ impl Application {
         } = self;
         let wake = Arc::new(Notify::new());
         let mut tasks = JoinSet::new();
-        let relay = OutboxRelay::new(
-            state.pool.clone(),
-            broker.clone(),
-            (),
-            RelayConfig::default(),
-        );
-        tasks.spawn(relay.run(cancel.clone()));
-        tasks.spawn(messaging::retention::run(
-            state.pool.clone(),
-            broker.config().clone(),
-            cancel.clone(),
-        ));
+        messaging::spawn_outbox_work(&mut tasks, &state.pool, &broker, (), &cancel);
         let pricing = Arc::new(PricingIntake {
             orderbook: state.orderbook,
             wake: wake.clone(),

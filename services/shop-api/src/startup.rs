@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use messaging::topology::SHOP_STATUS;
-use messaging::{Broker, ConsumerConfig, OutboxRelay, RelayConfig};
+use messaging::{Broker, ConsumerConfig};
 use orderbook::OrderBook;
 use platform::storage::ObjectStorage;
 use sqlx::PgPool;
@@ -80,18 +80,7 @@ impl Application {
         let hook = SubmitOnPublish {
             orderbook: state.orderbook,
         };
-        let relay = OutboxRelay::new(
-            state.pool.clone(),
-            broker.clone(),
-            hook,
-            RelayConfig::default(),
-        );
-        tasks.spawn(relay.run(cancel.clone()));
-        tasks.spawn(messaging::retention::run(
-            state.pool.clone(),
-            broker.config().clone(),
-            cancel.clone(),
-        ));
+        messaging::spawn_outbox_work(&mut tasks, &state.pool, &broker, hook, &cancel);
         let follower = Arc::new(StatusFollower {
             orderbook: state.orderbook,
         });
