@@ -724,7 +724,12 @@ async fn each_service_serves_its_slo_metrics_for_prometheus_without_order_ids() 
             ],
         ),
     ];
-    for (service, families) in expected {
+    for (service, mut families) in expected {
+        // Every service samples its outbox backlog.
+        families.extend([
+            "hallmark_outbox_pending{",
+            "hallmark_outbox_oldest_age_seconds{",
+        ]);
         let metrics = testkit::wait::until("the service's metrics", PATIENCE, || async {
             let metrics = system
                 .client

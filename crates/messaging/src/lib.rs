@@ -38,8 +38,8 @@ pub async fn install_schema(pool: &PgPool) -> Result<(), MigrateError> {
 }
 
 /// Starts, in `tasks`, the messaging work every service runs beside its consumers: the outbox
-/// relay (with the service's `hook`) and the outbox and inbox clean-up. Both stop when `cancel`
-/// fires, the relay after the batch in progress.
+/// relay (with the service's `hook`), the outbox backlog gauges and the outbox and inbox
+/// clean-up. All stop when `cancel` fires, the relay after the batch in progress.
 pub fn spawn_outbox_work<H: PublishHook>(
     tasks: &mut tokio::task::JoinSet<()>,
     pool: &PgPool,
@@ -49,6 +49,7 @@ pub fn spawn_outbox_work<H: PublishHook>(
 ) {
     let relay = OutboxRelay::new(pool.clone(), broker.clone(), hook, RelayConfig::default());
     tasks.spawn(relay.run(cancel.clone()));
+    tasks.spawn(outbox::watch_backlog(pool.clone(), cancel.clone()));
     tasks.spawn(retention::run(
         pool.clone(),
         broker.config().clone(),

@@ -382,7 +382,34 @@ fn publish_span(exchange: &str, row: &Claimed) -> Span {
     span
 }
 
-/// Rows waiting to be published and the age of the oldest, for the backlog gauge.
+/// How often [`watch_backlog`] samples the outbox.
+pub const BACKLOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Samples the outbox backlog into the `hallmark.outbox.pending` and
+/// `hallmark.outbox.oldest_age` gauges every [`BACKLOG_INTERVAL`] until `cancel` fires. The
+/// query is not traced: it is housekeeping under no order, and would be a root trace each time.
+pub async fn watch_backlog(pool: PgPool, cancel: CancellationToken) {
+    loop {
+        match backlog(&pool).await {
+            Ok((pending, oldest)) => {
+                let metrics = telemetry::metrics();
+                metrics
+                    .outbox_pending
+                    .record(u64::try_from(pending).unwrap_or_default(), &[]);
+                metrics
+                    .outbox_oldest_age
+                    .record(oldest.unwrap_or_default().as_secs_f64(), &[]);
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot sample the outbox backlog"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(BACKLOG_INTERVAL) => {}
+        }
+    }
+}
+
+/// Rows waiting to be published and the age of the oldest, for the backlog gauges.
 pub async fn backlog(pool: &PgPool) -> Result<(i64, Option<Duration>), sqlx::Error> {
     let row = sqlx::query(
         "SELECT count(*) AS pending, \

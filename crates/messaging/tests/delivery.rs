@@ -610,3 +610,38 @@ async fn old_outbox_and_inbox_rows_are_cleaned_up_but_unpublished_ones_never() {
         .unwrap();
     assert_eq!(inbox, 1);
 }
+
+#[tokio::test]
+async fn the_backlog_counts_the_rows_not_published_yet_and_the_age_of_the_oldest() {
+    let setup = setup().await;
+    assert_eq!(
+        messaging::outbox::backlog(&setup.pool).await.unwrap(),
+        (0, None)
+    );
+    for (age, published) in [
+        ("90 seconds", false),
+        ("10 seconds", false),
+        ("1 hour", true),
+    ] {
+        sqlx::query(
+            "INSERT INTO messaging.outbox (message_id, routing_key, kind, order_id, body, created_at, published_at) \
+             VALUES ($1, 'order.created', 'order.created', $2, '\\x00', now() - $3::interval, \
+                     CASE WHEN $4 THEN now() END)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(Uuid::now_v7())
+        .bind(age)
+        .bind(published)
+        .execute(&setup.pool)
+        .await
+        .unwrap();
+    }
+
+    let (pending, oldest) = messaging::outbox::backlog(&setup.pool).await.unwrap();
+    assert_eq!(pending, 2, "the published row does not count");
+    let oldest = oldest.expect("an oldest row");
+    assert!(
+        (Duration::from_secs(90)..Duration::from_secs(120)).contains(&oldest),
+        "{oldest:?}"
+    );
+}

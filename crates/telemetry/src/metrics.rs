@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, Meter};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter};
 
 /// Latency buckets in seconds: from a fast local hop to a slow model calculation.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -40,6 +40,11 @@ pub struct Metrics {
     /// HTTP server request duration (OpenTelemetry HTTP semantic conventions). Labels:
     /// `http.request.method`, `http.route`, `http.response.status_code`.
     pub http_server_duration: Histogram<f64>,
+    /// Outbox rows not published yet, sampled periodically. No labels (the service is in the
+    /// resource). Growing means the relay cannot reach the broker: orders wait in this service.
+    pub outbox_pending: Gauge<u64>,
+    /// Age of the oldest unpublished outbox row, 0 when there is none.
+    pub outbox_oldest_age: Gauge<f64>,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -94,6 +99,16 @@ impl Metrics {
                 "http.server.request.duration",
                 "Duration of HTTP server requests",
             ),
+            outbox_pending: meter
+                .u64_gauge("hallmark.outbox.pending")
+                .with_unit("{message}")
+                .with_description("Outbox rows not published yet")
+                .build(),
+            outbox_oldest_age: meter
+                .f64_gauge("hallmark.outbox.oldest_age")
+                .with_unit("s")
+                .with_description("Age of the oldest unpublished outbox row (0 when none)")
+                .build(),
         }
     }
 
