@@ -241,17 +241,6 @@ fn init_with(
 
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let otel_layer = tracing_opentelemetry::layer()
-        .with_tracer(tracer_provider.tracer(service.name))
-        .with_location(false)
-        .with_threads(false)
-        .with_target(false)
-        .with_tracked_inactivity(false)
-        // Entering a span would otherwise also make its OpenTelemetry context the thread's
-        // current one, on every poll of every instrumented future. Nothing here reads that:
-        // contexts are taken from the `tracing` span (`OpenTelemetrySpanExt::context`, and
-        // `logging::SpanContexts` for log lines).
-        .with_context_activation(false);
     let writer =
         tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || -> Box<dyn std::io::Write> {
             match logs {
@@ -259,22 +248,13 @@ fn init_with(
                 LogTarget::Stderr => Box::new(std::io::stderr()),
             }
         });
-    let contexts = logging::SpanContexts::default();
-    let log_layer = tracing_subscriber::fmt::layer()
-        .fmt_fields(logging::NoSpanFields)
-        .event_format(logging::JsonLines::new(
-            service.name,
-            masker,
-            contexts.clone(),
-        ))
-        .with_writer(writer);
-    let dispatch = tracing::Dispatch::new(
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(otel_layer)
-            .with(log_layer),
+    let dispatch = subscriber(
+        filter,
+        tracer_provider.tracer(service.name),
+        service.name,
+        masker,
+        writer,
     );
-    contexts.attach(&dispatch);
     dispatch
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInitialized)?;
@@ -285,6 +265,45 @@ fn init_with(
         budget: shutdown_budget,
         shut_down: false,
     })
+}
+
+/// The `tracing` subscriber of every process, as one dispatch: `filter`, spans to OpenTelemetry
+/// through `tracer`, and JSON log lines of `service` to `writer`, masked by `masker`. Log lines
+/// find the trace of their span through the dispatch ([`logging::SpanContexts`]).
+pub(crate) fn subscriber<W>(
+    filter: EnvFilter,
+    tracer: opentelemetry_sdk::trace::SdkTracer,
+    service: &'static str,
+    masker: mask::Masker,
+    writer: W,
+) -> tracing::Dispatch
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        // Entering a span would otherwise also make its OpenTelemetry context the thread's
+        // current one, on every poll of every instrumented future. Nothing here reads that:
+        // contexts are taken from the `tracing` span (`OpenTelemetrySpanExt::context`, and
+        // `logging::SpanContexts` for log lines).
+        .with_context_activation(false);
+    let contexts = logging::SpanContexts::default();
+    let log_layer = tracing_subscriber::fmt::layer()
+        .fmt_fields(logging::NoSpanFields)
+        .event_format(logging::JsonLines::new(service, masker, contexts.clone()))
+        .with_writer(writer);
+    let dispatch = tracing::Dispatch::new(
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(otel_layer)
+            .with(log_layer),
+    );
+    contexts.attach(&dispatch);
+    dispatch
 }
 
 /// How long [`TelemetryGuard::shutdown`] of a service may take at most when the collector is

@@ -7,15 +7,14 @@
 //! ```
 //!
 //! Messages are short lowercase sentences without a trailing period; values go into fields, not
-//! into the message. `trace_id`/`span_id` come from the OpenTelemetry context of the event's span so a
-//! log line leads straight to its trace, and `order_id` from that context's baggage. Every message and field
-//! passes through the same [`Masker`] as the spans.
+//! into the message. `trace_id`/`span_id` come from the OpenTelemetry context of the event's
+//! span so a log line leads straight to its trace, and `order_id` from that context's baggage.
+//! Every message and field passes through the same [`Masker`] as the spans.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use opentelemetry::Context;
-
 use opentelemetry::trace::TraceContextExt;
 use serde_json::{Map, Value};
 use tracing::dispatcher::WeakDispatch;
@@ -35,7 +34,7 @@ use crate::propagation::order_id;
 pub struct JsonLines {
     service: &'static str,
     masker: Masker,
-    dispatch: SpanContexts,
+    contexts: SpanContexts,
 }
 
 impl JsonLines {
@@ -45,7 +44,7 @@ impl JsonLines {
         Self {
             service,
             masker,
-            dispatch: contexts,
+            contexts,
         }
     }
 }
@@ -174,7 +173,7 @@ where
             line.insert("span".into(), Value::String(span.name().to_owned()));
         }
         let cx = span
-            .and_then(|span| self.dispatch.of(&span.id()))
+            .and_then(|span| self.contexts.of(&span.id()))
             .unwrap_or_default();
         let span_context = cx.span().span_context().clone();
         if span_context.is_valid() {
@@ -206,7 +205,7 @@ mod tests {
     use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
     use opentelemetry_sdk::trace::SdkTracerProvider;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::EnvFilter;
     use uuid::Uuid;
 
     use super::*;
@@ -245,27 +244,14 @@ mod tests {
         let lines = Lines::default();
         let writer = lines.clone();
         let provider = SdkTracerProvider::builder().build();
-        // Layered as `init` does it, context activation off included.
-        let contexts = SpanContexts::default();
-        let subscriber = tracing_subscriber::registry()
-            .with(
-                tracing_opentelemetry::layer()
-                    .with_tracer(provider.tracer("test"))
-                    .with_context_activation(false),
-            )
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .fmt_fields(NoSpanFields)
-                    .event_format(JsonLines::new(
-                        "test-service",
-                        Masker::default(),
-                        contexts.clone(),
-                    ))
-                    .with_writer(move || writer.clone()),
-            );
+        let dispatch = crate::subscriber(
+            EnvFilter::new("info"),
+            provider.tracer("test"),
+            "test-service",
+            Masker::default(),
+            move || writer.clone(),
+        );
         let order = Uuid::now_v7();
-        let dispatch = Dispatch::new(subscriber);
-        contexts.attach(&dispatch);
         let (request_trace, other_trace) = tracing::dispatcher::with_default(&dispatch, || {
             let request = tracing::info_span!("request");
             let _ = request.set_parent(with_order(&opentelemetry::Context::new(), order));
