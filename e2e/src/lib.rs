@@ -202,7 +202,15 @@ impl System {
         material: &str,
         headers: &[(&str, &str)],
     ) -> Result<Placed, String> {
-        place_order_at(&self.client, &self.shop.url(), fixture, material, headers).await
+        place_order_at(
+            &self.client,
+            &self.shop.url(),
+            fixture,
+            material,
+            headers,
+            None,
+        )
+        .await
     }
 
     /// Places an order as partner `partner` does through the API.
@@ -212,7 +220,7 @@ impl System {
         material: &str,
         partner: &str,
     ) -> Placed {
-        place_order_for(
+        place_order_at(
             &self.client,
             &self.shop.url(),
             fixture,
@@ -314,19 +322,9 @@ impl System {
 }
 
 /// Places an order for `fixture` at the Shop at `shop_url` (multipart, with a customer whose
-/// personal data the telemetry must mask); what Shop acknowledged, or why not.
+/// personal data the telemetry must mask), placed through the API by `partner` when given;
+/// what Shop acknowledged, or why not.
 pub async fn place_order_at(
-    client: &reqwest::Client,
-    shop_url: &str,
-    fixture: &str,
-    material: &str,
-    headers: &[(&str, &str)],
-) -> Result<Placed, String> {
-    place_order_for(client, shop_url, fixture, material, headers, None).await
-}
-
-/// As [`place_order_at`], placed through the API by partner `partner` when given.
-pub async fn place_order_for(
     client: &reqwest::Client,
     shop_url: &str,
     fixture: &str,

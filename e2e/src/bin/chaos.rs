@@ -161,6 +161,7 @@ async fn main() -> std::process::ExitCode {
                         fixture,
                         "gold_750",
                         &[("Idempotency-Key", &key)],
+                        None,
                     )
                     .await;
                     let mut clients = clients.lock().await;
