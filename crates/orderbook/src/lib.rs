@@ -147,8 +147,8 @@ impl OrderBook {
     }
 
     /// Registers an order this service sees for the first time, in `status`, which `source` (a
-    /// `service.name`) gave it at `occurred_at`. Returns `false` (and changes nothing) when the
-    /// order is already known.
+    /// `service.name`) gave it at `occurred_at`. Returns the order's first history entry as
+    /// stored, or `None` (and changes nothing) when the order is already known.
     pub async fn open(
         &self,
         tx: &mut PgConnection,
@@ -157,7 +157,7 @@ impl OrderBook {
         idempotency_key: Option<&str>,
         source: &str,
         occurred_at: DateTime<Utc>,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<Option<HistoryEntry>, sqlx::Error> {
         let inserted = sqlx::query(
             "INSERT INTO orderbook.orders (order_id, status, idempotency_key, trace) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (order_id) DO NOTHING",
@@ -171,11 +171,11 @@ impl OrderBook {
         .await?
         .rows_affected();
         if inserted == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         self.record_history(tx, order_id, None, status, source, None, occurred_at)
-            .await?;
-        Ok(true)
+            .await
+            .map(Some)
     }
 
     pub async fn get(
@@ -479,11 +479,12 @@ impl OrderBook {
         source: &str,
         reason: Option<&Reason>,
         occurred_at: DateTime<Utc>,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+    ) -> Result<HistoryEntry, sqlx::Error> {
+        // The time as stored (PostgreSQL keeps microseconds), so the entry equals a later read.
+        let at = sqlx::query_scalar(
             "INSERT INTO orderbook.history \
              (order_id, from_status, to_status, source, reason_code, reason, occurred_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING occurred_at",
         )
         .bind(order_id)
         .bind(from.map(OrderStatus::as_str))
@@ -492,10 +493,16 @@ impl OrderBook {
         .bind(reason.map(|r| r.code.as_str()))
         .bind(reason.map(|r| r.message.as_str()))
         .bind(occurred_at)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .db("INSERT history")
         .await?;
-        Ok(())
+        Ok(HistoryEntry {
+            from,
+            status: to,
+            source: source.to_owned(),
+            reason: reason.cloned(),
+            at,
+        })
     }
 }
 

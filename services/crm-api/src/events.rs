@@ -103,7 +103,7 @@ impl Registrar {
                 envelope.occurred_at,
             )
             .await?;
-        if !opened {
+        if opened.is_none() {
             // Registered before under another message id; nothing more to do.
             return Ok(());
         }

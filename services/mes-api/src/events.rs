@@ -77,7 +77,7 @@ impl PricingIntake {
                 envelope.occurred_at,
             )
             .await?;
-        if !opened {
+        if opened.is_none() {
             return Ok(());
         }
         self.orderbook
@@ -158,7 +158,7 @@ impl ProductionIntake {
                     envelope.occurred_at,
                 )
                 .await?;
-            if !opened {
+            if opened.is_none() {
                 // The price request was accepted meanwhile: apply the end to that order.
                 return Err(HandlerError::transient(
                     "order_opened_concurrently",

@@ -1,6 +1,6 @@
 //! Shop's order rows: writing a new order with its outbox message, and reading the order view.
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use domain::events::{Customer, Envelope, Event, ModelRef, OrderCreated};
 use domain::pricing::Quote;
 use domain::{OrderStatus, Stage};
@@ -137,9 +137,8 @@ async fn write(
         Err(err) => return Err(err.into()),
     };
 
-    // Microseconds, as PostgreSQL stores it, so the answer equals what a read shows later.
-    let now = Utc::now().trunc_subsecs(6);
-    state
+    let now = Utc::now();
+    let first_step = state
         .orderbook
         .open(
             &mut tx,
@@ -149,7 +148,8 @@ async fn write(
             crate::SERVICE_NAME,
             now,
         )
-        .await?;
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("order {order_id} is in the order book already"))?;
     let event = OrderCreated {
         external_id: order.external_id.clone(),
         source: order.source,
@@ -198,13 +198,7 @@ async fn write(
         price: None,
         rejection_code: None,
         rejection_reason: None,
-        history: vec![HistoryEntry {
-            from: None,
-            status: OrderStatus::Created,
-            source: crate::SERVICE_NAME.to_owned(),
-            reason: None,
-            at: now,
-        }],
+        history: vec![first_step],
         created_at,
         updated_at: created_at,
     })))
