@@ -222,9 +222,9 @@ fn init_with(
     let meter_provider = meter_builder.build();
     opentelemetry::global::set_meter_provider(meter_provider.clone());
 
-    let mut tracer_builder = SdkTracerProvider::builder()
-        .with_resource(resource)
-        .with_span_processor(processor::OrderBaggageProcessor);
+    // Without an exporter, spans are still made (log lines take their trace ids from them) and
+    // go nowhere: no processor at all.
+    let mut tracer_builder = SdkTracerProvider::builder().with_resource(resource);
     if exporter_enabled("OTEL_TRACES_EXPORTER") {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .build()
@@ -233,8 +233,9 @@ fn init_with(
             mask::MaskingExporter::new(masker.clone(), exporter),
             &opentelemetry::global::meter("otel.sdk"),
         );
-        tracer_builder =
-            tracer_builder.with_span_processor(BatchSpanProcessor::builder(exporter).build());
+        tracer_builder = tracer_builder.with_span_processor(processor::OrderBaggage::new(
+            BatchSpanProcessor::builder(exporter).build(),
+        ));
     }
     let tracer_provider = tracer_builder.build();
     opentelemetry::global::set_tracer_provider(tracer_provider.clone());
