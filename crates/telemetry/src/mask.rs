@@ -72,14 +72,63 @@ pub struct Masker {
 }
 
 struct Inner {
-    /// Lowercase.
-    keys: Vec<String>,
-    /// Lowercase.
-    leaves: Vec<String>,
+    keys: Names,
+    leaves: Names,
     patterns: Vec<Pattern>,
     /// All of `patterns` in one automaton: almost no text holds personal data, and one pass that
     /// finds nothing is much cheaper than one search per pattern.
     any: RegexSet,
+    /// No patterns beyond the built-in ones: then text that [`may_hold_contact_data`] rules out
+    /// needs no search at all.
+    built_in_only: bool,
+}
+
+/// Lowercase names grouped by length: a lookup compares with the few names of its length.
+struct Names(Vec<Vec<String>>);
+
+impl Names {
+    fn new(names: Vec<String>) -> Self {
+        let mut by_length: Vec<Vec<String>> = Vec::new();
+        for name in names {
+            if by_length.len() <= name.len() {
+                by_length.resize_with(name.len() + 1, Vec::new);
+            }
+            by_length[name.len()].push(name);
+        }
+        Self(by_length)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.0
+            .get(name.len())
+            .is_some_and(|same| same.iter().any(|n| n.eq_ignore_ascii_case(name)))
+    }
+}
+
+impl fmt::Debug for Names {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.iter().flatten()).finish()
+    }
+}
+
+/// Whether `text` can match a built-in pattern at all: an e-mail address has an `@`, a phone
+/// number at least three digits, a card number thirteen. Most attribute values (names, routes,
+/// statuses) have neither, and this look at their bytes is far cheaper than a search.
+fn may_hold_contact_data(text: &str) -> bool {
+    let mut digits = 0;
+    for byte in text.bytes() {
+        match byte {
+            b'@' => return true,
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits >= 3 {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 impl fmt::Debug for Masker {
@@ -155,6 +204,7 @@ impl Masker {
             )?,
             compile("card", r"\b(?:\d[ \-]?){12,18}\d\b", true)?,
         ];
+        debug_assert_eq!(patterns.len(), BUILT_IN_PATTERNS);
         for pattern in extra_patterns {
             if !pattern.trim().is_empty() {
                 patterns.push(compile("custom", pattern.trim(), false)?);
@@ -164,8 +214,9 @@ impl Masker {
             .expect("every pattern compiled on its own");
         Ok(Self {
             inner: Arc::new(Inner {
-                keys,
-                leaves,
+                keys: Names::new(keys),
+                leaves: Names::new(leaves),
+                built_in_only: patterns.len() == BUILT_IN_PATTERNS,
                 patterns,
                 any,
             }),
@@ -190,14 +241,8 @@ impl Masker {
 
     /// Whether every value under `key` is personal data.
     pub fn is_sensitive_key(&self, key: &str) -> bool {
-        if self.inner.keys.iter().any(|k| k.eq_ignore_ascii_case(key)) {
-            return true;
-        }
-        let leaf = key.rsplit('.').next().unwrap_or(key);
-        self.inner
-            .leaves
-            .iter()
-            .any(|l| l.eq_ignore_ascii_case(leaf))
+        let leaf = key.rsplit_once('.').map_or(key, |(_, leaf)| leaf);
+        self.inner.keys.contains(key) || self.inner.leaves.contains(leaf)
     }
 
     /// Replaces every pattern match in `text`; borrows when nothing matched.
@@ -208,7 +253,10 @@ impl Masker {
     /// construction. A match reaching beyond the UUID (an e-mail address with a UUID as its
     /// local part) is still masked.
     pub fn mask_text<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        if is_uuid(text) || !self.inner.any.is_match(text) {
+        if (self.inner.built_in_only && !may_hold_contact_data(text))
+            || is_uuid(text)
+            || !self.inner.any.is_match(text)
+        {
             return Cow::Borrowed(text);
         }
         let mut out = Cow::Borrowed(text);
@@ -296,6 +344,9 @@ static UUID: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
         .expect("the UUID pattern compiles")
 });
+
+/// The e-mail, phone and card patterns every masker has.
+const BUILT_IN_PATTERNS: usize = 3;
 
 /// Whether the whole of `text` is a hyphenated UUID (most attribute values are ids).
 fn is_uuid(text: &str) -> bool {
@@ -409,6 +460,39 @@ mod tests {
             masked,
             "mail [masked:email] or call [masked:phone], card [masked:card]"
         );
+    }
+
+    #[test]
+    fn the_quick_look_never_passes_over_text_a_built_in_pattern_matches() {
+        let masker = Masker::default();
+        let alphabet = b"0123456789+()-. @ab.c/x";
+        // A fixed linear congruential sequence: the same texts on every run.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut matched = 0;
+        for _ in 0..200_000 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let length = 1 + (state >> 59) as usize;
+            let text: String = (0..length)
+                .map(|i| {
+                    let pick = (state >> (i % 8 * 7)) as usize ^ (i * 31);
+                    alphabet[pick % alphabet.len()] as char
+                })
+                .collect();
+            if masker.inner.any.is_match(&text) {
+                matched += 1;
+                assert!(may_hold_contact_data(&text), "{text:?}");
+            }
+        }
+        assert!(
+            matched > 1_000,
+            "the texts exercise the patterns ({matched})"
+        );
+        for shortest in ["+1 2     3", "(12) 3 4 5 6", "a@b.cd"] {
+            assert!(masker.inner.any.is_match(shortest), "{shortest}");
+            assert!(may_hold_contact_data(shortest), "{shortest}");
+        }
     }
 
     #[test]
