@@ -293,10 +293,7 @@ where
         // `logging::SpanContexts` for log lines).
         .with_context_activation(false);
     let contexts = logging::SpanContexts::default();
-    let log_layer = tracing_subscriber::fmt::layer()
-        .fmt_fields(logging::NoSpanFields)
-        .event_format(logging::JsonLines::new(service, masker, contexts.clone()))
-        .with_writer(writer);
+    let log_layer = logging::JsonLines::new(service, masker, contexts.clone(), writer);
     let dispatch = tracing::Dispatch::new(
         tracing_subscriber::registry()
             .with(filter)

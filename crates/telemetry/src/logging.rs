@@ -12,39 +12,44 @@
 //! Every message and field passes through the same [`Masker`] as the spans.
 
 use std::fmt;
+use std::io::Write as _;
 use std::sync::{Arc, OnceLock};
 
 use opentelemetry::Context;
 use opentelemetry::trace::TraceContextExt;
-use serde_json::{Map, Value};
 use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
 use tracing::span::Id;
 use tracing::{Dispatch, Event, Subscriber};
 use tracing_opentelemetry::get_otel_context;
-use tracing_subscriber::field::RecordFields;
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{self, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::mask::{MASK, Masker};
 use crate::propagation::order_id;
 
-/// The JSON line format (see the module docs).
-pub struct JsonLines {
+/// The log layer: writes each event as one JSON line (see the module docs) to `W`.
+///
+/// A layer of its own rather than a formatter of `tracing_subscriber::fmt`: that layer keeps
+/// the formatted fields of every span as it starts, for every span of a request, and log lines
+/// here name their span without its fields (those go to the trace).
+pub struct JsonLines<W> {
     service: &'static str,
     masker: Masker,
     contexts: SpanContexts,
+    writer: W,
 }
 
-impl JsonLines {
+impl<W> JsonLines<W> {
     /// Lines name the trace of their span once `contexts` is attached to the dispatch this
-    /// formatter is part of.
-    pub fn new(service: &'static str, masker: Masker, contexts: SpanContexts) -> Self {
+    /// layer is part of.
+    pub fn new(service: &'static str, masker: Masker, contexts: SpanContexts, writer: W) -> Self {
         Self {
             service,
             masker,
             contexts,
+            writer,
         }
     }
 }
@@ -53,9 +58,9 @@ impl JsonLines {
 /// whole subscriber) the OpenTelemetry layer is part of.
 ///
 /// Spans do not make their context the thread's current OpenTelemetry context (see `init`), and
-/// while an event is being formatted `tracing` hands out no dispatch (it guards against
-/// re-entry), so the formatter keeps a weak handle to its own dispatch. Until one is attached,
-/// lines carry no trace ids.
+/// while an event is being handled `tracing` hands out no dispatch (it guards against re-entry),
+/// so the layer keeps a weak handle to its own dispatch. Until one is attached, lines carry no
+/// trace ids.
 #[derive(Clone, Default)]
 pub struct SpanContexts(Arc<OnceLock<WeakDispatch>>);
 
@@ -71,54 +76,74 @@ impl SpanContexts {
     }
 }
 
-/// The log layer's formatter of span fields: nothing. A log line names its span and carries the
-/// trace and span ids; the span's fields go to the trace. Without this, the layer would format
-/// every span's fields as text each time a span starts, on the request path, for nothing.
-pub struct NoSpanFields;
-
-impl<'writer> FormatFields<'writer> for NoSpanFields {
-    fn format_fields<R: RecordFields>(&self, _writer: Writer<'writer>, _fields: R) -> fmt::Result {
-        Ok(())
-    }
+/// Appends `text` to `line` as a JSON string.
+fn push_str(line: &mut Vec<u8>, text: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *line, text);
 }
 
+/// Writes an event's fields: the message apart, every other field as `,"name":value` into the
+/// `fields` object, each value masked.
 struct FieldVisitor<'a> {
     masker: &'a Masker,
     message: Option<String>,
-    fields: Map<String, Value>,
+    fields: Vec<u8>,
 }
 
 impl FieldVisitor<'_> {
-    fn put(&mut self, field: &Field, value: Value) {
+    /// Starts the field `name` and says whether to write its value (false for `log.*` fields,
+    /// which the `log` crate bridge adds, and for the message, kept apart).
+    fn key(&mut self, field: &Field) -> bool {
         let name = field.name();
-        let value = match value {
-            _ if self.masker.is_sensitive_key(name) => Value::String(MASK.to_owned()),
-            Value::String(s) => Value::String(self.masker.mask_text(&s).into_owned()),
-            other => other,
+        if name == "message" || name.starts_with("log.") {
+            return false;
+        }
+        self.fields
+            .push(if self.fields.is_empty() { b'{' } else { b',' });
+        push_str(&mut self.fields, name);
+        self.fields.push(b':');
+        true
+    }
+
+    fn text(&mut self, field: &Field, value: &str) {
+        let masked = if self.masker.is_sensitive_key(field.name()) {
+            MASK.into()
+        } else {
+            self.masker.mask_text(value)
         };
-        if name == "message" {
-            self.message = value.as_str().map(str::to_owned);
-        } else if !name.starts_with("log.") {
-            self.fields.insert(name.to_owned(), value);
+        if field.name() == "message" {
+            self.message = Some(masked.into_owned());
+        } else if self.key(field) {
+            push_str(&mut self.fields, &masked);
+        }
+    }
+
+    fn plain(&mut self, field: &Field, value: serde_json::Value) {
+        if self.masker.is_sensitive_key(field.name()) {
+            self.text(field, "");
+        } else if field.name() == "message" {
+            self.message = Some(value.to_string());
+        } else if self.key(field) {
+            let _ = serde_json::to_writer(&mut self.fields, &value);
         }
     }
 }
 
 impl Visit for FieldVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, Value::String(value.to_owned()));
+        self.text(field, value);
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, Value::from(value));
+        self.plain(field, value.into());
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, Value::from(value));
+        self.plain(field, value.into());
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.put(field, Value::from(value));
+        self.plain(field, value.into());
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, Value::from(value));
+        self.plain(field, value.into());
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         let mut text = value.to_string();
@@ -128,72 +153,71 @@ impl Visit for FieldVisitor<'_> {
             text.push_str(&cause.to_string());
             source = cause.source();
         }
-        self.put(field, Value::String(text));
+        self.text(field, &text);
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.put(field, Value::String(format!("{value:?}")));
+        self.text(field, &format!("{value:?}"));
     }
 }
 
-impl<S, N> FormatEvent<S, N> for JsonLines
+impl<S, W> Layer<S> for JsonLines<W>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
+    W: for<'w> MakeWriter<'w> + 'static,
 {
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
+    fn on_event(&self, event: &Event<'_>, ctx: layer::Context<'_, S>) {
         let mut visitor = FieldVisitor {
             masker: &self.masker,
             message: None,
-            fields: Map::new(),
+            fields: Vec::new(),
         };
         event.record(&mut visitor);
 
         let meta = event.metadata();
-        let mut line = Map::new();
-        line.insert(
-            "timestamp".into(),
-            Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        let mut line = Vec::with_capacity(256 + visitor.fields.len());
+        line.extend_from_slice(b"{\"timestamp\":");
+        push_str(
+            &mut line,
+            &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         );
-        line.insert("level".into(), Value::String(meta.level().to_string()));
-        line.insert("service".into(), Value::String(self.service.to_owned()));
-        line.insert("target".into(), Value::String(meta.target().to_owned()));
-        line.insert(
-            "message".into(),
-            Value::String(visitor.message.unwrap_or_default()),
-        );
+        line.extend_from_slice(b",\"level\":");
+        push_str(&mut line, meta.level().as_str());
+        line.extend_from_slice(b",\"service\":");
+        push_str(&mut line, self.service);
+        line.extend_from_slice(b",\"target\":");
+        push_str(&mut line, meta.target());
+        line.extend_from_slice(b",\"message\":");
+        push_str(&mut line, visitor.message.as_deref().unwrap_or_default());
         // The span the event belongs to (its explicit parent, else the current span) and that
         // span's OpenTelemetry context.
-        let span = ctx.parent_span();
+        let span = ctx.event_span(event);
         if let Some(span) = &span {
-            line.insert("span".into(), Value::String(span.name().to_owned()));
+            line.extend_from_slice(b",\"span\":");
+            push_str(&mut line, span.name());
         }
         let cx = span
             .and_then(|span| self.contexts.of(&span.id()))
             .unwrap_or_default();
         let span_context = cx.span().span_context().clone();
         if span_context.is_valid() {
-            line.insert(
-                "trace_id".into(),
-                Value::String(span_context.trace_id().to_string()),
-            );
-            line.insert(
-                "span_id".into(),
-                Value::String(span_context.span_id().to_string()),
+            let _ = write!(
+                line,
+                ",\"trace_id\":\"{}\",\"span_id\":\"{}\"",
+                span_context.trace_id(),
+                span_context.span_id()
             );
         }
         if let Some(order) = order_id(&cx) {
-            line.insert("order_id".into(), Value::String(order.to_string()));
+            let _ = write!(line, ",\"order_id\":\"{order}\"");
         }
         if !visitor.fields.is_empty() {
-            line.insert("fields".into(), Value::Object(visitor.fields));
+            line.extend_from_slice(b",\"fields\":");
+            line.extend_from_slice(&visitor.fields);
+            line.push(b'}');
         }
-        let text = serde_json::to_string(&line).map_err(|_| fmt::Error)?;
-        writeln!(writer, "{text}")
+        line.extend_from_slice(b"}\n");
+        // A log line that cannot be written is lost; there is nowhere to report that.
+        let _ = self.writer.make_writer_for(meta).write_all(&line);
     }
 }
 
@@ -204,6 +228,7 @@ mod tests {
 
     use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
     use opentelemetry_sdk::trace::SdkTracerProvider;
+    use serde_json::Value;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     use tracing_subscriber::EnvFilter;
     use uuid::Uuid;
@@ -276,5 +301,45 @@ mod tests {
         assert!(lines[1].get("order_id").is_none());
         assert!(lines[2].get("trace_id").is_none() && lines[2].get("span").is_none());
         assert_ne!(request_trace, other_trace);
+    }
+
+    #[test]
+    fn fields_of_every_type_are_written_as_json_and_masked() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let dispatch = crate::subscriber(
+            EnvFilter::new("info"),
+            SdkTracerProvider::builder().build().tracer("test"),
+            "test-service",
+            Masker::default(),
+            move || writer.clone(),
+        );
+        tracing::dispatcher::with_default(&dispatch, || {
+            tracing::info!(
+                count = 3_u64,
+                delta = -2_i64,
+                ratio = 0.5,
+                ok = true,
+                quoted = "a \"b\"\n",
+                note = "write to jane.doe@example.com",
+                email = "anything",
+                debug = ?Some(1),
+                "order for jane.doe@example.com"
+            );
+        });
+
+        let lines = lines.parsed();
+        let fields = &lines[0]["fields"];
+        assert_eq!(fields["count"], 3);
+        assert_eq!(fields["delta"], -2);
+        assert_eq!(fields["ratio"], 0.5);
+        assert_eq!(fields["ok"], true);
+        assert_eq!(fields["quoted"], "a \"b\"\n");
+        assert_eq!(fields["note"], "write to [masked:email]");
+        assert_eq!(fields["email"], MASK);
+        assert_eq!(fields["debug"], "Some(1)");
+        assert_eq!(lines[0]["message"], "order for [masked:email]");
+        assert_eq!(lines[0]["level"], "INFO");
+        assert_eq!(lines[0]["service"], "test-service");
     }
 }
