@@ -238,6 +238,7 @@ fn init_with(
         ));
     }
     let tracer_provider = tracer_builder.build();
+    db::install(tracer_provider.tracer(service.name));
     opentelemetry::global::set_tracer_provider(tracer_provider.clone());
 
     let filter =
