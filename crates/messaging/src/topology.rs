@@ -4,7 +4,7 @@
 //! hallmark.orders (topic) ──order.created, order.status_changed.#──▶ crm.orders
 //!                         ──order.pricing_requested─────────────────▶ mes.pricing
 //!                         ──order.status_changed.#──────────────────▶ mes.production
-//!                         ──order.status_changed.#──────────────────▶ shop.status
+//!                         ──order.status_changed.{not submitted}────▶ shop.status
 //! hallmark.retry.{n} (fanout) ▶ hallmark.retry.{n} (TTL = n-th delay) ─dead-letter─▶
 //!     hallmark.requeue (direct, key = queue name) ▶ the original queue
 //! hallmark.dlx (direct, key = queue name) ▶ {queue}.dlq
@@ -27,17 +27,22 @@ pub struct QueueSpec {
     /// Logical name, e.g. `crm.orders`.
     pub name: &'static str,
     pub bindings: &'static [&'static str],
+    /// Bindings an earlier version declared and this one removes at start-up, so that a queue
+    /// created by that version stops receiving what it no longer should.
+    pub retired: &'static [&'static str],
 }
 
 /// CRM registers new orders and keeps its projection of every status change.
 pub const CRM_ORDERS: QueueSpec = QueueSpec {
     name: "crm.orders",
     bindings: &["order.created", "order.status_changed.#"],
+    retired: &[],
 };
 /// MES prices models on CRM's request.
 pub const MES_PRICING: QueueSpec = QueueSpec {
     name: "mes.pricing",
     bindings: &["order.pricing_requested"],
+    retired: &[],
 };
 /// MES follows the order's life around production: it starts when the customer confirms, a
 /// queued calculation is dropped when the order is cancelled, and the workshop sees shipping
@@ -45,11 +50,27 @@ pub const MES_PRICING: QueueSpec = QueueSpec {
 pub const MES_PRODUCTION: QueueSpec = QueueSpec {
     name: "mes.production",
     bindings: &["order.status_changed.#"],
+    retired: &[],
 };
-/// Shop follows every status change for the customer-facing view.
+/// Shop follows every status change for the customer-facing view, except `submitted`: only
+/// Shop's own relay announces that one, for every order, and Shop has written it already.
 pub const SHOP_STATUS: QueueSpec = QueueSpec {
     name: "shop.status",
-    bindings: &["order.status_changed.#"],
+    bindings: &[
+        "order.status_changed.registered",
+        "order.status_changed.pricing",
+        "order.status_changed.priced",
+        "order.status_changed.confirmed",
+        "order.status_changed.in_production",
+        "order.status_changed.quality_check",
+        "order.status_changed.ready",
+        "order.status_changed.shipped",
+        "order.status_changed.delivered",
+        "order.status_changed.rejected",
+        "order.status_changed.cancelled",
+        "order.status_changed.failed",
+    ],
+    retired: &["order.status_changed.#"],
 };
 
 pub const QUEUES: [QueueSpec; 4] = [CRM_ORDERS, MES_PRICING, MES_PRODUCTION, SHOP_STATUS];
@@ -220,6 +241,17 @@ pub async fn declare(channel: &Channel, config: &BrokerConfig) -> lapin::Result<
                 )
                 .await?;
         }
+        for key in spec.retired {
+            // Removing a binding that does not exist is no error for RabbitMQ.
+            channel
+                .queue_unbind(
+                    short(&queue),
+                    short(&names.orders_exchange()),
+                    short(key),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         channel
             .queue_bind(
                 short(&queue),
@@ -246,5 +278,16 @@ mod tests {
         let test = Names::new("t42");
         assert_eq!(test.queue("shop.status"), "t42.shop.status");
         assert_eq!(test.dead_letter_exchange(), "t42.hallmark.dlx");
+    }
+
+    #[test]
+    fn shop_hears_of_every_status_but_its_own_submission() {
+        use domain::OrderStatus;
+        for status in OrderStatus::ALL {
+            let key = format!("order.status_changed.{status}");
+            let bound = SHOP_STATUS.bindings.contains(&key.as_str());
+            let own = matches!(status, OrderStatus::Created | OrderStatus::Submitted);
+            assert_eq!(bound, !own, "{key}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use lapin::types::FieldTable;
 use messaging::consumer::{self, ConsumerConfig};
 use messaging::dead_letters::{self, Selection};
 use messaging::publisher::{Outgoing, PublishError, Publisher, header_i64, header_str};
-use messaging::topology::CRM_ORDERS;
+use messaging::topology::{CRM_ORDERS, SHOP_STATUS};
 use messaging::{Broker, Handler, HandlerError, Incoming, OutboxRelay, RelayConfig};
 use sqlx::{PgConnection, PgPool};
 use testkit::database::TestDatabase;
@@ -643,5 +643,59 @@ async fn the_backlog_counts_the_rows_not_published_yet_and_the_age_of_the_oldest
     assert!(
         (Duration::from_secs(90)..Duration::from_secs(120)).contains(&oldest),
         "{oldest:?}"
+    );
+}
+
+#[tokio::test]
+async fn shop_no_longer_receives_its_own_submission_once_a_restart_retires_the_old_binding() {
+    let config = testkit::broker::isolated();
+    let _cleanup = testkit::broker::cleanup_on_drop(&config);
+    let earlier = Broker::new(config.clone(), "messaging-test");
+    let channel = earlier.channel().await.unwrap();
+    let names = earlier.names();
+    let queue = names.queue(SHOP_STATUS.name);
+    // What the version before declared for Shop's queue.
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            names.orders_exchange().as_str().into(),
+            "order.status_changed.#".into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    // A restart of the current version declares the topology again.
+    let current = Broker::new(config, "messaging-test");
+    current.channel().await.unwrap();
+    let submitted = Uuid::now_v7();
+    publish_raw(&current, submitted, "order.status_changed.submitted", b"{}").await;
+    let registered = Uuid::now_v7();
+    publish_raw(
+        &current,
+        registered,
+        "order.status_changed.registered",
+        b"{}",
+    )
+    .await;
+
+    let first = take(&current, &queue)
+        .await
+        .expect("registered reaches Shop");
+    assert_eq!(
+        first
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.as_str()),
+        Some(registered.to_string().as_str())
+    );
+    assert!(
+        take_within(&current, &queue, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "Shop's own submission was routed to it"
     );
 }
