@@ -132,7 +132,6 @@ mod tests {
         SdkTracerProvider, SimpleSpanProcessor, SpanData, SpanExporter,
     };
     use tracing::Instrument as _;
-    use tracing_subscriber::EnvFilter;
     use uuid::Uuid;
 
     use super::*;
@@ -170,7 +169,7 @@ mod tests {
         install(provider.tracer("test"));
         set_namespace("shop");
         let dispatch = crate::subscriber(
-            EnvFilter::new("info"),
+            crate::log_filter("info"),
             provider.tracer("test"),
             "test",
             Masker::default(),

@@ -45,9 +45,10 @@ use opentelemetry_sdk::resource::{
     EnvResourceDetector, ResourceDetector, TelemetryResourceDetector,
 };
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 pub use attributes as attr;
 pub use metrics::metrics;
@@ -241,8 +242,7 @@ fn init_with(
     db::install(tracer_provider.tracer(service.name));
     opentelemetry::global::set_tracer_provider(tracer_provider.clone());
 
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter = log_filter(&std::env::var("RUST_LOG").unwrap_or_default());
     let writer =
         tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || -> Box<dyn std::io::Write> {
             match logs {
@@ -269,11 +269,35 @@ fn init_with(
     })
 }
 
+/// Which spans and events are made at all.
+pub(crate) type Filter = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// The filter `RUST_LOG` describes ([`DEFAULT_FILTER`] when it is empty or invalid). When it only
+/// names targets and levels, as it almost always does, a static per-target filter: `EnvFilter`
+/// also keeps track of every span, on each poll of an instrumented future, for directives about
+/// spans and fields, and is used only when the directives have such parts.
+pub(crate) fn log_filter(directives: &str) -> Filter {
+    let directives = if directives.trim().is_empty() {
+        DEFAULT_FILTER
+    } else {
+        directives
+    };
+    // `Targets` would take a span directive (`[request]=debug`) for a target name.
+    let about_spans = directives.contains(['[', '{']);
+    if !about_spans && let Ok(targets) = directives.parse::<Targets>() {
+        return targets.boxed();
+    }
+    match EnvFilter::try_new(directives) {
+        Ok(filter) => filter.boxed(),
+        Err(_) => log_filter(DEFAULT_FILTER),
+    }
+}
+
 /// The `tracing` subscriber of every process, as one dispatch: `filter`, spans to OpenTelemetry
 /// through `tracer`, and JSON log lines of `service` to `writer`, masked by `masker`. Log lines
 /// find the trace of their span through the dispatch ([`logging::SpanContexts`]).
 pub(crate) fn subscriber<W>(
-    filter: EnvFilter,
+    filter: Filter,
     tracer: opentelemetry_sdk::trace::SdkTracer,
     service: &'static str,
     masker: mask::Masker,
@@ -331,6 +355,28 @@ mod tests {
             std::thread::sleep(Duration::from_secs(30));
             Ok(())
         }
+    }
+
+    #[test]
+    fn rust_log_is_honoured_with_span_directives_and_an_invalid_one_gives_the_default() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let debug_enabled = |directives: &str, in_span: bool| {
+            let subscriber = tracing_subscriber::registry().with(log_filter(directives));
+            tracing::subscriber::with_default(subscriber, || {
+                let span = tracing::warn_span!("request");
+                let _entered = in_span.then(|| span.enter());
+                (
+                    tracing::enabled!(tracing::Level::DEBUG),
+                    tracing::enabled!(tracing::Level::INFO),
+                )
+            })
+        };
+        assert_eq!(debug_enabled("warn,telemetry=debug", false), (true, true));
+        assert_eq!(debug_enabled("warn", false), (false, false));
+        assert_eq!(debug_enabled("warn,[request]=debug", true), (true, true));
+        assert_eq!(debug_enabled("warn,[request]=debug", false), (false, false));
+        assert_eq!(debug_enabled("not a filter=[", false), (false, true));
+        assert_eq!(debug_enabled("", false), (false, true));
     }
 
     #[test]

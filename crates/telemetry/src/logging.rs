@@ -230,7 +230,6 @@ mod tests {
     use opentelemetry_sdk::trace::SdkTracerProvider;
     use serde_json::Value;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    use tracing_subscriber::EnvFilter;
     use uuid::Uuid;
 
     use super::*;
@@ -270,7 +269,7 @@ mod tests {
         let writer = lines.clone();
         let provider = SdkTracerProvider::builder().build();
         let dispatch = crate::subscriber(
-            EnvFilter::new("info"),
+            crate::log_filter("info"),
             provider.tracer("test"),
             "test-service",
             Masker::default(),
@@ -308,7 +307,7 @@ mod tests {
         let lines = Lines::default();
         let writer = lines.clone();
         let dispatch = crate::subscriber(
-            EnvFilter::new("info"),
+            crate::log_filter("info"),
             SdkTracerProvider::builder().build().tracer("test"),
             "test-service",
             Masker::default(),
