@@ -714,11 +714,25 @@ struct Summary {
 }
 
 impl Measurement {
-    fn p99_ms(&self) -> f64 {
+    fn latency_ms(&self, quantile: f64) -> f64 {
         let mut sorted = self.latencies.clone();
         sorted.sort();
-        ms(percentile(&sorted, 0.99))
+        ms(percentile(&sorted, quantile))
     }
+
+    fn p99_ms(&self) -> f64 {
+        self.latency_ms(0.99)
+    }
+}
+
+/// The rounds' measurements as (off, on) pairs; each round measured both servers in turn.
+fn paired(measurements: &[Measurement]) -> impl Iterator<Item = (&Measurement, &Measurement)> {
+    measurements
+        .chunks_exact(2)
+        .map(|pair| match pair[0].telemetry {
+            Telemetry::Off => (&pair[0], &pair[1]),
+            Telemetry::On => (&pair[1], &pair[0]),
+        })
 }
 
 fn summarize(rounds: &[Measurement], telemetry: Telemetry) -> Summary {
@@ -766,12 +780,7 @@ fn report(
     );
     let mut ratios = Vec::new();
     let mut added_p99s = Vec::new();
-    for (index, pair) in measurements.chunks(2).enumerate() {
-        let [first, second] = pair else { continue };
-        let (off, on) = match first.telemetry {
-            Telemetry::Off => (first, second),
-            Telemetry::On => (second, first),
-        };
+    for (index, (off, on)) in paired(measurements).enumerate() {
         let ratio = on.orders_per_second / off.orders_per_second;
         ratios.push(ratio);
         added_p99s.push(on.p99_ms() - off.p99_ms());
@@ -844,24 +853,14 @@ fn report_paced(settings: &BenchSettings, measurements: &[Measurement], rate: f6
     );
     let _ = writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut added_p99s = Vec::new();
-    let p50_ms = |m: &Measurement| {
-        let mut sorted = m.latencies.clone();
-        sorted.sort();
-        ms(percentile(&sorted, 0.50))
-    };
-    for (index, pair) in measurements.chunks(2).enumerate() {
-        let [first, second] = pair else { continue };
-        let (off, on) = match first.telemetry {
-            Telemetry::Off => (first, second),
-            Telemetry::On => (second, first),
-        };
+    for (index, (off, on)) in paired(measurements).enumerate() {
         added_p99s.push(on.p99_ms() - off.p99_ms());
         let _ = writeln!(
             out,
             "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             index + 1,
-            p50_ms(off),
-            p50_ms(on),
+            off.latency_ms(0.50),
+            on.latency_ms(0.50),
             off.p99_ms(),
             on.p99_ms(),
             off.cpu_ms_per_order,
