@@ -123,14 +123,9 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
     use opentelemetry::{Context, Value};
-    use opentelemetry_sdk::error::OTelSdkResult;
-    use opentelemetry_sdk::trace::{
-        SdkTracerProvider, SimpleSpanProcessor, SpanData, SpanExporter,
-    };
+    use opentelemetry_sdk::trace::{SdkTracerProvider, SimpleSpanProcessor, SpanData};
     use tracing::Instrument as _;
     use uuid::Uuid;
 
@@ -139,17 +134,7 @@ mod tests {
     use crate::mask::Masker;
     use crate::processor::OrderBaggage;
     use crate::propagation::with_order;
-
-    /// Keeps every exported span.
-    #[derive(Debug, Clone, Default)]
-    struct Collected(Arc<Mutex<Vec<SpanData>>>);
-
-    impl SpanExporter for Collected {
-        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-            self.0.lock().unwrap().extend(batch);
-            Ok(())
-        }
-    }
+    use crate::test_support::Collected;
 
     fn attribute<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
         span.attributes
@@ -193,7 +178,7 @@ mod tests {
             );
             request.context().span().span_context().span_id()
         });
-        let spans = collected.0.lock().unwrap().clone();
+        let spans = collected.spans();
         let find = |name: &str| {
             spans
                 .iter()

@@ -31,8 +31,11 @@ pub mod http;
 pub mod logging;
 pub mod mask;
 pub mod metrics;
+pub mod otlp;
 pub mod processor;
 pub mod propagation;
+#[cfg(test)]
+mod test_support;
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -227,9 +230,7 @@ fn init_with(
     // go nowhere: no processor at all.
     let mut tracer_builder = SdkTracerProvider::builder().with_resource(resource);
     if exporter_enabled("OTEL_TRACES_EXPORTER") {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .build()
-            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        let exporter = otlp::OtlpSpanExporter::from_env().map_err(TelemetryError::Exporter)?;
         let exporter = export::CountingExporter::new(
             mask::MaskingExporter::new(masker.clone(), exporter),
             &opentelemetry::global::meter("otel.sdk"),

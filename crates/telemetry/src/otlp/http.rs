@@ -1,0 +1,514 @@
+//! The span exporter for OTLP over HTTP with protobuf bodies (`http/protobuf`, the default).
+//!
+//! Configured by the standard variables, as the OpenTelemetry exporter specification defines
+//! them (the trace-specific variable wins over the general one):
+//!
+//! | variable | meaning | default |
+//! | --- | --- | --- |
+//! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | the full URL spans are posted to, used as it is | — |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | base URL; `/v1/traces` is appended | `http://localhost:4318` |
+//! | `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS` | `key=value` pairs separated by commas, values percent-decoded | none |
+//! | `OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT` | milliseconds an export may take, retries included | 10000 |
+//! | `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION` | `gzip` or `none` | `none` |
+//!
+//! Retries follow the policy `opentelemetry-otlp` recommends: a network error, 502, 504, or a
+//! 429 or 503 (after its `Retry-After`, when it gives one in seconds) is tried again up to three
+//! times, 100 ms apart and doubling up to 1.6 s, plus up to 100 ms of jitter, never beyond the
+//! timeout. Any other answer fails the batch at once.
+
+use std::io::Write as _;
+use std::time::{Duration, Instant, SystemTime};
+
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+
+use super::encode;
+
+const DEFAULT_ENDPOINT: &str = "http://localhost:4318";
+const TRACES_PATH: &str = "/v1/traces";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+const RETRIES: u32 = 3;
+const FIRST_DELAY: Duration = Duration::from_millis(100);
+const MAX_DELAY: Duration = Duration::from_millis(1600);
+const MAX_JITTER_MS: u64 = 100;
+/// The longest `Retry-After` taken into account.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// Where and how spans are sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// The URL spans are posted to.
+    pub endpoint: String,
+    /// Extra request headers (authentication, tenant).
+    pub headers: Vec<(String, String)>,
+    /// How long one export may take, retries included.
+    pub timeout: Duration,
+    /// Whether bodies are gzip-compressed.
+    pub gzip: bool,
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    variable: &'static str,
+    problem: String,
+}
+
+impl HttpConfig {
+    /// Reads the standard variables (see the module docs).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// As [`HttpConfig::from_env`], with `lookup` in place of the environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let set = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+        let endpoint = match (
+            set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            set("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ) {
+            (Some(full), _) => full.trim().to_owned(),
+            (None, base) => {
+                let base = base.unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
+                format!("{}{TRACES_PATH}", base.trim().trim_end_matches('/'))
+            }
+        };
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(ConfigError {
+                variable: "OTEL_EXPORTER_OTLP_ENDPOINT",
+                problem: format!("`{endpoint}` is not an http:// or https:// URL"),
+            });
+        }
+
+        // General headers first, so that trace-specific ones with the same name replace them.
+        let mut headers: Vec<(String, String)> = Vec::new();
+        for variable in [
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        ] {
+            for (name, value) in set(variable)
+                .as_deref()
+                .map(parse_headers)
+                .unwrap_or_default()
+            {
+                headers.retain(|(existing, _)| !existing.eq_ignore_ascii_case(&name));
+                headers.push((name, value));
+            }
+        }
+
+        let timeout = match set("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+            .or_else(|| set("OTEL_EXPORTER_OTLP_TIMEOUT"))
+        {
+            None => DEFAULT_TIMEOUT,
+            Some(ms) => Duration::from_millis(ms.trim().parse().map_err(|_| ConfigError {
+                variable: "OTEL_EXPORTER_OTLP_TIMEOUT",
+                problem: format!("`{ms}` is not a number of milliseconds"),
+            })?),
+        };
+
+        let gzip = match set("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
+            .or_else(|| set("OTEL_EXPORTER_OTLP_COMPRESSION"))
+            .map(|value| value.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("none") => false,
+            Some("gzip") => true,
+            Some(other) => {
+                return Err(ConfigError {
+                    variable: "OTEL_EXPORTER_OTLP_COMPRESSION",
+                    problem: format!("`{other}` is not `gzip` or `none`"),
+                });
+            }
+        };
+
+        Ok(Self {
+            endpoint,
+            headers,
+            timeout,
+            gzip,
+        })
+    }
+}
+
+/// `key=value,key2=value2`, values percent-decoded; malformed pairs are skipped.
+fn parse_headers(text: &str) -> Vec<(String, String)> {
+    text.split(',')
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            let name = name.trim();
+            let value = percent_decode(value.trim())?;
+            (!name.is_empty()).then(|| (name.to_owned(), value))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Exports spans to an OTLP/HTTP endpoint as protobuf, encoded by [`encode::export_request`]
+/// straight from the spans (no intermediate message structs).
+pub struct HttpSpanExporter {
+    config: HttpConfig,
+    client: reqwest::blocking::Client,
+    resource: Resource,
+}
+
+impl std::fmt::Debug for HttpSpanExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSpanExporter")
+            .field("endpoint", &self.config.endpoint)
+            .field("gzip", &self.config.gzip)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpSpanExporter {
+    pub fn new(config: HttpConfig) -> Result<Self, reqwest::Error> {
+        let timeout = config.timeout;
+        // The blocking client runs a runtime of its own and refuses to be built inside
+        // another one, which is where services call `telemetry::init`.
+        let client = std::thread::spawn(move || {
+            reqwest::blocking::Client::builder()
+                .timeout(timeout)
+                .user_agent(concat!("hallmark-telemetry/", env!("CARGO_PKG_VERSION")))
+                .build()
+        })
+        .join()
+        .expect("building an HTTP client does not panic")?;
+        Ok(Self {
+            config,
+            client,
+            resource: Resource::builder_empty().build(),
+        })
+    }
+
+    fn body(&self, spans: &[SpanData]) -> Result<Vec<u8>, OTelSdkError> {
+        let encoded = encode::export_request(&self.resource, spans);
+        if !self.config.gzip {
+            return Ok(encoded);
+        }
+        let mut gzip = flate2::write::GzEncoder::new(
+            Vec::with_capacity(encoded.len() / 4),
+            flate2::Compression::default(),
+        );
+        gzip.write_all(&encoded)
+            .and_then(|()| gzip.finish())
+            .map_err(|e| OTelSdkError::InternalFailure(format!("cannot compress spans: {e}")))
+    }
+
+    /// One attempt: `Ok` when the collector took the batch, else whether and when to retry.
+    fn send(&self, body: &[u8]) -> Result<(), Failure> {
+        let mut request = self
+            .client
+            .post(&self.config.endpoint)
+            .header("content-type", "application/x-protobuf")
+            .body(body.to_vec());
+        if self.config.gzip {
+            request = request.header("content-encoding", "gzip");
+        }
+        for (name, value) in &self.config.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let response = request.send().map_err(|e| Failure {
+            message: format!("cannot reach the collector: {e}"),
+            retry: Some(None),
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|seconds| Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
+        let retry = match status.as_u16() {
+            429 | 503 => Some(retry_after),
+            502 | 504 => Some(None),
+            _ => None,
+        };
+        Err(Failure {
+            message: format!("the collector answered {status}"),
+            retry,
+        })
+    }
+}
+
+/// Why an attempt failed; `retry` is `None` when trying again cannot help, else the wait the
+/// collector asked for, if any.
+struct Failure {
+    message: String,
+    retry: Option<Option<Duration>>,
+}
+
+/// Up to [`MAX_JITTER_MS`] of jitter, so that many exporters do not retry in step.
+fn jitter() -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    Duration::from_millis(u64::from(nanos) % (MAX_JITTER_MS + 1))
+}
+
+impl SpanExporter for HttpSpanExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.config.timeout;
+        let body = self.body(&batch)?;
+        let mut delay = FIRST_DELAY;
+        let mut attempt = 0;
+        loop {
+            let failure = match self.send(&body) {
+                Ok(()) => return Ok(()),
+                Err(failure) => failure,
+            };
+            let wait = match failure.retry {
+                Some(asked) if attempt < RETRIES => asked.unwrap_or(delay) + jitter(),
+                _ => return Err(OTelSdkError::InternalFailure(failure.message)),
+            };
+            if Instant::now() + wait >= deadline {
+                return Err(OTelSdkError::InternalFailure(failure.message));
+            }
+            // The batch processor exports on a thread of its own, never on a runtime's.
+            std::thread::sleep(wait);
+            attempt += 1;
+            delay = (delay * 2).min(MAX_DELAY);
+        }
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.resource = resource.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use prost::Message as _;
+
+    use super::*;
+    use crate::test_support::Collected;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<HttpConfig, ConfigError> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        HttpConfig::from_lookup(|name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn the_standard_variables_set_endpoint_headers_timeout_and_compression() {
+        let defaults = config(&[]).unwrap();
+        assert_eq!(defaults.endpoint, "http://localhost:4318/v1/traces");
+        assert_eq!(defaults.timeout, Duration::from_secs(10));
+        assert!(defaults.headers.is_empty() && !defaults.gzip);
+
+        let base = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318/")]).unwrap();
+        assert_eq!(base.endpoint, "https://collector:4318/v1/traces");
+        let full = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://other/custom"),
+        ])
+        .unwrap();
+        assert_eq!(full.endpoint, "http://other/custom");
+
+        let set = config(&[
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "authorization=Basic%20abc, x-tenant=shop,broken",
+            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "X-Tenant=traces"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "GZIP"),
+        ])
+        .unwrap();
+        assert_eq!(
+            set.headers,
+            [
+                ("authorization".to_owned(), "Basic abc".to_owned()),
+                ("X-Tenant".to_owned(), "traces".to_owned()),
+            ]
+        );
+        assert_eq!(set.timeout, Duration::from_millis(2500));
+        assert!(set.gzip);
+
+        assert!(config(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")]).is_err());
+        assert!(config(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")]).is_err());
+        assert!(config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")]).is_err());
+    }
+
+    /// One request as the collector saw it.
+    struct Received {
+        headers: Vec<String>,
+        body: Vec<u8>,
+    }
+
+    /// A collector on a local port that answers the given statuses in turn (then 200).
+    fn collector(statuses: &[u16]) -> (String, Arc<Mutex<Vec<Received>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = received.clone();
+        let mut statuses = Vec::from(statuses).into_iter();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut headers = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    headers.push(line.trim().to_ascii_lowercase());
+                }
+                let length: usize = headers
+                    .iter()
+                    .find_map(|h| h.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                log.lock().unwrap().push(Received { headers, body });
+                let status = statuses.next().unwrap_or(200);
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nretry-after: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        (endpoint, received)
+    }
+
+    fn one_span() -> Vec<SpanData> {
+        let collected = Collected::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(collected.clone())
+            .build();
+        provider.tracer("test").start("INSERT orders").end();
+        collected.spans()
+    }
+
+    fn exporter(endpoint: &str, gzip: bool) -> HttpSpanExporter {
+        HttpSpanExporter::new(HttpConfig {
+            endpoint: endpoint.to_owned(),
+            headers: vec![("x-tenant".into(), "shop".into())],
+            timeout: Duration::from_secs(5),
+            gzip,
+        })
+        .unwrap()
+    }
+
+    /// Runs an export as the batch processor does: on a plain thread, outside any runtime.
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+                return output;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_batch_is_posted_as_protobuf_and_retried_while_the_collector_is_unavailable() {
+        let (endpoint, received) = collector(&[503, 502]);
+        block_on(exporter(&endpoint, false).export(one_span())).unwrap();
+
+        let received = received.lock().unwrap();
+        assert_eq!(received.len(), 3, "two failures, then taken");
+        let last = &received[2];
+        assert!(
+            last.headers
+                .contains(&"content-type: application/x-protobuf".into())
+        );
+        assert!(last.headers.contains(&"x-tenant: shop".into()));
+        let request = ExportTraceServiceRequest::decode(&last.body[..]).unwrap();
+        assert_eq!(
+            request.resource_spans[0].scope_spans[0].spans[0].name,
+            "INSERT orders"
+        );
+    }
+
+    #[test]
+    fn a_batch_the_collector_refuses_is_not_sent_again() {
+        let (endpoint, received) = collector(&[400]);
+        assert!(block_on(exporter(&endpoint, false).export(one_span())).is_err());
+        assert_eq!(received.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_compressed_batch_says_so_and_unpacks_to_the_spans() {
+        let (endpoint, received) = collector(&[]);
+        block_on(exporter(&endpoint, true).export(one_span())).unwrap();
+
+        let received = received.lock().unwrap();
+        assert!(
+            received[0]
+                .headers
+                .contains(&"content-encoding: gzip".into())
+        );
+        let mut body = Vec::new();
+        flate2::read::GzDecoder::new(&received[0].body[..])
+            .read_to_end(&mut body)
+            .unwrap();
+        assert_eq!(
+            ExportTraceServiceRequest::decode(&body[..])
+                .unwrap()
+                .resource_spans[0]
+                .scope_spans[0]
+                .spans
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn an_unreachable_collector_fails_the_export_within_its_timeout() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut exporter = exporter(&format!("http://127.0.0.1:{port}/v1/traces"), false);
+        exporter.config.timeout = Duration::from_secs(1);
+        let started = Instant::now();
+        assert!(block_on(exporter.export(one_span())).is_err());
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+}
