@@ -231,6 +231,15 @@ impl HttpSpanExporter {
         })?;
         let status = response.status();
         if status.is_success() {
+            // A collector may take part of a batch; what it refused is not sent again.
+            if let Some((rejected, reason)) = response.bytes().ok().and_then(|b| partly_refused(&b))
+            {
+                tracing::warn!(
+                    rejected,
+                    reason,
+                    "the collector refused part of a span batch"
+                );
+            }
             return Ok(());
         }
         let retry_after = response
@@ -249,6 +258,17 @@ impl HttpSpanExporter {
             retry,
         })
     }
+}
+
+/// The spans a collector's answer says it refused, and why: OTLP's partial success.
+fn partly_refused(answer: &[u8]) -> Option<(i64, String)> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    use prost::Message as _;
+    let partial = ExportTraceServiceResponse::decode(answer)
+        .ok()?
+        .partial_success?;
+    (partial.rejected_spans > 0 || !partial.error_message.is_empty())
+        .then_some((partial.rejected_spans, partial.error_message))
 }
 
 /// Why an attempt failed; `retry` is `None` when trying again cannot help, else the wait the
@@ -463,6 +483,23 @@ mod tests {
             request.resource_spans[0].scope_spans[0].spans[0].name,
             "INSERT orders"
         );
+    }
+
+    #[test]
+    fn a_partial_success_is_read_from_the_collectors_answer() {
+        use opentelemetry_proto::tonic::collector::trace::v1::{
+            ExportTracePartialSuccess, ExportTraceServiceResponse,
+        };
+        let answer = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 3,
+                error_message: "too old".into(),
+            }),
+        }
+        .encode_to_vec();
+        assert_eq!(partly_refused(&answer), Some((3, "too old".to_owned())));
+        assert_eq!(partly_refused(&[]), None);
+        assert_eq!(partly_refused(b"not protobuf"), None);
     }
 
     #[test]
