@@ -227,7 +227,7 @@ impl HttpSpanExporter {
         }
         let response = request.send().map_err(|e| Failure {
             message: format!("cannot reach the collector: {e}"),
-            retry: Some(None),
+            retry: Retry::AfterBackoff,
         })?;
         let status = response.status();
         if status.is_success() {
@@ -248,10 +248,10 @@ impl HttpSpanExporter {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|seconds| Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
-        let retry = match status.as_u16() {
-            429 | 503 => Some(retry_after),
-            502 | 504 => Some(None),
-            _ => None,
+        let retry = match (status.as_u16(), retry_after) {
+            (429 | 503, Some(wait)) => Retry::After(wait),
+            (429 | 503 | 502 | 504, _) => Retry::AfterBackoff,
+            _ => Retry::Never,
         };
         Err(Failure {
             message: format!("the collector answered {status}"),
@@ -271,11 +271,19 @@ fn partly_refused(answer: &[u8]) -> Option<(i64, String)> {
         .then_some((partial.rejected_spans, partial.error_message))
 }
 
-/// Why an attempt failed; `retry` is `None` when trying again cannot help, else the wait the
-/// collector asked for, if any.
+/// Why an attempt failed, and whether trying again can help.
 struct Failure {
     message: String,
-    retry: Option<Option<Duration>>,
+    retry: Retry,
+}
+
+enum Retry {
+    /// The collector refused the batch itself (a 4xx other than 429, a 500, ...).
+    Never,
+    /// Unavailable for now: after the next delay of the back-off.
+    AfterBackoff,
+    /// After the wait the collector asked for (`Retry-After`).
+    After(Duration),
 }
 
 /// Up to [`MAX_JITTER_MS`] of jitter, so that many exporters do not retry in step.
@@ -302,8 +310,13 @@ impl SpanExporter for HttpSpanExporter {
                 Err(failure) => failure,
             };
             let wait = match failure.retry {
-                Some(asked) if attempt < RETRIES => asked.unwrap_or(delay) + jitter(),
-                _ => return Err(OTelSdkError::InternalFailure(failure.message)),
+                _ if attempt >= RETRIES => None,
+                Retry::Never => None,
+                Retry::AfterBackoff => Some(delay + jitter()),
+                Retry::After(asked) => Some(asked + jitter()),
+            };
+            let Some(wait) = wait else {
+                return Err(OTelSdkError::InternalFailure(failure.message));
             };
             if Instant::now() + wait >= deadline {
                 return Err(OTelSdkError::InternalFailure(failure.message));
@@ -500,6 +513,13 @@ mod tests {
         assert_eq!(partly_refused(&answer), Some((3, "too old".to_owned())));
         assert_eq!(partly_refused(&[]), None);
         assert_eq!(partly_refused(b"not protobuf"), None);
+    }
+
+    #[test]
+    fn a_collector_unavailable_for_longer_gets_three_retries_and_the_batch_fails() {
+        let (endpoint, received) = collector(&[503, 503, 503, 503, 503]);
+        assert!(block_on(exporter(&endpoint, false).export(one_span())).is_err());
+        assert_eq!(received.lock().unwrap().len(), 4);
     }
 
     #[test]
