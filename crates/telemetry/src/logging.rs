@@ -118,11 +118,11 @@ impl FieldVisitor<'_> {
         }
     }
 
+    /// A number or boolean: written as it is, unless its key is sensitive or it is the message,
+    /// which take the path of text.
     fn plain(&mut self, field: &Field, value: serde_json::Value) {
-        if self.masker.is_sensitive_key(field.name()) {
-            self.text(field, "");
-        } else if field.name() == "message" {
-            self.message = Some(value.to_string());
+        if field.name() == "message" || self.masker.is_sensitive_key(field.name()) {
+            self.text(field, &value.to_string());
         } else if self.key(field) {
             let _ = serde_json::to_writer(&mut self.fields, &value);
         }
@@ -322,6 +322,7 @@ mod tests {
                 quoted = "a \"b\"\n",
                 note = "write to jane.doe@example.com",
                 email = "anything",
+                phone = 491701234567_u64,
                 debug = ?Some(1),
                 "order for jane.doe@example.com"
             );
@@ -336,6 +337,7 @@ mod tests {
         assert_eq!(fields["quoted"], "a \"b\"\n");
         assert_eq!(fields["note"], "write to [masked:email]");
         assert_eq!(fields["email"], MASK);
+        assert_eq!(fields["phone"], MASK, "a number under a sensitive key");
         assert_eq!(fields["debug"], "Some(1)");
         assert_eq!(lines[0]["message"], "order for [masked:email]");
         assert_eq!(lines[0]["level"], "INFO");

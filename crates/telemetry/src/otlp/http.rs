@@ -23,7 +23,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
-use super::encode;
+use super::{encode, setting};
 
 const DEFAULT_ENDPOINT: &str = "http://localhost:4318";
 const TRACES_PATH: &str = "/v1/traces";
@@ -50,10 +50,21 @@ pub struct HttpConfig {
 
 /// A setting that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("{variable}: {problem}")]
+#[error("{variable}={value}: {problem}")]
 pub struct ConfigError {
     variable: &'static str,
-    problem: String,
+    value: String,
+    problem: &'static str,
+}
+
+impl ConfigError {
+    fn new(variable: &'static str, problem: &'static str, value: &str) -> Self {
+        Self {
+            variable,
+            value: value.to_owned(),
+            problem,
+        }
+    }
 }
 
 impl HttpConfig {
@@ -64,22 +75,21 @@ impl HttpConfig {
 
     /// As [`HttpConfig::from_env`], with `lookup` in place of the environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let set = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
-        let endpoint = match (
-            set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
-            set("OTEL_EXPORTER_OTLP_ENDPOINT"),
-        ) {
-            (Some(full), _) => full.trim().to_owned(),
-            (None, base) => {
-                let base = base.unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
-                format!("{}{TRACES_PATH}", base.trim().trim_end_matches('/'))
+        let endpoint = match setting(&lookup, &["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]) {
+            Some(full) => full,
+            None => {
+                let base = setting(&lookup, &["OTEL_EXPORTER_OTLP_ENDPOINT"])
+                    .map_or(DEFAULT_ENDPOINT.to_owned(), |(_, base)| base);
+                let endpoint = format!("{}{TRACES_PATH}", base.trim_end_matches('/'));
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
             }
         };
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            return Err(ConfigError {
-                variable: "OTEL_EXPORTER_OTLP_ENDPOINT",
-                problem: format!("`{endpoint}` is not an http:// or https:// URL"),
-            });
+        if !(endpoint.1.starts_with("http://") || endpoint.1.starts_with("https://")) {
+            return Err(ConfigError::new(
+                endpoint.0,
+                "is not an http:// or https:// URL",
+                &endpoint.1,
+            ));
         }
 
         // General headers first, so that trace-specific ones with the same name replace them.
@@ -88,43 +98,52 @@ impl HttpConfig {
             "OTEL_EXPORTER_OTLP_HEADERS",
             "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
         ] {
-            for (name, value) in set(variable)
-                .as_deref()
-                .map(parse_headers)
-                .unwrap_or_default()
-            {
+            let Some(text) = lookup(variable) else {
+                continue;
+            };
+            for (name, value) in parse_headers(&text) {
                 headers.retain(|(existing, _)| !existing.eq_ignore_ascii_case(&name));
                 headers.push((name, value));
             }
         }
 
-        let timeout = match set("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
-            .or_else(|| set("OTEL_EXPORTER_OTLP_TIMEOUT"))
-        {
-            None => DEFAULT_TIMEOUT,
-            Some(ms) => Duration::from_millis(ms.trim().parse().map_err(|_| ConfigError {
-                variable: "OTEL_EXPORTER_OTLP_TIMEOUT",
-                problem: format!("`{ms}` is not a number of milliseconds"),
-            })?),
-        };
+        let timeout =
+            match setting(
+                &lookup,
+                &[
+                    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                    "OTEL_EXPORTER_OTLP_TIMEOUT",
+                ],
+            ) {
+                None => DEFAULT_TIMEOUT,
+                Some((variable, ms)) => Duration::from_millis(ms.parse().map_err(|_| {
+                    ConfigError::new(variable, "is not a number of milliseconds", &ms)
+                })?),
+            };
 
-        let gzip = match set("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")
-            .or_else(|| set("OTEL_EXPORTER_OTLP_COMPRESSION"))
-            .map(|value| value.trim().to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("none") => false,
-            Some("gzip") => true,
-            Some(other) => {
-                return Err(ConfigError {
-                    variable: "OTEL_EXPORTER_OTLP_COMPRESSION",
-                    problem: format!("`{other}` is not `gzip` or `none`"),
-                });
-            }
+        let gzip = match setting(
+            &lookup,
+            &[
+                "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+                "OTEL_EXPORTER_OTLP_COMPRESSION",
+            ],
+        ) {
+            None => false,
+            Some((variable, value)) => match value.to_ascii_lowercase().as_str() {
+                "none" => false,
+                "gzip" => true,
+                _ => {
+                    return Err(ConfigError::new(
+                        variable,
+                        "is not `gzip` or `none`",
+                        &value,
+                    ));
+                }
+            },
         };
 
         Ok(Self {
-            endpoint,
+            endpoint: endpoint.1,
             headers,
             timeout,
             gzip,
@@ -138,27 +157,12 @@ fn parse_headers(text: &str) -> Vec<(String, String)> {
         .filter_map(|pair| {
             let (name, value) = pair.split_once('=')?;
             let name = name.trim();
-            let value = percent_decode(value.trim())?;
-            (!name.is_empty()).then(|| (name.to_owned(), value))
+            let value = percent_encoding::percent_decode_str(value.trim())
+                .decode_utf8()
+                .ok()?;
+            (!name.is_empty()).then(|| (name.to_owned(), value.into_owned()))
         })
         .collect()
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// Exports spans to an OTLP/HTTP endpoint as protobuf, encoded by [`encode::export_request`]
@@ -401,6 +405,17 @@ mod tests {
         assert!(set.gzip);
 
         assert!(config(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")]).is_err());
+        let wrong = config(&[
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "soon"),
+        ])
+        .unwrap_err();
+        assert!(
+            wrong
+                .to_string()
+                .starts_with("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT=soon"),
+            "{wrong}"
+        );
         assert!(config(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")]).is_err());
         assert!(config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")]).is_err());
     }

@@ -15,6 +15,19 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
+/// The first of `names` (a trace-specific variable, then its general form) that is set and not
+/// blank: which one, and its value trimmed.
+pub(crate) fn setting(
+    lookup: &impl Fn(&str) -> Option<String>,
+    names: &[&'static str],
+) -> Option<(&'static str, String)> {
+    names.iter().find_map(|&name| {
+        let value = lookup(name)?;
+        let value = value.trim();
+        (!value.is_empty()).then(|| (name, value.to_owned()))
+    })
+}
+
 /// The trace exporter the OTLP variables ask for.
 #[derive(Debug)]
 pub enum OtlpSpanExporter {
@@ -25,14 +38,15 @@ pub enum OtlpSpanExporter {
 impl OtlpSpanExporter {
     /// From `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` and the variables of that protocol.
     pub fn from_env() -> Result<Self, String> {
-        let protocol = [
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-        ]
-        .into_iter()
-        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
-        .map(|v| v.trim().to_ascii_lowercase())
-        .unwrap_or_else(|| "http/protobuf".to_owned());
+        let env = |name: &str| std::env::var(name).ok();
+        let protocol = setting(
+            &env,
+            &[
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ],
+        )
+        .map_or("http/protobuf".to_owned(), |(_, p)| p.to_ascii_lowercase());
         if protocol == "http/protobuf" {
             let config = http::HttpConfig::from_env().map_err(|e| e.to_string())?;
             return http::HttpSpanExporter::new(config)
