@@ -24,7 +24,7 @@ use opentelemetry_sdk::trace::SpanData;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 /// The OTLP `ExportTraceServiceRequest` for `spans` of `resource`, as protobuf bytes.
-pub(crate) fn export_request(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
+pub fn export_request(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
     let scopes = group_by_scope(spans);
     // ExportTraceServiceRequest: 1 resource_spans (exactly one, as upstream, even when empty).
     let resource_spans_len = resource_spans_len(resource, &scopes);
@@ -573,7 +573,7 @@ fn write_fixed32_field(buf: &mut Vec<u8>, tag: u32, value: u32) {
 #[cfg(test)]
 mod tests {
     use std::borrow::Cow;
-    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     use opentelemetry::trace::{
         Event, Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
@@ -1002,73 +1002,5 @@ mod tests {
         let status = span.status.as_ref().unwrap();
         assert_eq!(status.code, status::StatusCode::Error as i32);
         assert_eq!(status.message, "boom — ünïcode");
-    }
-
-    /// 512 database-like spans, 8 string attributes each.
-    fn database_batch() -> Vec<SpanData> {
-        let scope = InstrumentationScope::builder("hallmark-db")
-            .with_version("0.1.0")
-            .build();
-        (0..512_u64)
-            .map(|i| {
-                let mut db = span("SELECT hallmark.orders", i + 1, &scope);
-                db.span_kind = SpanKind::Client;
-                db.parent_span_id = SpanId::from(10_000 + i / 8);
-                db.attributes = vec![
-                    KeyValue::new("db.system.name", "postgresql"),
-                    KeyValue::new("db.namespace", "hallmark"),
-                    KeyValue::new("db.operation.name", "SELECT"),
-                    KeyValue::new("db.collection.name", "orders"),
-                    KeyValue::new(
-                        "db.query.text",
-                        "SELECT id, customer_id, status, total FROM orders WHERE id = $1",
-                    ),
-                    KeyValue::new("server.address", "db.internal.example.com"),
-                    KeyValue::new("db.user", "hallmark_app"),
-                    KeyValue::new("code.function", format!("orders::repository::find_{i}")),
-                ];
-                db
-            })
-            .collect()
-    }
-
-    #[test]
-    #[ignore = "measurement; run with --release -- --ignored --nocapture"]
-    fn encoding_cost() {
-        const ROUNDS: u32 = 200;
-        let resource = resource();
-        let spans = database_batch();
-        let attributes = ResourceAttributesWithSchema::from(&resource);
-        let per_span = |total: Duration| total / (ROUNDS * spans.len() as u32);
-
-        let mut ours = Duration::ZERO;
-        let mut bytes = 0;
-        for _ in 0..ROUNDS {
-            let started = Instant::now();
-            bytes += std::hint::black_box(export_request(&resource, &spans)).len();
-            ours += started.elapsed();
-        }
-
-        let mut upstream = Duration::ZERO;
-        let mut upstream_bytes = 0;
-        for _ in 0..ROUNDS {
-            let batch = spans.clone(); // the exporter owns its batch: not timed
-            let started = Instant::now();
-            let request = ExportTraceServiceRequest {
-                resource_spans: group_spans_by_resource_and_scope(batch, &attributes),
-            };
-            upstream_bytes += std::hint::black_box(request.encode_to_vec()).len();
-            upstream += started.elapsed();
-        }
-
-        assert_eq!(bytes, upstream_bytes);
-        println!(
-            "{} spans x {ROUNDS} rounds, {} bytes per batch: export_request {:?}/span, \
-             upstream transform + encode_to_vec {:?}/span",
-            spans.len(),
-            bytes / ROUNDS as usize,
-            per_span(ours),
-            per_span(upstream),
-        );
     }
 }

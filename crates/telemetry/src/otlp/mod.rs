@@ -6,7 +6,7 @@
 //! for each attribute key and value, which was a third of what tracing cost Shop per order
 //! (docs/benchmarks.md). With `grpc` (or any other protocol) `opentelemetry-otlp` exports.
 
-pub(crate) mod encode;
+pub mod encode;
 pub mod http;
 
 use std::time::Duration;
