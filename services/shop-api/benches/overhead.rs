@@ -10,6 +10,10 @@
 //! HALLMARK_BENCH_RATE=150 cargo bench -p shop-api --bench overhead
 //! # instructions per order under valgrind instead of timings (see `count_instructions`)
 //! HALLMARK_BENCH_INSTRUCTIONS=1 cargo bench -p shop-api --bench overhead
+//! # ... keeping the profiles, then where the difference is
+//! HALLMARK_BENCH_INSTRUCTIONS=1 HALLMARK_BENCH_PROFILES=/tmp/profiles \
+//!     cargo bench -p shop-api --bench overhead
+//! callgrind_annotate --inclusive=yes /tmp/profiles/callgrind.on | less
 //! ```
 //!
 //! Measures create-order throughput and latency of the real Shop [`Application`] with telemetry
@@ -132,6 +136,10 @@ fn setting(name: &str, default: usize) -> anyhow::Result<usize> {
 /// Instead of timing: count the instructions Shop runs per order with telemetry on and off.
 const INSTRUCTIONS: &str = "HALLMARK_BENCH_INSTRUCTIONS";
 
+/// A directory to keep the instruction count's callgrind profiles in (`callgrind.off`,
+/// `callgrind.on`), for `callgrind_annotate`; by default they are deleted.
+const PROFILES: &str = "HALLMARK_BENCH_PROFILES";
+
 /// Orders counted per mode in the instruction count.
 const COUNTED_ORDERS: usize = 200;
 
@@ -146,10 +154,15 @@ async fn count_instructions() -> anyhow::Result<()> {
     let model = Bytes::from(testkit::fixtures::stl("torus.STL"));
     let receiver = Receiver::start().await?;
     let client = reqwest::Client::new();
-    let profiles = tempfile::tempdir()?;
+    let scratch = tempfile::tempdir()?;
+    let profiles = match std::env::var_os(PROFILES) {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => scratch.path().to_owned(),
+    };
+    std::fs::create_dir_all(&profiles)?;
     let mut per_order = Vec::new();
     for telemetry in [Telemetry::Off, Telemetry::On] {
-        let profile = profiles.path().join(telemetry.name());
+        let profile = profiles.join(format!("callgrind.{}", telemetry.name()));
         let server = Server::start_under(telemetry, &receiver, &client, Some(&profile)).await?;
         drive(&client, &server.base, &model, 20, 1).await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
