@@ -27,7 +27,7 @@ use tracing_subscriber::layer::{self, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::mask::{MASK, Masker};
-use crate::propagation::order_id;
+use crate::propagation::order_entry;
 
 /// The log layer: writes each event as one JSON line (see the module docs) to `W`.
 ///
@@ -207,8 +207,9 @@ where
                 span_context.span_id()
             );
         }
-        if let Some(order) = order_id(&cx) {
-            let _ = write!(line, ",\"order_id\":\"{order}\"");
+        if let Some((_, order)) = order_entry(&cx) {
+            line.extend_from_slice(b",\"order_id\":");
+            push_str(&mut line, order.as_str());
         }
         if !visitor.fields.is_empty() {
             line.extend_from_slice(b",\"fields\":");

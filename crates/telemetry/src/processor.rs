@@ -17,7 +17,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 
 use crate::attributes::ORDER_ID;
-use crate::propagation::order_id;
+use crate::propagation::order_entry;
 
 /// Sets `order.id` from baggage on each span as it starts, then passes every call on to `inner`.
 #[derive(Debug)]
@@ -33,8 +33,8 @@ impl<P: SpanProcessor> OrderBaggage<P> {
 
 impl<P: SpanProcessor> SpanProcessor for OrderBaggage<P> {
     fn on_start(&self, span: &mut Span, cx: &Context) {
-        if let Some(id) = order_id(cx) {
-            span.set_attribute(KeyValue::new(ORDER_ID, id.to_string()));
+        if let Some((_, id)) = order_entry(cx) {
+            span.set_attribute(KeyValue::new(ORDER_ID, id));
         }
         self.inner.on_start(span, cx);
     }

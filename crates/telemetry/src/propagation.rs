@@ -7,12 +7,13 @@
 //! drops it ([`extract_http`]) and sets it from the request path instead.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use opentelemetry::baggage::{Baggage, BaggageExt};
 use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags};
-use opentelemetry::{Context, KeyValue, global};
+use opentelemetry::{Context, KeyValue, StringValue, global};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use uuid::Uuid;
@@ -131,15 +132,35 @@ pub fn with_order(cx: &Context, order_id: Uuid) -> Context {
         .iter()
         .map(|(k, (v, _))| KeyValue::new(k.clone(), v.clone()))
         .collect();
-    let _ = baggage.insert(BAGGAGE_ORDER_ID, order_id.to_string());
+    let value = StringValue::from(Arc::<str>::from(order_id.to_string()));
+    let _ = baggage.insert(BAGGAGE_ORDER_ID, value.clone());
     cx.with_baggage(baggage)
+        .with_value(KnownOrder(order_id, value))
+}
+
+/// The order id [`with_order`] put into a context's baggage, already parsed, beside the
+/// baggage entry itself. Every span of an order reads its order id at start (and every log line
+/// in its span), and this spares each of them parsing and formatting the id again.
+#[derive(Debug)]
+struct KnownOrder(Uuid, StringValue);
+
+/// The order id carried in `cx`'s baggage, when it is a well-formed UUID, with its canonical
+/// text (the baggage value itself, cheap to clone, when [`with_order`] put it there).
+pub fn order_entry(cx: &Context) -> Option<(Uuid, StringValue)> {
+    let entry = cx.baggage().get(BAGGAGE_ORDER_ID)?;
+    // The same allocation as the baggage entry: nothing has replaced it since it was parsed.
+    if let Some(KnownOrder(id, value)) = cx.get::<KnownOrder>()
+        && std::ptr::eq(value.as_str(), entry.as_str())
+    {
+        return Some((*id, value.clone()));
+    }
+    let id = Uuid::try_parse(entry.as_str()).ok()?;
+    Some((id, StringValue::from(id.to_string())))
 }
 
 /// The order id carried in `cx`'s baggage, when it is a well-formed UUID.
 pub fn order_id(cx: &Context) -> Option<Uuid> {
-    cx.baggage()
-        .get(BAGGAGE_ORDER_ID)
-        .and_then(|v| Uuid::parse_str(v.as_str()).ok())
+    order_entry(cx).map(|(id, _)| id)
 }
 
 /// `cx` without `order.id` in its baggage.
@@ -425,11 +446,34 @@ mod tests {
             let mut theirs = HashMap::new();
             sdk.inject_context(&cx, &mut theirs);
             assert_eq!(ours, theirs);
-            assert_eq!(
-                W3c::default().fields().collect::<Vec<_>>(),
-                sdk.fields().collect::<Vec<_>>()
-            );
+            // The composite keeps its fields in a set, in no particular order.
+            let sorted = |fields: FieldIter<'_>| {
+                let mut fields: Vec<String> = fields.map(str::to_owned).collect();
+                fields.sort();
+                fields
+            };
+            assert_eq!(sorted(W3c::default().fields()), sorted(sdk.fields()));
         }
+    }
+
+    #[test]
+    fn the_order_id_is_read_from_the_baggage_entry_it_was_set_with_or_parsed() {
+        let order = Uuid::now_v7();
+        let cx = with_order(&Context::new(), order);
+        assert_eq!(order_entry(&cx).map(|(id, _)| id), Some(order));
+        // A hop that carried only the baggage: parsed again, and written canonically.
+        let simple = Context::new().with_baggage(vec![KeyValue::new(
+            BAGGAGE_ORDER_ID,
+            order.simple().to_string().to_uppercase(),
+        )]);
+        let (id, text) = order_entry(&simple).unwrap();
+        assert_eq!((id, text.as_str()), (order, order.to_string().as_str()));
+        // The baggage entry replaced after `with_order`: the entry wins, not the parsed id.
+        let other = Uuid::now_v7();
+        let replaced = cx.with_baggage(vec![KeyValue::new(BAGGAGE_ORDER_ID, other.to_string())]);
+        assert_eq!(order_id(&replaced), Some(other));
+        let removed = cx.with_baggage(Vec::<KeyValue>::new());
+        assert_eq!(order_id(&removed), None);
     }
 
     #[test]
