@@ -10,7 +10,6 @@
 //! span `publish hallmark.orders` is that context's child, and the message carries the PRODUCER
 //! span as its creation context, so the trace runs on from the request to every consumer.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool, Row};
 use telemetry::attr;
 use telemetry::db::Traced;
-use telemetry::propagation::{from_carrier, inject_amqp, to_carrier, with_order};
+use telemetry::propagation::{Carrier, from_carrier, inject_amqp, with_order};
 use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
@@ -38,8 +37,6 @@ pub const NOTIFY_CHANNEL: &str = "hallmark_outbox";
 
 /// Writes `envelope` to the outbox inside the caller's transaction, with the current trace context.
 pub async fn enqueue(tx: &mut PgConnection, envelope: &Envelope) -> Result<(), sqlx::Error> {
-    let trace = serde_json::to_value(to_carrier(&Span::current().context()))
-        .expect("a string map always serializes");
     sqlx::query(
         "INSERT INTO messaging.outbox (message_id, routing_key, kind, order_id, body, trace) \
          VALUES ($1, $2, $3, $4, $5, $6)",
@@ -49,7 +46,7 @@ pub async fn enqueue(tx: &mut PgConnection, envelope: &Envelope) -> Result<(), s
     .bind(&envelope.kind)
     .bind(envelope.order_id)
     .bind(envelope.to_vec())
-    .bind(trace)
+    .bind(platform::db::current_trace())
     .execute(&mut *tx)
     .db("INSERT outbox")
     .await?;
@@ -138,7 +135,7 @@ struct Claimed {
     id: i64,
     message: Published,
     body: Vec<u8>,
-    trace: HashMap<String, String>,
+    trace: Carrier,
 }
 
 impl<H: PublishHook> OutboxRelay<H> {
@@ -258,7 +255,7 @@ impl<H: PublishHook> OutboxRelay<H> {
                     sent_at: Utc::now(),
                 },
                 body: row.get("body"),
-                trace: serde_json::from_value(row.get("trace")).unwrap_or_default(),
+                trace: platform::db::stored_trace(&row, "trace"),
             })
             .collect();
 

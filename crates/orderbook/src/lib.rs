@@ -14,21 +14,20 @@
 //! The row also keeps the trace context of the last work done on the order here, so work a person
 //! starts later (confirming a price, a production step) can link its new trace to the old one.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use domain::events::{Envelope, Event, Reason, StatusChanged};
 use domain::pricing::Quote;
 use domain::{OrderStatus, TransitionError};
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TraceContextExt;
+use platform::db::{current_trace, stored_trace};
 use serde::Serialize;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::{PgConnection, PgPool, Row};
 use telemetry::attr;
 use telemetry::db::Traced;
 use telemetry::metrics;
-use telemetry::propagation::{from_carrier, to_carrier};
+use telemetry::propagation::{Carrier, from_carrier};
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -65,7 +64,7 @@ pub struct Current {
     /// Why it was rejected, failed or cancelled.
     pub reason: Option<Reason>,
     pub updated_at: DateTime<Utc>,
-    trace: HashMap<String, String>,
+    trace: Carrier,
 }
 
 /// Why an owner's transition did not happen.
@@ -518,11 +517,6 @@ impl Current {
     }
 }
 
-fn current_trace() -> serde_json::Value {
-    serde_json::to_value(to_carrier(&Span::current().context()))
-        .expect("a string map always serializes")
-}
-
 fn parse_status(text: String) -> Result<OrderStatus, sqlx::Error> {
     text.parse()
         .map_err(|err| sqlx::Error::Decode(Box::new(err)))
@@ -537,7 +531,7 @@ fn current_from_row(row: &sqlx::postgres::PgRow) -> Result<Current, sqlx::Error>
         price: price.and_then(|p| serde_json::from_value(p).ok()),
         reason: reason.and_then(|r| serde_json::from_value(r).ok()),
         updated_at: row.get("updated_at"),
-        trace: serde_json::from_value(row.get("trace")).unwrap_or_default(),
+        trace: stored_trace(row, "trace"),
     })
 }
 

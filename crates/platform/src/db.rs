@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, PgPool, Row as _};
+use telemetry::propagation::{Carrier, to_carrier};
 use tokio_util::sync::CancellationToken;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -56,6 +58,22 @@ pub async fn connect(
             Err(err) => return Err(err),
         }
     }
+}
+
+/// The current span's trace context, to bind as a JSONB `trace` column (see
+/// [`telemetry::propagation::Carrier`]).
+pub fn current_trace() -> sqlx::types::Json<Carrier> {
+    sqlx::types::Json(to_carrier(&tracing::Span::current().context()))
+}
+
+/// The trace context stored in `row`'s `column` by [`current_trace`]. A missing, `NULL` or
+/// malformed value is an empty context: a stored context can lose its trace, never its row.
+pub fn stored_trace(row: &PgRow, column: &str) -> Carrier {
+    row.try_get::<Option<sqlx::types::Json<Carrier>>, _>(column)
+        .ok()
+        .flatten()
+        .map(|json| json.0)
+        .unwrap_or_default()
 }
 
 /// Whether an error means "try again later" (the server is down or restarting) rather than a

@@ -6,7 +6,6 @@
 //! (at most 64 entries and 8 KiB), and `order.id` is trusted only from our own hops: the HTTP edge
 //! drops it ([`extract_http`]) and sets it from the request path instead.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use opentelemetry::baggage::{Baggage, BaggageExt};
@@ -16,6 +15,7 @@ use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags};
 use opentelemetry::{Context, KeyValue, StringValue, global};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use serde::Deserialize as _;
 use uuid::Uuid;
 
 use crate::attributes::BAGGAGE_ORDER_ID;
@@ -267,39 +267,119 @@ pub fn inject_amqp(cx: &Context, headers: &mut lapin::types::FieldTable) {
 // ---------------------------------------------------------------------------------------------
 // Stored carriers (outbox rows, jobs, an order's last context) and process environments
 
-/// `cx` as a `traceparent`/`tracestate`/`baggage` map, for storing with a row so the work that
-/// picks the row up later continues (or links to) this trace.
-pub fn to_carrier(cx: &Context) -> HashMap<String, String> {
-    let mut carrier = HashMap::new();
+/// A context stored with a row (outbox rows, jobs, an order's last context) so that the work
+/// that picks the row up later continues, or links to, its trace: the three W3C fields, stored
+/// as a JSON object such as `{"traceparent":"00-…","baggage":"order.id=…"}`. Fields that are
+/// missing, or not text, read as absent; other keys are ignored.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Carrier {
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text_or_none"
+    )]
+    pub traceparent: Option<String>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text_or_none"
+    )]
+    pub tracestate: Option<String>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text_or_none"
+    )]
+    pub baggage: Option<String>,
+}
+
+/// A carrier field that is not text (a number, `null`, an object) is as good as absent: a
+/// stored context can only ever lose its trace, never fail the row it came with.
+fn text_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(text) => Some(text),
+        _ => None,
+    })
+}
+
+impl Carrier {
+    fn field(&mut self, key: &str) -> Option<&mut Option<String>> {
+        match key {
+            TRACEPARENT => Some(&mut self.traceparent),
+            TRACESTATE => Some(&mut self.tracestate),
+            BAGGAGE => Some(&mut self.baggage),
+            _ => None,
+        }
+    }
+}
+
+impl Injector for Carrier {
+    fn set(&mut self, key: &str, value: String) {
+        if let Some(field) = self.field(key) {
+            // The SDK writes an empty `tracestate` when there is none; not worth storing.
+            *field = Some(value).filter(|v| !v.is_empty());
+        }
+    }
+}
+
+impl Extractor for Carrier {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            TRACEPARENT => self.traceparent.as_deref(),
+            TRACESTATE => self.tracestate.as_deref(),
+            BAGGAGE => self.baggage.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        [
+            (TRACEPARENT, &self.traceparent),
+            (TRACESTATE, &self.tracestate),
+            (BAGGAGE, &self.baggage),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.as_ref().map(|_| key))
+        .collect()
+    }
+}
+
+/// `cx` as a [`Carrier`] to store with a row.
+pub fn to_carrier(cx: &Context) -> Carrier {
+    let mut carrier = Carrier::default();
     inject(cx, &mut carrier);
     carrier
 }
 
 /// The context stored by [`to_carrier`].
-pub fn from_carrier(carrier: &HashMap<String, String>) -> Context {
+pub fn from_carrier(carrier: &Carrier) -> Context {
     extract(carrier)
 }
 
 /// Environment variables (`TRACEPARENT`, `TRACESTATE`, `BAGGAGE`) that hand `cx` to a child
 /// process, the convention of the OpenTelemetry environment-variable carrier.
 pub fn to_env(cx: &Context) -> Vec<(String, String)> {
-    to_carrier(cx)
-        .into_iter()
-        .map(|(k, v)| (k.to_ascii_uppercase(), v))
-        .collect()
+    let Carrier {
+        traceparent,
+        tracestate,
+        baggage,
+    } = to_carrier(cx);
+    [
+        ("TRACEPARENT", traceparent),
+        ("TRACESTATE", tracestate),
+        ("BAGGAGE", baggage),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.map(|value| (name.to_owned(), value)))
+    .collect()
 }
 
 /// The parent context a child process was started with (see [`to_env`]).
 pub fn from_env() -> Context {
-    let carrier: HashMap<String, String> = ["traceparent", "tracestate", "baggage"]
-        .into_iter()
-        .filter_map(|k| {
-            std::env::var(k.to_ascii_uppercase())
-                .ok()
-                .map(|v| (k.to_owned(), v))
-        })
-        .collect();
-    from_carrier(&carrier)
+    let var = |name| std::env::var(name).ok();
+    from_carrier(&Carrier {
+        traceparent: var("TRACEPARENT"),
+        tracestate: var("TRACESTATE"),
+        baggage: var("BAGGAGE"),
+    })
 }
 
 /// Whether `cx` holds a valid (possibly remote) span to continue or link to.
@@ -309,6 +389,8 @@ pub fn has_span(cx: &Context) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -474,6 +556,29 @@ mod tests {
         assert_eq!(order_id(&replaced), Some(other));
         let removed = cx.with_baggage(Vec::<KeyValue>::new());
         assert_eq!(order_id(&removed), None);
+    }
+
+    #[test]
+    fn a_stored_carrier_is_three_text_fields_and_tolerates_what_older_rows_hold() {
+        install_propagator();
+        let order = Uuid::now_v7();
+        let cx = with_order(&extract_http(&headers(&[("traceparent", PARENT)])), order);
+        let stored = serde_json::to_value(to_carrier(&cx)).unwrap();
+        assert_eq!(
+            stored,
+            serde_json::json!({ "traceparent": PARENT, "baggage": format!("order.id={order}") })
+        );
+        let read = |json: serde_json::Value| serde_json::from_value::<Carrier>(json).unwrap();
+        // As earlier versions stored it: a map with an empty trace state.
+        let older =
+            read(serde_json::json!({ "traceparent": PARENT, "tracestate": "", "baggage": "" }));
+        assert_eq!(
+            from_carrier(&older).span().span_context().trace_id(),
+            cx.span().span_context().trace_id()
+        );
+        let junk = read(serde_json::json!({ "traceparent": 7, "baggage": null, "other": "x" }));
+        assert_eq!(junk, Carrier::default());
+        assert!(!has_span(&from_carrier(&junk)));
     }
 
     #[test]

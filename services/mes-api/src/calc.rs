@@ -28,7 +28,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use telemetry::attr;
 use telemetry::db::Traced;
 use telemetry::metrics;
-use telemetry::propagation::{from_carrier, to_carrier, to_env, with_order};
+use telemetry::propagation::{Carrier, from_carrier, to_env, with_order};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -181,14 +181,12 @@ fn tail(text: &str) -> String {
 
 /// Queues the price calculation of an order, in the caller's transaction.
 pub(crate) async fn enqueue(tx: &mut PgConnection, order_id: Uuid) -> Result<(), sqlx::Error> {
-    let trace = serde_json::to_value(to_carrier(&Span::current().context()))
-        .expect("a string map always serializes");
     sqlx::query(
         "INSERT INTO calc_jobs (order_id, state, trace) VALUES ($1, 'pending', $2) \
          ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(order_id)
-    .bind(trace)
+    .bind(platform::db::current_trace())
     .execute(&mut *tx)
     .db("INSERT calc_jobs")
     .await?;
@@ -214,7 +212,7 @@ struct Job {
     attempt: i32,
     material: Material,
     model_key: String,
-    trace: std::collections::HashMap<String, String>,
+    trace: Carrier,
 }
 
 /// Claims due jobs and runs them until cancelled.
@@ -283,7 +281,7 @@ impl Worker {
                 .parse()
                 .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
             model_key: row.get("model_key"),
-            trace: serde_json::from_value(row.get("trace")).unwrap_or_default(),
+            trace: platform::db::stored_trace(&row, "trace"),
         }))
     }
 
