@@ -65,6 +65,10 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// The allocator the shop-api binary runs with: this binary serves as Shop.
+#[global_allocator]
+static ALLOCATOR: platform::Allocator = platform::Allocator;
+
 /// In a child process: serve Shop with telemetry `on` or `off` instead of coordinating.
 const SERVE: &str = "HALLMARK_BENCH_SERVE";
 

@@ -1,5 +1,8 @@
 use shop_api::{Application, SERVICE, Settings};
 
+#[global_allocator]
+static ALLOCATOR: platform::Allocator = platform::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     platform::service::run(SERVICE, |cancel| async move {
