@@ -542,7 +542,16 @@ mod tests {
     fn the_order_id_is_read_from_the_baggage_entry_it_was_set_with_or_parsed() {
         let order = Uuid::now_v7();
         let cx = with_order(&Context::new(), order);
-        assert_eq!(order_entry(&cx).map(|(id, _)| id), Some(order));
+        let (id, text) = order_entry(&cx).unwrap();
+        assert_eq!(id, order);
+        // Not parsed again: the text handed out is the baggage entry's own.
+        let child = cx.with_value(7_u8);
+        let entry = child.baggage().get(BAGGAGE_ORDER_ID).unwrap();
+        assert!(std::ptr::eq(text.as_str(), entry.as_str()));
+        assert!(std::ptr::eq(
+            order_entry(&child).unwrap().1.as_str(),
+            entry.as_str()
+        ));
         // A hop that carried only the baggage: parsed again, and written canonically.
         let simple = Context::new().with_baggage(vec![KeyValue::new(
             BAGGAGE_ORDER_ID,
