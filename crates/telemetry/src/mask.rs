@@ -115,12 +115,13 @@ impl fmt::Debug for Names {
 /// an e-mail address has an `@`; a phone number at least three digits and a `+`, a `00` or a
 /// digit right after `(`; a card number thirteen digits with nothing but spaces and dashes
 /// between them. Most attribute values (names, routes, statuses, ids, summaries) have none of
-/// these, and this look at their bytes is far cheaper than a search: the first three checks
-/// are whole-slice operations the compiler vectorizes, and the loop runs only for text with
-/// three digits or more.
+/// these, and this look at their bytes is far cheaper than a search: the first checks are
+/// whole-slice operations the compiler vectorizes, and the loop runs only for text with three
+/// digits or more. The patterns' `\d` and `\s` are Unicode classes (a phone number can be
+/// written in fullwidth or Arabic-Indic digits), so text that is not all ASCII is searched.
 fn may_hold_contact_data(text: &str) -> bool {
     let bytes = text.as_bytes();
-    if bytes.contains(&b'@') {
+    if !bytes.is_ascii() || bytes.contains(&b'@') {
         return true;
     }
     if bytes.iter().filter(|b| b.is_ascii_digit()).count() < 3 {
@@ -522,10 +523,18 @@ mod tests {
             "(12) 3 4 5 6",
             "4111 1111 1111 1111",
             "a@b.cd",
+            // Digits beyond ASCII: fullwidth, Arabic-Indic, and a no-break space between them.
+            "+４９ １７０ １２３４５６７",
+            "+٤٩ ١٧٠ ١٢٣٤٥٦٧",
+            "+49\u{a0}170\u{a0}1234567",
         ] {
             assert!(masker.inner.any.is_match(shortest), "{shortest}");
             assert!(may_hold_contact_data(shortest), "{shortest}");
         }
+        assert_eq!(
+            masker.mask_text("call +４９ １７０ １２３４５６７"),
+            "call [masked:phone]"
+        );
         // What the quick look is for: statements and ids with many digits but no phone marks.
         for plain in [
             "INSERT INTO shop.orders (id, status, total) VALUES ($1, $2, $3, $4, $5)",
