@@ -4,7 +4,8 @@
 //!
 //! Every call is a CLIENT span (`S3.PutObject`, `S3.GetObject`, … or `filesystem.put`, …) with the
 //! bucket, key and size, a child of the request or message that caused it, so it carries the
-//! order id too.
+//! order id too. They are `telemetry::client` spans: nothing runs under them, so they need no
+//! `tracing` span; `RUST_LOG` turns them on and off as INFO spans of this module.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,8 +16,11 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
-use tracing::Instrument;
-use tracing::field::Empty;
+use opentelemetry::trace::Span as _;
+use opentelemetry::{KeyValue, StringValue};
+use telemetry::attr::semconv::{AWS_S3_BUCKET, AWS_S3_KEY};
+use telemetry::attr::{STORAGE_BACKEND, STORAGE_SIZE_BYTES};
+use telemetry::client::ClientSpan;
 
 use crate::env::{self, ConfigError};
 
@@ -91,7 +95,8 @@ pub enum StorageError {
 pub struct ObjectStorage {
     store: Arc<dyn ObjectStore>,
     backend: &'static str,
-    bucket: String,
+    /// The bucket, or the root directory; shared by every span.
+    bucket: StringValue,
 }
 
 impl ObjectStorage {
@@ -105,7 +110,7 @@ impl ObjectStorage {
                 Ok(Self {
                     store: Arc::new(LocalFileSystem::new_with_prefix(root)?),
                     backend: "filesystem",
-                    bucket: root.display().to_string(),
+                    bucket: StringValue::from(Arc::<str>::from(root.display().to_string())),
                 })
             }
             StorageConfig::S3 {
@@ -138,7 +143,7 @@ impl ObjectStorage {
                 Ok(Self {
                     store: Arc::new(builder.build()?),
                     backend: "s3",
-                    bucket: bucket.clone(),
+                    bucket: StringValue::from(Arc::<str>::from(bucket.as_str())),
                 })
             }
         }
@@ -149,47 +154,70 @@ impl ObjectStorage {
         self.backend
     }
 
-    fn span(&self, s3_method: &'static str, fs_method: &'static str, key: &str) -> tracing::Span {
-        let name = if self.backend == "s3" {
-            format!("S3.{s3_method}")
+    /// A CLIENT span for one call, or `None` without telemetry or when `RUST_LOG` disables
+    /// INFO spans here.
+    fn span(
+        &self,
+        s3_method: &'static str,
+        fs_method: &'static str,
+        key: &str,
+    ) -> Option<ClientSpan> {
+        if !tracing::enabled!(kind: tracing::metadata::Kind::SPAN, tracing::Level::INFO) {
+            return None;
+        }
+        let (name, system) = if self.backend == "s3" {
+            (format!("S3.{s3_method}"), "aws-api")
         } else {
-            format!("filesystem.{fs_method}")
+            (format!("filesystem.{fs_method}"), "filesystem")
         };
-        tracing::info_span!(
-            "storage.client",
-            otel.name = name.as_str(),
-            otel.kind = "client",
-            otel.status_code = Empty,
-            error.type = Empty,
-            rpc.system = if self.backend == "s3" { "aws-api" } else { "filesystem" },
-            rpc.method = s3_method,
-            aws.s3.bucket = self.bucket.as_str(),
-            aws.s3.key = key,
-            hallmark.storage.backend = self.backend,
-            hallmark.storage.size_bytes = Empty,
+        telemetry::client::start(
+            name,
+            vec![
+                KeyValue::new("rpc.system", system),
+                KeyValue::new("rpc.method", s3_method),
+                KeyValue::new(AWS_S3_BUCKET, self.bucket.clone()),
+                KeyValue::new(AWS_S3_KEY, key.to_owned()),
+                KeyValue::new(STORAGE_BACKEND, self.backend),
+            ],
         )
     }
 
-    fn fail(span: &tracing::Span, err: &dyn std::fmt::Display) {
-        span.record("otel.status_code", "ERROR");
-        span.record("error.type", "storage");
-        tracing::warn!(parent: span, error = %err, "object storage call failed");
+    /// Ends `span` after a call, failed with `err` if there is one (also logged, under the
+    /// caller's span).
+    fn finish(span: Option<ClientSpan>, err: Option<&dyn std::fmt::Display>) {
+        if let Some(err) = err {
+            tracing::warn!(error = %err, "object storage call failed");
+        }
+        let Some(mut span) = span else { return };
+        if let Some(err) = err {
+            telemetry::client::fail(&mut span, "storage", err);
+        }
+        span.end();
+    }
+
+    fn record_size(span: &mut Option<ClientSpan>, size: usize) {
+        if let Some(span) = span {
+            let size = i64::try_from(size).unwrap_or(i64::MAX);
+            span.set_attribute(KeyValue::new(STORAGE_SIZE_BYTES, size));
+        }
     }
 
     /// Stores `bytes` under `key`, replacing what was there. Atomic: readers see the old object
     /// or the whole new one.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StorageError> {
-        let span = self.span("PutObject", "put", key);
-        span.record("hallmark.storage.size_bytes", bytes.len());
+        let mut span = self.span("PutObject", "put", key);
+        Self::record_size(&mut span, bytes.len());
         let result = self
             .store
             .put(&Path::from(key), PutPayload::from_bytes(bytes))
-            .instrument(span.clone())
             .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                Self::finish(span, None);
+                Ok(())
+            }
             Err(err) => {
-                Self::fail(&span, &err);
+                Self::finish(span, Some(&err));
                 Err(err.into())
             }
         }
@@ -197,21 +225,20 @@ impl ObjectStorage {
 
     /// The whole object under `key`.
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
-        let span = self.span("GetObject", "get", key);
-        let result = async { self.store.get(&Path::from(key)).await?.bytes().await }
-            .instrument(span.clone())
-            .await;
+        let mut span = self.span("GetObject", "get", key);
+        let result = async { self.store.get(&Path::from(key)).await?.bytes().await }.await;
         match result {
             Ok(bytes) => {
-                span.record("hallmark.storage.size_bytes", bytes.len());
+                Self::record_size(&mut span, bytes.len());
+                Self::finish(span, None);
                 Ok(bytes)
             }
             Err(object_store::Error::NotFound { .. }) => {
-                Self::fail(&span, &"not found");
+                Self::finish(span, Some(&"not found"));
                 Err(StorageError::NotFound(key.to_owned()))
             }
             Err(err) => {
-                Self::fail(&span, &err);
+                Self::finish(span, Some(&err));
                 Err(err.into())
             }
         }
@@ -220,15 +247,13 @@ impl ObjectStorage {
     /// Removes `key`; a missing object is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let span = self.span("DeleteObject", "delete", key);
-        match self
-            .store
-            .delete(&Path::from(key))
-            .instrument(span.clone())
-            .await
-        {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        match self.store.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                Self::finish(span, None);
+                Ok(())
+            }
             Err(err) => {
-                Self::fail(&span, &err);
+                Self::finish(span, Some(&err));
                 Err(err.into())
             }
         }

@@ -38,6 +38,10 @@ pub const MESSAGE_DUPLICATE: &str = "hallmark.message.duplicate";
 pub const MESSAGE_TYPE: &str = "hallmark.message.type";
 /// Material of the piece, e.g. `gold_750`.
 pub const ORDER_MATERIAL: &str = "order.material";
+/// Where models are stored: `s3` or `filesystem`.
+pub const STORAGE_BACKEND: &str = "hallmark.storage.backend";
+/// Size in bytes of an object stored or read.
+pub const STORAGE_SIZE_BYTES: &str = "hallmark.storage.size_bytes";
 
 /// The attributes Hallmark defines, for the registry test and for order-watch.
 pub const REGISTRY: &[&str] = &[
@@ -58,6 +62,8 @@ pub const REGISTRY: &[&str] = &[
     ERROR_CODE,
     MESSAGE_DUPLICATE,
     MESSAGE_TYPE,
+    STORAGE_BACKEND,
+    STORAGE_SIZE_BYTES,
 ];
 
 /// The W3C baggage key that carries the order id between processes.
@@ -66,9 +72,9 @@ pub const BAGGAGE_ORDER_ID: &str = ORDER_ID;
 /// Standard attribute names used by Hallmark (OpenTelemetry semantic conventions).
 pub mod semconv {
     pub use opentelemetry_semantic_conventions::attribute::{
-        DB_COLLECTION_NAME, DB_NAMESPACE, DB_OPERATION_NAME, DB_QUERY_SUMMARY, DB_SYSTEM_NAME,
-        ERROR_TYPE, EXCEPTION_MESSAGE, EXCEPTION_TYPE, HTTP_REQUEST_METHOD,
-        HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, MESSAGING_DESTINATION_NAME,
+        AWS_S3_BUCKET, AWS_S3_KEY, DB_COLLECTION_NAME, DB_NAMESPACE, DB_OPERATION_NAME,
+        DB_QUERY_SUMMARY, DB_SYSTEM_NAME, ERROR_TYPE, EXCEPTION_MESSAGE, EXCEPTION_TYPE,
+        HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, MESSAGING_DESTINATION_NAME,
         MESSAGING_DESTINATION_SUBSCRIPTION_NAME, MESSAGING_MESSAGE_BODY_SIZE, MESSAGING_MESSAGE_ID,
         MESSAGING_OPERATION_NAME, MESSAGING_OPERATION_TYPE,
         MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY, MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG,

@@ -15,44 +15,35 @@
 //! same for every call and bound values could hold personal data.
 //!
 //! Database spans are about half the spans of an order and have nothing under them, so they are
-//! made with the OpenTelemetry tracer directly rather than as `tracing` spans: the attributes
-//! are literals that need no copy, and no `tracing` layer works on each poll of the query. What
+//! [`crate::client`] spans, made with the OpenTelemetry tracer directly: the attributes are
+//! literals that need no copy, and no `tracing` layer works on each poll of the query. What
 //! `RUST_LOG` says still holds: they are made when an INFO span of this module would be enabled.
 //! A failed call logs a warning under the caller's span and marks the database span as failed,
 //! with an `exception` event.
 
-use std::borrow::Cow;
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::OnceLock;
 
-use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
+use opentelemetry::trace::Span as _;
 use opentelemetry::{KeyValue, StringValue};
-use opentelemetry_sdk::trace::{SdkTracer, Span};
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use opentelemetry_sdk::trace::Span;
 
 use crate::attributes::semconv::{
     DB_COLLECTION_NAME, DB_NAMESPACE, DB_OPERATION_NAME, DB_QUERY_SUMMARY, DB_SYSTEM_NAME,
-    ERROR_TYPE, EXCEPTION_MESSAGE,
 };
+use crate::client;
 
 static NAMESPACE: OnceLock<StringValue> = OnceLock::new();
-static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
 /// Records the database name (`db.namespace`) for this process's spans. First call wins.
 pub fn set_namespace(database: &str) {
     let _ = NAMESPACE.set(StringValue::from(std::sync::Arc::<str>::from(database)));
 }
 
-/// The tracer database spans are made with; `init` installs it. Until then there are none.
-pub(crate) fn install(tracer: SdkTracer) {
-    let _ = TRACER.set(tracer);
-}
-
 /// Starts a CLIENT span for `summary`, `"{operation} {table}"` (`"INSERT orders"`), under the
 /// current `tracing` span; `None` without telemetry or when `RUST_LOG` disables such spans.
 pub fn span(summary: &'static str) -> Option<Span> {
-    let tracer = TRACER.get()?;
     if !tracing::enabled!(kind: tracing::metadata::Kind::SPAN, tracing::Level::INFO) {
         return None;
     }
@@ -67,26 +58,13 @@ pub fn span(summary: &'static str) -> Option<Span> {
     if let Some(namespace) = NAMESPACE.get() {
         attributes.push(KeyValue::new(DB_NAMESPACE, namespace.clone()));
     }
-    let parent = tracing::Span::current().context();
-    Some(
-        tracer
-            .span_builder(Cow::Borrowed(summary))
-            .with_kind(SpanKind::Client)
-            .with_attributes(attributes)
-            .start_with_context(tracer, &parent),
-    )
+    client::start(summary, attributes)
 }
 
 /// Ends a database span, failed with `error` if there is one.
 fn end(mut span: Span, error: Option<&dyn Display>) {
     if let Some(error) = error {
-        let message = error.to_string();
-        span.set_attribute(KeyValue::new(ERROR_TYPE, "database"));
-        span.add_event(
-            "exception",
-            vec![KeyValue::new(EXCEPTION_MESSAGE, message.clone())],
-        );
-        span.set_status(Status::error(message));
+        client::fail(&mut span, "database", error);
     }
     span.end();
 }
@@ -123,14 +101,16 @@ where
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+    use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, TracerProvider as _};
     use opentelemetry::{Context, Value};
     use opentelemetry_sdk::trace::{SdkTracerProvider, SimpleSpanProcessor, SpanData};
     use tracing::Instrument as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     use uuid::Uuid;
 
     use super::*;
     use crate::attributes::ORDER_ID;
+    use crate::attributes::semconv::{ERROR_TYPE, EXCEPTION_MESSAGE};
     use crate::mask::Masker;
     use crate::processor::OrderBaggage;
     use crate::propagation::with_order;
@@ -151,7 +131,7 @@ mod tests {
                 collected.clone(),
             )))
             .build();
-        install(provider.tracer("test"));
+        client::install(provider.tracer("test"));
         set_namespace("shop");
         let dispatch = crate::subscriber(
             crate::log_filter("info"),

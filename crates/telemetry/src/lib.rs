@@ -25,6 +25,7 @@
 //! Shutdown flushes within a fixed budget ([`SHUTDOWN_BUDGET`], [`CLI_SHUTDOWN_BUDGET`]).
 
 pub mod attributes;
+pub mod client;
 pub mod db;
 pub mod export;
 pub mod http;
@@ -240,7 +241,7 @@ fn init_with(
         ));
     }
     let tracer_provider = tracer_builder.build();
-    db::install(tracer_provider.tracer(service.name));
+    client::install(tracer_provider.tracer(service.name));
     opentelemetry::global::set_tracer_provider(tracer_provider.clone());
 
     let filter = log_filter(&std::env::var("RUST_LOG").unwrap_or_default());
