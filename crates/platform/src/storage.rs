@@ -188,11 +188,7 @@ impl ObjectStorage {
         if let Some(err) = err {
             tracing::warn!(error = %err, "object storage call failed");
         }
-        let Some(mut span) = span else { return };
-        if let Some(err) = err {
-            telemetry::client::fail(&mut span, "storage", err);
-        }
-        span.end();
+        telemetry::client::end(span, "storage", err);
     }
 
     fn record_size(span: &mut Option<ClientSpan>, size: usize) {

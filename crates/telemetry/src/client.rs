@@ -44,14 +44,18 @@ pub fn start(name: impl Into<Cow<'static, str>>, attributes: Vec<KeyValue>) -> O
     )
 }
 
-/// Marks `span` failed: status ERROR with the error's message, `error.type = error_type`, and an
-/// `exception` event with the message.
-pub fn fail(span: &mut Span, error_type: &'static str, error: &dyn Display) {
-    let message = error.to_string();
-    span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
-    span.add_event(
-        "exception",
-        vec![KeyValue::new(EXCEPTION_MESSAGE, message.clone())],
-    );
-    span.set_status(Status::error(message));
+/// Ends `span` after its call, failed when the call failed with `error`: status ERROR with the
+/// error's message, `error.type = error_type`, and an `exception` event with the message.
+pub fn end(span: Option<Span>, error_type: &'static str, error: Option<&dyn Display>) {
+    let Some(mut span) = span else { return };
+    if let Some(error) = error {
+        let message = error.to_string();
+        span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
+        span.add_event(
+            "exception",
+            vec![KeyValue::new(EXCEPTION_MESSAGE, message.clone())],
+        );
+        span.set_status(Status::error(message));
+    }
+    span.end();
 }

@@ -25,7 +25,6 @@ use std::fmt::Display;
 use std::future::Future;
 use std::sync::OnceLock;
 
-use opentelemetry::trace::Span as _;
 use opentelemetry::{KeyValue, StringValue};
 use opentelemetry_sdk::trace::Span;
 
@@ -61,14 +60,6 @@ pub fn span(summary: &'static str) -> Option<Span> {
     client::start(summary, attributes)
 }
 
-/// Ends a database span, failed with `error` if there is one.
-fn end(mut span: Span, error: Option<&dyn Display>) {
-    if let Some(error) = error {
-        client::fail(&mut span, "database", error);
-    }
-    span.end();
-}
-
 /// Runs a database future inside a [`span`] and marks the span failed when it errs.
 pub trait Traced: Future<Output = Result<Self::Ok, Self::Err>> + Sized {
     type Ok;
@@ -82,9 +73,7 @@ pub trait Traced: Future<Output = Result<Self::Ok, Self::Err>> + Sized {
             if let Some(err) = error {
                 tracing::warn!(error = %err, query = summary, "database call failed");
             }
-            if let Some(span) = span {
-                end(span, error.map(|e| e as &dyn Display));
-            }
+            client::end(span, "database", error.map(|e| e as &dyn Display));
             result
         }
     }
