@@ -4,7 +4,7 @@
 //! cargo bench -p shop-api --bench overhead
 //! HALLMARK_BENCH_ROUNDS=20 HALLMARK_BENCH_ORDERS=300 HALLMARK_BENCH_WARMUP=300 \
 //!     HALLMARK_BENCH_CLIENTS=4 cargo bench -p shop-api --bench overhead
-//! # models go to /dev/shm (about 6 GB with the defaults); elsewhere:
+//! # models go to /dev/shm (one round's at a time, about 130 MB with the defaults); elsewhere:
 //! HALLMARK_BENCH_STORAGE_DIR=/var/tmp cargo bench -p shop-api --bench overhead
 //! # the paced phase at a rate of your choice (default: half the throughput without telemetry)
 //! HALLMARK_BENCH_RATE=150 cargo bench -p shop-api --bench overhead
@@ -283,6 +283,7 @@ async fn coordinate() -> anyhow::Result<()> {
                 measured.orders_per_second
             );
             rounds.push(measured);
+            server.clear_storage()?;
             tokio::time::sleep(SETTLE).await;
         }
     }
@@ -307,6 +308,7 @@ async fn coordinate() -> anyhow::Result<()> {
                 measured.p99_ms()
             );
             paced.push(measured);
+            server.clear_storage()?;
             tokio::time::sleep(SETTLE).await;
         }
     }
@@ -331,7 +333,8 @@ struct Server {
     /// One connection to the server's database, to see when its outbox is drained.
     outbox: sqlx::PgPool,
     _database: TestDatabase,
-    _storage: tempfile::TempDir,
+    /// Where the server stores models; emptied after every round ([`Server::clear_storage`]).
+    storage: tempfile::TempDir,
 }
 
 /// What one server did in one round.
@@ -409,7 +412,7 @@ impl Server {
             base,
             outbox,
             _database: database,
-            _storage: storage,
+            storage,
         })
     }
 
@@ -486,6 +489,22 @@ impl Server {
         }
     }
 
+    /// Removes the models stored so far. Nothing reads them again in the benchmark, and in
+    /// `/dev/shm` they take memory: 300 orders of 435 KB per round and server, 20 rounds in two
+    /// phases, would otherwise hold 10 GB by the end (and a run with longer rounds could let
+    /// the kernel kill PostgreSQL or RabbitMQ for memory).
+    fn clear_storage(&self) -> anyhow::Result<()> {
+        for entry in std::fs::read_dir(self.storage.path())? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
     /// SIGTERM, as in production, so that telemetry flushes; killed if that takes too long.
     async fn stop(mut self) {
         let _ = std::process::Command::new("kill")
@@ -524,8 +543,8 @@ async fn wait_until_healthy(
 }
 
 /// Where the servers store models: `HALLMARK_BENCH_STORAGE_DIR`, else `/dev/shm` when there is
-/// one. The benchmark writes about 6 GB of models; on a disk, page-cache write-back of that much
-/// stalls both servers for up to a second at random moments, which is noise around a
+/// one. The benchmark writes about 10 GB of models in all (each round's are removed after it);
+/// on a disk, page-cache write-back of that much stalls both servers for up to a second at random moments, which is noise around a
 /// difference of a fraction of a millisecond. In memory, neither server waits for the disk.
 fn storage_dir() -> anyhow::Result<tempfile::TempDir> {
     let parent = match std::env::var_os("HALLMARK_BENCH_STORAGE_DIR") {
