@@ -15,15 +15,19 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lapin::types::FieldTable;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::{Context, KeyValue};
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool, Row};
-use telemetry::attr;
+use telemetry::attr::semconv::{
+    MESSAGING_DESTINATION_NAME, MESSAGING_MESSAGE_BODY_SIZE, MESSAGING_MESSAGE_ID,
+    MESSAGING_OPERATION_NAME, MESSAGING_OPERATION_TYPE, MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
+    MESSAGING_SYSTEM,
+};
 use telemetry::db::Traced;
 use telemetry::propagation::{Carrier, from_carrier, inject_amqp, with_order};
+use telemetry::{attr, spans};
 use tokio_util::sync::CancellationToken;
-use tracing::field::Empty;
-use tracing::{Instrument, Span};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use domain::events::Envelope;
@@ -263,23 +267,27 @@ impl<H: PublishHook> OutboxRelay<H> {
         // Each row's PRODUCER span covers everything the relay does for it, the hook's work
         // before publishing included (so that it lands in the order's trace, not in a root
         // trace of its own).
-        let spans: Vec<Span> = claimed
+        let spans: Vec<Option<Context>> = claimed
             .iter()
             .map(|row| publish_span(&exchange, row))
             .collect();
         for (row, span) in claimed.iter().zip(&spans) {
-            self.hook
-                .before_publish(&mut tx, &row.message)
-                .instrument(span.clone())
-                .await?;
+            spans::under(
+                span.as_ref(),
+                self.hook.before_publish(&mut tx, &row.message),
+            )
+            .await?;
         }
         for row in &mut claimed {
             row.message.sent_at = Utc::now();
         }
         let mut sent = Vec::with_capacity(claimed.len());
-        for (row, span) in claimed.iter().zip(spans) {
+        for (row, span) in claimed.iter().zip(&spans) {
             let mut headers = FieldTable::default();
-            inject_amqp(&span.context(), &mut headers);
+            match span {
+                Some(span) => inject_amqp(span, &mut headers),
+                None => inject_amqp(&from_carrier(&row.trace), &mut headers),
+            }
             let outgoing = Outgoing {
                 message_id: row.message.message_id,
                 kind: &row.message.kind,
@@ -287,10 +295,11 @@ impl<H: PublishHook> OutboxRelay<H> {
                 headers,
                 occurred_at: Utc::now(),
             };
-            let pending = publisher
-                .send(&exchange, &row.message.routing_key, outgoing)
-                .instrument(span.clone())
-                .await;
+            let pending = spans::under(
+                span.as_ref(),
+                publisher.send(&exchange, &row.message.routing_key, outgoing),
+            )
+            .await;
             sent.push((row, span, pending));
         }
 
@@ -305,9 +314,13 @@ impl<H: PublishHook> OutboxRelay<H> {
             match result {
                 Ok(()) => published.push((row, span)),
                 Err(err) => {
-                    span.record("otel.status_code", "ERROR");
-                    span.record("error.type", publish_error_type(&err));
-                    tracing::warn!(parent: &span, error = %err, "outbox publish failed");
+                    {
+                        let _logged_under = span.as_ref().map(|span| {
+                            spans::fail(span, publish_error_type(&err), err.to_string());
+                            span.clone().attach()
+                        });
+                        tracing::warn!(error = %err, "outbox publish failed");
+                    }
                     sqlx::query(
                         "UPDATE messaging.outbox SET attempts = attempts + 1, last_error = $2 \
                          WHERE id = $1",
@@ -336,12 +349,12 @@ impl<H: PublishHook> OutboxRelay<H> {
         .execute(&mut *tx)
         .await?;
         for (row, span) in &published {
-            self.hook
-                .on_published(&mut tx, &row.message)
-                .instrument(span.clone())
-                .await?;
+            spans::under(span.as_ref(), self.hook.on_published(&mut tx, &row.message)).await?;
         }
         tx.commit().await?;
+        // The spans end here; on an early return (a database error) they end as they are
+        // dropped.
+        spans.iter().for_each(|span| spans::end_in(span.as_ref()));
         match failure {
             Some(err) => Err(err.into()),
             None => Ok(published.len()),
@@ -357,26 +370,33 @@ fn publish_error_type(err: &PublishError) -> &'static str {
     }
 }
 
-/// The PRODUCER span of one outbox row, a child of the context stored with the row.
-fn publish_span(exchange: &str, row: &Claimed) -> Span {
-    let span = tracing::info_span!(
-        "messaging.publish",
-        otel.name = %format_args!("publish {exchange}"),
-        otel.kind = "producer",
-        otel.status_code = Empty,
-        error.type = Empty,
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "send",
-        messaging.operation.name = "publish",
-        messaging.destination.name = exchange,
-        messaging.rabbitmq.destination.routing_key = row.message.routing_key.as_str(),
-        messaging.message.id = %row.message.message_id,
-        messaging.message.body.size = row.body.len(),
-        { attr::MESSAGE_TYPE } = row.message.kind.as_str(),
-    );
+/// The PRODUCER span of one outbox row, a child of the context stored with the row; `None` when
+/// spans are off (the stored context is then passed on as it is).
+fn publish_span(exchange: &str, row: &Claimed) -> Option<Context> {
+    if !tracing::enabled!(kind: tracing::metadata::Kind::SPAN, tracing::Level::INFO) {
+        return None;
+    }
     let parent = with_order(&from_carrier(&row.trace), row.message.order_id);
-    let _ = span.set_parent(parent);
-    span
+    let body_size = i64::try_from(row.body.len()).unwrap_or(i64::MAX);
+    let attributes = vec![
+        KeyValue::new(MESSAGING_SYSTEM, "rabbitmq"),
+        KeyValue::new(MESSAGING_OPERATION_TYPE, "send"),
+        KeyValue::new(MESSAGING_OPERATION_NAME, "publish"),
+        KeyValue::new(MESSAGING_DESTINATION_NAME, exchange.to_owned()),
+        KeyValue::new(
+            MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
+            row.message.routing_key.clone(),
+        ),
+        KeyValue::new(MESSAGING_MESSAGE_ID, row.message.message_id.to_string()),
+        KeyValue::new(MESSAGING_MESSAGE_BODY_SIZE, body_size),
+        KeyValue::new(attr::MESSAGE_TYPE, row.message.kind.clone()),
+    ];
+    spans::child(
+        format!("publish {exchange}"),
+        SpanKind::Producer,
+        attributes,
+        &parent,
+    )
 }
 
 /// How often [`watch_backlog`] samples the outbox.

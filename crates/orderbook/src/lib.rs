@@ -18,19 +18,15 @@ use chrono::{DateTime, Utc};
 use domain::events::{Envelope, Event, Reason, StatusChanged};
 use domain::pricing::Quote;
 use domain::{OrderStatus, TransitionError};
-use opentelemetry::KeyValue;
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
+use opentelemetry::{Context, KeyValue};
 use platform::db::{current_trace, stored_trace};
 use serde::Serialize;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::{PgConnection, PgPool, Row};
-use telemetry::attr;
 use telemetry::db::Traced;
-use telemetry::metrics;
 use telemetry::propagation::{Carrier, from_carrier};
-use tracing::field::Empty;
-use tracing::{Instrument, Span};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use telemetry::{attr, metrics, spans};
 use uuid::Uuid;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -236,29 +232,34 @@ impl OrderBook {
         order_id: Uuid,
         change: Change,
     ) -> Result<StatusChanged, TransitionFailure> {
-        let span = tracing::info_span!(
-            "order.transition",
-            otel.name = %format_args!("order {}", change.to),
-            otel.status_code = Empty,
-            { attr::ORDER_STATUS_FROM } = Empty,
-            { attr::ORDER_STATUS_TO } = change.to.as_str(),
-            { attr::ORDER_STAGE } = change.to.stage().as_str(),
-            { attr::ORDER_IDEMPOTENCY_KEY } = Empty,
-            { attr::ERROR_CODE } = Empty,
-        );
-        let result = self
-            .transition_in_span(tx, order_id, change)
-            .instrument(span.clone())
-            .await;
-        if let Err(err) = &result {
-            span.record("otel.status_code", "ERROR");
+        let span = if tracing::enabled!(kind: tracing::metadata::Kind::SPAN, tracing::Level::INFO) {
+            let attributes = vec![
+                KeyValue::new(attr::ORDER_STATUS_TO, change.to.as_str()),
+                KeyValue::new(attr::ORDER_STAGE, change.to.stage().as_str()),
+            ];
+            let parent = Context::current();
+            spans::child(
+                format!("order {}", change.to),
+                SpanKind::Internal,
+                attributes,
+                &parent,
+            )
+        } else {
+            None
+        };
+        let result =
+            spans::under(span.as_ref(), self.transition_in_span(tx, order_id, change)).await;
+        if let (Err(err), Some(span)) = (&result, &span) {
             let code = match err {
                 TransitionFailure::NotFound(_) => "order_not_found",
                 TransitionFailure::Illegal(_) => "illegal_transition",
                 TransitionFailure::Database(_) => "database_unavailable",
             };
-            span.record(attr::ERROR_CODE, code);
+            let span = span.span();
+            span.set_attribute(KeyValue::new(attr::ERROR_CODE, code));
+            span.set_status(Status::error(""));
         }
+        spans::end_in(span.as_ref());
         result
     }
 
@@ -272,10 +273,12 @@ impl OrderBook {
             .lock(tx, order_id)
             .await?
             .ok_or(TransitionFailure::NotFound(order_id))?;
-        let span = Span::current();
-        span.record(attr::ORDER_STATUS_FROM, current.status.as_str());
+        spans::record(KeyValue::new(
+            attr::ORDER_STATUS_FROM,
+            current.status.as_str(),
+        ));
         if let Some(key) = &current.idempotency_key {
-            span.record(attr::ORDER_IDEMPOTENCY_KEY, key.as_str());
+            spans::record(KeyValue::new(attr::ORDER_IDEMPOTENCY_KEY, key.clone()));
         }
         let to = current.status.transition(change.to)?;
         let now = change.at.unwrap_or_else(Utc::now);
@@ -350,7 +353,7 @@ impl OrderBook {
         let Some(current) = self.lock(tx, envelope.order_id).await? else {
             return Ok(Observed::Unknown);
         };
-        Span::current().set_attribute(attr::ORDER_STATUS, current.status.as_str());
+        spans::record(KeyValue::new(attr::ORDER_STATUS, current.status.as_str()));
         let forward = OrderStatus::supersedes(change.to, current.status);
         if forward {
             self.write_status(
@@ -379,7 +382,7 @@ impl OrderBook {
         if !forward {
             return Ok(Observed::Late);
         }
-        Span::current().set_attribute(attr::ORDER_STATUS, change.to.as_str());
+        spans::record(KeyValue::new(attr::ORDER_STATUS, change.to.as_str()));
         Ok(Observed::Applied)
     }
 
@@ -512,7 +515,7 @@ impl Current {
         let previous = from_carrier(&self.trace);
         let previous = previous.span().span_context().clone();
         if previous.is_valid() {
-            Span::current().add_link(previous);
+            Context::map_current(|cx| cx.span().add_link(previous, Vec::new()));
         }
     }
 }

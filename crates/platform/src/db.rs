@@ -6,7 +6,6 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, PgPool, Row as _};
 use telemetry::propagation::{Carrier, to_carrier};
 use tokio_util::sync::CancellationToken;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -63,7 +62,7 @@ pub async fn connect(
 /// The current span's trace context, to bind as a JSONB `trace` column (see
 /// [`telemetry::propagation::Carrier`]).
 pub fn current_trace() -> sqlx::types::Json<Carrier> {
-    sqlx::types::Json(to_carrier(&tracing::Span::current().context()))
+    sqlx::types::Json(opentelemetry::Context::map_current(to_carrier))
 }
 
 /// The trace context stored in `row`'s `column` by [`current_trace`]. A missing, `NULL` or

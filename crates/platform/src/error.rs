@@ -11,9 +11,9 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::Context;
+use opentelemetry::trace::{Status, TraceContextExt};
 use serde::Serialize;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 #[derive(Debug, Serialize)]
 struct Body<'a> {
@@ -30,11 +30,13 @@ struct Detail<'a> {
 
 /// The trace id of the current span, when there is one.
 pub fn current_trace_id() -> Option<String> {
-    let cx = tracing::Span::current().context();
-    let span_context = cx.span().span_context().clone();
-    span_context
-        .is_valid()
-        .then(|| span_context.trace_id().to_string())
+    Context::map_current(|cx| {
+        let span = cx.span();
+        let span_context = span.span_context();
+        span_context
+            .is_valid()
+            .then(|| span_context.trace_id().to_string())
+    })
 }
 
 /// A JSON error response. For a 5xx, pass a generic message and log the cause yourself.
@@ -55,8 +57,7 @@ pub const INTERNAL_MESSAGE: &str =
 
 /// Marks the current span failed and logs the cause of a 5xx, then answers without details.
 pub fn internal_error(err: &dyn std::fmt::Display) -> Response {
-    let span = tracing::Span::current();
-    span.record("otel.status_code", "ERROR");
+    Context::map_current(|cx| cx.span().set_status(Status::error(err.to_string())));
     tracing::error!(error = %err, "request failed");
     error_response(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -72,8 +73,7 @@ pub async fn not_found() -> Response {
 
 /// A 503 for a dependency that is down: the cause goes to the log and span, the body says to retry.
 pub fn unavailable(code: &str, cause: &dyn std::fmt::Display) -> Response {
-    let span = tracing::Span::current();
-    span.record("otel.status_code", "ERROR");
+    Context::map_current(|cx| cx.span().set_status(Status::error(cause.to_string())));
     tracing::warn!(code, error = %cause, "dependency unavailable");
     let mut response = error_response(
         StatusCode::SERVICE_UNAVAILABLE,

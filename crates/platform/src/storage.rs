@@ -20,7 +20,7 @@ use opentelemetry::trace::Span as _;
 use opentelemetry::{KeyValue, StringValue};
 use telemetry::attr::semconv::{AWS_S3_BUCKET, AWS_S3_KEY};
 use telemetry::attr::{STORAGE_BACKEND, STORAGE_SIZE_BYTES};
-use telemetry::client::ClientSpan;
+use telemetry::spans::ClientSpan;
 
 use crate::env::{self, ConfigError};
 
@@ -170,7 +170,7 @@ impl ObjectStorage {
         } else {
             (format!("filesystem.{fs_method}"), "filesystem")
         };
-        telemetry::client::start(
+        telemetry::spans::client(
             name,
             vec![
                 KeyValue::new("rpc.system", system),
@@ -188,7 +188,7 @@ impl ObjectStorage {
         if let Some(err) = err {
             tracing::warn!(error = %err, "object storage call failed");
         }
-        telemetry::client::end(span, "storage", err);
+        telemetry::spans::end(span, "storage", err);
     }
 
     fn record_size(span: &mut Option<ClientSpan>, size: usize) {

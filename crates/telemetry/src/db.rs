@@ -10,12 +10,12 @@
 //! literal: it names the span as it is, and its two words become `db.operation.name` and
 //! `db.collection.name` without formatting anything on the request path.
 //!
-//! The span is a child of whatever request or message caused the query (the current `tracing`
-//! span), so it inherits the order id from baggage. Query text is not recorded: it would be the
+//! The span is a child of whatever request or message caused the query (the current span,
+//! [`crate::spans`]), so it inherits the order id from baggage. Query text is not recorded: it would be the
 //! same for every call and bound values could hold personal data.
 //!
 //! Database spans are about half the spans of an order and have nothing under them, so they are
-//! [`crate::client`] spans, made with the OpenTelemetry tracer directly: the attributes are
+//! [`crate::spans::client`] spans, made with the OpenTelemetry tracer directly: the attributes are
 //! literals that need no copy, and no `tracing` layer works on each poll of the query. What
 //! `RUST_LOG` says still holds: they are made when an INFO span of this module would be enabled.
 //! A failed call logs a warning under the caller's span and marks the database span as failed,
@@ -31,7 +31,7 @@ use opentelemetry_sdk::trace::Span;
 use crate::attributes::semconv::{
     DB_COLLECTION_NAME, DB_NAMESPACE, DB_OPERATION_NAME, DB_QUERY_SUMMARY, DB_SYSTEM_NAME,
 };
-use crate::client;
+use crate::spans;
 
 static NAMESPACE: OnceLock<StringValue> = OnceLock::new();
 
@@ -41,7 +41,7 @@ pub fn set_namespace(database: &str) {
 }
 
 /// Starts a CLIENT span for `summary`, `"{operation} {table}"` (`"INSERT orders"`), under the
-/// current `tracing` span; `None` without telemetry or when `RUST_LOG` disables such spans.
+/// current span; `None` without telemetry or when `RUST_LOG` disables such spans.
 pub fn span(summary: &'static str) -> Option<Span> {
     if !tracing::enabled!(kind: tracing::metadata::Kind::SPAN, tracing::Level::INFO) {
         return None;
@@ -57,7 +57,7 @@ pub fn span(summary: &'static str) -> Option<Span> {
     if let Some(namespace) = NAMESPACE.get() {
         attributes.push(KeyValue::new(DB_NAMESPACE, namespace.clone()));
     }
-    client::start(summary, attributes)
+    spans::client(summary, attributes)
 }
 
 /// Runs a database future inside a [`span`] and marks the span failed when it errs.
@@ -73,7 +73,7 @@ pub trait Traced: Future<Output = Result<Self::Ok, Self::Err>> + Sized {
             if let Some(err) = error {
                 tracing::warn!(error = %err, query = summary, "database call failed");
             }
-            client::end(span, "database", error.map(|e| e as &dyn Display));
+            spans::end(span, "database", error.map(|e| e as &dyn Display));
             result
         }
     }
@@ -120,7 +120,7 @@ mod tests {
                 collected.clone(),
             )))
             .build();
-        client::install(provider.tracer("test"));
+        spans::install(provider.tracer("test"));
         set_namespace("shop");
         let dispatch = crate::subscriber(
             crate::log_filter("info"),

@@ -14,15 +14,16 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
-use opentelemetry::KeyValue;
-use opentelemetry::trace::TraceContextExt;
-use tracing::Instrument;
-use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use opentelemetry::trace::{SpanKind, TraceContextExt as _};
+use opentelemetry::{Context, KeyValue};
 use uuid::Uuid;
 
+use crate::attributes::semconv::{
+    HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, URL_PATH, URL_SCHEME,
+};
 use crate::metrics::metrics;
 use crate::propagation::{extract_http, inject_http, with_order};
+use crate::spans;
 
 /// The order a request path is about: the UUID segment following an `orders` segment.
 pub fn order_id_from_path(path: &str) -> Option<Uuid> {
@@ -42,58 +43,65 @@ pub async fn trace_requests(request: Request, next: Next) -> Response {
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
-    let path = request.uri().path().to_owned();
-    let name = match &route {
-        Some(route) => format!("{method} {route}"),
-        None => method.clone(),
+
+    let cx = if tracing::enabled!(kind: tracing::metadata::Kind::SPAN, tracing::Level::INFO) {
+        let path = request.uri().path();
+        let mut parent = extract_http(request.headers());
+        if let Some(order) = order_id_from_path(path) {
+            parent = with_order(&parent, order);
+        }
+        let name = match &route {
+            Some(route) => format!("{method} {route}"),
+            None => method.clone(),
+        };
+        let mut attributes = Vec::with_capacity(7);
+        attributes.extend([
+            KeyValue::new(HTTP_REQUEST_METHOD, method.clone()),
+            KeyValue::new(URL_PATH, path.to_owned()),
+            KeyValue::new(URL_SCHEME, "http"),
+        ]);
+        if let Some(route) = &route {
+            attributes.push(KeyValue::new(HTTP_ROUTE, route.clone()));
+        }
+        spans::child(name, SpanKind::Server, attributes, &parent)
+    } else {
+        None
     };
 
-    let mut parent = extract_http(request.headers());
-    if let Some(order) = order_id_from_path(&path) {
-        parent = with_order(&parent, order);
-    }
-    let span = tracing::info_span!(
-        "http.server.request",
-        otel.name = name.as_str(),
-        otel.kind = "server",
-        otel.status_code = Empty,
-        http.request.method = method.as_str(),
-        http.route = route.as_deref().unwrap_or_default(),
-        url.path = path.as_str(),
-        url.scheme = "http",
-        http.response.status_code = Empty,
-        error.type = Empty,
-    );
-    let _ = span.set_parent(parent);
-
     let started = Instant::now();
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let mut response = spans::under(cx.as_ref(), next.run(request)).await;
     let status = response.status();
 
-    span.record("http.response.status_code", status.as_u16());
-    if status.is_server_error() {
-        span.record("otel.status_code", "ERROR");
-        span.record("error.type", status.as_str());
-    }
-    let span_context = span.context().span().span_context().clone();
-    if span_context.is_valid() {
-        let value = format!(
-            "00-{}-{}-{:02x}",
-            span_context.trace_id(),
-            span_context.span_id(),
-            span_context.trace_flags().to_u8()
-        );
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            response.headers_mut().insert("traceresponse", value);
+    if let Some(cx) = &cx {
+        let span = cx.span();
+        span.set_attribute(KeyValue::new(
+            HTTP_RESPONSE_STATUS_CODE,
+            i64::from(status.as_u16()),
+        ));
+        if status.is_server_error() {
+            spans::fail(cx, status.as_str(), "");
         }
+        let span_context = span.span_context();
+        if span_context.is_valid() {
+            let value = format!(
+                "00-{}-{}-{:02x}",
+                span_context.trace_id(),
+                span_context.span_id(),
+                span_context.trace_flags().to_u8()
+            );
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response.headers_mut().insert("traceresponse", value);
+            }
+        }
+        span.end();
     }
 
     metrics().http_server_duration.record(
         started.elapsed().as_secs_f64(),
         &[
-            KeyValue::new("http.request.method", method),
-            KeyValue::new("http.route", route.unwrap_or_default()),
-            KeyValue::new("http.response.status_code", i64::from(status.as_u16())),
+            KeyValue::new(HTTP_REQUEST_METHOD, method),
+            KeyValue::new(HTTP_ROUTE, route.unwrap_or_default()),
+            KeyValue::new(HTTP_RESPONSE_STATUS_CODE, i64::from(status.as_u16())),
         ],
     );
     response
@@ -102,7 +110,7 @@ pub async fn trace_requests(request: Request, next: Next) -> Response {
 /// Headers that carry the current span's context to an outgoing HTTP request.
 pub fn outgoing_headers() -> http::HeaderMap {
     let mut headers = http::HeaderMap::new();
-    inject_http(&tracing::Span::current().context(), &mut headers);
+    Context::map_current(|cx| inject_http(cx, &mut headers));
     headers
 }
 

@@ -25,7 +25,6 @@
 //! Shutdown flushes within a fixed budget ([`SHUTDOWN_BUDGET`], [`CLI_SHUTDOWN_BUDGET`]).
 
 pub mod attributes;
-pub mod client;
 pub mod db;
 pub mod export;
 pub mod http;
@@ -35,6 +34,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod processor;
 pub mod propagation;
+pub mod spans;
 #[cfg(test)]
 mod test_support;
 
@@ -241,7 +241,7 @@ fn init_with(
         ));
     }
     let tracer_provider = tracer_builder.build();
-    client::install(tracer_provider.tracer(service.name));
+    spans::install(tracer_provider.tracer(service.name));
     opentelemetry::global::set_tracer_provider(tracer_provider.clone());
 
     let filter = log_filter(&std::env::var("RUST_LOG").unwrap_or_default());
@@ -314,11 +314,10 @@ where
         .with_threads(false)
         .with_target(false)
         .with_tracked_inactivity(false)
-        // Entering a span would otherwise also make its OpenTelemetry context the thread's
-        // current one, on every poll of every instrumented future. Nothing here reads that:
-        // contexts are taken from the `tracing` span (`OpenTelemetrySpanExt::context`, and
-        // `logging::SpanContexts` for log lines).
-        .with_context_activation(false);
+        // Entering a `tracing` span makes its OpenTelemetry context the current one, so that
+        // `Context::current()` is the innermost span of either kind (see `spans`). The spans on
+        // an order's hot path are not `tracing` spans, so this costs only the few that are.
+        .with_context_activation(true);
     let contexts = logging::SpanContexts::default();
     let log_layer = logging::JsonLines::new(service, masker, contexts.clone(), writer);
     let dispatch = tracing::Dispatch::new(

@@ -57,9 +57,9 @@ impl<W> JsonLines<W> {
 /// Where [`JsonLines`] looks up the OpenTelemetry context of an event's span: the dispatch (the
 /// whole subscriber) the OpenTelemetry layer is part of.
 ///
-/// Spans do not make their context the thread's current OpenTelemetry context (see `init`), and
-/// while an event is being handled `tracing` hands out no dispatch (it guards against re-entry),
-/// so the layer keeps a weak handle to its own dispatch. Until one is attached, lines carry no
+/// Needed for events with an explicit `parent:` span, and to name the current span: while an
+/// event is being handled `tracing` hands out no dispatch (it guards against re-entry), so the
+/// layer keeps a weak handle to its own dispatch. Until one is attached, such lines carry no
 /// trace ids.
 #[derive(Clone, Default)]
 pub struct SpanContexts(Arc<OnceLock<WeakDispatch>>);
@@ -188,17 +188,24 @@ where
         push_str(&mut line, meta.target());
         line.extend_from_slice(b",\"message\":");
         push_str(&mut line, visitor.message.as_deref().unwrap_or_default());
-        // The span the event belongs to (its explicit parent, else the current span) and that
-        // span's OpenTelemetry context.
-        let span = ctx.event_span(event);
-        if let Some(span) = &span {
+        // The context the event belongs to: its explicit parent's, else the current one (the
+        // innermost span of either kind, see `crate::spans`). The span is named when it is a
+        // `tracing` span; spans made directly have no name to read back.
+        let cx = match event.parent() {
+            Some(parent) => self.contexts.of(parent).unwrap_or_default(),
+            None if event.is_contextual() => Context::current(),
+            None => Context::new(),
+        };
+        let span_context = cx.span().span_context().clone();
+        if let Some(span) = ctx.event_span(event)
+            && (event.parent().is_some()
+                || self.contexts.of(&span.id()).is_some_and(|own| {
+                    own.span().span_context().span_id() == span_context.span_id()
+                }))
+        {
             line.extend_from_slice(b",\"span\":");
             push_str(&mut line, span.name());
         }
-        let cx = span
-            .and_then(|span| self.contexts.of(&span.id()))
-            .unwrap_or_default();
-        let span_context = cx.span().span_context().clone();
         if span_context.is_valid() {
             let _ = write!(
                 line,

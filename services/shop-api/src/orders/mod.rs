@@ -10,13 +10,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use domain::OrderStatus;
+use opentelemetry::trace::{SpanKind, TraceContextExt as _};
+use opentelemetry::{Context, KeyValue};
 use orderbook::Change;
 use platform::extract::OrderId;
-use telemetry::attr;
 use telemetry::propagation::with_order;
-use tracing::field::Empty;
-use tracing::{Instrument, Span};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use telemetry::{attr, spans};
 use uuid::Uuid;
 
 use crate::startup::AppState;
@@ -49,22 +48,25 @@ async fn create(
 
     let order_id = Uuid::now_v7();
     let key = key.unwrap_or_else(|| order_id.to_string());
-    let request_span = Span::current();
-    request_span.set_attribute(attr::ORDER_ID, order_id.to_string());
-    let span = tracing::info_span!(
-        "order.create",
-        otel.name = "order create",
-        { attr::ORDER_SOURCE } = upload.order.source.as_str(),
-        { attr::ORDER_EXTERNAL_ID } = upload.order.external_id.as_deref(),
-        { attr::ORDER_IDEMPOTENCY_KEY } = %key,
-        { attr::ORDER_MATERIAL } = upload.order.material.as_str(),
-        { attr::PARTNER_ID } = upload.order.partner_id.as_deref(),
-        { attr::CUSTOMER_ID } = Empty,
-        { attr::ORDER_STATUS_TO } = OrderStatus::Created.as_str(),
-        { attr::ORDER_STAGE } = OrderStatus::Created.stage().as_str(),
-    );
-    let _ = span.set_parent(with_order(&request_span.context(), order_id));
-    async {
+    let cx = order_span(order_id, |request| {
+        let order = &upload.order;
+        let mut attributes = Vec::with_capacity(9);
+        attributes.extend([
+            KeyValue::new(attr::ORDER_SOURCE, order.source.as_str()),
+            KeyValue::new(attr::ORDER_IDEMPOTENCY_KEY, key.clone()),
+            KeyValue::new(attr::ORDER_MATERIAL, order.material.as_str()),
+            KeyValue::new(attr::ORDER_STATUS_TO, OrderStatus::Created.as_str()),
+            KeyValue::new(attr::ORDER_STAGE, OrderStatus::Created.stage().as_str()),
+        ]);
+        if let Some(external_id) = &order.external_id {
+            attributes.push(KeyValue::new(attr::ORDER_EXTERNAL_ID, external_id.clone()));
+        }
+        if let Some(partner_id) = &order.partner_id {
+            attributes.push(KeyValue::new(attr::PARTNER_ID, partner_id.clone()));
+        }
+        spans::child("order create", SpanKind::Internal, attributes, request)
+    });
+    let work = async {
         match store::create(&state, order_id, &key, &scope, &upload).await? {
             Created::New(view) => {
                 tracing::info!(order_id = %order_id, "order accepted");
@@ -78,9 +80,25 @@ async fn create(
                 replay(&state, existing, &upload.request_hash).await
             }
         }
+    };
+    let result = spans::under(cx.as_ref(), work).await;
+    spans::end_in(cx.as_ref());
+    result
+}
+
+/// The context to run an order's work under: the request span gets `order.id`, and `start`
+/// makes the span of the work as the request's child, with the order in baggage so that every
+/// span under it carries the id. Without spans (telemetry off or `RUST_LOG`),
+/// `None`.
+fn order_span(order_id: Uuid, start: impl FnOnce(&Context) -> Option<Context>) -> Option<Context> {
+    if !tracing::enabled!(kind: tracing::metadata::Kind::SPAN, tracing::Level::INFO) {
+        return None;
     }
-    .instrument(span)
-    .await
+    let request = Context::current();
+    request
+        .span()
+        .set_attribute(KeyValue::new(attr::ORDER_ID, order_id.to_string()));
+    start(&with_order(&request, order_id))
 }
 
 /// Answers a repeated request with the order it created the first time.
@@ -93,13 +111,12 @@ async fn replay(
         return Err(idempotency_key_reused());
     }
     let order_id = existing.order_id;
-    Span::current().set_attribute(attr::ORDER_ID, order_id.to_string());
-    let span = tracing::info_span!("order.replay", otel.name = "order replay");
-    let _ = span.set_parent(with_order(&Span::current().context(), order_id));
-    let view = store::load(state, order_id)
-        .instrument(span)
-        .await?
-        .ok_or_else(|| ApiError::order_not_found(order_id))?;
+    let cx = order_span(order_id, |request| {
+        spans::child("order replay", SpanKind::Internal, Vec::new(), request)
+    });
+    let view = spans::under(cx.as_ref(), store::load(state, order_id)).await;
+    spans::end_in(cx.as_ref());
+    let view = view?.ok_or_else(|| ApiError::order_not_found(order_id))?;
     Ok(respond(StatusCode::CREATED, &view, true))
 }
 

@@ -4,12 +4,12 @@ use chrono::{DateTime, Utc};
 use domain::events::{Customer, Envelope, Event, ModelRef, OrderCreated};
 use domain::pricing::Quote;
 use domain::{OrderStatus, Stage};
+use opentelemetry::KeyValue;
 use orderbook::HistoryEntry;
 use serde::Serialize;
 use sqlx::{PgPool, Row};
-use telemetry::attr;
 use telemetry::db::Traced;
-use tracing::Span;
+use telemetry::{attr, spans};
 use uuid::Uuid;
 
 use super::intake::Upload;
@@ -100,7 +100,7 @@ async fn write(
     .fetch_one(&mut *tx)
     .db("INSERT customers")
     .await?;
-    Span::current().record(attr::CUSTOMER_ID, customer_id.to_string());
+    spans::record(KeyValue::new(attr::CUSTOMER_ID, customer_id.to_string()));
 
     // `created_at` is the transaction's `now()`, which is also the `updated_at` the order book
     // gives the order in this transaction.

@@ -1,0 +1,124 @@
+//! Spans made with the OpenTelemetry tracer directly rather than as `tracing` spans, and the one
+//! rule for which span is current.
+//!
+//! **The current span is the one of [`Context::current`].** Spans made here are current while
+//! the future they cover runs: run it [`under`] the context [`child`] returned. The few `tracing` spans left (a message's CONSUMER span,
+//! a replay) make their context current on every entry too (`init` turns on the
+//! OpenTelemetry layer's context activation), so whichever kind a span is, work under it finds
+//! it in [`Context::current`]: child spans, database and storage spans, log lines, and the
+//! attributes code records on the span it runs under ([`record`], [`fail_current`]).
+//!
+//! Why not `tracing` spans: on the hot path of an order (the HTTP request, `order create`,
+//! the outbox relay's publish spans, status transitions), a `tracing` span cost the registry
+//! entry, every layer's work when it started, when it was entered and left on each poll of the
+//! future it covered, and when it closed, and a copy of every attribute into a string. Attaching
+//! a context on a poll is a push onto a thread-local stack.
+//!
+//! CLIENT spans ([`client`]: the calls a service makes to the database, [`crate::db`], and to
+//! object storage) have nothing under them, so they are never made current at all.
+//!
+//! Callers decide first whether they want a span, with `tracing::enabled!` at their call site,
+//! so that `RUST_LOG` still turns them on and off by module as it would `tracing`
+//! spans.
+
+use std::borrow::Cow;
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::OnceLock;
+
+use opentelemetry::trace::{
+    FutureExt as _, Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::trace::{SdkTracer, Span};
+
+use crate::attributes::semconv::{ERROR_TYPE, EXCEPTION_MESSAGE};
+
+/// A client span: the SDK's span, ended by [`opentelemetry::trace::Span::end`] or on drop.
+pub type ClientSpan = Span;
+
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+/// The tracer spans are made with; `init` installs it. Until then there are none.
+pub(crate) fn install(tracer: SdkTracer) {
+    let _ = TRACER.set(tracer);
+}
+
+/// Starts a CLIENT span `name` with `attributes` under the current span; `None` without
+/// telemetry. The span ends when it is dropped, or at [`Span::end`].
+pub fn client(name: impl Into<Cow<'static, str>>, attributes: Vec<KeyValue>) -> Option<Span> {
+    let tracer = TRACER.get()?;
+    Some(Context::map_current(|parent| {
+        tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes)
+            .start_with_context(tracer, parent)
+    }))
+}
+
+/// Starts a span `name` of `kind` with `attributes` under `parent`, and returns the context that
+/// holds it (with `parent`'s baggage), to run the work it covers [`under`] and to end it with
+/// [`end_in`]; `None` without telemetry.
+pub fn child(
+    name: impl Into<Cow<'static, str>>,
+    kind: SpanKind,
+    attributes: Vec<KeyValue>,
+    parent: &Context,
+) -> Option<Context> {
+    let tracer = TRACER.get()?;
+    let span = tracer
+        .span_builder(name)
+        .with_kind(kind)
+        .with_attributes(attributes)
+        .start_with_context(tracer, parent);
+    Some(parent.with_span(span))
+}
+
+/// Runs `future` with `cx` as the current context on every poll; without one, as it is.
+pub async fn under<F: Future>(cx: Option<&Context>, future: F) -> F::Output {
+    match cx {
+        Some(cx) => future.with_context(cx.clone()).await,
+        None => future.await,
+    }
+}
+
+/// Ends the span [`child`] put into `cx`.
+pub fn end_in(cx: Option<&Context>) {
+    if let Some(cx) = cx {
+        cx.span().end();
+    }
+}
+
+/// Sets `attribute` on the current span.
+pub fn record(attribute: KeyValue) {
+    Context::map_current(|cx| cx.span().set_attribute(attribute));
+}
+
+/// Marks the span of `cx` failed: status ERROR with `message`, and `error.type = error_type`.
+pub fn fail(cx: &Context, error_type: &str, message: impl Into<Cow<'static, str>>) {
+    let span = cx.span();
+    span.set_attribute(KeyValue::new(ERROR_TYPE, error_type.to_owned()));
+    span.set_status(Status::error(message));
+}
+
+/// [`fail`] for the current span.
+pub fn fail_current(error_type: &str, message: impl Into<Cow<'static, str>>) {
+    Context::map_current(|cx| fail(cx, error_type, message));
+}
+
+/// Ends `span` after its call, failed when the call failed with `error`: status ERROR with the
+/// error's message, `error.type = error_type`, and an `exception` event with the message.
+pub fn end(span: Option<Span>, error_type: &'static str, error: Option<&dyn Display>) {
+    let Some(mut span) = span else { return };
+    if let Some(error) = error {
+        let message = error.to_string();
+        span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
+        span.add_event(
+            "exception",
+            vec![KeyValue::new(EXCEPTION_MESSAGE, message.clone())],
+        );
+        span.set_status(Status::error(message));
+    }
+    span.end();
+}
