@@ -54,7 +54,7 @@ pub async fn trace_requests(request: Request, next: Next) -> Response {
             Some(route) => format!("{method} {route}"),
             None => method.clone(),
         };
-        let mut attributes = Vec::with_capacity(7);
+        let mut attributes = Vec::with_capacity(4);
         attributes.extend([
             KeyValue::new(HTTP_REQUEST_METHOD, method.clone()),
             KeyValue::new(URL_PATH, path.to_owned()),

@@ -6,7 +6,7 @@
 //! a replay) make their context current on every entry too (`init` turns on the
 //! OpenTelemetry layer's context activation), so whichever kind a span is, work under it finds
 //! it in [`Context::current`]: child spans, database and storage spans, log lines, and the
-//! attributes code records on the span it runs under ([`record`], [`fail_current`]).
+//! attributes code records on the span it runs under ([`record`]).
 //!
 //! Why not `tracing` spans: on the hot path of an order (the HTTP request, `order create`,
 //! the outbox relay's publish spans, status transitions), a `tracing` span cost the registry
@@ -100,11 +100,6 @@ pub fn fail(cx: &Context, error_type: &str, message: impl Into<Cow<'static, str>
     let span = cx.span();
     span.set_attribute(KeyValue::new(ERROR_TYPE, error_type.to_owned()));
     span.set_status(Status::error(message));
-}
-
-/// [`fail`] for the current span.
-pub fn fail_current(error_type: &str, message: impl Into<Cow<'static, str>>) {
-    Context::map_current(|cx| fail(cx, error_type, message));
 }
 
 /// Ends `span` after its call, failed when the call failed with `error`: status ERROR with the
