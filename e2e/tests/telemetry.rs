@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use e2e::{PATIENCE, System};
+use e2e::{PATIENCE, Service, System};
 use serde_json::{Value, json};
 use testkit::otlp::{CapturedSpan, kind};
 use uuid::Uuid;
@@ -946,4 +946,70 @@ async fn requests_answer_at_once_and_orders_are_priced_when_nothing_listens_at_t
 async fn requests_answer_at_once_and_orders_are_priced_when_the_collector_accepts_but_never_answers()
  {
     orders_flow_and_dropped_spans_are_counted_while_exporting_to(&black_hole().await).await;
+}
+
+/// A message the broker cannot route (here: `order.created` after CRM's queue was unbound from
+/// it) fails its PRODUCER span with the reason, under the order's trace, and the relay's warning
+/// is logged under that span.
+#[tokio::test]
+async fn a_publish_the_broker_cannot_route_fails_its_span_with_the_reason() {
+    use messaging::topology::Names;
+
+    let mut system = System::start().await;
+    // CRM would bind its queue again when it reconnects.
+    system
+        .process(Service::Crm)
+        .stop(Duration::from_secs(10))
+        .await;
+    let names = Names::new(&system.namespace);
+    let connection =
+        lapin::Connection::connect(&system.broker.url, lapin::ConnectionProperties::default())
+            .await
+            .expect("the broker");
+    let channel = connection.create_channel().await.expect("a channel");
+    channel
+        .queue_unbind(
+            names.queue("crm.orders").as_str().into(),
+            names.orders_exchange().as_str().into(),
+            "order.created".into(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("CRM's queue unbound from order.created");
+    let _ = connection.close(200, "unbound".into()).await;
+
+    let order = system.place_order("torus.STL", "gold_585").await;
+    let failed_publish = |s: &CapturedSpan| {
+        s.service == "shop-api"
+            && s.kind == kind::PRODUCER
+            && s.status_code == 2
+            && s.attr("messaging.rabbitmq.destination.routing_key")
+                .as_deref()
+                == Some("order.created")
+    };
+    let spans = trace_when(&system, &order.trace_id, |spans| {
+        spans.iter().any(failed_publish)
+    })
+    .await;
+    let publish = spans.iter().find(|s| failed_publish(s)).unwrap();
+    assert_eq!(publish.attr("error.type").as_deref(), Some("unroutable"));
+    assert_eq!(
+        publish.attr("order.id").as_deref(),
+        Some(order.id.to_string().as_str())
+    );
+    let parent = spans
+        .iter()
+        .find(|s| s.span_id == publish.parent_span_id)
+        .expect("the publish span's parent was exported");
+    assert_eq!(parent.name, "order create");
+
+    let log = system.shop.log_text();
+    let warning: Value = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["message"] == "outbox publish failed")
+        .unwrap_or_else(|| panic!("shop-api logged the failed publish:\n{log}"));
+    assert_eq!(warning["trace_id"], order.trace_id.as_str(), "{warning}");
+    assert_eq!(warning["span_id"], publish.span_id.as_str(), "{warning}");
+    assert_eq!(warning["order_id"], order.id.to_string(), "{warning}");
 }
