@@ -8,6 +8,9 @@
 //! HALLMARK_BENCH_STORAGE_DIR=/var/tmp cargo bench -p shop-api --bench overhead
 //! # the paced phase at a rate of your choice (default: half the throughput without telemetry)
 //! HALLMARK_BENCH_RATE=150 cargo bench -p shop-api --bench overhead
+//! # the servers' RUST_LOG, e.g. without database spans (the default filter, then an override)
+//! HALLMARK_BENCH_RUST_LOG="info,sqlx=warn,lapin=warn,hyper=warn,telemetry::db=off" \
+//!     cargo bench -p shop-api --bench overhead
 //! # instructions per order under valgrind instead of timings (see `count_instructions`)
 //! HALLMARK_BENCH_INSTRUCTIONS=1 cargo bench -p shop-api --bench overhead
 //! # ... keeping the profiles, then where the difference is
@@ -148,6 +151,11 @@ const INSTRUCTIONS: &str = "HALLMARK_BENCH_INSTRUCTIONS";
 /// A directory to keep the instruction count's callgrind profiles in (`callgrind.off`,
 /// `callgrind.on`), for `callgrind_annotate`; by default they are deleted.
 const PROFILES: &str = "HALLMARK_BENCH_PROFILES";
+
+/// `RUST_LOG` for both servers; by default they run with none, i.e. the services' default filter.
+/// Telemetry's spans obey it as they do in production, so it can take a kind of span out of
+/// the measurement: `…,telemetry::db=off` leaves out the database spans.
+const RUST_LOG: &str = "HALLMARK_BENCH_RUST_LOG";
 
 /// Orders counted per mode in the instruction count.
 const COUNTED_ORDERS: usize = 200;
@@ -391,6 +399,7 @@ impl Server {
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
             .env_remove("RUST_LOG")
+            .envs(std::env::var(RUST_LOG).map(|filter| ("RUST_LOG", filter)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
