@@ -287,6 +287,7 @@ impl Masker {
             }
             let uuids: Vec<std::ops::Range<usize>> =
                 UUID.find_iter(&out).map(|m| m.range()).collect();
+            let mut masked_any = false;
             let replaced = pattern
                 .regex
                 .replace_all(&out, |caps: &regex::Captures<'_>| {
@@ -297,11 +298,16 @@ impl Masker {
                     if inside_uuid || (pattern.luhn && !passes_luhn(found.as_str())) {
                         found.as_str().to_owned()
                     } else {
+                        masked_any = true;
                         format!("[masked:{}]", pattern.kind)
                     }
                 })
                 .into_owned();
-            out = Cow::Owned(replaced);
+            // Matches that were all left alone (inside ids, failing Luhn) change nothing: the
+            // text stays borrowed, and the caller keeps the attribute as it is.
+            if masked_any {
+                out = Cow::Owned(replaced);
+            }
         }
         out
     }
@@ -443,6 +449,11 @@ mod tests {
         assert_eq!(masker.mask_text(id), id);
         let line = format!("order {id} accepted");
         assert_eq!(masker.mask_text(&line), line);
+        // Nothing masked, so nothing copied: the attribute is exported as it was made.
+        let key = format!("models/{id}/ring.stl");
+        assert!(masker.inner.patterns[1].regex.is_match(&key));
+        assert!(matches!(masker.mask_text(&key), Cow::Borrowed(_)));
+        assert_eq!(masker.mask_value("aws.s3.key", &Value::from(key)), None);
         assert_eq!(
             masker.mask_text(&format!("order {id}, call +49 170 1234567")),
             format!("order {id}, call [masked:phone]")
