@@ -373,7 +373,7 @@ fn publish_error_type(err: &PublishError) -> &'static str {
 /// The PRODUCER span of one outbox row, a child of the context stored with the row; `None` when
 /// spans are off (the stored context is then passed on as it is).
 fn publish_span(exchange: &str, row: &Claimed) -> Option<Context> {
-    if !tracing::enabled!(kind: tracing::metadata::Kind::SPAN, tracing::Level::INFO) {
+    if !telemetry::spans_enabled!() {
         return None;
     }
     let parent = with_order(&from_carrier(&row.trace), row.message.order_id);

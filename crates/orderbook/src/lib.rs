@@ -232,7 +232,7 @@ impl OrderBook {
         order_id: Uuid,
         change: Change,
     ) -> Result<StatusChanged, TransitionFailure> {
-        let span = if tracing::enabled!(kind: tracing::metadata::Kind::SPAN, tracing::Level::INFO) {
+        let span = if telemetry::spans_enabled!() {
             let attributes = vec![
                 KeyValue::new(attr::ORDER_STATUS_TO, change.to.as_str()),
                 KeyValue::new(attr::ORDER_STAGE, change.to.stage().as_str()),

@@ -162,7 +162,7 @@ impl ObjectStorage {
         fs_method: &'static str,
         key: &str,
     ) -> Option<ClientSpan> {
-        if !tracing::enabled!(kind: tracing::metadata::Kind::SPAN, tracing::Level::INFO) {
+        if !telemetry::spans_enabled!() {
             return None;
         }
         let (name, system) = if self.backend == "s3" {

@@ -43,7 +43,7 @@ pub fn set_namespace(database: &str) {
 /// Starts a CLIENT span for `summary`, `"{operation} {table}"` (`"INSERT orders"`), under the
 /// current span; `None` without telemetry or when `RUST_LOG` disables such spans.
 pub fn span(summary: &'static str) -> Option<Span> {
-    if !tracing::enabled!(kind: tracing::metadata::Kind::SPAN, tracing::Level::INFO) {
+    if !crate::spans_enabled!() {
         return None;
     }
     let (operation, collection) = summary.split_once(' ').unwrap_or((summary, ""));

@@ -44,7 +44,7 @@ pub async fn trace_requests(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
 
-    let cx = if tracing::enabled!(kind: tracing::metadata::Kind::SPAN, tracing::Level::INFO) {
+    let cx = if crate::spans_enabled!() {
         let path = request.uri().path();
         let mut parent = extract_http(request.headers());
         if let Some(order) = order_id_from_path(path) {

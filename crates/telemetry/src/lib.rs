@@ -56,6 +56,9 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 pub use attributes as attr;
 pub use metrics::metrics;
+/// For [`spans_enabled!`], which expands in the caller's crate.
+#[doc(hidden)]
+pub use tracing as __tracing;
 
 /// Default `RUST_LOG` filter: our crates at info, chatty libraries at warn.
 pub const DEFAULT_FILTER: &str = "info,sqlx=warn,lapin=warn,amq_protocol=warn,h2=warn,hyper=warn,tonic=warn,tower=warn,opentelemetry=warn,opentelemetry_sdk=warn";

@@ -2,11 +2,12 @@
 //! rule for which span is current.
 //!
 //! **The current span is the one of [`Context::current`].** Spans made here are current while
-//! the future they cover runs: run it [`under`] the context [`child`] returned. The few `tracing` spans left (a message's CONSUMER span,
-//! a replay) make their context current on every entry too (`init` turns on the
-//! OpenTelemetry layer's context activation), so whichever kind a span is, work under it finds
-//! it in [`Context::current`]: child spans, database and storage spans, log lines, and the
-//! attributes code records on the span it runs under ([`record`]).
+//! the future they cover runs: run it [`under`] the context [`child`] returned. The `tracing`
+//! spans left (a message's CONSUMER span, MES's calculation spans) make their context current
+//! on every entry too (`init` turns on the OpenTelemetry layer's context activation), so
+//! whichever kind a span is, work under it finds it in [`Context::current`]: child spans,
+//! database and storage spans, log lines, and the attributes code records on the span it runs
+//! under ([`record`]).
 //!
 //! Why not `tracing` spans: on the hot path of an order (the HTTP request, `order create`,
 //! the outbox relay's publish spans, status transitions), a `tracing` span cost the registry
@@ -17,9 +18,8 @@
 //! CLIENT spans ([`client`]: the calls a service makes to the database, [`crate::db`], and to
 //! object storage) have nothing under them, so they are never made current at all.
 //!
-//! Callers decide first whether they want a span, with `tracing::enabled!` at their call site,
-//! so that `RUST_LOG` still turns them on and off by module as it would `tracing`
-//! spans.
+//! Callers ask [`spans_enabled!`](crate::spans_enabled) first, so that `RUST_LOG` still turns
+//! these spans on and off by module as it would `tracing` spans.
 
 use std::borrow::Cow;
 use std::fmt::Display;
@@ -38,6 +38,19 @@ use crate::attributes::semconv::{ERROR_TYPE, EXCEPTION_MESSAGE};
 pub type ClientSpan = Span;
 
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+/// Whether the calling module wants spans: whether `RUST_LOG` enables INFO spans there, as it
+/// would for a `tracing` span at the call site. A macro, so that the module it asks about is the
+/// caller's.
+#[macro_export]
+macro_rules! spans_enabled {
+    () => {
+        $crate::__tracing::enabled!(
+            kind: $crate::__tracing::metadata::Kind::SPAN,
+            $crate::__tracing::Level::INFO
+        )
+    };
+}
 
 /// The tracer spans are made with; `init` installs it. Until then there are none.
 pub(crate) fn install(tracer: SdkTracer) {
@@ -116,4 +129,22 @@ pub fn end(span: Option<Span>, error_type: &'static str, error: Option<&dyn Disp
         span.set_status(Status::error(message));
     }
     span.end();
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    #[test]
+    fn spans_are_wanted_as_rust_log_says_for_the_calling_module() {
+        let wanted = |directives: &str| {
+            let subscriber = tracing_subscriber::registry().with(crate::log_filter(directives));
+            tracing::subscriber::with_default(subscriber, || crate::spans_enabled!())
+        };
+        assert!(wanted("info"));
+        assert!(!wanted("warn"));
+        // The module asked about is this one, where the macro was used, not `telemetry::spans`.
+        assert!(!wanted("info,telemetry::spans::tests=warn"));
+        assert!(wanted("warn,telemetry::spans::tests=info"));
+    }
 }

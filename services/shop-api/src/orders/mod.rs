@@ -91,7 +91,7 @@ async fn create(
 /// span under it carries the id. Without spans (telemetry off or `RUST_LOG`),
 /// `None`.
 fn order_span(order_id: Uuid, start: impl FnOnce(&Context) -> Option<Context>) -> Option<Context> {
-    if !tracing::enabled!(kind: tracing::metadata::Kind::SPAN, tracing::Level::INFO) {
+    if !telemetry::spans_enabled!() {
         return None;
     }
     let request = Context::current();
