@@ -301,11 +301,20 @@ fn text_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>
 }
 
 impl Carrier {
-    fn field(&mut self, key: &str) -> Option<&mut Option<String>> {
+    /// The fields by their header names, to write; [`Carrier::field`] reads one.
+    fn fields(&mut self) -> [(&'static str, &mut Option<String>); 3] {
+        [
+            (TRACEPARENT, &mut self.traceparent),
+            (TRACESTATE, &mut self.tracestate),
+            (BAGGAGE, &mut self.baggage),
+        ]
+    }
+
+    fn field(&self, key: &str) -> Option<&str> {
         match key {
-            TRACEPARENT => Some(&mut self.traceparent),
-            TRACESTATE => Some(&mut self.tracestate),
-            BAGGAGE => Some(&mut self.baggage),
+            TRACEPARENT => self.traceparent.as_deref(),
+            TRACESTATE => self.tracestate.as_deref(),
+            BAGGAGE => self.baggage.as_deref(),
             _ => None,
         }
     }
@@ -313,7 +322,7 @@ impl Carrier {
 
 impl Injector for Carrier {
     fn set(&mut self, key: &str, value: String) {
-        if let Some(field) = self.field(key) {
+        if let Some((_, field)) = self.fields().into_iter().find(|(name, _)| *name == key) {
             // The SDK writes an empty `tracestate` when there is none; not worth storing.
             *field = Some(value).filter(|v| !v.is_empty());
         }
@@ -322,23 +331,14 @@ impl Injector for Carrier {
 
 impl Extractor for Carrier {
     fn get(&self, key: &str) -> Option<&str> {
-        match key {
-            TRACEPARENT => self.traceparent.as_deref(),
-            TRACESTATE => self.tracestate.as_deref(),
-            BAGGAGE => self.baggage.as_deref(),
-            _ => None,
-        }
+        self.field(key)
     }
 
     fn keys(&self) -> Vec<&str> {
-        [
-            (TRACEPARENT, &self.traceparent),
-            (TRACESTATE, &self.tracestate),
-            (BAGGAGE, &self.baggage),
-        ]
-        .into_iter()
-        .filter_map(|(key, value)| value.as_ref().map(|_| key))
-        .collect()
+        [TRACEPARENT, TRACESTATE, BAGGAGE]
+            .into_iter()
+            .filter(|key| self.field(key).is_some())
+            .collect()
     }
 }
 
@@ -357,29 +357,20 @@ pub fn from_carrier(carrier: &Carrier) -> Context {
 /// Environment variables (`TRACEPARENT`, `TRACESTATE`, `BAGGAGE`) that hand `cx` to a child
 /// process, the convention of the OpenTelemetry environment-variable carrier.
 pub fn to_env(cx: &Context) -> Vec<(String, String)> {
-    let Carrier {
-        traceparent,
-        tracestate,
-        baggage,
-    } = to_carrier(cx);
-    [
-        ("TRACEPARENT", traceparent),
-        ("TRACESTATE", tracestate),
-        ("BAGGAGE", baggage),
-    ]
-    .into_iter()
-    .filter_map(|(name, value)| value.map(|value| (name.to_owned(), value)))
-    .collect()
+    to_carrier(cx)
+        .fields()
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.to_ascii_uppercase(), value.take()?)))
+        .collect()
 }
 
 /// The parent context a child process was started with (see [`to_env`]).
 pub fn from_env() -> Context {
-    let var = |name| std::env::var(name).ok();
-    from_carrier(&Carrier {
-        traceparent: var("TRACEPARENT"),
-        tracestate: var("TRACESTATE"),
-        baggage: var("BAGGAGE"),
-    })
+    let mut carrier = Carrier::default();
+    for (name, value) in carrier.fields() {
+        *value = std::env::var(name.to_ascii_uppercase()).ok();
+    }
+    from_carrier(&carrier)
 }
 
 /// Whether `cx` holds a valid (possibly remote) span to continue or link to.
