@@ -4,8 +4,8 @@
 //!
 //! Every call is a CLIENT span (`S3.PutObject`, `S3.GetObject`, … or `filesystem.put`, …) with the
 //! bucket, key and size, a child of the request or message that caused it, so it carries the
-//! order id too. They are `telemetry::client` spans: nothing runs under them, so they need no
-//! `tracing` span; `RUST_LOG` turns them on and off as INFO spans of this module.
+//! order id too. They are `telemetry::spans::client` spans: nothing runs under them, so they need
+//! no `tracing` span; `RUST_LOG` turns them on and off as INFO spans of this module.
 
 use std::path::PathBuf;
 use std::sync::Arc;
