@@ -11,9 +11,16 @@
 //! The same [`Masker`] is applied to span names, attributes, event names and attributes, link
 //! attributes and status descriptions (see [`MaskingExporter`]) and to every log line.
 //! An OTel Collector in front of the backends can mask again, as a second line.
+//!
+//! Text compiled into the program is not searched for patterns in spans (keys are still
+//! checked): a string literal such as `"postgresql"`, `"INSERT orders"` or a status name is part
+//! of the executable, so it cannot hold a customer's data, which only ever arrives at run time.
+//! Most span values are such literals, so this saves most of the searching (see
+//! [`is_compiled_in`]).
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -112,9 +119,9 @@ impl fmt::Debug for Names {
 }
 
 /// Whether `text` can match a built-in pattern at all, from what each one cannot do without:
-/// an e-mail address has an `@`; a phone number at least three digits and a `+`, a `00` or a
-/// digit right after `(`; a card number thirteen digits with nothing but spaces and dashes
-/// between them. Most attribute values (names, routes, statuses, ids, summaries) have none of
+/// an e-mail address has an `@`; a phone number at least three digits and a `+`, a `00` that
+/// starts a word or a digit right after `(`; a card number thirteen digits with nothing but
+/// spaces and dashes between them. Most attribute values (names, routes, statuses, ids, summaries) have none of
 /// these, and this look at their bytes is far cheaper than a search: the first checks are
 /// whole-slice operations the compiler vectorizes, and the loop runs only for text with three
 /// digits or more. The patterns' `\d` and `\s` are Unicode classes (a phone number can be
@@ -132,11 +139,18 @@ fn may_hold_contact_data(text: &str) -> bool {
     }
     // Digits in the current stretch of digits, spaces and dashes.
     let mut run = 0;
-    let mut previous = 0u8;
+    // The two bytes before this one; a word byte (letter, digit, `_`) at the start, so that a
+    // `00` there counts.
+    let (mut before, mut previous) = (b' ', b' ');
     for &byte in bytes {
         match byte {
             b'0'..=b'9' => {
-                if previous == b'(' || (byte == b'0' && previous == b'0') {
+                // `\b00`: a `00` that does not continue a word (`0x00`, a hex id's `a00f` can't
+                // start a phone number).
+                let starts_00 = byte == b'0'
+                    && previous == b'0'
+                    && !(before.is_ascii_alphanumeric() || before == b'_');
+                if previous == b'(' || starts_00 {
                     return true;
                 }
                 run += 1;
@@ -147,6 +161,7 @@ fn may_hold_contact_data(text: &str) -> bool {
             b' ' | b'-' => {}
             _ => run = 0,
         }
+        before = previous;
         previous = byte;
     }
     false
@@ -312,6 +327,15 @@ impl Masker {
         out
     }
 
+    /// [`Masker::mask_text`] for text made at run time; text compiled into the program (see
+    /// [`is_compiled_in`]) is borrowed as it is.
+    fn mask_run_time_text<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        if is_compiled_in(text) {
+            return Cow::Borrowed(text);
+        }
+        self.mask_text(text)
+    }
+
     /// The value to export for `key`: the mask for a sensitive key, the text with matches
     /// masked for a string, the value unchanged otherwise.
     pub fn mask_value(&self, key: &str, value: &Value) -> Option<Value> {
@@ -319,14 +343,14 @@ impl Masker {
             return Some(Value::from(MASK));
         }
         match value {
-            Value::String(s) => match self.mask_text(s.as_str()) {
+            Value::String(s) => match self.mask_run_time_text(s.as_str()) {
                 Cow::Borrowed(_) => None,
                 Cow::Owned(masked) => Some(Value::from(masked)),
             },
             Value::Array(opentelemetry::Array::String(items)) => {
                 let masked: Vec<StringValue> = items
                     .iter()
-                    .map(|s| StringValue::from(self.mask_text(s.as_str()).into_owned()))
+                    .map(|s| StringValue::from(self.mask_run_time_text(s.as_str()).into_owned()))
                     .collect();
                 (masked != *items).then(|| Value::Array(masked.into()))
             }
@@ -345,12 +369,12 @@ impl Masker {
 
     /// Masks everything a span carries that could hold personal data.
     pub fn mask_span(&self, span: &mut SpanData) {
-        if let Cow::Owned(name) = self.mask_text(&span.name) {
+        if let Cow::Owned(name) = self.mask_run_time_text(&span.name) {
             span.name = Cow::Owned(name);
         }
         self.mask_attributes(&mut span.attributes);
         for event in span.events.events.iter_mut() {
-            if let Cow::Owned(name) = self.mask_text(&event.name) {
+            if let Cow::Owned(name) = self.mask_run_time_text(&event.name) {
                 event.name = Cow::Owned(name);
             }
             self.mask_attributes(&mut event.attributes);
@@ -359,11 +383,55 @@ impl Masker {
             self.mask_attributes(&mut link.attributes);
         }
         if let Status::Error { description } = &span.status
-            && let Cow::Owned(masked) = self.mask_text(description)
+            && let Cow::Owned(masked) = self.mask_run_time_text(description)
         {
             span.status = Status::error(masked);
         }
     }
+}
+
+/// The address ranges of this executable's read-only segments (code and constants), read from
+/// `/proc/self/maps` once; empty where there is no such file, and then nothing counts as
+/// compiled in.
+static IMAGE: LazyLock<Vec<Range<usize>>> = LazyLock::new(|| {
+    let exe = std::fs::read_link("/proc/self/exe");
+    let maps = std::fs::read_to_string("/proc/self/maps");
+    match (exe, maps) {
+        (Ok(exe), Ok(maps)) => read_only_segments(&maps, &exe.to_string_lossy()),
+        _ => Vec::new(),
+    }
+});
+
+/// The read-only mappings of the file `path` in `maps` (the format of `/proc/<pid>/maps`:
+/// `start-end perms offset dev inode path`).
+fn read_only_segments(maps: &str, path: &str) -> Vec<Range<usize>> {
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(6, ' ');
+            let (range, perms) = (fields.next()?, fields.next()?);
+            let mapped = fields.nth(3)?.trim_start();
+            if mapped != path || perms.as_bytes().get(1) != Some(&b'-') {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            let start = usize::from_str_radix(start, 16).ok()?;
+            let end = usize::from_str_radix(end, 16).ok()?;
+            Some(start..end)
+        })
+        .collect()
+}
+
+/// Whether `text` lies in the program's read-only image: a string literal, a `&'static str`
+/// constant. Such text was written by a developer, not received from a customer. Text on the
+/// heap (everything formatted, parsed, read from a request, a row or a message) never is, and
+/// neither is anything in writable memory, so a false "yes" is impossible; where the image is
+/// unknown, the answer is "no" and the text is searched as before.
+fn is_compiled_in(text: &str) -> bool {
+    let start = text.as_ptr() as usize;
+    let end = start + text.len();
+    IMAGE
+        .iter()
+        .any(|segment| segment.start <= start && end <= segment.end)
 }
 
 /// A UUID in its hyphenated form, anywhere in a text.
@@ -503,6 +571,8 @@ mod tests {
             (&b"0123456789+()-. @ab.c/x"[..], 32),
             (&b"00123456789+(-  "[..], 40),
             (&b"0123456789123456789 -a"[..], 40),
+            // `00` after word bytes and after others, as in names with hex suffixes.
+            (&b"000123456789_f -+("[..], 40),
         ] {
             // A fixed linear congruential sequence: the same texts on every run.
             let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -550,6 +620,8 @@ mod tests {
         for plain in [
             "INSERT INTO shop.orders (id, status, total) VALUES ($1, $2, $3, $4, $5)",
             "order 2026-12-02 #12345",
+            // A database or bucket name with a hex suffix: its `00`s are inside a word.
+            "test_bench_shop_3f00a1c2e9d04b7f8e00aa55c3d2e1f0",
         ] {
             assert!(!may_hold_contact_data(plain), "{plain}");
         }
@@ -582,31 +654,84 @@ mod tests {
         assert!(Masker::new(&[], &["(".into()]).is_err());
     }
 
-    #[test]
-    fn a_whole_span_is_masked() {
-        let masker = Masker::default();
-        let mut span = SpanData {
+    /// A span as the SDK hands it over, with everything in it made at run time, as data from a
+    /// customer is.
+    fn span_with(name: &str, attributes: Vec<KeyValue>, status: &str) -> SpanData {
+        SpanData {
             span_context: opentelemetry::trace::SpanContext::empty_context(),
             parent_span_id: opentelemetry::trace::SpanId::INVALID,
             parent_span_is_remote: false,
             span_kind: opentelemetry::trace::SpanKind::Internal,
-            name: "notify jane@example.com".into(),
+            name: name.to_owned().into(),
             start_time: std::time::SystemTime::now(),
             end_time: std::time::SystemTime::now(),
-            attributes: vec![
-                KeyValue::new("customer.phone", "+44 20 7946 0958"),
-                KeyValue::new("note", "from jane@example.com"),
-            ],
+            attributes,
             dropped_attributes_count: 0,
             events: Default::default(),
             links: Default::default(),
-            status: Status::error("bounce for jane@example.com"),
+            status: Status::error(status.to_owned()),
             instrumentation_scope: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_whole_span_is_masked() {
+        let masker = Masker::default();
+        let mut span = span_with(
+            "notify jane@example.com",
+            vec![
+                KeyValue::new("customer.phone", "+44 20 7946 0958".to_owned()),
+                KeyValue::new("note", "from jane@example.com".to_owned()),
+            ],
+            "bounce for jane@example.com",
+        );
         masker.mask_span(&mut span);
         assert_eq!(span.name, "notify [masked:email]");
         assert_eq!(span.attributes[0].value, Value::from(MASK));
         assert_eq!(span.attributes[1].value, Value::from("from [masked:email]"));
         assert_eq!(span.status, Status::error("bounce for [masked:email]"));
+    }
+
+    #[test]
+    fn text_compiled_into_the_program_is_not_searched_but_its_keys_are_checked() {
+        let masker = Masker::default();
+        const LITERAL: &str = "support@hallmark.example";
+        assert!(is_compiled_in(LITERAL));
+        let at_run_time = LITERAL.to_owned();
+        assert!(!is_compiled_in(&at_run_time));
+        let mut span = span_with("notify", Vec::new(), "");
+        span.name = Cow::Borrowed(LITERAL);
+        span.attributes = vec![
+            KeyValue::new("note", LITERAL),
+            KeyValue::new("note", at_run_time.clone()),
+            KeyValue::new("customer.email", LITERAL),
+        ];
+        masker.mask_span(&mut span);
+        assert_eq!(span.name, LITERAL);
+        assert_eq!(span.attributes[0].value, Value::from(LITERAL));
+        assert_eq!(span.attributes[1].value, Value::from("[masked:email]"));
+        assert_eq!(span.attributes[2].value, Value::from(MASK));
+        // Text in writable memory is not part of the image, whatever its lifetime.
+        let leaked: &'static str = Box::leak(at_run_time.into_boxed_str());
+        assert!(!is_compiled_in(leaked));
+    }
+
+    #[test]
+    fn only_read_only_mappings_of_the_executable_count_as_its_image() {
+        let maps = "\
+55d0c0a00000-55d0c0a4e000 r--p 00000000 fd:01 1234 /srv/shop api\n\
+55d0c0a4e000-55d0c0f00000 r-xp 0004e000 fd:01 1234 /srv/shop api\n\
+55d0c1000000-55d0c1010000 rw-p 00500000 fd:01 1234 /srv/shop api\n\
+7f0000000000-7f0000100000 r--p 00000000 fd:01 99 /usr/lib/x86_64-linux-gnu/libc.so.6\n\
+7f0000200000-7f0000300000 rw-p 00000000 00:00 0 \n\
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]\n";
+        assert_eq!(
+            read_only_segments(maps, "/srv/shop api"),
+            vec![
+                0x55d0c0a00000..0x55d0c0a4e000,
+                0x55d0c0a4e000..0x55d0c0f00000
+            ]
+        );
+        assert!(read_only_segments(maps, "/srv/other").is_empty());
     }
 }
