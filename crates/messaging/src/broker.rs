@@ -99,13 +99,27 @@ impl Broker {
         }
     }
 
-    /// Closes the connection (pending publishes are already confirmed or failed by then).
+    /// Closes the connection (pending publishes are already confirmed or failed by then),
+    /// waiting at most [`CLOSE_TIMEOUT`] for the connection and the broker's answer; after that
+    /// the connection is dropped as it is, so shutdown never hangs on the broker.
     pub async fn close(&self) {
-        if let Some(connection) = self.inner.connection.lock().await.take() {
-            let _ = connection.close(200, "shutting down".into()).await;
+        let close = async {
+            if let Some(connection) = self.inner.connection.lock().await.take() {
+                let _ = connection.close(200, "shutting down".into()).await;
+            }
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
+            tracing::warn!(
+                connection = %self.inner.connection_name,
+                timeout_ms = CLOSE_TIMEOUT.as_millis() as u64,
+                "amqp connection not closed in time, dropped"
+            );
         }
     }
 }
+
+/// How long [`Broker::close`] waits.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Exponential back-off with full jitter, from 100 ms up to 10 s.
 #[derive(Debug, Clone)]

@@ -59,6 +59,24 @@ pub async fn connect(
     }
 }
 
+/// How long [`close`] waits for connections in use to come back.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Closes `pool`, waiting at most [`CLOSE_TIMEOUT`] for the connections in use to be returned;
+/// after that they are dropped, so shutdown never hangs on a connection held somewhere.
+pub async fn close(pool: &PgPool) {
+    if tokio::time::timeout(CLOSE_TIMEOUT, pool.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_use = (pool.size() as usize).saturating_sub(pool.num_idle()),
+            timeout_ms = CLOSE_TIMEOUT.as_millis() as u64,
+            "database pool not closed in time, connections dropped"
+        );
+    }
+}
+
 /// The current span's trace context, to bind as a JSONB `trace` column (see
 /// [`telemetry::propagation::Carrier`]).
 pub fn current_trace() -> sqlx::types::Json<Carrier> {

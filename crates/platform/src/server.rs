@@ -1,7 +1,10 @@
 //! Serving an axum router until shutdown, and the shutdown signal itself.
 
+use std::time::Duration;
+
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// Serves `router` on `listener` until `cancel` fires, then stops accepting and lets requests in
@@ -50,18 +53,67 @@ pub async fn bind(host: &str, port: u16) -> anyhow::Result<(TcpListener, u16)> {
     Ok((listener, port))
 }
 
+/// How long a service waits, once shutdown was asked for, for requests and tasks in progress
+/// to finish; whatever is still running then is dropped. Well inside the 30 s an orchestrator
+/// usually gives between SIGTERM and SIGKILL, so the service still closes its broker
+/// connection and its pool, and flushes its telemetry, itself.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Serves `router` while `tasks` (relays, consumers, workers) run, until `cancel` fires or the
-/// server fails; then cancels the tasks too and waits for each to finish its work in progress.
+/// server fails; then cancels the tasks too and waits for each to finish its work in progress,
+/// for at most [`SHUTDOWN_GRACE`].
 pub async fn serve_with_tasks(
     listener: TcpListener,
     router: Router,
-    mut tasks: tokio::task::JoinSet<()>,
+    tasks: JoinSet<()>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let served = serve(listener, router, cancel.clone()).await;
+    serve_with_tasks_within(listener, router, tasks, cancel, SHUTDOWN_GRACE).await
+}
+
+/// [`serve_with_tasks`] with a grace period of `grace`, counted from the moment `cancel` fires.
+/// A request or task that does not finish in time is dropped with a warning that says which,
+/// so one stuck request or connection cannot keep the process from exiting.
+pub async fn serve_with_tasks_within(
+    listener: TcpListener,
+    router: Router,
+    mut tasks: JoinSet<()>,
+    cancel: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let server = serve(listener, router, cancel.clone());
+    tokio::pin!(server);
+    let mut served = tokio::select! {
+        served = &mut server => Some(served),
+        () = cancel.cancelled() => None,
+    };
+    let deadline = tokio::time::Instant::now() + grace;
+    let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+    if served.is_none() {
+        match tokio::time::timeout_at(deadline, &mut server).await {
+            Ok(result) => served = Some(result),
+            Err(_) => tracing::warn!(
+                grace_ms,
+                "requests still in progress at the end of the shutdown grace period, dropped"
+            ),
+        }
+    }
     cancel.cancel();
-    while tasks.join_next().await.is_some() {}
-    served.map_err(|err| anyhow::anyhow!("the HTTP server failed: {err}"))
+    let joined = tokio::time::timeout_at(deadline, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if joined.is_err() {
+        tracing::warn!(
+            grace_ms,
+            tasks = tasks.len(),
+            "tasks still running at the end of the shutdown grace period, aborted"
+        );
+        tasks.shutdown().await;
+    }
+    served
+        .unwrap_or(Ok(()))
+        .map_err(|err| anyhow::anyhow!("the HTTP server failed: {err}"))
 }
 
 /// The routes every service has besides its API: `/health` and `/metrics`, the JSON 404 for

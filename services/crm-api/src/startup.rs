@@ -96,7 +96,7 @@ impl Application {
         tracing::info!(port, "crm-api listening");
         let result = platform::server::serve_with_tasks(listener, router, tasks, cancel).await;
         broker.close().await;
-        pool.close().await;
+        platform::db::close(&pool).await;
         tracing::info!("crm-api stopped");
         result
     }

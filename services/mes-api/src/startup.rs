@@ -137,7 +137,7 @@ impl Application {
         tracing::info!(port, "mes-api listening");
         let result = platform::server::serve_with_tasks(listener, router, tasks, cancel).await;
         broker.close().await;
-        pool.close().await;
+        platform::db::close(&pool).await;
         tracing::info!("mes-api stopped");
         result
     }

@@ -188,7 +188,7 @@ impl Application {
         let result = platform::server::serve_with_tasks(api, router, tasks, cancel).await;
         writer_cancel.cancel();
         let _ = writer_task.await;
-        pool.close().await;
+        platform::db::close(&pool).await;
         tracing::info!("order-watch stopped");
         result
     }

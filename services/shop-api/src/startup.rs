@@ -104,7 +104,7 @@ impl Application {
         tracing::info!(port, "shop-api listening");
         let result = platform::server::serve_with_tasks(listener, router, tasks, cancel).await;
         broker.close().await;
-        pool.close().await;
+        platform::db::close(&pool).await;
         tracing::info!("shop-api stopped");
         result
     }
