@@ -42,14 +42,42 @@ static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 /// Whether the calling module wants spans: whether `RUST_LOG` enables INFO spans there, as it
 /// would for a `tracing` span at the call site. A macro, so that the module it asks about is the
 /// caller's.
+///
+/// Like `tracing`'s own span macros, it keeps a callsite whose interest the dispatcher sets once
+/// per filter change: a target `RUST_LOG` enables for every dispatcher answers `true` without
+/// asking the filter (`tracing::enabled!` asks it on every call, matching the target against
+/// each directive), a disabled one `false`; only when dispatchers disagree is the current one
+/// asked.
 #[macro_export]
 macro_rules! spans_enabled {
-    () => {
-        $crate::__tracing::enabled!(
-            kind: $crate::__tracing::metadata::Kind::SPAN,
-            $crate::__tracing::Level::INFO
-        )
-    };
+    () => {{
+        use $crate::__tracing::callsite::{DefaultCallsite, Identifier};
+        static META: $crate::__tracing::Metadata<'static> = $crate::__tracing::Metadata::new(
+            "spans_enabled",
+            ::core::module_path!(),
+            $crate::__tracing::Level::INFO,
+            ::core::option::Option::Some(::core::file!()),
+            ::core::option::Option::Some(::core::line!()),
+            ::core::option::Option::Some(::core::module_path!()),
+            $crate::__tracing::field::FieldSet::new(&[], Identifier(&CALLSITE)),
+            $crate::__tracing::metadata::Kind::SPAN,
+        );
+        static CALLSITE: DefaultCallsite = DefaultCallsite::new(&META);
+        $crate::spans::enabled_at(&CALLSITE)
+    }};
+}
+
+/// What [`spans_enabled!`](crate::spans_enabled) answers for its callsite.
+#[doc(hidden)]
+pub fn enabled_at(callsite: &'static tracing::callsite::DefaultCallsite) -> bool {
+    use tracing::callsite::Callsite as _;
+    if !tracing::level_enabled!(tracing::Level::INFO) {
+        return false;
+    }
+    let interest = callsite.interest();
+    interest.is_always()
+        || (!interest.is_never()
+            && tracing::dispatcher::get_default(|dispatch| dispatch.enabled(callsite.metadata())))
 }
 
 /// The tracer spans are made with; `init` installs it. Until then there are none.
@@ -139,7 +167,12 @@ mod tests {
     fn spans_are_wanted_as_rust_log_says_for_the_calling_module() {
         let wanted = |directives: &str| {
             let subscriber = tracing_subscriber::registry().with(crate::log_filter(directives));
-            tracing::subscriber::with_default(subscriber, || crate::spans_enabled!())
+            tracing::subscriber::with_default(subscriber, || {
+                // Once as the callsite registers, once from its cached interest.
+                let answers = [(); 2].map(|()| crate::spans_enabled!());
+                assert_eq!(answers[0], answers[1], "{directives}");
+                answers[0]
+            })
         };
         assert!(wanted("info"));
         assert!(!wanted("warn"));
