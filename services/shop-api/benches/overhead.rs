@@ -162,7 +162,12 @@ const RUST_LOG: &str = "HALLMARK_BENCH_RUST_LOG";
 /// Orders counted per mode in the instruction count.
 const COUNTED_ORDERS: usize = 200;
 
-/// Each server in turn, alone, under `callgrind` (valgrind): 20 orders to warm up, then
+/// Orders before the count starts, per mode. With telemetry, the count also waits for the first
+/// export to arrive: what happens once (the exporter's connection, the masking expressions' first
+/// states, buffers growing to size) is then not counted as if it happened for every order.
+const WARMUP_ORDERS: usize = 50;
+
+/// Each server in turn, alone, under `callgrind` (valgrind): [`WARMUP_ORDERS`] to warm up, then
 /// [`COUNTED_ORDERS`] orders from one client with instrumentation on, and a pause for the relay
 /// and the span export to finish them. Instruction counts do not depend on what else the machine
 /// is doing, so this tells apart changes far smaller than the noise of the timed rounds; it does
@@ -183,7 +188,18 @@ async fn count_instructions() -> anyhow::Result<()> {
     for telemetry in [Telemetry::Off, Telemetry::On] {
         let profile = profiles.join(format!("callgrind.{}", telemetry.name()));
         let server = Server::start_under(telemetry, &receiver, &client, Some(&profile)).await?;
-        drive(&client, &server.base, &model, 20, 1).await?;
+        let exported = receiver.bytes();
+        drive(&client, &server.base, &model, WARMUP_ORDERS, 1).await?;
+        if telemetry == Telemetry::On {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while receiver.bytes() == exported {
+                ensure!(
+                    Instant::now() < deadline,
+                    "no spans exported within 30 s of the warm-up"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         tokio::time::sleep(Duration::from_secs(3)).await;
         callgrind_control(server.pid, "on")?;
         drive(&client, &server.base, &model, COUNTED_ORDERS, 1).await?;
