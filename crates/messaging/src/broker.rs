@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::{Channel, Connection, ConnectionProperties};
+use platform::server::CLOSE_TIMEOUT;
 use rand::Rng;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -117,9 +118,6 @@ impl Broker {
         }
     }
 }
-
-/// How long [`Broker::close`] waits.
-pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Exponential back-off with full jitter, from 100 ms up to 10 s.
 #[derive(Debug, Clone)]

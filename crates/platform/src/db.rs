@@ -7,6 +7,8 @@ use sqlx::{ConnectOptions, PgPool, Row as _};
 use telemetry::propagation::{Carrier, to_carrier};
 use tokio_util::sync::CancellationToken;
 
+use crate::server::CLOSE_TIMEOUT;
+
 /// Connection settings.
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
@@ -58,9 +60,6 @@ pub async fn connect(
         }
     }
 }
-
-/// How long [`close`] waits for connections in use to come back.
-pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Closes `pool`, waiting at most [`CLOSE_TIMEOUT`] for the connections in use to be returned;
 /// after that they are dropped, so shutdown never hangs on a connection held somewhere.

@@ -59,6 +59,10 @@ pub async fn bind(host: &str, port: u16) -> anyhow::Result<(TcpListener, u16)> {
 /// connection and its pool, and flushes its telemetry, itself.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How long closing the broker connection or the database pool may take at shutdown, each;
+/// after that it is dropped as it is, so shutdown never hangs on either.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves `router` while `tasks` (relays, consumers, workers) run, until `cancel` fires or the
 /// server fails; then cancels the tasks too and waits for each to finish its work in progress,
 /// for at most [`SHUTDOWN_GRACE`].
@@ -83,21 +87,25 @@ pub async fn serve_with_tasks_within(
 ) -> anyhow::Result<()> {
     let server = serve(listener, router, cancel.clone());
     tokio::pin!(server);
-    let mut served = tokio::select! {
+    // The server ends by itself only when it fails; otherwise the grace period starts now.
+    let failed = tokio::select! {
         served = &mut server => Some(served),
         () = cancel.cancelled() => None,
     };
     let deadline = tokio::time::Instant::now() + grace;
     let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
-    if served.is_none() {
-        match tokio::time::timeout_at(deadline, &mut server).await {
-            Ok(result) => served = Some(result),
-            Err(_) => tracing::warn!(
-                grace_ms,
-                "requests still in progress at the end of the shutdown grace period, dropped"
-            ),
-        }
-    }
+    let served = match failed {
+        Some(served) => served,
+        None => tokio::time::timeout_at(deadline, &mut server)
+            .await
+            .unwrap_or_else(|_| {
+                tracing::warn!(
+                    grace_ms,
+                    "requests still in progress at the end of the shutdown grace period, dropped"
+                );
+                Ok(())
+            }),
+    };
     cancel.cancel();
     let joined = tokio::time::timeout_at(deadline, async {
         while tasks.join_next().await.is_some() {}
@@ -111,9 +119,7 @@ pub async fn serve_with_tasks_within(
         );
         tasks.shutdown().await;
     }
-    served
-        .unwrap_or(Ok(()))
-        .map_err(|err| anyhow::anyhow!("the HTTP server failed: {err}"))
+    served.map_err(|err| anyhow::anyhow!("the HTTP server failed: {err}"))
 }
 
 /// The routes every service has besides its API: `/health` and `/metrics`, the JSON 404 for
