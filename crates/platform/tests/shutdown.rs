@@ -1,6 +1,7 @@
 //! Shutdown of a service: requests and tasks in progress get a grace period, and nothing that is
 //! stuck can keep the process from ending.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use platform::server::serve_with_tasks_within;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 /// Sets its flag when dropped: tells that an aborted task's future was dropped.
@@ -26,10 +27,35 @@ impl Drop for SetOnDrop {
 /// Well within the test's own limit, and far longer than a shutdown with nothing stuck takes.
 const TEST_LIMIT: Duration = Duration::from_secs(10);
 
-#[tokio::test]
-async fn a_request_and_a_task_that_never_finish_are_dropped_at_the_end_of_the_grace_period() {
+/// Serves `router` on a free port with `tasks` and a grace period of `grace`, in the background.
+async fn spawn_service(
+    router: Router,
+    tasks: JoinSet<()>,
+    cancel: &CancellationToken,
+    grace: Duration,
+) -> (JoinHandle<anyhow::Result<()>>, SocketAddr) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
+    let service = tokio::spawn(serve_with_tasks_within(
+        listener,
+        router,
+        tasks,
+        cancel.clone(),
+        grace,
+    ));
+    (service, address)
+}
+
+/// Whether the service stopped, with success, within [`TEST_LIMIT`].
+async fn stops(service: JoinHandle<anyhow::Result<()>>) -> bool {
+    matches!(
+        tokio::time::timeout(TEST_LIMIT, service).await,
+        Ok(Ok(Ok(())))
+    )
+}
+
+#[tokio::test]
+async fn a_request_and_a_task_that_never_finish_are_dropped_at_the_end_of_the_grace_period() {
     let entered = Arc::new(Notify::new());
     let router = Router::new().route(
         "/stuck",
@@ -57,13 +83,8 @@ async fn a_request_and_a_task_that_never_finish_are_dropped_at_the_end_of_the_gr
             finished.store(true, Ordering::SeqCst);
         }
     });
-    let service = tokio::spawn(serve_with_tasks_within(
-        listener,
-        router,
-        tasks,
-        cancel.clone(),
-        Duration::from_millis(300),
-    ));
+    let (service, address) =
+        spawn_service(router, tasks, &cancel, Duration::from_millis(300)).await;
 
     let mut client = TcpStream::connect(address).await.unwrap();
     client
@@ -73,10 +94,9 @@ async fn a_request_and_a_task_that_never_finish_are_dropped_at_the_end_of_the_gr
     entered.notified().await;
     cancel.cancel();
 
-    let stopped = tokio::time::timeout(TEST_LIMIT, service).await;
     assert!(
-        matches!(stopped, Ok(Ok(Ok(())))),
-        "the service stops once the grace period is over: {stopped:?}"
+        stops(service).await,
+        "the service stops once the grace period is over"
     );
     assert!(
         finished.load(Ordering::SeqCst),
@@ -90,7 +110,6 @@ async fn a_request_and_a_task_that_never_finish_are_dropped_at_the_end_of_the_gr
 
 #[tokio::test]
 async fn a_service_with_nothing_in_progress_stops_without_waiting_out_the_grace_period() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let router = Router::new().route("/health", get(|| async { "ok" }));
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -98,14 +117,7 @@ async fn a_service_with_nothing_in_progress_stops_without_waiting_out_the_grace_
         let cancel = cancel.clone();
         async move { cancel.cancelled().await }
     });
-    let service = tokio::spawn(serve_with_tasks_within(
-        listener,
-        router,
-        tasks,
-        cancel.clone(),
-        Duration::from_secs(3600),
-    ));
+    let (service, _) = spawn_service(router, tasks, &cancel, Duration::from_secs(3600)).await;
     cancel.cancel();
-    let stopped = tokio::time::timeout(TEST_LIMIT, service).await;
-    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+    assert!(stops(service).await);
 }
