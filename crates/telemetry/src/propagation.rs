@@ -336,8 +336,7 @@ impl Carrier {
 impl Injector for Carrier {
     fn set(&mut self, key: &str, value: String) {
         if let Some((_, field)) = self.fields().into_iter().find(|(name, _)| *name == key) {
-            // An empty field (a carrier filled by another propagator) is not worth storing.
-            *field = Some(value).filter(|v| !v.is_empty());
+            *field = Some(value);
         }
     }
 }
