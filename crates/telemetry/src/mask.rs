@@ -121,10 +121,10 @@ impl fmt::Debug for Names {
 /// Whether `text` can match a built-in pattern at all, from what each one cannot do without:
 /// an e-mail address has an `@`; a phone number at least three digits and a `+`, a `00` that
 /// starts a word or a digit right after `(`; a card number thirteen digits with nothing but
-/// spaces and dashes between them. Most attribute values (names, routes, statuses, ids, summaries) have none of
-/// these, and this look at their bytes is far cheaper than a search: the first checks are
-/// whole-slice operations the compiler vectorizes, and the loop runs only for text with three
-/// digits or more. The patterns' `\d` and `\s` are Unicode classes (a phone number can be
+/// spaces and dashes between them. Most attribute values (names, routes, statuses, ids,
+/// summaries) have none of these, and this look at their bytes is far cheaper than a search:
+/// the first checks are whole-slice operations the compiler vectorizes, and the loop runs only
+/// for text with three digits or more. The patterns' `\d` and `\s` are Unicode classes (a phone number can be
 /// written in fullwidth or Arabic-Indic digits), so text that is not all ASCII is searched.
 fn may_hold_contact_data(text: &str) -> bool {
     let bytes = text.as_bytes();
@@ -139,8 +139,8 @@ fn may_hold_contact_data(text: &str) -> bool {
     }
     // Digits in the current stretch of digits, spaces and dashes.
     let mut run = 0;
-    // The two bytes before this one; a word byte (letter, digit, `_`) at the start, so that a
-    // `00` there counts.
+    // The two bytes before this one; before the text they count as spaces, so that a `00` at
+    // its start starts a word.
     let (mut before, mut previous) = (b' ', b' ');
     for &byte in bytes {
         match byte {
