@@ -52,8 +52,9 @@
 //! ratios and of their p99 differences, so that a disturbance hitting one round does not decide
 //! them. Each comes with a 95 % interval over the rounds ([`median_interval`]), and a target is
 //! reported "met" or "not met" only when the whole interval lies on one side of it, "undecided"
-//! otherwise: on a shared machine, one run of 20 rounds often cannot tell. A paced phase follows: the same rounds again, but orders arrive at a fixed rate that
-//! leaves the machine room to spare (an open loop, see [`pace`]), which measures the latency
+//! otherwise: on a shared machine, one run of 20 rounds often cannot tell. A paced phase
+//! follows: the same rounds again, but orders arrive at a fixed rate that leaves the machine
+//! room to spare (an open loop, see [`pace`]), which measures the latency
 //! telemetry adds to a request rather than the queueing that lost throughput causes at
 //! saturation. The receiver is this process: it answers exports as a
 //! collector does and only counts bytes, so a collector's decoding work does not land on the
@@ -163,8 +164,9 @@ const RUST_LOG: &str = "HALLMARK_BENCH_RUST_LOG";
 const COUNTED_ORDERS: usize = 200;
 
 /// Orders before the count starts, per mode. With telemetry, the count also waits for the first
-/// export to arrive: what happens once (the exporter's connection, the masking expressions' first
-/// states, buffers growing to size) is then not counted as if it happened for every order.
+/// export to arrive, so that most of what happens once (the exporter's connection, buffers
+/// growing to size, the masking expressions' first states) is not counted as if it happened for
+/// every order. The expressions' lazy automata still add states for inputs they have not seen.
 const WARMUP_ORDERS: usize = 50;
 
 /// Each server in turn, alone, under `callgrind` (valgrind): [`WARMUP_ORDERS`] to warm up, then
