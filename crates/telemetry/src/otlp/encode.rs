@@ -21,7 +21,7 @@ use opentelemetry::trace::{
 use opentelemetry::{Array, InstrumentationScope, Key, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use prost::encoding::{WireType, encoded_len_varint, key_len};
 
 /// The OTLP `ExportTraceServiceRequest` for `spans` of `resource`, as protobuf bytes.
 pub fn export_request(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
@@ -40,10 +40,31 @@ pub fn export_request(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
 // Grouping
 // ---------------------------------------------------------------------------------------------
 
-/// The spans of one instrumentation scope, each with the length of its encoded `Span` message.
+/// The spans of one instrumentation scope, in the form they are written.
 struct ScopeGroup<'a> {
     scope: &'a InstrumentationScope,
-    spans: Vec<(&'a SpanData, usize)>,
+    spans: Vec<Measured<'a>>,
+}
+
+/// A span with what both passes need: its start and end in Unix nanoseconds (converted once,
+/// not in each pass) and the length of its encoded `Span` message.
+struct Measured<'a> {
+    span: &'a SpanData,
+    start: u64,
+    end: u64,
+    len: usize,
+}
+
+impl<'a> Measured<'a> {
+    fn new(span: &'a SpanData) -> Self {
+        let (start, end) = (to_nanos(span.start_time), to_nanos(span.end_time));
+        Self {
+            span,
+            start,
+            end,
+            len: span_len(span, start, end),
+        }
+    }
 }
 
 /// Groups spans by equal instrumentation scope, groups in order of first appearance and spans in
@@ -71,7 +92,7 @@ fn group_by_scope(spans: &[SpanData]) -> Vec<ScopeGroup<'_>> {
             });
             groups.len() - 1
         };
-        groups[index].spans.push((span, span_len(span)));
+        groups[index].spans.push(Measured::new(span));
         last = index;
     }
     groups
@@ -126,7 +147,7 @@ fn scope_spans_len(group: &ScopeGroup<'_>) -> usize {
         + group
             .spans
             .iter()
-            .map(|&(_, span_len)| message_field_len(2, span_len))
+            .map(|measured| message_field_len(2, measured.len))
             .sum::<usize>()
         + string_field_len(3, group.scope.schema_url().unwrap_or_default())
 }
@@ -134,9 +155,9 @@ fn scope_spans_len(group: &ScopeGroup<'_>) -> usize {
 fn write_scope_spans(buf: &mut Vec<u8>, group: &ScopeGroup<'_>) {
     write_message_header(buf, 1, scope_len(group.scope));
     write_scope(buf, group.scope);
-    for &(span, span_len) in &group.spans {
-        write_message_header(buf, 2, span_len);
-        write_span(buf, span);
+    for measured in &group.spans {
+        write_message_header(buf, 2, measured.len);
+        write_span(buf, measured);
     }
     write_string_field(buf, 3, group.scope.schema_url().unwrap_or_default());
 }
@@ -161,7 +182,8 @@ fn write_scope(buf: &mut Vec<u8>, scope: &InstrumentationScope) {
 /// `Span`: 1 trace_id, 2 span_id, 3 trace_state, 4 parent_span_id, 5 name, 6 kind,
 /// 7 start_time_unix_nano, 8 end_time_unix_nano, 9 attributes, 10 dropped_attributes_count,
 /// 11 events, 12 dropped_events_count, 13 links, 14 dropped_links_count, 15 status, 16 flags.
-fn span_len(span: &SpanData) -> usize {
+/// `start` and `end` are the span's times in Unix nanoseconds.
+fn span_len(span: &SpanData, start: u64, end: u64) -> usize {
     let context = &span.span_context;
     bytes_field_len(1, &context.trace_id().to_bytes())
         + bytes_field_len(2, &context.span_id().to_bytes())
@@ -169,8 +191,8 @@ fn span_len(span: &SpanData) -> usize {
         + parent_span_id(span).map_or(0, |id| bytes_field_len(4, &id))
         + string_field_len(5, &span.name)
         + varint_field_len(6, span_kind_number(&span.span_kind))
-        + fixed64_field_len(7, to_nanos(span.start_time))
-        + fixed64_field_len(8, to_nanos(span.end_time))
+        + fixed64_field_len(7, start)
+        + fixed64_field_len(8, end)
         + attributes_len(9, key_values(&span.attributes))
         + varint_field_len(10, span.dropped_attributes_count.into())
         + span
@@ -192,7 +214,8 @@ fn span_len(span: &SpanData) -> usize {
         )
 }
 
-fn write_span(buf: &mut Vec<u8>, span: &SpanData) {
+fn write_span(buf: &mut Vec<u8>, measured: &Measured<'_>) {
+    let span = measured.span;
     let context = &span.span_context;
     write_bytes_field(buf, 1, &context.trace_id().to_bytes());
     write_bytes_field(buf, 2, &context.span_id().to_bytes());
@@ -202,8 +225,8 @@ fn write_span(buf: &mut Vec<u8>, span: &SpanData) {
     }
     write_string_field(buf, 5, &span.name);
     write_varint_field(buf, 6, span_kind_number(&span.span_kind));
-    write_fixed64_field(buf, 7, to_nanos(span.start_time));
-    write_fixed64_field(buf, 8, to_nanos(span.end_time));
+    write_fixed64_field(buf, 7, measured.start);
+    write_fixed64_field(buf, 8, measured.end);
     write_attributes(buf, 9, key_values(&span.attributes));
     write_varint_field(buf, 10, span.dropped_attributes_count.into());
     for event in span.events.iter() {
@@ -432,15 +455,15 @@ fn write_any_value(buf: &mut Vec<u8>, value: AnyValueRef<'_>) {
             buf.extend_from_slice(s.as_bytes());
         }
         AnyValueRef::Bool(b) => {
-            encode_key(2, WireType::Varint, buf);
-            encode_varint(u64::from(b), buf);
+            put_key(buf, 2, WireType::Varint);
+            put_varint(buf, u64::from(b));
         }
         AnyValueRef::Int(i) => {
-            encode_key(3, WireType::Varint, buf);
-            encode_varint(i as u64, buf);
+            put_key(buf, 3, WireType::Varint);
+            put_varint(buf, i as u64);
         }
         AnyValueRef::Double(f) => {
-            encode_key(4, WireType::SixtyFourBit, buf);
+            put_key(buf, 4, WireType::SixtyFourBit);
             buf.extend_from_slice(&f.to_le_bytes());
         }
         AnyValueRef::Array(array) => {
@@ -491,14 +514,31 @@ fn to_nanos(time: SystemTime) -> u64 {
         .map_or(0, |elapsed| elapsed.as_nanos() as u64)
 }
 
+/// Writes `value` as a varint. prost's `encode_varint` is a call per field; almost every tag
+/// and length here is a single byte, which this writes inline.
+#[inline]
+fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        buf.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    buf.push(value as u8);
+}
+
+/// Writes the key of field `tag` (its number and wire type), as prost's `encode_key`.
+#[inline]
+fn put_key(buf: &mut Vec<u8>, tag: u32, wire_type: WireType) {
+    put_varint(buf, u64::from(tag << 3 | wire_type as u32));
+}
+
 /// A length-delimited field (message, string or bytes) whose payload is `len` bytes long.
 fn message_field_len(tag: u32, len: usize) -> usize {
     key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
 fn write_message_header(buf: &mut Vec<u8>, tag: u32, len: usize) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(len as u64, buf);
+    put_key(buf, tag, WireType::LengthDelimited);
+    put_varint(buf, len as u64);
 }
 
 /// A proto3 string field of `len` bytes: omitted when empty.
@@ -541,8 +581,8 @@ fn varint_field_len(tag: u32, value: u64) -> usize {
 
 fn write_varint_field(buf: &mut Vec<u8>, tag: u32, value: u64) {
     if value != 0 {
-        encode_key(tag, WireType::Varint, buf);
-        encode_varint(value, buf);
+        put_key(buf, tag, WireType::Varint);
+        put_varint(buf, value);
     }
 }
 
@@ -553,7 +593,7 @@ fn fixed64_field_len(tag: u32, value: u64) -> usize {
 
 fn write_fixed64_field(buf: &mut Vec<u8>, tag: u32, value: u64) {
     if value != 0 {
-        encode_key(tag, WireType::SixtyFourBit, buf);
+        put_key(buf, tag, WireType::SixtyFourBit);
         buf.extend_from_slice(&value.to_le_bytes());
     }
 }
@@ -565,7 +605,7 @@ fn fixed32_field_len(tag: u32, value: u32) -> usize {
 
 fn write_fixed32_field(buf: &mut Vec<u8>, tag: u32, value: u32) {
     if value != 0 {
-        encode_key(tag, WireType::ThirtyTwoBit, buf);
+        put_key(buf, tag, WireType::ThirtyTwoBit);
         buf.extend_from_slice(&value.to_le_bytes());
     }
 }
