@@ -21,7 +21,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use opentelemetry::{Key, KeyValue, StringValue, Value, trace::Status};
@@ -339,7 +339,11 @@ impl Masker {
     /// The value to export for `key`: the mask for a sensitive key, the text with matches
     /// masked for a string, the value unchanged otherwise.
     pub fn mask_value(&self, key: &str, value: &Value) -> Option<Value> {
-        if self.is_sensitive_key(key) {
+        self.mask_value_with(key, value, &mut KnownKeys::default())
+    }
+
+    fn mask_value_with(&self, key: &str, value: &Value, keys: &mut KnownKeys) -> Option<Value> {
+        if keys.is_sensitive(self, key) {
             return Some(Value::from(MASK));
         }
         match value {
@@ -359,9 +363,9 @@ impl Masker {
     }
 
     /// Masks a list of attributes in place.
-    pub fn mask_attributes(&self, attributes: &mut [KeyValue]) {
+    fn mask_attributes(&self, attributes: &mut [KeyValue], keys: &mut KnownKeys) {
         for kv in attributes.iter_mut() {
-            if let Some(masked) = self.mask_value(kv.key.as_str(), &kv.value) {
+            if let Some(masked) = self.mask_value_with(kv.key.as_str(), &kv.value, keys) {
                 *kv = KeyValue::new(Key::from(kv.key.as_str().to_owned()), masked);
             }
         }
@@ -369,24 +373,52 @@ impl Masker {
 
     /// Masks everything a span carries that could hold personal data.
     pub fn mask_span(&self, span: &mut SpanData) {
+        self.mask_span_with(span, &mut KnownKeys::default());
+    }
+
+    /// [`Masker::mask_span`], asking `keys` whether a key is sensitive.
+    fn mask_span_with(&self, span: &mut SpanData, keys: &mut KnownKeys) {
         if let Cow::Owned(name) = self.mask_run_time_text(&span.name) {
             span.name = Cow::Owned(name);
         }
-        self.mask_attributes(&mut span.attributes);
+        self.mask_attributes(&mut span.attributes, keys);
         for event in span.events.events.iter_mut() {
             if let Cow::Owned(name) = self.mask_run_time_text(&event.name) {
                 event.name = Cow::Owned(name);
             }
-            self.mask_attributes(&mut event.attributes);
+            self.mask_attributes(&mut event.attributes, keys);
         }
         for link in span.links.links.iter_mut() {
-            self.mask_attributes(&mut link.attributes);
+            self.mask_attributes(&mut link.attributes, keys);
         }
         if let Status::Error { description } = &span.status
             && let Cow::Owned(masked) = self.mask_run_time_text(description)
         {
             span.status = Status::error(masked);
         }
+    }
+}
+
+/// Whether keys compiled into the program are sensitive, learnt as spans are masked.
+///
+/// Spans carry the same few dozen literal keys (`db.system.name`, `order.id`) over and over, and
+/// a literal's address holds the same text for the life of the process, so its answer is
+/// looked up by address instead of worked out again from the key's segments. Keys made at run
+/// time are always worked out. Only addresses in the program's image are kept, so the map
+/// cannot outgrow the program's literals. Answers belong to the [`Masker`] that gave them: keep
+/// one `KnownKeys` per masker.
+#[derive(Default)]
+struct KnownKeys(rustc_hash::FxHashMap<(usize, usize), bool>);
+
+impl KnownKeys {
+    fn is_sensitive(&mut self, masker: &Masker, key: &str) -> bool {
+        if !is_compiled_in(key) {
+            return masker.is_sensitive_key(key);
+        }
+        *self
+            .0
+            .entry((key.as_ptr() as usize, key.len()))
+            .or_insert_with(|| masker.is_sensitive_key(key))
     }
 }
 
@@ -470,22 +502,40 @@ fn passes_luhn(candidate: &str) -> bool {
 }
 
 /// A span exporter that masks every span before handing the batch to the real exporter.
-#[derive(Debug)]
 pub struct MaskingExporter<E> {
     masker: Masker,
+    /// What `masker` said about literal keys. Batches are exported one at a time, so the lock is
+    /// never contended.
+    keys: Mutex<KnownKeys>,
     inner: E,
 }
 
 impl<E> MaskingExporter<E> {
     pub fn new(masker: Masker, inner: E) -> Self {
-        Self { masker, inner }
+        Self {
+            masker,
+            keys: Mutex::default(),
+            inner,
+        }
+    }
+}
+
+impl<E: fmt::Debug> fmt::Debug for MaskingExporter<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MaskingExporter")
+            .field("masker", &self.masker)
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 
 impl<E: SpanExporter> SpanExporter for MaskingExporter<E> {
     async fn export(&self, mut batch: Vec<SpanData>) -> OTelSdkResult {
-        for span in &mut batch {
-            self.masker.mask_span(span);
+        {
+            let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+            for span in &mut batch {
+                self.masker.mask_span_with(span, &mut keys);
+            }
         }
         self.inner.export(batch).await
     }
@@ -714,6 +764,49 @@ mod tests {
         // Text in writable memory is not part of the image, whatever its lifetime.
         let leaked: &'static str = Box::leak(at_run_time.into_boxed_str());
         assert!(!is_compiled_in(leaked));
+    }
+
+    #[test]
+    fn literal_keys_are_remembered_and_keys_made_at_run_time_are_checked_each_time() {
+        let masker = Masker::new(&["*.iban".to_owned()], &[]).unwrap();
+        let mut keys = KnownKeys::default();
+        for _ in 0..2 {
+            assert!(keys.is_sensitive(&masker, "customer.email"));
+            assert!(keys.is_sensitive(&masker, "payment.iban"));
+            assert!(!keys.is_sensitive(&masker, "order.id"));
+        }
+        assert_eq!(keys.0.len(), 3);
+        // A key built at run time is answered from its text, and not remembered: its address
+        // could hold another key later.
+        let built = format!("customer.{}", "email");
+        assert!(keys.is_sensitive(&masker, &built));
+        assert!(!keys.is_sensitive(&masker, &format!("order.{}", "id")));
+        assert_eq!(keys.0.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn the_exporter_masks_a_literal_sensitive_key_on_every_span_of_every_batch() {
+        let collected = crate::test_support::Collected::default();
+        let exporter = MaskingExporter::new(Masker::default(), collected.clone());
+        for _ in 0..2 {
+            let batch = (0..3)
+                .map(|_| {
+                    let mut span = span_with("notify", Vec::new(), "");
+                    span.attributes = vec![
+                        KeyValue::new("customer.phone", "+49 170 1234567"),
+                        KeyValue::new("order.source", "web"),
+                    ];
+                    span
+                })
+                .collect();
+            exporter.export(batch).await.unwrap();
+        }
+        let spans = collected.spans();
+        assert_eq!(spans.len(), 6);
+        for span in spans {
+            assert_eq!(span.attributes[0].value, Value::from(MASK));
+            assert_eq!(span.attributes[1].value, Value::from("web"));
+        }
     }
 
     #[test]
