@@ -19,6 +19,7 @@
 use std::io::Write as _;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
@@ -202,10 +203,11 @@ impl HttpSpanExporter {
         })
     }
 
-    fn body(&self, spans: &[SpanData]) -> Result<Vec<u8>, OTelSdkError> {
+    /// The request body for `spans`, shared by every attempt to send it.
+    fn body(&self, spans: &[SpanData]) -> Result<Bytes, OTelSdkError> {
         let encoded = encode::export_request(&self.resource, spans);
         if !self.config.gzip {
-            return Ok(encoded);
+            return Ok(encoded.into());
         }
         let mut gzip = flate2::write::GzEncoder::new(
             Vec::with_capacity(encoded.len() / 4),
@@ -213,16 +215,17 @@ impl HttpSpanExporter {
         );
         gzip.write_all(&encoded)
             .and_then(|()| gzip.finish())
+            .map(Bytes::from)
             .map_err(|e| OTelSdkError::InternalFailure(format!("cannot compress spans: {e}")))
     }
 
     /// One attempt: `Ok` when the collector took the batch, else whether and when to retry.
-    fn send(&self, body: &[u8]) -> Result<(), Failure> {
+    fn send(&self, body: &Bytes) -> Result<(), Failure> {
         let mut request = self
             .client
             .post(&self.config.endpoint)
             .header("content-type", "application/x-protobuf")
-            .body(body.to_vec());
+            .body(body.clone());
         if self.config.gzip {
             request = request.header("content-encoding", "gzip");
         }
