@@ -339,15 +339,15 @@ impl Masker {
     /// The value to export for `key`: the mask for a sensitive key, the text with matches
     /// masked for a string, the value unchanged otherwise.
     pub fn mask_value(&self, key: &str, value: &Value) -> Option<Value> {
-        self.mask_value_with(key, value, &mut KnownKeys::default())
+        self.mask_value_with(key, value, &mut Seen::default())
     }
 
-    fn mask_value_with(&self, key: &str, value: &Value, keys: &mut KnownKeys) -> Option<Value> {
-        if keys.is_sensitive(self, key) {
+    fn mask_value_with(&self, key: &str, value: &Value, seen: &mut Seen) -> Option<Value> {
+        if seen.is_sensitive(self, key) {
             return Some(Value::from(MASK));
         }
         match value {
-            Value::String(s) => match self.mask_run_time_text(s.as_str()) {
+            Value::String(s) => match seen.mask_shared(self, s.as_str()) {
                 Cow::Borrowed(_) => None,
                 Cow::Owned(masked) => Some(Value::from(masked)),
             },
@@ -363,9 +363,9 @@ impl Masker {
     }
 
     /// Masks a list of attributes in place.
-    fn mask_attributes(&self, attributes: &mut [KeyValue], keys: &mut KnownKeys) {
+    fn mask_attributes(&self, attributes: &mut [KeyValue], seen: &mut Seen) {
         for kv in attributes.iter_mut() {
-            if let Some(masked) = self.mask_value_with(kv.key.as_str(), &kv.value, keys) {
+            if let Some(masked) = self.mask_value_with(kv.key.as_str(), &kv.value, seen) {
                 *kv = KeyValue::new(Key::from(kv.key.as_str().to_owned()), masked);
             }
         }
@@ -373,23 +373,23 @@ impl Masker {
 
     /// Masks everything a span carries that could hold personal data.
     pub fn mask_span(&self, span: &mut SpanData) {
-        self.mask_span_with(span, &mut KnownKeys::default());
+        self.mask_span_with(span, &mut Seen::default());
     }
 
-    /// [`Masker::mask_span`], asking `keys` whether a key is sensitive.
-    fn mask_span_with(&self, span: &mut SpanData, keys: &mut KnownKeys) {
+    /// [`Masker::mask_span`], with what `seen` remembers of earlier spans.
+    fn mask_span_with(&self, span: &mut SpanData, seen: &mut Seen) {
         if let Cow::Owned(name) = self.mask_run_time_text(&span.name) {
             span.name = Cow::Owned(name);
         }
-        self.mask_attributes(&mut span.attributes, keys);
+        self.mask_attributes(&mut span.attributes, seen);
         for event in span.events.events.iter_mut() {
             if let Cow::Owned(name) = self.mask_run_time_text(&event.name) {
                 event.name = Cow::Owned(name);
             }
-            self.mask_attributes(&mut event.attributes, keys);
+            self.mask_attributes(&mut event.attributes, seen);
         }
         for link in span.links.links.iter_mut() {
-            self.mask_attributes(&mut link.attributes, keys);
+            self.mask_attributes(&mut link.attributes, seen);
         }
         if let Status::Error { description } = &span.status
             && let Cow::Owned(masked) = self.mask_run_time_text(description)
@@ -399,26 +399,59 @@ impl Masker {
     }
 }
 
-/// Whether keys compiled into the program are sensitive, learnt as spans are masked.
+/// What masking remembers from span to span, by address, so that what comes over and over is
+/// not worked out again. Answers belong to the [`Masker`] that gave them: keep one `Seen` per
+/// masker.
 ///
-/// Spans carry the same few dozen literal keys (`db.system.name`, `order.id`) over and over, and
-/// a literal's address holds the same text for the life of the process, so its answer is
-/// looked up by address instead of worked out again from the key's segments. Keys made at run
-/// time are always worked out. Only addresses in the program's image are kept, so the map
-/// cannot outgrow the program's literals. Answers belong to the [`Masker`] that gave them: keep
-/// one `KnownKeys` per masker.
+/// * Whether a key compiled into the program is sensitive. Spans carry the same few dozen
+///   literal keys (`db.system.name`, `order.id`), and a literal's address holds the same text
+///   for the life of the process. Keys made at run time are always worked out. Only addresses
+///   in the program's image are kept, so the map cannot outgrow the program's literals.
+/// * Which values of the current batch were found clean. One allocation is shared by many
+///   spans: the order id on every span of an order, the database name on every database span.
+///   Within a batch, such text stays where it is, unchanged: spans are only read, and a value
+///   found clean is never replaced, so its allocation lives as long as the batch does. Hence
+///   [`Seen::end_batch`] forgets them. Short text is checked again instead, which costs less
+///   than remembering it.
 #[derive(Default)]
-struct KnownKeys(rustc_hash::FxHashMap<(usize, usize), bool>);
+struct Seen {
+    keys: rustc_hash::FxHashMap<(usize, usize), bool>,
+    clean: rustc_hash::FxHashSet<(usize, usize)>,
+}
 
-impl KnownKeys {
+/// Values at least this long are remembered when clean (a UUID has 36 bytes).
+const REMEMBERED_LEN: usize = 24;
+
+impl Seen {
     fn is_sensitive(&mut self, masker: &Masker, key: &str) -> bool {
         if !is_compiled_in(key) {
             return masker.is_sensitive_key(key);
         }
         *self
-            .0
+            .keys
             .entry((key.as_ptr() as usize, key.len()))
             .or_insert_with(|| masker.is_sensitive_key(key))
+    }
+
+    /// [`Masker::mask_run_time_text`] for an attribute value, remembering clean ones.
+    fn mask_shared<'a>(&mut self, masker: &Masker, text: &'a str) -> Cow<'a, str> {
+        if text.len() < REMEMBERED_LEN {
+            return masker.mask_run_time_text(text);
+        }
+        let at = (text.as_ptr() as usize, text.len());
+        if self.clean.contains(&at) {
+            return Cow::Borrowed(text);
+        }
+        let masked = masker.mask_run_time_text(text);
+        if matches!(masked, Cow::Borrowed(_)) {
+            self.clean.insert(at);
+        }
+        masked
+    }
+
+    /// Forgets the values of the batch just masked: their allocations may be freed now.
+    fn end_batch(&mut self) {
+        self.clean.clear();
     }
 }
 
@@ -504,9 +537,9 @@ fn passes_luhn(candidate: &str) -> bool {
 /// A span exporter that masks every span before handing the batch to the real exporter.
 pub struct MaskingExporter<E> {
     masker: Masker,
-    /// What `masker` said about literal keys. Batches are exported one at a time, so the lock is
+    /// What masking remembers across spans. Batches are exported one at a time, so the lock is
     /// never contended.
-    keys: Mutex<KnownKeys>,
+    seen: Mutex<Seen>,
     inner: E,
 }
 
@@ -514,7 +547,7 @@ impl<E> MaskingExporter<E> {
     pub fn new(masker: Masker, inner: E) -> Self {
         Self {
             masker,
-            keys: Mutex::default(),
+            seen: Mutex::default(),
             inner,
         }
     }
@@ -532,10 +565,11 @@ impl<E: fmt::Debug> fmt::Debug for MaskingExporter<E> {
 impl<E: SpanExporter> SpanExporter for MaskingExporter<E> {
     async fn export(&self, mut batch: Vec<SpanData>) -> OTelSdkResult {
         {
-            let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
             for span in &mut batch {
-                self.masker.mask_span_with(span, &mut keys);
+                self.masker.mask_span_with(span, &mut seen);
             }
+            seen.end_batch();
         }
         self.inner.export(batch).await
     }
@@ -769,19 +803,50 @@ mod tests {
     #[test]
     fn literal_keys_are_remembered_and_keys_made_at_run_time_are_checked_each_time() {
         let masker = Masker::new(&["*.iban".to_owned()], &[]).unwrap();
-        let mut keys = KnownKeys::default();
+        let mut seen = Seen::default();
         for _ in 0..2 {
-            assert!(keys.is_sensitive(&masker, "customer.email"));
-            assert!(keys.is_sensitive(&masker, "payment.iban"));
-            assert!(!keys.is_sensitive(&masker, "order.id"));
+            assert!(seen.is_sensitive(&masker, "customer.email"));
+            assert!(seen.is_sensitive(&masker, "payment.iban"));
+            assert!(!seen.is_sensitive(&masker, "order.id"));
         }
-        assert_eq!(keys.0.len(), 3);
+        assert_eq!(seen.keys.len(), 3);
         // A key built at run time is answered from its text, and not remembered: its address
         // could hold another key later.
         let built = format!("customer.{}", "email");
-        assert!(keys.is_sensitive(&masker, &built));
-        assert!(!keys.is_sensitive(&masker, &format!("order.{}", "id")));
-        assert_eq!(keys.0.len(), 3);
+        assert!(seen.is_sensitive(&masker, &built));
+        assert!(!seen.is_sensitive(&masker, &format!("order.{}", "id")));
+        assert_eq!(seen.keys.len(), 3);
+    }
+
+    #[test]
+    fn a_value_shared_by_the_spans_of_a_batch_is_searched_once_and_forgotten_after_it() {
+        let masker = Masker::default();
+        let mut seen = Seen::default();
+        let order = StringValue::from(Arc::<str>::from("019ad4f2-0012-7345-8123-456789abcdef"));
+        let contact = StringValue::from(Arc::<str>::from("write to jane.doe@example.com today"));
+        let mut spans: Vec<SpanData> = (0..3)
+            .map(|_| {
+                let attributes = vec![
+                    KeyValue::new("order.id", order.clone()),
+                    KeyValue::new("note", contact.clone()),
+                ];
+                span_with("notify", attributes, "")
+            })
+            .collect();
+        for span in &mut spans {
+            masker.mask_span_with(span, &mut seen);
+        }
+        // Only the clean value is remembered; the other is masked on every span.
+        assert_eq!(seen.clean.len(), 1);
+        for span in &spans {
+            assert_eq!(span.attributes[0].value, Value::String(order.clone()));
+            assert_eq!(
+                span.attributes[1].value,
+                Value::from("write to [masked:email] today")
+            );
+        }
+        seen.end_batch();
+        assert!(seen.clean.is_empty());
     }
 
     #[tokio::test]
