@@ -8,10 +8,10 @@
 
 use std::sync::Arc;
 
-use opentelemetry::baggage::{Baggage, BaggageExt};
+use opentelemetry::baggage::{Baggage, BaggageExt, KeyValueMetadata};
 use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
 use opentelemetry::{Context, KeyValue, StringValue, global};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
@@ -27,11 +27,12 @@ pub fn install_propagator() {
 }
 
 /// W3C trace context and baggage: what the SDK's `TraceContextPropagator` and
-/// `BaggagePropagator` do together, with the same extraction (theirs, with its validation and
-/// limits) and the same injected bytes, written without `format!` and iterator chains, except
-/// that an empty `tracestate` is not sent (W3C: vendors "SHOULD avoid sending" it). Every
-/// order injects its context about six times (outbox rows, the order's stored context, message
-/// headers), and the SDK's formatting of the ids and of baggage was most of what that cost.
+/// `BaggagePropagator` do together, with the same injected bytes, written without `format!` and
+/// iterator chains, except that an empty `tracestate` is not sent (W3C: vendors "SHOULD avoid
+/// sending" it), and the same extracted context: theirs, with its validation and limits, except
+/// that the form our own hops write is read directly. Every order injects its context about six
+/// times (outbox rows, the order's stored context, message headers) and reads it back at every
+/// hop, and the SDK's formatting and splitting were most of what that cost.
 #[derive(Debug)]
 pub struct W3c {
     trace_context: TraceContextPropagator,
@@ -74,15 +75,88 @@ impl TextMapPropagator for W3c {
         }
     }
 
+    /// The SDK propagators' extraction, with a shortcut for the form every Hallmark hop writes
+    /// (a version-00 `traceparent` as it is written, baggage of one plain `key=value` entry):
+    /// the same context, without splitting, collecting and percent-decoding. Anything else
+    /// takes the SDK's way.
     fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
-        let cx = self.trace_context.extract_with_context(cx, extractor);
-        self.baggage.extract_with_context(&cx, extractor)
+        let cx = match extractor.get(TRACEPARENT).and_then(plain_traceparent) {
+            Some((trace_id, span_id, flags)) => {
+                let trace_state = extractor
+                    .get(TRACESTATE)
+                    .and_then(|header| header.parse().ok())
+                    .unwrap_or_default();
+                let span_context = SpanContext::new(trace_id, span_id, flags, true, trace_state);
+                if span_context.is_valid() {
+                    cx.with_remote_span_context(span_context)
+                } else {
+                    cx.clone()
+                }
+            }
+            None => self.trace_context.extract_with_context(cx, extractor),
+        };
+        match extractor.get(BAGGAGE).and_then(plain_baggage) {
+            Some(entry) => cx.with_baggage([entry]),
+            None => self.baggage.extract_with_context(&cx, extractor),
+        }
     }
 
     fn fields(&self) -> FieldIter<'_> {
         FieldIter::new(&self.fields)
     }
 }
+
+/// The ids and flags of a `traceparent` in the exact form [`traceparent`] writes: version 00,
+/// lowercase hex, 55 bytes. The SDK's parser gives the same for such a header (it accepts
+/// more: other versions, upper-case flags are refused, surrounding space); anything else is
+/// `None` and left to it.
+fn plain_traceparent(header: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
+    let bytes = header.as_bytes();
+    let is_hex = |range: std::ops::Range<usize>| {
+        bytes[range]
+            .iter()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    if bytes.len() != 55
+        || !bytes.starts_with(b"00-")
+        || bytes[35] != b'-'
+        || bytes[52] != b'-'
+        || !is_hex(3..35)
+        || !is_hex(36..52)
+        || !is_hex(53..55)
+    {
+        return None;
+    }
+    let trace_id = u128::from_str_radix(&header[3..35], 16).ok()?;
+    let span_id = u64::from_str_radix(&header[36..52], 16).ok()?;
+    let flags = u8::from_str_radix(&header[53..55], 16).ok()?;
+    Some((
+        TraceId::from(trace_id),
+        SpanId::from(span_id),
+        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+    ))
+}
+
+/// The one entry of a baggage header that holds a single `key=value` with nothing the SDK
+/// would decode or split (no `%`, `,`, `;` or second `=`), trimmed as the SDK trims it; `None`
+/// for anything else, which is left to the SDK's parser.
+fn plain_baggage(header: &str) -> Option<KeyValueMetadata> {
+    if header.len() > MAX_BAGGAGE_BYTES || header.bytes().any(|b| matches!(b, b'%' | b',' | b';')) {
+        return None;
+    }
+    let (key, value) = header.split_once('=')?;
+    if value.contains('=') {
+        return None;
+    }
+    Some(KeyValueMetadata::new(
+        key.trim().to_owned(),
+        value.trim().to_owned(),
+        "",
+    ))
+}
+
+/// The longest baggage header the SDK's propagator reads (W3C's limit); a longer one is dropped.
+const MAX_BAGGAGE_BYTES: usize = 8192;
 
 /// `00-{trace id}-{span id}-{flags}`, only the sampled flag kept (as the SDK writes it).
 fn traceparent(span_context: &SpanContext) -> String {
@@ -482,6 +556,85 @@ mod tests {
         let env = to_env(&cx);
         assert!(env.iter().any(|(k, v)| k == "TRACEPARENT" && v == PARENT));
         assert!(env.iter().any(|(k, _)| k == "BAGGAGE"));
+    }
+
+    #[test]
+    fn w3c_extracts_what_the_sdk_propagators_extract() {
+        use opentelemetry::propagation::TextMapCompositePropagator;
+
+        let sdk = TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ]);
+        // What a context says: its span context and its baggage entries, sorted.
+        let seen = |cx: &Context| {
+            let mut entries: Vec<String> = cx
+                .baggage()
+                .iter()
+                .map(|(k, (v, m))| format!("{k}={v};{}", m.as_str()))
+                .collect();
+            entries.sort();
+            (cx.span().span_context().clone(), entries)
+        };
+        // The form our hops write, then every one-byte change of it, then other shapes.
+        let mut parents = vec![None, Some(PARENT.to_owned())];
+        for at in 0..PARENT.len() {
+            for byte in "0af-AG ".chars() {
+                let mut changed = PARENT.to_owned();
+                changed.replace_range(at..=at, &byte.to_string());
+                parents.push(Some(changed));
+            }
+        }
+        for other in [
+            "",
+            " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+            "00-abc-def-01",
+        ] {
+            parents.push(Some(other.to_owned()));
+        }
+        let order = Uuid::now_v7();
+        let baggages = [
+            None,
+            Some(String::new()),
+            Some(format!("order.id={order}")),
+            Some(format!(" order.id = {order} ")),
+            Some("k=v=w".to_owned()),
+            Some("k=v;prop=1".to_owned()),
+            Some("k=%20v%2C".to_owned()),
+            Some("a=1,b=2".to_owned()),
+            Some("=v".to_owned()),
+            Some("k=".to_owned()),
+            Some("k".to_owned()),
+            Some("key with space=v".to_owned()),
+            Some("ключ=значение".to_owned()),
+            Some(format!("k={}", "v".repeat(9000))),
+        ];
+        for parent in &parents {
+            for state in [None, Some("vendor=x,other=y"), Some("not a state")] {
+                for baggage in &baggages {
+                    let mut carrier = HashMap::new();
+                    for (key, value) in [
+                        (TRACEPARENT, parent.as_deref()),
+                        (TRACESTATE, state),
+                        (BAGGAGE, baggage.as_deref()),
+                    ] {
+                        if let Some(value) = value {
+                            carrier.insert(key.to_owned(), value.to_owned());
+                        }
+                    }
+                    let ours = W3c::default().extract(&carrier);
+                    let theirs = sdk.extract(&carrier);
+                    assert_eq!(seen(&ours), seen(&theirs), "{carrier:?}");
+                }
+            }
+        }
     }
 
     #[test]
