@@ -186,7 +186,8 @@ impl OrderBook {
         .fetch_optional(&mut *conn)
         .db("SELECT orders")
         .await?;
-        row.map(|row| current_from_row(&row)).transpose()
+        row.map(|row| current_from_row(&row, Trace::Read))
+            .transpose()
     }
 
     /// The order's history in the order the moves happened (by their time; moves recorded at
@@ -429,20 +430,24 @@ impl OrderBook {
         Ok(())
     }
 
+    /// The order as [`OrderBook::get`] reads it, locked, but without its stored trace context:
+    /// the moves made under the lock replace that context and never link to it, and reading it
+    /// back would parse JSON on every move for nothing.
     async fn lock(
         &self,
         tx: &mut PgConnection,
         order_id: Uuid,
     ) -> Result<Option<Current>, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT status, idempotency_key, price, reason, trace, updated_at \
+            "SELECT status, idempotency_key, price, reason, updated_at \
              FROM orderbook.orders WHERE order_id = $1 FOR UPDATE",
         )
         .bind(order_id)
         .fetch_optional(&mut *tx)
         .db("SELECT orders")
         .await?;
-        row.map(|row| current_from_row(&row)).transpose()
+        row.map(|row| current_from_row(&row, Trace::Skipped))
+            .transpose()
     }
 
     /// Sets the status; a price or reason that comes with it is kept, earlier ones stay otherwise.
@@ -525,7 +530,13 @@ fn parse_status(text: String) -> Result<OrderStatus, sqlx::Error> {
         .map_err(|err| sqlx::Error::Decode(Box::new(err)))
 }
 
-fn current_from_row(row: &sqlx::postgres::PgRow) -> Result<Current, sqlx::Error> {
+/// Whether a row read into a [`Current`] holds the stored trace context.
+enum Trace {
+    Read,
+    Skipped,
+}
+
+fn current_from_row(row: &sqlx::postgres::PgRow, trace: Trace) -> Result<Current, sqlx::Error> {
     let price: Option<serde_json::Value> = row.get("price");
     let reason: Option<serde_json::Value> = row.get("reason");
     Ok(Current {
@@ -534,7 +545,10 @@ fn current_from_row(row: &sqlx::postgres::PgRow) -> Result<Current, sqlx::Error>
         price: price.and_then(|p| serde_json::from_value(p).ok()),
         reason: reason.and_then(|r| serde_json::from_value(r).ok()),
         updated_at: row.get("updated_at"),
-        trace: stored_trace(row, "trace"),
+        trace: match trace {
+            Trace::Read => stored_trace(row, "trace"),
+            Trace::Skipped => Carrier::default(),
+        },
     })
 }
 
