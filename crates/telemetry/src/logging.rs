@@ -15,6 +15,8 @@ use std::fmt;
 use std::io::Write as _;
 use std::sync::{Arc, OnceLock};
 
+use chrono::{DateTime, Datelike as _, SecondsFormat, Timelike as _, Utc};
+
 use opentelemetry::Context;
 use opentelemetry::trace::TraceContextExt;
 use tracing::dispatcher::WeakDispatch;
@@ -80,6 +82,57 @@ impl SpanContexts {
 fn push_str(line: &mut Vec<u8>, text: &str) {
     // Writing a string into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *line, text);
+}
+
+/// Appends `at` as a JSON string in RFC 3339 with microseconds and `Z`
+/// (`"2026-11-24T10:00:00.123456Z"`), the text chrono's `to_rfc3339_opts(Micros, true)` gives,
+/// written without its formatting machinery; years outside 0 to 9999 are left to chrono.
+fn push_timestamp(line: &mut Vec<u8>, at: DateTime<Utc>) {
+    let year = at.year();
+    if !(0..=9999).contains(&year) {
+        push_str(line, &at.to_rfc3339_opts(SecondsFormat::Micros, true));
+        return;
+    }
+    // chrono keeps a leap second as second 59 with a billion nanoseconds or more, and writes it
+    // as second 60.
+    let (second, nanos) = match at.nanosecond().checked_sub(1_000_000_000) {
+        Some(nanos) => (at.second() + 1, nanos),
+        None => (at.second(), at.nanosecond()),
+    };
+    line.push(b'"');
+    for (value, width, then) in [
+        (year.unsigned_abs(), 4, b'-'),
+        (at.month(), 2, b'-'),
+        (at.day(), 2, b'T'),
+        (at.hour(), 2, b':'),
+        (at.minute(), 2, b':'),
+        (second, 2, b'.'),
+        (nanos / 1_000, 6, b'Z'),
+    ] {
+        push_digits(line, value, width);
+        line.push(then);
+    }
+    line.push(b'"');
+}
+
+/// Appends the last `width` decimal digits of `value`, zero-padded.
+fn push_digits(line: &mut Vec<u8>, mut value: u32, width: usize) {
+    let mut digits = [b'0'; 6];
+    for digit in digits[..width].iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    line.extend_from_slice(&digits[..width]);
+}
+
+/// Appends `bytes` as a JSON string of lowercase hex digits (a trace or span id).
+fn push_hex(line: &mut Vec<u8>, bytes: &[u8]) {
+    let mut text = [0; 32];
+    let text = &mut text[..bytes.len() * 2];
+    hex::encode_to_slice(bytes, text).expect("two digits per byte fit");
+    line.push(b'"');
+    line.extend_from_slice(text);
+    line.push(b'"');
 }
 
 /// Writes an event's fields: the message apart, every other field as `,"name":value` into the
@@ -176,10 +229,7 @@ where
         let meta = event.metadata();
         let mut line = Vec::with_capacity(256 + visitor.fields.len());
         line.extend_from_slice(b"{\"timestamp\":");
-        push_str(
-            &mut line,
-            &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        );
+        push_timestamp(&mut line, Utc::now());
         line.extend_from_slice(b",\"level\":");
         push_str(&mut line, meta.level().as_str());
         line.extend_from_slice(b",\"service\":");
@@ -207,12 +257,10 @@ where
             push_str(&mut line, span.name());
         }
         if span_context.is_valid() {
-            let _ = write!(
-                line,
-                ",\"trace_id\":\"{}\",\"span_id\":\"{}\"",
-                span_context.trace_id(),
-                span_context.span_id()
-            );
+            line.extend_from_slice(b",\"trace_id\":");
+            push_hex(&mut line, &span_context.trace_id().to_bytes());
+            line.extend_from_slice(b",\"span_id\":");
+            push_hex(&mut line, &span_context.span_id().to_bytes());
         }
         if let Some((_, order)) = order_entry(&cx) {
             line.extend_from_slice(b",\"order_id\":");
@@ -269,6 +317,38 @@ mod tests {
 
     fn trace_id(span: &tracing::Span) -> String {
         span.context().span().span_context().trace_id().to_string()
+    }
+
+    #[test]
+    fn timestamps_are_written_as_chrono_writes_them() {
+        use chrono::{NaiveDate, TimeZone as _};
+        let at = |y, mo, d, h, mi, s, nanos| {
+            Utc.from_utc_datetime(
+                &NaiveDate::from_ymd_opt(y, mo, d)
+                    .unwrap()
+                    .and_hms_nano_opt(h, mi, s, nanos)
+                    .unwrap(),
+            )
+        };
+        for instant in [
+            Utc::now(),
+            DateTime::UNIX_EPOCH,
+            at(2026, 12, 2, 9, 5, 7, 123_456_789),
+            at(2026, 1, 31, 23, 59, 59, 999_999_999),
+            at(2016, 12, 31, 23, 59, 59, 1_500_000_000),
+            at(0, 1, 1, 0, 0, 0, 1_000),
+            at(9999, 12, 31, 23, 59, 59, 0),
+            at(10_000, 1, 1, 0, 0, 0, 0),
+            at(-1, 1, 1, 0, 0, 0, 0),
+        ] {
+            let mut line = Vec::new();
+            push_timestamp(&mut line, instant);
+            let expected = format!(
+                "\"{}\"",
+                instant.to_rfc3339_opts(SecondsFormat::Micros, true)
+            );
+            assert_eq!(String::from_utf8(line).unwrap(), expected);
+        }
     }
 
     #[test]
