@@ -12,7 +12,7 @@ use opentelemetry::baggage::{Baggage, BaggageExt, KeyValueMetadata};
 use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
-use opentelemetry::{Context, KeyValue, StringValue, global};
+use opentelemetry::{Context, StringValue, global};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde::Deserialize as _;
@@ -217,7 +217,7 @@ pub fn with_order(cx: &Context, order_id: Uuid) -> Context {
     let mut baggage: Baggage = cx
         .baggage()
         .iter()
-        .map(|(k, (v, _))| KeyValue::new(k.clone(), v.clone()))
+        .map(|(k, (v, properties))| (k.clone(), (v.clone(), properties.clone())))
         .collect();
     let value = StringValue::from(Arc::<str>::from(order_id.to_string()));
     let _ = baggage.insert(BAGGAGE_ORDER_ID, value.clone());
@@ -259,7 +259,7 @@ fn without_order(cx: Context) -> Context {
         .baggage()
         .iter()
         .filter(|(k, _)| k.as_str() != BAGGAGE_ORDER_ID)
-        .map(|(k, (v, _))| KeyValue::new(k.clone(), v.clone()))
+        .map(|(k, (v, properties))| (k.clone(), (v.clone(), properties.clone())))
         .collect();
     cx.with_baggage(baggage)
 }
@@ -468,6 +468,8 @@ pub fn has_span(cx: &Context) -> bool {
 mod tests {
     use std::collections::HashMap;
 
+    use opentelemetry::KeyValue;
+
     use super::*;
 
     const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -514,13 +516,18 @@ mod tests {
         install_propagator();
         let cx = extract_http(&headers(&[(
             "baggage",
-            "order.id=0192f5d4-7a3e-7c1b-9d2e-5f6a7b8c9d0e,tenant=acme",
+            "order.id=0192f5d4-7a3e-7c1b-9d2e-5f6a7b8c9d0e,tenant=acme;source=partner",
         )]));
         assert_eq!(order_id(&cx), None);
-        assert_eq!(
-            cx.baggage().get("tenant").map(|v| v.as_str().to_string()),
-            Some("acme".to_string())
-        );
+        let tenant = |cx: &Context| {
+            cx.baggage()
+                .get_with_metadata("tenant")
+                .map(|(value, properties)| format!("{value};{}", properties.as_str()))
+        };
+        assert_eq!(tenant(&cx).as_deref(), Some("acme;source=partner"));
+        // The order id the edge sets from the path keeps the caller's other entries whole.
+        let cx = with_order(&cx, Uuid::now_v7());
+        assert_eq!(tenant(&cx).as_deref(), Some("acme;source=partner"));
     }
 
     #[test]
