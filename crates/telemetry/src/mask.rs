@@ -413,7 +413,7 @@ impl Masker {
 ///   found clean is never replaced, so its allocation lives as long as the batch does. Hence
 ///   [`Seen::end_batch`] forgets them. Short text is checked again instead, which costs less
 ///   than remembering it.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Seen {
     keys: rustc_hash::FxHashMap<(usize, usize), bool>,
     clean: rustc_hash::FxHashSet<(usize, usize)>,
@@ -535,6 +535,7 @@ fn passes_luhn(candidate: &str) -> bool {
 }
 
 /// A span exporter that masks every span before handing the batch to the real exporter.
+#[derive(Debug)]
 pub struct MaskingExporter<E> {
     masker: Masker,
     /// What masking remembers across spans. Batches are exported one at a time, so the lock is
@@ -550,15 +551,6 @@ impl<E> MaskingExporter<E> {
             seen: Mutex::default(),
             inner,
         }
-    }
-}
-
-impl<E: fmt::Debug> fmt::Debug for MaskingExporter<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MaskingExporter")
-            .field("masker", &self.masker)
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
     }
 }
 
