@@ -127,11 +127,8 @@ fn push_digits(line: &mut Vec<u8>, mut value: u32, width: usize) {
 
 /// Appends `bytes` as a JSON string of lowercase hex digits (a trace or span id).
 fn push_hex(line: &mut Vec<u8>, bytes: &[u8]) {
-    let mut text = [0; 32];
-    let text = &mut text[..bytes.len() * 2];
-    hex::encode_to_slice(bytes, text).expect("two digits per byte fit");
     line.push(b'"');
-    line.extend_from_slice(text);
+    crate::propagation::push_hex(line, bytes);
     line.push(b'"');
 }
 

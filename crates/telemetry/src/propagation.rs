@@ -107,9 +107,8 @@ impl TextMapPropagator for W3c {
 }
 
 /// The ids and flags of a `traceparent` in the exact form [`traceparent`] writes: version 00,
-/// lowercase hex, 55 bytes. The SDK's parser gives the same for such a header (it accepts
-/// more: other versions, upper-case flags are refused, surrounding space); anything else is
-/// `None` and left to it.
+/// lowercase hex, 55 bytes. The SDK's parser gives the same for such a header; it also accepts
+/// other versions and surrounding space, so anything else is `None` and left to it.
 fn plain_traceparent(header: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
     let bytes = header.as_bytes();
     let is_hex = |range: std::ops::Range<usize>| {
@@ -161,21 +160,22 @@ const MAX_BAGGAGE_BYTES: usize = 8192;
 /// `00-{trace id}-{span id}-{flags}`, only the sampled flag kept (as the SDK writes it).
 fn traceparent(span_context: &SpanContext) -> String {
     let flags = (span_context.trace_flags() & TraceFlags::SAMPLED).to_u8();
-    let mut out = String::with_capacity(55);
-    out.push_str("00-");
+    let mut out = Vec::with_capacity(55);
+    out.extend_from_slice(b"00-");
     push_hex(&mut out, &span_context.trace_id().to_bytes());
-    out.push('-');
+    out.push(b'-');
     push_hex(&mut out, &span_context.span_id().to_bytes());
-    out.push('-');
+    out.push(b'-');
     push_hex(&mut out, &[flags]);
-    out
+    String::from_utf8(out).expect("hex digits and dashes are ASCII")
 }
 
-fn push_hex(out: &mut String, bytes: &[u8]) {
+/// Appends `bytes` as lowercase hex digits, as ids are written in headers and log lines.
+pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for byte in bytes {
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        out.push(HEX[usize::from(byte >> 4)]);
+        out.push(HEX[usize::from(byte & 0xf)]);
     }
 }
 
@@ -214,11 +214,7 @@ fn propagator() -> &'static W3c {
 
 /// `cx` with `order.id` added to its baggage (other entries are kept).
 pub fn with_order(cx: &Context, order_id: Uuid) -> Context {
-    let mut baggage: Baggage = cx
-        .baggage()
-        .iter()
-        .map(|(k, (v, properties))| (k.clone(), (v.clone(), properties.clone())))
-        .collect();
+    let mut baggage = baggage_without_order(cx);
     let value = StringValue::from(Arc::<str>::from(order_id.to_string()));
     let _ = baggage.insert(BAGGAGE_ORDER_ID, value.clone());
     cx.with_baggage(baggage)
@@ -255,13 +251,17 @@ fn without_order(cx: Context) -> Context {
     if cx.baggage().get(BAGGAGE_ORDER_ID).is_none() {
         return cx;
     }
-    let baggage: Baggage = cx
-        .baggage()
+    let baggage = baggage_without_order(&cx);
+    cx.with_baggage(baggage)
+}
+
+/// A copy of `cx`'s baggage without `order.id`: every other entry with its properties.
+fn baggage_without_order(cx: &Context) -> Baggage {
+    cx.baggage()
         .iter()
         .filter(|(k, _)| k.as_str() != BAGGAGE_ORDER_ID)
         .map(|(k, (v, properties))| (k.clone(), (v.clone(), properties.clone())))
-        .collect();
-    cx.with_baggage(baggage)
+        .collect()
 }
 
 fn extract(extractor: &dyn Extractor) -> Context {
