@@ -174,6 +174,47 @@ async fn one_order_is_one_connected_trace_from_the_http_request_through_the_calc
         );
     }
 
+    // A move reads and writes the order once. Shop's relay locks the order before publishing
+    // `order.created` and moves it to `submitted` under that lock; a service following another's
+    // move stores the trace context with the new status, not in an update of its own.
+    // Spans `what` picks out beneath `ancestor` in its own process (not in the services its
+    // messages reach).
+    let beneath = |ancestor: &CapturedSpan, what: &dyn Fn(&CapturedSpan) -> bool| {
+        spans
+            .iter()
+            .filter(|s| {
+                what(s)
+                    && path_to_root(&spans, s)[1..]
+                        .iter()
+                        .take_while(|a| a.service == ancestor.service)
+                        .any(|a| a.span_id == ancestor.span_id)
+            })
+            .count()
+    };
+    let named = |name: &'static str| move |s: &CapturedSpan| s.name == name;
+    let publish_created = spans
+        .iter()
+        .find(|s| {
+            s.service == "shop-api"
+                && s.kind == kind::PRODUCER
+                && s.attr("hallmark.message.type").as_deref() == Some("order.created")
+        })
+        .expect("Shop's publish of order.created");
+    assert_eq!(beneath(publish_created, &named("SELECT orders")), 1);
+    // Consumers that followed a move without making one (none, one or, where the event came
+    // late, no update).
+    let updates: Vec<(String, usize)> = spans
+        .iter()
+        .filter(|s| s.kind == kind::CONSUMER && s.attr("order.status").is_some())
+        .filter(|s| beneath(s, &|s: &CapturedSpan| s.attr("order.status.to").is_some()) == 0)
+        .map(|s| {
+            let what = format!("{} {}", s.service, s.name);
+            (what, beneath(s, &named("UPDATE orders")))
+        })
+        .collect();
+    assert!(updates.iter().any(|(_, n)| *n == 1), "{updates:?}");
+    assert!(updates.iter().all(|(_, n)| *n <= 1), "{updates:?}");
+
     // No personal data left any process.
     let exported = String::from_utf8_lossy(&system.otlp.raw_bytes()).into_owned();
     for personal in ["Jane Doe", "jane.doe@example.com", "+49 170 1234567"] {

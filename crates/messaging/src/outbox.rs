@@ -75,28 +75,44 @@ pub struct Published {
 /// Work a service does in the relay's transaction around publishing, e.g. Shop moving an order
 /// from `created` to `submitted` once `order.created` reached the broker.
 pub trait PublishHook: Send + Sync + 'static {
+    /// What `before_publish` hands to `on_published` for the same message, e.g. the order it
+    /// locked, so that it is not read again.
+    type Held: Send;
+
     /// Runs before the message is sent. Locking the rows `on_published` will change makes
     /// anything reacting to the message (which can arrive before the confirm does) wait until
     /// the relay's transaction is committed.
     fn before_publish(
         &self,
-        _tx: &mut PgConnection,
-        _message: &Published,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
-        async { Ok(()) }
-    }
+        tx: &mut PgConnection,
+        message: &Published,
+    ) -> impl Future<Output = Result<Self::Held, sqlx::Error>> + Send;
 
-    /// Runs once the broker confirmed the message, before the row is committed as published.
+    /// Runs once the broker confirmed the message, before the row is committed as published,
+    /// with what `before_publish` returned for it. Not called for a message that was not
+    /// confirmed.
     fn on_published(
         &self,
         tx: &mut PgConnection,
         message: &Published,
+        held: Self::Held,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
 /// No follow-up work.
 impl PublishHook for () {
-    async fn on_published(&self, _: &mut PgConnection, _: &Published) -> Result<(), sqlx::Error> {
+    type Held = ();
+
+    async fn before_publish(&self, _: &mut PgConnection, _: &Published) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
+    async fn on_published(
+        &self,
+        _: &mut PgConnection,
+        _: &Published,
+        _: (),
+    ) -> Result<(), sqlx::Error> {
         Ok(())
     }
 }
@@ -271,18 +287,21 @@ impl<H: PublishHook> OutboxRelay<H> {
             .iter()
             .map(|row| publish_span(&exchange, row))
             .collect();
+        let mut held = Vec::with_capacity(claimed.len());
         for (row, span) in claimed.iter().zip(&spans) {
-            spans::under(
-                span.as_ref(),
-                self.hook.before_publish(&mut tx, &row.message),
-            )
-            .await?;
+            held.push(
+                spans::under(
+                    span.as_ref(),
+                    self.hook.before_publish(&mut tx, &row.message),
+                )
+                .await?,
+            );
         }
         for row in &mut claimed {
             row.message.sent_at = Utc::now();
         }
         let mut sent = Vec::with_capacity(claimed.len());
-        for (row, span) in claimed.iter().zip(&spans) {
+        for ((row, span), held) in claimed.iter().zip(&spans).zip(held) {
             let mut headers = FieldTable::default();
             match span {
                 Some(span) => inject_amqp(span, &mut headers),
@@ -300,19 +319,19 @@ impl<H: PublishHook> OutboxRelay<H> {
                 publisher.send(&exchange, &row.message.routing_key, outgoing),
             )
             .await;
-            sent.push((row, span, pending));
+            sent.push((row, span, held, pending));
         }
 
         let mut published = Vec::with_capacity(sent.len());
         let mut failure = None;
-        for (row, span, pending) in sent {
+        for (row, span, held, pending) in sent {
             let result = match pending {
                 Ok(pending) if failure.is_none() => pending.confirmed().await,
                 Ok(_) => continue,
                 Err(err) => Err(err),
             };
             match result {
-                Ok(()) => published.push((row, span)),
+                Ok(()) => published.push((row, span, held)),
                 Err(err) => {
                     {
                         let _logged_under = span.as_ref().map(|span| {
@@ -334,10 +353,10 @@ impl<H: PublishHook> OutboxRelay<H> {
             }
         }
 
-        for (row, _) in &published {
+        for (row, ..) in &published {
             crash::at(crash::RELAY_AFTER_CONFIRM, &row.message.routing_key);
         }
-        let ids: Vec<i64> = published.iter().map(|(row, _)| row.id).collect();
+        let ids: Vec<i64> = published.iter().map(|(row, ..)| row.id).collect();
         // The relay's own bookkeeping (claiming rows, marking them sent) serves a whole batch of
         // orders at once, so it has no span: it would be a root trace of its own per batch,
         // under no order. Its health shows in the outbox backlog gauge and in failed publishes.
@@ -348,8 +367,13 @@ impl<H: PublishHook> OutboxRelay<H> {
         .bind(&ids)
         .execute(&mut *tx)
         .await?;
-        for (row, span) in &published {
-            spans::under(span.as_ref(), self.hook.on_published(&mut tx, &row.message)).await?;
+        let count = published.len();
+        for (row, span, held) in published {
+            spans::under(
+                span.as_ref(),
+                self.hook.on_published(&mut tx, &row.message, held),
+            )
+            .await?;
         }
         tx.commit().await?;
         // The spans end here; on an early return (a database error) they end as they are
@@ -357,7 +381,7 @@ impl<H: PublishHook> OutboxRelay<H> {
         spans.iter().for_each(|span| spans::end_in(span.as_ref()));
         match failure {
             Some(err) => Err(err.into()),
-            None => Ok(published.len()),
+            None => Ok(count),
         }
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! * [`OrderBook::transition`]: the service *owns* the move. It is checked against the status
 //!   machine, written with its history row, and announced as `order.status_changed` through the
-//!   outbox, all in the caller's transaction. It runs in an `order.transition` span carrying
+//!   outbox, all in the caller's transaction. It runs in an INTERNAL span named after the new status (`order submitted`) carrying
 //!   `order.status.from`, `order.status.to` and `order.stage`, the spans order-watch follows.
 //! * [`OrderBook::observe`]: another service made the move; the local projection follows only if
 //!   it is a step forward, so late, repeated and reordered events are harmless.
@@ -61,6 +61,25 @@ pub struct Current {
     pub reason: Option<Reason>,
     pub updated_at: DateTime<Utc>,
     trace: Carrier,
+}
+
+/// An order [`OrderBook::lock`] read and locked. It is only valid in the transaction that locked
+/// it, where nothing else can change the order until that transaction ends.
+#[derive(Debug)]
+pub struct Locked {
+    order_id: Uuid,
+    current: Current,
+}
+
+impl Locked {
+    pub fn order_id(&self) -> Uuid {
+        self.order_id
+    }
+
+    /// The order as it was locked; its trace context is empty (see [`OrderBook::lock`]).
+    pub fn current(&self) -> &Current {
+        &self.current
+    }
 }
 
 /// Why an owner's transition did not happen.
@@ -118,7 +137,7 @@ impl Change {
 /// What [`OrderBook::observe`] did with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Observed {
-    /// The projection moved forward.
+    /// The projection moved forward, and the order keeps the current span's context.
     Applied,
     /// The event announced a step the order had already passed (it was overtaken by a later
     /// event, e.g. processed concurrently): the step went into the history, the status stayed.
@@ -233,14 +252,44 @@ impl OrderBook {
         order_id: Uuid,
         change: Change,
     ) -> Result<StatusChanged, TransitionFailure> {
+        let to = change.to;
+        self.in_transition_span(to, async {
+            let locked = self
+                .lock(tx, order_id)
+                .await?
+                .ok_or(TransitionFailure::NotFound(order_id))?;
+            self.move_locked(tx, locked, change).await
+        })
+        .await
+    }
+
+    /// [`OrderBook::transition`] for an order the caller locked already, in this same
+    /// transaction, with [`OrderBook::lock`]: the order is not read a second time.
+    pub async fn transition_locked(
+        &self,
+        tx: &mut PgConnection,
+        locked: Locked,
+        change: Change,
+    ) -> Result<StatusChanged, TransitionFailure> {
+        self.in_transition_span(change.to, self.move_locked(tx, locked, change))
+            .await
+    }
+
+    /// Runs `work`, a move to `to`, in its span (`order submitted`), which records the failure
+    /// if there is one.
+    async fn in_transition_span(
+        &self,
+        to: OrderStatus,
+        work: impl Future<Output = Result<StatusChanged, TransitionFailure>>,
+    ) -> Result<StatusChanged, TransitionFailure> {
         let span = if telemetry::spans_enabled!() {
             let attributes = vec![
-                KeyValue::new(attr::ORDER_STATUS_TO, change.to.as_str()),
-                KeyValue::new(attr::ORDER_STAGE, change.to.stage().as_str()),
+                KeyValue::new(attr::ORDER_STATUS_TO, to.as_str()),
+                KeyValue::new(attr::ORDER_STAGE, to.stage().as_str()),
             ];
             let parent = Context::current();
             spans::child(
-                format!("order {}", change.to),
+                format!("order {to}"),
                 SpanKind::Internal,
                 attributes,
                 &parent,
@@ -248,8 +297,7 @@ impl OrderBook {
         } else {
             None
         };
-        let result =
-            spans::under(span.as_ref(), self.transition_in_span(tx, order_id, change)).await;
+        let result = spans::under(span.as_ref(), work).await;
         if let (Err(err), Some(span)) = (&result, &span) {
             let code = match err {
                 TransitionFailure::NotFound(_) => "order_not_found",
@@ -264,16 +312,14 @@ impl OrderBook {
         result
     }
 
-    async fn transition_in_span(
+    /// The move itself, inside the transition span, on the order as `locked` read it.
+    async fn move_locked(
         &self,
         tx: &mut PgConnection,
-        order_id: Uuid,
+        locked: Locked,
         change: Change,
     ) -> Result<StatusChanged, TransitionFailure> {
-        let current = self
-            .lock(tx, order_id)
-            .await?
-            .ok_or(TransitionFailure::NotFound(order_id))?;
+        let Locked { order_id, current } = locked;
         spans::record(KeyValue::new(
             attr::ORDER_STATUS_FROM,
             current.status.as_str(),
@@ -343,7 +389,8 @@ impl OrderBook {
         self.transition(tx, order_id, change).await
     }
 
-    /// Follows another service's move when it is a step forward; records a step the order
+    /// Follows another service's move when it is a step forward, storing the current span's
+    /// context with the order as [`OrderBook::transition`] does; records a step the order
     /// already passed in the history only ([`Observed::Late`]).
     pub async fn observe(
         &self,
@@ -351,7 +398,7 @@ impl OrderBook {
         envelope: &Envelope,
         change: &StatusChanged,
     ) -> Result<Observed, sqlx::Error> {
-        let Some(current) = self.lock(tx, envelope.order_id).await? else {
+        let Some(Locked { current, .. }) = self.lock(tx, envelope.order_id).await? else {
             return Ok(Observed::Unknown);
         };
         spans::record(KeyValue::new(attr::ORDER_STATUS, current.status.as_str()));
@@ -405,39 +452,17 @@ impl OrderBook {
         .await
     }
 
-    /// Locks the order's row until the end of the transaction, so that concurrent work on the
-    /// order waits.
-    pub async fn lock_order(
+    /// Reads the order and locks its row until the end of the transaction, so that concurrent
+    /// work on the order waits; `None` when the order is not known here. Pass the result to
+    /// [`OrderBook::transition_locked`] to move the order later in the same transaction.
+    ///
+    /// The stored trace context is not read: the moves made under the lock replace it and never
+    /// link to it, and reading it back would parse JSON on every move for nothing.
+    pub async fn lock(
         &self,
         tx: &mut PgConnection,
         order_id: Uuid,
-    ) -> Result<(), sqlx::Error> {
-        self.lock(tx, order_id).await.map(|_| ())
-    }
-
-    /// Stores the current span's context as the order's latest, for later links.
-    pub async fn remember_trace(
-        &self,
-        conn: &mut PgConnection,
-        order_id: Uuid,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE orderbook.orders SET trace = $2 WHERE order_id = $1")
-            .bind(order_id)
-            .bind(current_trace())
-            .execute(&mut *conn)
-            .db("UPDATE orders")
-            .await?;
-        Ok(())
-    }
-
-    /// The order as [`OrderBook::get`] reads it, locked, but without its stored trace context:
-    /// the moves made under the lock replace that context and never link to it, and reading it
-    /// back would parse JSON on every move for nothing.
-    async fn lock(
-        &self,
-        tx: &mut PgConnection,
-        order_id: Uuid,
-    ) -> Result<Option<Current>, sqlx::Error> {
+    ) -> Result<Option<Locked>, sqlx::Error> {
         let row = sqlx::query(
             "SELECT status, idempotency_key, price, reason, updated_at \
              FROM orderbook.orders WHERE order_id = $1 FOR UPDATE",
@@ -446,8 +471,11 @@ impl OrderBook {
         .fetch_optional(&mut *tx)
         .db("SELECT orders")
         .await?;
-        row.map(|row| current_from_row(&row, Trace::Skipped))
-            .transpose()
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let current = current_from_row(&row, Trace::Skipped)?;
+        Ok(Some(Locked { order_id, current }))
     }
 
     /// Sets the status; a price or reason that comes with it is kept, earlier ones stay otherwise.

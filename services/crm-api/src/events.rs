@@ -28,11 +28,7 @@ impl Handler for Registrar {
                     return Ok(());
                 }
                 match self.orderbook.observe(tx, envelope, change).await? {
-                    Observed::Applied => {
-                        self.orderbook.remember_trace(tx, envelope.order_id).await?;
-                        Ok(())
-                    }
-                    Observed::Late | Observed::Ignored => Ok(()),
+                    Observed::Applied | Observed::Late | Observed::Ignored => Ok(()),
                     // Its order.created is still on its way (e.g. waiting for a retry).
                     Observed::Unknown => Err(HandlerError::transient(
                         "order_not_registered_yet",

@@ -113,9 +113,6 @@ impl Handler for ProductionIntake {
                 if change.to == OrderStatus::Cancelled {
                     calc::cancel(tx, message.envelope.order_id).await?;
                 }
-                self.orderbook
-                    .remember_trace(tx, message.envelope.order_id)
-                    .await?;
                 if change.to == OrderStatus::Confirmed {
                     tracing::info!(order_id = %message.envelope.order_id, "order confirmed, ready for production");
                 }

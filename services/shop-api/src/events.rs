@@ -8,7 +8,7 @@
 use domain::OrderStatus;
 use domain::events::{Event, ORDER_CREATED};
 use messaging::{Handler, HandlerError, Incoming, PublishHook, Published};
-use orderbook::{Change, Observed, OrderBook, TransitionFailure};
+use orderbook::{Change, Locked, Observed, OrderBook, TransitionFailure};
 use sqlx::PgConnection;
 
 use crate::SERVICE_NAME;
@@ -18,43 +18,48 @@ pub(crate) struct SubmitOnPublish {
 }
 
 impl PublishHook for SubmitOnPublish {
+    /// The order of an `order.created`, locked; `None` for other messages and unknown orders.
+    type Held = Option<Locked>;
+
     /// CRM may register the order before the broker's confirm reaches us; holding the row
     /// makes Shop's view of that wait until `submitted` is written.
     async fn before_publish(
         &self,
         tx: &mut PgConnection,
         message: &Published,
-    ) -> Result<(), sqlx::Error> {
-        if message.kind == ORDER_CREATED {
-            self.orderbook.lock_order(tx, message.order_id).await?;
+    ) -> Result<Option<Locked>, sqlx::Error> {
+        if message.kind != ORDER_CREATED {
+            return Ok(None);
         }
-        Ok(())
+        self.orderbook.lock(tx, message.order_id).await
     }
 
     async fn on_published(
         &self,
         tx: &mut PgConnection,
         message: &Published,
+        held: Option<Locked>,
     ) -> Result<(), sqlx::Error> {
         if message.kind != ORDER_CREATED {
             return Ok(());
         }
+        let Some(locked) = held else {
+            tracing::warn!(order_id = %message.order_id, "published an order.created for an unknown order");
+            return Ok(());
+        };
         match self
             .orderbook
-            .transition(
+            .transition_locked(
                 tx,
-                message.order_id,
+                locked,
                 Change::to(OrderStatus::Submitted).at(message.sent_at),
             )
             .await
         {
             Ok(_) => Ok(()),
-            // Published again after a relay restart: the order has moved on already.
-            Err(TransitionFailure::Illegal(_)) => Ok(()),
-            Err(TransitionFailure::NotFound(id)) => {
-                tracing::warn!(order_id = %id, "published an order.created for an unknown order");
-                Ok(())
-            }
+            // Published again after a relay restart: the order has moved on already. (A locked
+            // order is not looked up again, so it cannot be missing.)
+            Err(TransitionFailure::Illegal(_) | TransitionFailure::NotFound(_)) => Ok(()),
             Err(TransitionFailure::Database(err)) => Err(err),
         }
     }
@@ -77,13 +82,7 @@ impl Handler for StatusFollower {
             .observe(tx, &message.envelope, change)
             .await?
         {
-            Observed::Applied => {
-                self.orderbook
-                    .remember_trace(tx, message.envelope.order_id)
-                    .await?;
-                Ok(())
-            }
-            Observed::Late | Observed::Ignored => Ok(()),
+            Observed::Applied | Observed::Late | Observed::Ignored => Ok(()),
             Observed::Unknown => Err(HandlerError::permanent(
                 "order_unknown",
                 format!("shop has no order {}", message.envelope.order_id),
