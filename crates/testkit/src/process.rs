@@ -57,7 +57,26 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts binary `name` with `env`, listening on a free port given in `port_variable`, and
     /// waits until its `/health` answers.
+    ///
+    /// The port is free when it is chosen, but a test running in parallel can take it before
+    /// the service binds it. A start that fails that way is retried on another port.
     pub async fn start(name: &str, port_variable: &str, env: &[(String, String)]) -> Self {
+        const ATTEMPTS: u32 = 5;
+        let mut attempt = 1;
+        loop {
+            let mut process = Self::spawn(name, port_variable, env);
+            let Err(status) = process.wait_until_healthy().await else {
+                return process;
+            };
+            let log = process.log_text();
+            if attempt == ATTEMPTS || !log.contains("Address already in use") {
+                panic!("{name} exited with {status} before it was ready:\n{log}");
+            }
+            attempt += 1;
+        }
+    }
+
+    fn spawn(name: &str, port_variable: &str, env: &[(String, String)]) -> Self {
         let port = free_port();
         let log = log_path(name);
         let out = std::fs::File::create(&log).expect("a log file");
@@ -71,26 +90,21 @@ impl ServiceProcess {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        let mut process = Self {
+        Self {
             name: name.to_owned(),
             child,
             port,
             log,
-        };
-        process.wait_until_healthy().await;
-        process
+        }
     }
 
-    async fn wait_until_healthy(&mut self) {
+    /// Waits until `/health` answers; the exit status if the process ended before that.
+    async fn wait_until_healthy(&mut self) -> Result<(), std::process::ExitStatus> {
         let client = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{} exited with {status} before it was ready:\n{}",
-                    self.name,
-                    self.log_text()
-                );
+                return Err(status);
             }
             let health = client
                 .get(format!("{}/health", self.url()))
@@ -98,7 +112,7 @@ impl ServiceProcess {
                 .send()
                 .await;
             if health.is_ok_and(|r| r.status().is_success()) {
-                return;
+                return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
                 panic!("{} did not become ready:\n{}", self.name, self.log_text());
