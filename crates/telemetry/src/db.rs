@@ -14,7 +14,7 @@
 //! [`crate::spans`]), so it inherits the order id from baggage. Query text is not recorded: it
 //! would be the same for every call and bound values could hold personal data.
 //!
-//! Database spans are most of an order's spans (ten of Shop's sixteen) and have nothing under
+//! Database spans are most of an order's spans (nine of Shop's fifteen) and have nothing under
 //! them, so they are [`crate::spans::client`] spans, made with the OpenTelemetry tracer directly: the attributes are
 //! literals that need no copy, and no `tracing` layer works on each poll of the query. What
 //! `RUST_LOG` says still holds: they are made when an INFO span of this module would be enabled.
