@@ -6,8 +6,9 @@
 //!
 //! * [`OrderBook::transition`]: the service *owns* the move. It is checked against the status
 //!   machine, written with its history row, and announced as `order.status_changed` through the
-//!   outbox, all in the caller's transaction. It runs in an INTERNAL span named after the new status (`order submitted`) carrying
-//!   `order.status.from`, `order.status.to` and `order.stage`, the spans order-watch follows.
+//!   outbox, all in the caller's transaction. It runs in an INTERNAL span named after the new
+//!   status (`order submitted`) carrying `order.status.from`, `order.status.to` and
+//!   `order.stage`, the spans order-watch follows.
 //! * [`OrderBook::observe`]: another service made the move; the local projection follows only if
 //!   it is a step forward, so late, repeated and reordered events are harmless.
 //!
@@ -68,18 +69,8 @@ pub struct Current {
 #[derive(Debug)]
 pub struct Locked {
     order_id: Uuid,
+    /// The order as it was locked, without its trace context (see [`OrderBook::lock`]).
     current: Current,
-}
-
-impl Locked {
-    pub fn order_id(&self) -> Uuid {
-        self.order_id
-    }
-
-    /// The order as it was locked; its trace context is empty (see [`OrderBook::lock`]).
-    pub fn current(&self) -> &Current {
-        &self.current
-    }
 }
 
 /// Why an owner's transition did not happen.
