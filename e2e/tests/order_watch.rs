@@ -23,6 +23,11 @@ struct Watch {
 
 impl Watch {
     async fn start() -> Self {
+        Self::start_choosing(free_port).await
+    }
+
+    /// order-watch on the ports `choose` gives: its API's first, then its OTLP/HTTP port.
+    async fn start_choosing(choose: impl FnMut() -> u16) -> Self {
         let database = TestDatabase::create("order_watch").await;
         let config = tempfile::NamedTempFile::new().expect("a config file");
         std::fs::write(
@@ -30,11 +35,10 @@ impl Watch {
             format!("[stuck_after]\ncustomer_confirmation = \"{CONFIRMATION_THRESHOLD}\"\n"),
         )
         .expect("the config file is written");
-        let otlp_http = free_port();
         let env = [
             ("ORDER_WATCH_DATABASE_URL", database.url().to_owned()),
-            ("ORDER_WATCH_OTLP_HTTP_PORT", otlp_http.to_string()),
-            ("ORDER_WATCH_OTLP_GRPC_PORT", free_port().to_string()),
+            // Not used here: port 0 lets order-watch pick a free one itself.
+            ("ORDER_WATCH_OTLP_GRPC_PORT", "0".to_owned()),
             ("ORDER_WATCH_CONFIG", config.path().display().to_string()),
             ("ORDER_WATCH_GAUGE_INTERVAL", "1s".to_owned()),
             ("OTEL_TRACES_EXPORTER", "none".to_owned()),
@@ -42,7 +46,14 @@ impl Watch {
             ("HALLMARK_ENV", "test".to_owned()),
         ]
         .map(|(k, v)| (k.to_owned(), v));
-        let process = ServiceProcess::start("order-watch", "ORDER_WATCH_PORT", &env).await;
+        let process = ServiceProcess::start_choosing(
+            "order-watch",
+            &["ORDER_WATCH_PORT", "ORDER_WATCH_OTLP_HTTP_PORT"],
+            &env,
+            choose,
+        )
+        .await;
+        let otlp_http = process.port_of("ORDER_WATCH_OTLP_HTTP_PORT");
         Self {
             process,
             otlp_endpoint: format!("http://127.0.0.1:{otlp_http}"),
@@ -110,6 +121,26 @@ fn services_of(journey: &Value) -> BTreeSet<String> {
         .flatten()
         .filter_map(|s| s["service"].as_str().map(str::to_owned))
         .collect()
+}
+
+#[tokio::test]
+async fn order_watch_starts_again_on_other_ports_when_one_was_taken_before_it_could_bind_it() {
+    // Taken by "another test" between choosing the port and order-watch binding it.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to take");
+    let taken = holder.local_addr().expect("its address").port();
+    let mut handed_out = 0;
+    let watch = Watch::start_choosing(|| {
+        handed_out += 1;
+        if handed_out == 2 { taken } else { free_port() }
+    })
+    .await;
+    assert_eq!(
+        handed_out, 4,
+        "one retry, with new ports for both variables"
+    );
+    assert_ne!(watch.process.port_of("ORDER_WATCH_OTLP_HTTP_PORT"), taken);
+    let (status, _) = watch.get("/health").await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test]

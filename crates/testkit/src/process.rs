@@ -50,21 +50,39 @@ fn binary_dir() -> PathBuf {
 pub struct ServiceProcess {
     name: String,
     child: Child,
-    port: u16,
+    /// The port of each port variable, the one serving `/health` first.
+    ports: Vec<(String, u16)>,
     log: PathBuf,
 }
 
 impl ServiceProcess {
     /// Starts binary `name` with `env`, listening on a free port given in `port_variable`, and
     /// waits until its `/health` answers.
-    ///
-    /// The port is free when it is chosen, but a test running in parallel can take it before
-    /// the service binds it. A start that fails that way is retried on another port.
     pub async fn start(name: &str, port_variable: &str, env: &[(String, String)]) -> Self {
+        Self::start_on(name, &[port_variable], env).await
+    }
+
+    /// [`ServiceProcess::start`] for a service that listens on several ports: each of
+    /// `port_variables` gets a free port, and the first serves `/health`.
+    ///
+    /// A port is free when it is chosen, but a test running in parallel can take it before the
+    /// service binds it. A start that fails that way is retried with new ports for all of them.
+    pub async fn start_on(name: &str, port_variables: &[&str], env: &[(String, String)]) -> Self {
+        Self::start_choosing(name, port_variables, env, free_port).await
+    }
+
+    /// [`ServiceProcess::start_on`] with the ports `choose` gives, one per variable and attempt
+    /// (a test of the retry hands out a taken port first).
+    pub async fn start_choosing(
+        name: &str,
+        port_variables: &[&str],
+        env: &[(String, String)],
+        mut choose: impl FnMut() -> u16,
+    ) -> Self {
         const ATTEMPTS: u32 = 5;
         let mut attempt = 1;
         loop {
-            let mut process = Self::spawn(name, port_variable, env);
+            let mut process = Self::spawn(name, port_variables, env, &mut choose);
             let Err(status) = process.wait_until_healthy().await else {
                 return process;
             };
@@ -76,14 +94,23 @@ impl ServiceProcess {
         }
     }
 
-    fn spawn(name: &str, port_variable: &str, env: &[(String, String)]) -> Self {
-        let port = free_port();
+    fn spawn(
+        name: &str,
+        port_variables: &[&str],
+        env: &[(String, String)],
+        choose: &mut impl FnMut() -> u16,
+    ) -> Self {
+        assert!(!port_variables.is_empty(), "{name} needs a port");
+        let ports: Vec<(String, u16)> = port_variables
+            .iter()
+            .map(|variable| ((*variable).to_owned(), choose()))
+            .collect();
         let log = log_path(name);
         let out = std::fs::File::create(&log).expect("a log file");
         let err = out.try_clone().expect("a second handle");
         let child = Command::new(binary(name))
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env(port_variable, port.to_string())
+            .envs(ports.iter().map(|(k, port)| (k.as_str(), port.to_string())))
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
@@ -93,7 +120,7 @@ impl ServiceProcess {
         Self {
             name: name.to_owned(),
             child,
-            port,
+            ports,
             log,
         }
     }
@@ -121,12 +148,22 @@ impl ServiceProcess {
         }
     }
 
+    /// The port serving `/health`.
     pub fn port(&self) -> u16 {
-        self.port
+        self.ports[0].1
+    }
+
+    /// The port given to the service in `variable`, one of those it was started on.
+    pub fn port_of(&self, variable: &str) -> u16 {
+        self.ports
+            .iter()
+            .find(|(name, _)| name == variable)
+            .map(|&(_, port)| port)
+            .unwrap_or_else(|| panic!("{} was not started with a port in {variable}", self.name))
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.port())
     }
 
     /// Everything the process printed so far.
