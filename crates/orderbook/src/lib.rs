@@ -66,11 +66,14 @@ pub struct Current {
 
 /// An order [`OrderBook::lock`] read and locked. It is only valid in the transaction that locked
 /// it, where nothing else can change the order until that transaction ends.
+///
+/// It holds what a move under the lock reads: the status it starts from and the key the order
+/// was created with.
 #[derive(Debug)]
 pub struct Locked {
     order_id: Uuid,
-    /// The order as it was locked, without its trace context (see [`OrderBook::lock`]).
-    current: Current,
+    status: OrderStatus,
+    idempotency_key: Option<String>,
 }
 
 /// Why an owner's transition did not happen.
@@ -196,8 +199,7 @@ impl OrderBook {
         .fetch_optional(&mut *conn)
         .db("SELECT orders")
         .await?;
-        row.map(|row| current_from_row(&row, Trace::Read))
-            .transpose()
+        row.map(|row| current_from_row(&row)).transpose()
     }
 
     /// The order's history in the order the moves happened (by their time; moves recorded at
@@ -310,15 +312,16 @@ impl OrderBook {
         locked: Locked,
         change: Change,
     ) -> Result<StatusChanged, TransitionFailure> {
-        let Locked { order_id, current } = locked;
-        spans::record(KeyValue::new(
-            attr::ORDER_STATUS_FROM,
-            current.status.as_str(),
-        ));
-        if let Some(key) = &current.idempotency_key {
-            spans::record(KeyValue::new(attr::ORDER_IDEMPOTENCY_KEY, key.clone()));
+        let Locked {
+            order_id,
+            status: from,
+            idempotency_key,
+        } = locked;
+        spans::record(KeyValue::new(attr::ORDER_STATUS_FROM, from.as_str()));
+        if let Some(key) = idempotency_key {
+            spans::record(KeyValue::new(attr::ORDER_IDEMPOTENCY_KEY, key));
         }
-        let to = current.status.transition(change.to)?;
+        let to = from.transition(change.to)?;
         let now = change.at.unwrap_or_else(Utc::now);
         self.write_status(
             tx,
@@ -331,7 +334,7 @@ impl OrderBook {
         self.record_history(
             tx,
             order_id,
-            Some(current.status),
+            Some(from),
             to,
             self.source,
             change.reason.as_ref(),
@@ -339,7 +342,7 @@ impl OrderBook {
         )
         .await?;
         let event = StatusChanged {
-            from: current.status,
+            from,
             to,
             reason: change.reason,
             price: change.price,
@@ -355,11 +358,11 @@ impl OrderBook {
         metrics().status_transitions.add(
             1,
             &[
-                KeyValue::new("from", current.status.as_str()),
+                KeyValue::new("from", from.as_str()),
                 KeyValue::new("to", to.as_str()),
             ],
         );
-        tracing::info!(from = %current.status, to = %to, "order status changed");
+        tracing::info!(from = %from, to = %to, "order status changed");
         Ok(event)
     }
 
@@ -389,11 +392,11 @@ impl OrderBook {
         envelope: &Envelope,
         change: &StatusChanged,
     ) -> Result<Observed, sqlx::Error> {
-        let Some(Locked { current, .. }) = self.lock(tx, envelope.order_id).await? else {
+        let Some(Locked { status, .. }) = self.lock(tx, envelope.order_id).await? else {
             return Ok(Observed::Unknown);
         };
-        spans::record(KeyValue::new(attr::ORDER_STATUS, current.status.as_str()));
-        let forward = OrderStatus::supersedes(change.to, current.status);
+        spans::record(KeyValue::new(attr::ORDER_STATUS, status.as_str()));
+        let forward = OrderStatus::supersedes(change.to, status);
         if forward {
             self.write_status(
                 tx,
@@ -403,7 +406,7 @@ impl OrderBook {
                 change.reason.as_ref(),
             )
             .await?;
-        } else if !change.to.overtaken_by(current.status)
+        } else if !change.to.overtaken_by(status)
             || self.has_passed(tx, envelope.order_id, change.to).await?
         {
             return Ok(Observed::Ignored);
@@ -447,26 +450,30 @@ impl OrderBook {
     /// work on the order waits; `None` when the order is not known here. Pass the result to
     /// [`OrderBook::transition_locked`] to move the order later in the same transaction.
     ///
-    /// The stored trace context is not read: the moves made under the lock replace it and never
-    /// link to it, and reading it back would parse JSON on every move for nothing.
+    /// Only the status and the idempotency key are read: a move replaces the price, reason and
+    /// trace context rather than reading them, and parsing their JSON on every move would be
+    /// for nothing.
     pub async fn lock(
         &self,
         tx: &mut PgConnection,
         order_id: Uuid,
     ) -> Result<Option<Locked>, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT status, idempotency_key, price, reason, updated_at \
-             FROM orderbook.orders WHERE order_id = $1 FOR UPDATE",
+            "SELECT status, idempotency_key FROM orderbook.orders \
+             WHERE order_id = $1 FOR UPDATE",
         )
         .bind(order_id)
         .fetch_optional(&mut *tx)
         .db("SELECT orders")
         .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let current = current_from_row(&row, Trace::Skipped)?;
-        Ok(Some(Locked { order_id, current }))
+        row.map(|row| {
+            Ok(Locked {
+                order_id,
+                status: parse_status(row.get("status"))?,
+                idempotency_key: row.get("idempotency_key"),
+            })
+        })
+        .transpose()
     }
 
     /// Sets the status; a price or reason that comes with it is kept, earlier ones stay otherwise.
@@ -549,13 +556,7 @@ fn parse_status(text: String) -> Result<OrderStatus, sqlx::Error> {
         .map_err(|err| sqlx::Error::Decode(Box::new(err)))
 }
 
-/// Whether a row read into a [`Current`] holds the stored trace context.
-enum Trace {
-    Read,
-    Skipped,
-}
-
-fn current_from_row(row: &sqlx::postgres::PgRow, trace: Trace) -> Result<Current, sqlx::Error> {
+fn current_from_row(row: &sqlx::postgres::PgRow) -> Result<Current, sqlx::Error> {
     let price: Option<serde_json::Value> = row.get("price");
     let reason: Option<serde_json::Value> = row.get("reason");
     Ok(Current {
@@ -564,10 +565,7 @@ fn current_from_row(row: &sqlx::postgres::PgRow, trace: Trace) -> Result<Current
         price: price.and_then(|p| serde_json::from_value(p).ok()),
         reason: reason.and_then(|r| serde_json::from_value(r).ok()),
         updated_at: row.get("updated_at"),
-        trace: match trace {
-            Trace::Read => stored_trace(row, "trace"),
-            Trace::Skipped => Carrier::default(),
-        },
+        trace: stored_trace(row, "trace"),
     })
 }
 
