@@ -58,21 +58,16 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts binary `name` with `env`, listening on a free port given in `port_variable`, and
     /// waits until its `/health` answers.
-    pub async fn start(name: &str, port_variable: &str, env: &[(String, String)]) -> Self {
-        Self::start_on(name, &[port_variable], env).await
-    }
-
-    /// [`ServiceProcess::start`] for a service that listens on several ports: each of
-    /// `port_variables` gets a free port, and the first serves `/health`.
     ///
     /// A port is free when it is chosen, but a test running in parallel can take it before the
-    /// service binds it. A start that fails that way is retried with new ports for all of them.
-    pub async fn start_on(name: &str, port_variables: &[&str], env: &[(String, String)]) -> Self {
-        Self::start_choosing(name, port_variables, env, free_port).await
+    /// service binds it. A start that fails that way is retried on another port.
+    pub async fn start(name: &str, port_variable: &str, env: &[(String, String)]) -> Self {
+        Self::start_choosing(name, &[port_variable], env, free_port).await
     }
 
-    /// [`ServiceProcess::start_on`] with the ports `choose` gives, one per variable and attempt
-    /// (a test of the retry hands out a taken port first).
+    /// [`ServiceProcess::start`] for a service that listens on several ports, one per variable
+    /// of `port_variables` (the first serves `/health`), from `choose`; a start that fails
+    /// because a port was taken is retried with newly chosen ports for all of them.
     pub async fn start_choosing(
         name: &str,
         port_variables: &[&str],
