@@ -4,10 +4,11 @@
 //! persistence and transport; this crate owns the rules they must agree on.
 
 pub mod events;
+pub mod held;
 pub mod material;
 pub mod pricing;
 pub mod status;
 pub mod stl;
 
 pub use material::Material;
-pub use status::{OrderStatus, Stage, TransitionError};
+pub use status::{OrderStatus, Stage, System, TransitionError};

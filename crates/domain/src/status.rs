@@ -166,6 +166,40 @@ impl OrderStatus {
         !self.is_terminal() && self.rank() < current.rank()
     }
 
+    /// The system that moves an order into this status: the only one whose record of that move
+    /// is authoritative, and whose spans announce it.
+    pub fn owner(self) -> System {
+        match self {
+            Self::Created | Self::Submitted | Self::Confirmed | Self::Cancelled => System::Shop,
+            Self::Registered | Self::Shipped | Self::Delivered => System::Crm,
+            Self::Pricing
+            | Self::Priced
+            | Self::Rejected
+            | Self::InProduction
+            | Self::QualityCheck
+            | Self::Ready
+            | Self::Failed => System::Mes,
+        }
+    }
+
+    /// The moves an order makes on the way from `self` (or from nowhere) to `to`, in order and
+    /// ending with `to`: the happy path between the two, and a terminal status or a step back
+    /// from quality check as the single move it is. Empty when `to` is not ahead of `self`.
+    pub fn moves_to(from: Option<OrderStatus>, to: OrderStatus) -> Vec<OrderStatus> {
+        if from.is_some_and(|from| !Self::supersedes(to, from)) {
+            return Vec::new();
+        }
+        let after = from.map_or(0, |from| from.rank() + 1);
+        if to.rank() < after || to.rank() == 10 && to != Self::Delivered {
+            return vec![to];
+        }
+        Self::ALL
+            .into_iter()
+            .filter(|s| !s.is_terminal() || *s == Self::Delivered)
+            .filter(|s| (after..=to.rank()).contains(&s.rank()))
+            .collect()
+    }
+
     /// The stage an order in this status is waiting in; each stage has its own "stuck" threshold.
     pub fn stage(self) -> Stage {
         match self {
@@ -260,6 +294,53 @@ impl Stage {
             Self::Delivery => "delivery",
             Self::Done => "done",
         }
+    }
+}
+
+impl Stage {
+    /// The system that makes the move out of this stage, and so the system of record to ask
+    /// whether an order waiting here has really not moved: Shop hands new orders to the broker
+    /// and takes the customer's confirmation, CRM registers, ships and delivers, MES prices and
+    /// produces. `None` for `done`.
+    pub fn owner(self) -> Option<System> {
+        match self {
+            Self::Intake | Self::CustomerConfirmation => Some(System::Shop),
+            Self::Registration | Self::Shipping | Self::Delivery => Some(System::Crm),
+            Self::PricingQueue
+            | Self::Pricing
+            | Self::ProductionQueue
+            | Self::Production
+            | Self::QualityCheck => Some(System::Mes),
+            Self::Done => None,
+        }
+    }
+}
+
+/// The three systems that keep their own status of every order they know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum System {
+    Shop,
+    Crm,
+    Mes,
+}
+
+impl System {
+    pub const ALL: [System; 3] = [Self::Shop, Self::Crm, Self::Mes];
+
+    /// Its `service.name`.
+    pub fn service_name(self) -> &'static str {
+        match self {
+            Self::Shop => "shop-api",
+            Self::Crm => "crm-api",
+            Self::Mes => "mes-api",
+        }
+    }
+}
+
+impl fmt::Display for System {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.service_name())
     }
 }
 
@@ -394,6 +475,52 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", stage.as_str()));
         }
         assert!("shipping".parse::<OrderStatus>().is_err());
+    }
+
+    #[test]
+    fn every_open_stage_has_an_owner_who_makes_the_move_out_of_it() {
+        for status in OrderStatus::ALL {
+            let stage = status.stage();
+            assert_eq!(stage.owner().is_none(), stage == Stage::Done, "{stage}");
+        }
+        // The owner of a stage makes every move out of it along the happy path.
+        for pair in HAPPY_PATH.windows(2) {
+            assert_eq!(
+                pair[0].stage().owner(),
+                Some(pair[1].owner()),
+                "{}",
+                pair[1]
+            );
+        }
+        assert_eq!(Priced.stage().owner(), Some(Confirmed.owner()));
+        assert_eq!(System::Mes.to_string(), "mes-api");
+    }
+
+    #[test]
+    fn the_moves_between_two_statuses_are_the_happy_path_between_them() {
+        assert_eq!(
+            OrderStatus::moves_to(Some(Submitted), Priced),
+            vec![Registered, Pricing, Priced]
+        );
+        assert_eq!(
+            OrderStatus::moves_to(None, Submitted),
+            vec![Created, Submitted]
+        );
+        assert_eq!(
+            OrderStatus::moves_to(Some(Pricing), Rejected),
+            vec![Rejected]
+        );
+        assert_eq!(
+            OrderStatus::moves_to(Some(Ready), Delivered),
+            vec![Shipped, Delivered]
+        );
+        assert_eq!(
+            OrderStatus::moves_to(Some(QualityCheck), InProduction),
+            vec![InProduction]
+        );
+        assert!(OrderStatus::moves_to(Some(Priced), Priced).is_empty());
+        assert!(OrderStatus::moves_to(Some(Priced), Registered).is_empty());
+        assert!(OrderStatus::moves_to(Some(Cancelled), Delivered).is_empty());
     }
 
     #[test]
