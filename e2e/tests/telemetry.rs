@@ -114,13 +114,43 @@ async fn one_order_is_one_connected_trace_from_the_http_request_through_the_calc
         "the chain of non-internal spans from the request to the engine"
     );
 
-    // Every span of the order carries its id, database and storage spans included.
+    // Every span of the order carries its id, database and storage spans included, and says
+    // that it moved the order: this trace is the pipeline's work on it.
     let order_id = order.id.to_string();
     for span in &spans {
         assert_eq!(
             span.attr("order.id").as_deref(),
             Some(order_id.as_str()),
             "{} {} lacks order.id",
+            span.service,
+            span.name
+        );
+        assert_eq!(
+            span.attr("order.activity").as_deref(),
+            Some("progress"),
+            "{} {}",
+            span.service,
+            span.name
+        );
+    }
+
+    // A customer reading the order only observes it, down to the database.
+    let read = system
+        .client
+        .get(format!("{}/api/orders/{}", system.shop.url(), order.id))
+        .send()
+        .await
+        .unwrap();
+    let read_trace = e2e::trace_id_of(&read);
+    let read_spans = trace_when(&system, &read_trace, |spans| {
+        spans.iter().any(|s| s.kind == kind::SERVER) && spans.iter().any(|s| s.kind == kind::CLIENT)
+    })
+    .await;
+    for span in &read_spans {
+        assert_eq!(
+            (span.attr("order.id"), span.attr("order.activity")),
+            (Some(order_id.clone()), Some("observation".to_owned())),
+            "{} {}",
             span.service,
             span.name
         );

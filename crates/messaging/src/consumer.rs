@@ -33,7 +33,7 @@ use sqlx::{PgConnection, PgPool};
 use telemetry::attr;
 use telemetry::db::Traced;
 use telemetry::metrics;
-use telemetry::propagation::{extract_amqp, order_id as baggage_order_id, with_order};
+use telemetry::propagation::{Activity, extract_amqp, order_id as baggage_order_id, with_order};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -342,7 +342,7 @@ async fn process<H: Handler>(shared: &Shared<H>, publisher: &Publisher, delivery
         { attr::ERROR_CODE } = Empty,
     );
     let parent = match order_id {
-        Some(order) => with_order(&creation, order),
+        Some(order) => with_order(&creation, order, Activity::Progress),
         None => creation.clone(),
     };
     let _ = span.set_parent(parent);

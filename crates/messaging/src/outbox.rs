@@ -25,7 +25,7 @@ use telemetry::attr::semconv::{
     MESSAGING_SYSTEM,
 };
 use telemetry::db::Traced;
-use telemetry::propagation::{Carrier, from_carrier, inject_amqp, with_order};
+use telemetry::propagation::{Activity, Carrier, from_carrier, inject_amqp, with_order};
 use telemetry::{attr, spans};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -400,7 +400,11 @@ fn publish_span(exchange: &str, row: &Claimed) -> Option<Context> {
     if !telemetry::spans_enabled!() {
         return None;
     }
-    let parent = with_order(&from_carrier(&row.trace), row.message.order_id);
+    let parent = with_order(
+        &from_carrier(&row.trace),
+        row.message.order_id,
+        Activity::Progress,
+    );
     let body_size = i64::try_from(row.body.len()).unwrap_or(i64::MAX);
     let attributes = vec![
         KeyValue::new(MESSAGING_SYSTEM, "rabbitmq"),

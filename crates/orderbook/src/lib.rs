@@ -15,6 +15,8 @@
 //! The row also keeps the trace context of the last work done on the order here, so work a person
 //! starts later (confirming a price, a production step) can link its new trace to the old one.
 
+pub mod statuses;
+
 use chrono::{DateTime, Utc};
 use domain::events::{Envelope, Event, Reason, StatusChanged};
 use domain::pricing::Quote;
@@ -280,7 +282,7 @@ impl OrderBook {
                 KeyValue::new(attr::ORDER_STATUS_TO, to.as_str()),
                 KeyValue::new(attr::ORDER_STAGE, to.stage().as_str()),
             ];
-            let parent = Context::current();
+            let parent = telemetry::propagation::as_progress(&Context::current());
             spans::child(
                 format!("order {to}"),
                 SpanKind::Internal,

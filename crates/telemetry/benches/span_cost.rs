@@ -175,6 +175,7 @@ async fn one_order() {
     let _ = order.set_parent(telemetry::propagation::with_order(
         &opentelemetry::Context::new(),
         Uuid::now_v7(),
+        telemetry::propagation::Activity::Progress,
     ));
     async {
         for _ in 1..SPANS_PER_ORDER {

@@ -16,6 +16,9 @@ pub const ORDER_SOURCE: &str = "order.source";
 pub const ORDER_STATUS_FROM: &str = "order.status.from";
 /// Status after a transition.
 pub const ORDER_STATUS_TO: &str = "order.status.to";
+/// What the span's work did to the order: `progress` (it moved the order or worked on moving it)
+/// or `observation` (it only read the order). Only progress shows an order is not stuck.
+pub const ORDER_ACTIVITY: &str = "order.activity";
 /// The order's current status as the span's service knows it.
 pub const ORDER_STATUS: &str = "order.status";
 /// The stage the order waits in after this span (see `domain::Stage`).
@@ -52,6 +55,7 @@ pub const REGISTRY: &[&str] = &[
     ORDER_STATUS_FROM,
     ORDER_STATUS_TO,
     ORDER_STATUS,
+    ORDER_ACTIVITY,
     ORDER_STAGE,
     ORDER_MATERIAL,
     CUSTOMER_ID,

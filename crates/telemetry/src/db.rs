@@ -102,7 +102,7 @@ mod tests {
     use crate::attributes::semconv::{ERROR_TYPE, EXCEPTION_MESSAGE};
     use crate::mask::Masker;
     use crate::processor::OrderBaggage;
-    use crate::propagation::with_order;
+    use crate::propagation::{Activity, with_order};
     use crate::test_support::Collected;
 
     fn attribute<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
@@ -135,7 +135,7 @@ mod tests {
             .unwrap();
         let caller = tracing::dispatcher::with_default(&dispatch, || {
             let request = tracing::info_span!("request");
-            let _ = request.set_parent(with_order(&Context::new(), order));
+            let _ = request.set_parent(with_order(&Context::new(), order, Activity::Progress));
             runtime.block_on(
                 async {
                     let _ = async { Ok::<_, String>(1) }.db("SELECT orders").await;

@@ -4,7 +4,8 @@
 //! runs after routing and sees the matched route. Each request gets a SERVER span named
 //! `{method} {route}` with the HTTP semantic-convention attributes, continuing the caller's
 //! `traceparent` when it is valid. A request under `/…/orders/{uuid}/…` works for that order:
-//! the id goes into baggage, so the request span and everything beneath it carry `order.id`.
+//! the id goes into baggage, so the request span and everything beneath it carry `order.id`,
+//! as an observation of it (`order.activity`) unless the handler's work moves it.
 //! The response carries a `traceresponse` header (W3C Trace Context level 2) so a caller or a
 //! support engineer can find the trace.
 
@@ -22,7 +23,7 @@ use crate::attributes::semconv::{
     HTTP_REQUEST_METHOD, HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, URL_PATH, URL_SCHEME,
 };
 use crate::metrics::metrics;
-use crate::propagation::{extract_http, inject_http, with_order};
+use crate::propagation::{Activity, extract_http, inject_http, with_order};
 use crate::spans;
 
 /// The order a request path is about: the UUID segment following an `orders` segment.
@@ -48,7 +49,9 @@ pub async fn trace_requests(request: Request, next: Next) -> Response {
         let path = request.uri().path();
         let mut parent = extract_http(request.headers());
         if let Some(order) = order_id_from_path(path) {
-            parent = with_order(&parent, order);
+            // A request only observes its order until the handler does something that moves it
+            // (a transition marks its own span progress).
+            parent = with_order(&parent, order, Activity::Observation);
         }
         let name = match &route {
             Some(route) => format!("{method} {route}"),

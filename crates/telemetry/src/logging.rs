@@ -286,7 +286,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::propagation::with_order;
+    use crate::propagation::{Activity, with_order};
 
     /// Log lines written into memory.
     #[derive(Clone, Default)]
@@ -363,7 +363,11 @@ mod tests {
         let order = Uuid::now_v7();
         let (request_trace, other_trace) = tracing::dispatcher::with_default(&dispatch, || {
             let request = tracing::info_span!("request");
-            let _ = request.set_parent(with_order(&opentelemetry::Context::new(), order));
+            let _ = request.set_parent(with_order(
+                &opentelemetry::Context::new(),
+                order,
+                Activity::Progress,
+            ));
             let other = tracing::info_span!(parent: None, "other");
             request.in_scope(|| {
                 tracing::info!(attempt = 1, "inside the request");

@@ -212,13 +212,52 @@ fn propagator() -> &'static W3c {
     &W3C
 }
 
-/// `cx` with `order.id` added to its baggage (other entries are kept).
-pub fn with_order(cx: &Context, order_id: Uuid) -> Context {
+/// What work for an order does to it, as every span of that work says in `order.activity`.
+///
+/// order-watch judges whether an order is stuck by its progress alone: a customer who keeps
+/// reading the status of an order that hangs must not make it look alive. The mark lives in the
+/// context, not in baggage: it never crosses a process boundary, and each process's entry point
+/// for an order's work says what that work is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// Work that moves the order: a status transition, processing its messages, publishing
+    /// them, pricing it, storing its model. A progress span that fails is not progress.
+    Progress,
+    /// Work that only reads the order: the status a customer, partner or manager looks up,
+    /// and any request until it does something that moves the order.
+    Observation,
+}
+
+impl Activity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Progress => "progress",
+            Self::Observation => "observation",
+        }
+    }
+}
+
+/// `cx` with `order.id` added to its baggage (other entries are kept), for work that is
+/// `activity`.
+pub fn with_order(cx: &Context, order_id: Uuid, activity: Activity) -> Context {
     let mut baggage = baggage_without_order(cx);
     let value = StringValue::from(Arc::<str>::from(order_id.to_string()));
     let _ = baggage.insert(BAGGAGE_ORDER_ID, value.clone());
     cx.with_baggage(baggage)
         .with_value(KnownOrder(order_id, value))
+        .with_value(activity)
+}
+
+/// `cx` for work that moves its order: spans started under it are progress.
+pub fn as_progress(cx: &Context) -> Context {
+    cx.with_value(Activity::Progress)
+}
+
+/// What work under `cx` does to its order; work nobody marked only observes it.
+pub fn activity(cx: &Context) -> Activity {
+    cx.get::<Activity>()
+        .copied()
+        .unwrap_or(Activity::Observation)
 }
 
 /// The order id [`with_order`] put into a context's baggage, already parsed, beside the
@@ -526,7 +565,7 @@ mod tests {
         };
         assert_eq!(tenant(&cx).as_deref(), Some("acme;source=partner"));
         // The order id the edge sets from the path keeps the caller's other entries whole.
-        let cx = with_order(&cx, Uuid::now_v7());
+        let cx = with_order(&cx, Uuid::now_v7(), Activity::Observation);
         assert_eq!(tenant(&cx).as_deref(), Some("acme;source=partner"));
     }
 
@@ -546,7 +585,7 @@ mod tests {
         install_propagator();
         let order = Uuid::now_v7();
         let remote = extract_http(&headers(&[("traceparent", PARENT)]));
-        let cx = with_order(&remote, order);
+        let cx = with_order(&remote, order, Activity::Progress);
 
         let mut table = lapin::types::FieldTable::default();
         inject_amqp(&cx, &mut table);
@@ -679,6 +718,7 @@ mod tests {
             with_order(
                 &Context::new().with_remote_span_context(span(1, "vendor=x")),
                 Uuid::now_v7(),
+                Activity::Progress,
             ),
             Context::new()
                 .with_remote_span_context(span(1, ""))
@@ -707,7 +747,7 @@ mod tests {
     #[test]
     fn the_order_id_is_read_from_the_baggage_entry_it_was_set_with_or_parsed() {
         let order = Uuid::now_v7();
-        let cx = with_order(&Context::new(), order);
+        let cx = with_order(&Context::new(), order, Activity::Progress);
         let (id, text) = order_entry(&cx).unwrap();
         assert_eq!(id, order);
         // Not parsed again: the text handed out is the baggage entry's own.
@@ -737,7 +777,11 @@ mod tests {
     fn a_stored_carrier_is_three_text_fields_and_tolerates_what_older_rows_hold() {
         install_propagator();
         let order = Uuid::now_v7();
-        let cx = with_order(&extract_http(&headers(&[("traceparent", PARENT)])), order);
+        let cx = with_order(
+            &extract_http(&headers(&[("traceparent", PARENT)])),
+            order,
+            Activity::Progress,
+        );
         let stored = serde_json::to_value(to_carrier(&cx)).unwrap();
         assert_eq!(
             stored,

@@ -28,7 +28,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use telemetry::attr;
 use telemetry::db::Traced;
 use telemetry::metrics;
-use telemetry::propagation::{Carrier, from_carrier, to_env, with_order};
+use telemetry::propagation::{Activity, Carrier, from_carrier, to_env, with_order};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -294,7 +294,11 @@ impl Worker {
             { attr::RETRY_COUNT } = job.attempt - 1,
             { attr::ERROR_CODE } = Empty,
         );
-        let _ = span.set_parent(with_order(&from_carrier(&job.trace), job.order_id));
+        let _ = span.set_parent(with_order(
+            &from_carrier(&job.trace),
+            job.order_id,
+            Activity::Progress,
+        ));
         let started = Instant::now();
         let outcome = async {
             let model = self

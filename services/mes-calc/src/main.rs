@@ -51,7 +51,10 @@ fn run(material: Material) -> ExitCode {
         order.material = material.as_str(),
         hallmark.error.code = tracing::field::Empty,
     );
-    let _ = span.set_parent(telemetry::propagation::from_env());
+    // Every run is work on pricing an order.
+    let _ = span.set_parent(telemetry::propagation::as_progress(
+        &telemetry::propagation::from_env(),
+    ));
     let _entered = span.enter();
 
     let mut model = Vec::new();

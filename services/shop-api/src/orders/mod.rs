@@ -14,7 +14,7 @@ use opentelemetry::trace::{SpanKind, TraceContextExt as _};
 use opentelemetry::{Context, KeyValue};
 use orderbook::Change;
 use platform::extract::OrderId;
-use telemetry::propagation::with_order;
+use telemetry::propagation::{Activity, with_order};
 use telemetry::{attr, spans};
 use uuid::Uuid;
 
@@ -48,7 +48,7 @@ async fn create(
 
     let order_id = Uuid::now_v7();
     let key = key.unwrap_or_else(|| order_id.to_string());
-    let cx = order_span(order_id, |request| {
+    let cx = order_span(order_id, Activity::Progress, |request| {
         let order = &upload.order;
         let mut attributes = Vec::with_capacity(9);
         attributes.extend([
@@ -86,19 +86,24 @@ async fn create(
     result
 }
 
-/// The context to run an order's work under: the request span gets `order.id`, and `start`
+/// The context to run an order's work under: the request span gets `order.id` (and
+/// `order.activity`), and `start`
 /// makes the span of the work as the request's child, with the order in baggage so that every
-/// span under it carries the id. Without spans (telemetry off or `RUST_LOG`),
-/// `None`.
-fn order_span(order_id: Uuid, start: impl FnOnce(&Context) -> Option<Context>) -> Option<Context> {
+/// span under it carries the id and says whether the work is `activity` or only observes the
+/// order. Without spans (telemetry off or `RUST_LOG`), `None`.
+fn order_span(
+    order_id: Uuid,
+    activity: Activity,
+    start: impl FnOnce(&Context) -> Option<Context>,
+) -> Option<Context> {
     if !telemetry::spans_enabled!() {
         return None;
     }
     let request = Context::current();
-    request
-        .span()
-        .set_attribute(KeyValue::new(attr::ORDER_ID, order_id.to_string()));
-    start(&with_order(&request, order_id))
+    let span = request.span();
+    span.set_attribute(KeyValue::new(attr::ORDER_ID, order_id.to_string()));
+    span.set_attribute(KeyValue::new(attr::ORDER_ACTIVITY, activity.as_str()));
+    start(&with_order(&request, order_id, activity))
 }
 
 /// Answers a repeated request with the order it created the first time.
@@ -111,7 +116,8 @@ async fn replay(
         return Err(idempotency_key_reused());
     }
     let order_id = existing.order_id;
-    let cx = order_span(order_id, |request| {
+    // A repeated request moves nothing: it reads the order the first one created.
+    let cx = order_span(order_id, Activity::Observation, |request| {
         spans::child("order replay", SpanKind::Internal, Vec::new(), request)
     });
     let view = spans::under(cx.as_ref(), store::load(state, order_id)).await;
