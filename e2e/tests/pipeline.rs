@@ -206,3 +206,47 @@ async fn an_illegal_step_is_refused_and_changes_nothing() {
     assert_eq!(status, 409, "{body}");
     assert_eq!(system.shop_order(id).await["status"], "priced");
 }
+
+#[tokio::test]
+async fn every_service_lists_the_status_it_holds_of_the_orders_asked_about() {
+    let system = System::start().await;
+    let order = system.place_order("torus.STL", "gold_585").await;
+    system.until_shop_status(order.id, "priced").await;
+    system.until_status_in("crm", order.id, "priced").await;
+    let unknown = uuid::Uuid::now_v7();
+    for base in [system.shop.url(), system.crm.url(), system.mes.url()] {
+        let url = format!("{base}/api/orders/statuses?ids={},{unknown}", order.id);
+        let response = system.client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        let listing: serde_json::Value = response.json().await.unwrap();
+        let orders = listing["orders"].as_array().unwrap();
+        assert_eq!(
+            orders.len(),
+            1,
+            "an order it does not know is left out: {listing}"
+        );
+        assert_eq!(orders[0]["order_id"], order.id.to_string());
+        assert_eq!(orders[0]["status"], "priced", "{url}");
+        assert!(orders[0]["updated_at"].as_str().is_some());
+
+        for (query, code) in [
+            ("", "missing_ids"),
+            ("?ids=", "missing_ids"),
+            ("?ids=12345", "invalid_order_id"),
+            (
+                &*format!("?ids={}", vec![unknown.to_string(); 201].join(",")),
+                "too_many_ids",
+            ),
+        ] {
+            let response = system
+                .client
+                .get(format!("{base}/api/orders/statuses{query}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 400, "{query}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["code"], code, "{query}");
+        }
+    }
+}

@@ -31,6 +31,13 @@ pub(crate) struct AppState {
     pub orderbook: OrderBook,
 }
 
+/// The status listing (`orderbook::statuses`) reads the pool from the state.
+impl axum::extract::FromRef<AppState> for PgPool {
+    fn from_ref(state: &AppState) -> Self {
+        state.pool.clone()
+    }
+}
+
 /// A built MES API, listening but not yet serving.
 pub struct Application {
     listener: TcpListener,
@@ -132,8 +139,11 @@ impl Application {
         }
 
         let pool = state.pool.clone();
-        let router =
-            platform::server::with_standard_routes(orders::router(), BODY_LIMIT).with_state(state);
+        let router = platform::server::with_standard_routes(
+            orders::router().merge(orderbook::statuses::router()),
+            BODY_LIMIT,
+        )
+        .with_state(state);
         tracing::info!(port, "mes-api listening");
         let result = platform::server::serve_with_tasks(listener, router, tasks, cancel).await;
         broker.close().await;

@@ -28,6 +28,13 @@ pub(crate) struct AppState {
     pub max_model_bytes: usize,
 }
 
+/// The status listing (`orderbook::statuses`) reads the pool from the state.
+impl axum::extract::FromRef<AppState> for PgPool {
+    fn from_ref(state: &AppState) -> Self {
+        state.pool.clone()
+    }
+}
+
 /// A built Shop API, listening but not yet serving.
 pub struct Application {
     listener: TcpListener,
@@ -99,8 +106,11 @@ impl Application {
         let pool = state.pool.clone();
         // Multipart bodies carry the model; allow it plus room for the order JSON and framing.
         let body_limit = state.max_model_bytes + 1024 * 1024;
-        let router =
-            platform::server::with_standard_routes(orders::router(), body_limit).with_state(state);
+        let router = platform::server::with_standard_routes(
+            orders::router().merge(orderbook::statuses::router()),
+            body_limit,
+        )
+        .with_state(state);
         tracing::info!(port, "shop-api listening");
         let result = platform::server::serve_with_tasks(listener, router, tasks, cancel).await;
         broker.close().await;
