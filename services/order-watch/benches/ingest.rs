@@ -28,9 +28,9 @@
 //!    memory and the database size are read. `HALLMARK_BENCH_PROBES` probe orders (default 100)
 //!    are then sent with spans dated so that their deadlines fall at known instants a few
 //!    seconds ahead, once with ingest idle and once under full ingest load. For each probe the
-//!    benchmark reports how long after its deadline the detector claimed it (the incident's
-//!    `opened_at`, which the detector stamps) and how long until the benchmark, polling every
-//!    5 ms, saw it committed as stuck.
+//!    benchmark reports how long after its deadline the detector flagged it (the incident's
+//!    `opened_at`, which the detector stamps once MES, a stand-in listing here, confirmed it)
+//!    and how long until the benchmark, polling every 5 ms, saw it committed as stuck.
 //!
 //! Everything shares the machine: order-watch, the load generator and PostgreSQL. The load
 //! generator's own CPU time is measured and left out of order-watch's figures.
@@ -51,6 +51,7 @@ use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use order_watch::clock::Clock;
 use order_watch::config::Thresholds;
+use order_watch::records::RecordsConfig;
 use order_watch::startup::Ports;
 use order_watch::{Application, Settings};
 use platform::db::DatabaseConfig;
@@ -180,7 +181,8 @@ fn install_metrics() -> anyhow::Result<()> {
 
 async fn run(config: Config, service: Handle) -> anyhow::Result<()> {
     let database = TestDatabase::create("bench_watch").await;
-    let order_watch = OrderWatch::start(&database, &service).await?;
+    let mes = StandInMes::start().await?;
+    let order_watch = OrderWatch::start(&database, &service, &mes).await?;
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .connect_with(
@@ -226,6 +228,43 @@ async fn run(config: Config, service: Handle) -> anyhow::Result<()> {
     order_watch.stop().await
 }
 
+/// MES's status listing (`domain::held`) as the probes' system of record: it holds every order
+/// it is asked about in `pricing`, where order-watch has the probes, so each probe is confirmed
+/// stuck after one round trip. It runs on the load generator's runtime, outside order-watch's
+/// CPU time; what the real listing costs in a service is measured apart
+/// (`docs/benchmarks.md`).
+struct StandInMes {
+    url: String,
+}
+
+impl StandInMes {
+    async fn start() -> anyhow::Result<Self> {
+        use axum::extract::Query;
+        use domain::held::{HeldStatus, HeldStatuses, STATUSES_PATH};
+        async fn listing(Query(query): Query<HashMap<String, String>>) -> axum::Json<HeldStatuses> {
+            let updated_at = Utc::now() - chrono::Duration::hours(1);
+            let orders = query
+                .get("ids")
+                .map(String::as_str)
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|id| id.parse().ok())
+                .map(|order_id| HeldStatus {
+                    order_id,
+                    status: OrderStatus::Pricing,
+                    updated_at,
+                })
+                .collect();
+            axum::Json(HeldStatuses { orders })
+        }
+        let app = axum::Router::new().route(STATUSES_PATH, axum::routing::get(listing));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self { url })
+    }
+}
+
 /// order-watch running on its own runtime.
 struct OrderWatch {
     ports: Ports,
@@ -234,7 +273,11 @@ struct OrderWatch {
 }
 
 impl OrderWatch {
-    async fn start(database: &TestDatabase, runtime: &Handle) -> anyhow::Result<Self> {
+    async fn start(
+        database: &TestDatabase,
+        runtime: &Handle,
+        mes: &StandInMes,
+    ) -> anyhow::Result<Self> {
         let settings = Settings {
             host: "127.0.0.1".into(),
             http_port: 0,
@@ -251,6 +294,12 @@ impl OrderWatch {
             max_request_bytes: 16 * 1024 * 1024,
             detect_interval: Duration::from_secs(1),
             gauge_interval: Duration::from_secs(15),
+            // Only the probes fall due, and they wait in a stage MES owns.
+            records: RecordsConfig {
+                urls: [(domain::System::Mes, mes.url.clone())].into(),
+                timeout: Duration::from_secs(2),
+            },
+            reconfirm_interval: Duration::from_secs(60),
         };
         let cancel = CancellationToken::new();
         let app = runtime
@@ -360,6 +409,8 @@ struct SpanSpec {
     parent: Option<[u8; 8]>,
     link: Option<SpanRef>,
     error: Option<&'static str>,
+    /// `order.activity`: `progress`, but for a person's request itself (what it does is).
+    activity: &'static str,
 }
 
 impl SpanSpec {
@@ -377,7 +428,13 @@ impl SpanSpec {
             parent: None,
             link: None,
             error: None,
+            activity: "progress",
         }
+    }
+
+    fn observing(mut self) -> Self {
+        self.activity = "observation";
+        self
     }
 
     fn child_of(mut self, parent: [u8; 8]) -> Self {
@@ -593,7 +650,9 @@ impl Journeys {
     ) -> [u8; 8] {
         let previous = order.previous;
         order.trace = self.trace_id();
-        let spec = http_server(order, service, route, 200).linked_to(previous);
+        let spec = http_server(order, service, route, 200)
+            .linked_to(previous)
+            .observing();
         let server = self.add(order, clock, spec);
         self.db(order, clock, service, "UPDATE", "orders", server);
         server
@@ -762,8 +821,9 @@ impl Journeys {
     /// Adds a span of `order` (with `order.id` first, as every span of an order has it) to
     /// its current trace and returns the span's id.
     fn add(&mut self, order: &Order, clock: &mut StepClock, spec: SpanSpec) -> [u8; 8] {
-        let mut attributes = Vec::with_capacity(spec.attributes.len() + 1);
+        let mut attributes = Vec::with_capacity(spec.attributes.len() + 2);
         attributes.push(string(attr::ORDER_ID, order.id.clone()));
+        attributes.push(string(attr::ORDER_ACTIVITY, spec.activity));
         attributes.extend(spec.attributes);
         let id = (self.rng.random::<u64>() | 1).to_be_bytes();
         let start = clock.next_start;

@@ -2,7 +2,7 @@
 //!
 //! * `GET /api/orders/{order_id}/journey`: the order's stage, status, activity and every span of
 //!   every trace, in time order, with the links that join the traces.
-//! * `GET /api/orders/stuck`: orders stuck right now, longest silent first.
+//! * `GET /api/orders/stuck`: orders stuck right now, longest without progress first.
 //! * `GET /api/incidents?open=true`: incidents, newest first.
 //! * `POST /api/alerts`: Alertmanager's webhook; its alerts become incidents.
 //! * `GET /api/config`: the stuck thresholds per stage and the retention.
@@ -57,12 +57,26 @@ pub struct Summary {
     pub status: Option<String>,
     pub stage: String,
     pub terminal: bool,
+    /// `telemetry` when a transition span announced the status, or the service whose own
+    /// record order-watch took it from because the spans of the move never arrived.
+    pub status_source: String,
     pub first_seen: DateTime<Utc>,
+    /// End of the latest span of any kind.
     pub last_seen: DateTime<Utc>,
-    /// Seconds since the last span.
+    /// When the order last made progress: reads of it do not count.
+    pub last_progress: DateTime<Utc>,
+    /// Seconds since the last progress.
     pub silent_seconds: f64,
+    /// Requests that only read the order (a status check) since its last progress.
+    pub observations_since_progress: i64,
     pub stuck: bool,
     pub stuck_since: Option<DateTime<Utc>>,
+    /// For a stuck order: `confirmed` by its system of record, or `unconfirmed` (that system
+    /// could not be asked).
+    pub stuck_confirmation: Option<&'static str>,
+    /// What the system of record answered when last asked.
+    pub confirmation: Option<String>,
+    pub confirmed_at: Option<DateTime<Utc>>,
     /// When the order counts as stuck if nothing happens (none once terminal).
     pub deadline: Option<DateTime<Utc>>,
     /// The stage's threshold in seconds.
@@ -71,6 +85,7 @@ pub struct Summary {
     pub error_count: i64,
     pub max_retries: i64,
     pub dead_letters: i64,
+    /// Service and name of the latest progress span.
     pub last_service: String,
     pub last_span: String,
 }
@@ -81,11 +96,17 @@ fn summary(state: OrderState, now: DateTime<Utc>, thresholds: &Thresholds) -> Su
         status: state.status.map(|s| s.as_str().to_owned()),
         stage: state.stage.as_str().to_owned(),
         terminal: state.terminal,
+        status_source: state.status_source,
         first_seen: state.first_seen,
         last_seen: state.last_seen,
-        silent_seconds: ((now - state.last_seen).num_milliseconds().max(0) as f64) / 1000.0,
+        last_progress: state.last_progress,
+        silent_seconds: ((now - state.last_progress).num_milliseconds().max(0) as f64) / 1000.0,
+        observations_since_progress: state.observations_since_progress,
         stuck: state.stuck_since.is_some(),
         stuck_since: state.stuck_since,
+        stuck_confirmation: state.stuck_confirmation.map(|c| c.as_str()),
+        confirmation: state.confirmation,
+        confirmed_at: state.confirmed_at,
         deadline: state.deadline,
         threshold_seconds: (!state.terminal).then(|| thresholds.for_stage(state.stage).as_secs()),
         span_count: state.span_count,
@@ -122,6 +143,8 @@ struct Journey {
     summary: Summary,
     traces: Vec<TraceSummary>,
     joins: Vec<Join>,
+    /// Stretches whose spans never arrived, found by asking a system of record.
+    gaps: Vec<queries::Gap>,
     spans: Vec<queries::StoredSpan>,
 }
 
@@ -134,9 +157,10 @@ async fn journey(
         .await?
         .ok_or_else(|| ApiError::NotFound {
             code: "order_not_found",
-            message: format!("order-watch has seen no span of order {order_id}"),
+            message: format!("order-watch has seen no progress of order {order_id}"),
         })?;
     let spans = queries::spans(&state.pool, order_id).await?;
+    let gaps = queries::gaps(&state.pool, order_id).await?;
     let mut traces: BTreeMap<String, TraceSummary> = BTreeMap::new();
     let mut joins = Vec::new();
     for span in &spans {
@@ -171,6 +195,7 @@ async fn journey(
         summary: summary(order, state.clock.now(), &state.thresholds),
         traces,
         joins,
+        gaps,
         spans,
     }))
 }

@@ -14,10 +14,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use domain::Stage;
+use domain::{Stage, System};
 use platform::db::DatabaseConfig;
 use platform::env;
 use serde::Deserialize;
+
+use crate::records::RecordsConfig;
 
 /// How long each stage may stay silent before its order is stuck.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,6 +104,15 @@ pub struct Settings {
     /// How often the per-stage gauges are recomputed. Env: `ORDER_WATCH_GAUGE_INTERVAL`
     /// (default `15s`).
     pub gauge_interval: Duration,
+    /// The systems of record asked before an order is called stuck. Env:
+    /// `ORDER_WATCH_SHOP_URL`, `ORDER_WATCH_CRM_URL`, `ORDER_WATCH_MES_URL` (each service's
+    /// API base URL; none by default: orders waiting on a system without one are flagged
+    /// unconfirmed) and `ORDER_WATCH_CONFIRM_TIMEOUT` (longest wait for an answer, default `2s`).
+    pub records: RecordsConfig,
+    /// How often a stuck order's system of record is asked again, so an order whose later
+    /// spans were lost as well is not left stuck. Env: `ORDER_WATCH_RECONFIRM_INTERVAL`
+    /// (default `1m`).
+    pub reconfirm_interval: Duration,
 }
 
 impl Settings {
@@ -136,8 +147,45 @@ impl Settings {
             max_request_bytes: env::parse("ORDER_WATCH_MAX_REQUEST_BYTES", 16 * 1024 * 1024)?,
             detect_interval: env::duration("ORDER_WATCH_DETECT_INTERVAL", Duration::from_secs(1))?,
             gauge_interval: env::duration("ORDER_WATCH_GAUGE_INTERVAL", Duration::from_secs(15))?,
+            records: records_config()?,
+            reconfirm_interval: env::duration(
+                "ORDER_WATCH_RECONFIRM_INTERVAL",
+                Duration::from_secs(60),
+            )?,
         })
     }
+}
+
+fn records_config() -> anyhow::Result<RecordsConfig> {
+    let mut urls = BTreeMap::new();
+    for system in System::ALL {
+        let variable = RecordsConfig::variable(system);
+        if let Some(url) = env::optional(variable) {
+            urls.insert(system, base_url(variable, &url)?);
+        }
+    }
+    let timeout = env::duration("ORDER_WATCH_CONFIRM_TIMEOUT", Duration::from_secs(2))?;
+    if timeout.is_zero() || timeout > MAX_CONFIRM_TIMEOUT {
+        anyhow::bail!(
+            "ORDER_WATCH_CONFIRM_TIMEOUT: must be more than 0 and at most {MAX_CONFIRM_TIMEOUT:?} \
+             (a claimed order is left to its replica for {:?})",
+            crate::detector::LEASE
+        );
+    }
+    Ok(RecordsConfig { urls, timeout })
+}
+
+/// Longest confirmation timeout: a round must end well within the lease on its orders.
+const MAX_CONFIRM_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// An `http` or `https` base URL, without a trailing slash.
+fn base_url(variable: &str, text: &str) -> anyhow::Result<String> {
+    let url = reqwest::Url::parse(text.trim())
+        .map_err(|e| anyhow::anyhow!("{variable}: `{text}` is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        anyhow::bail!("{variable}: `{text}` is not an http(s) URL with a host");
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
 fn parse_duration(what: &str, text: &str) -> anyhow::Result<Duration> {
@@ -204,6 +252,21 @@ mod tests {
             thresholds.for_stage(Stage::Intake),
             Duration::from_secs(1200)
         );
+    }
+
+    #[test]
+    fn a_system_of_record_is_an_http_base_url() {
+        assert_eq!(
+            base_url("ORDER_WATCH_CRM_URL", "http://crm-api:8082/").unwrap(),
+            "http://crm-api:8082"
+        );
+        for bad in ["crm-api:8082", "ftp://crm", "not a url", "http://"] {
+            let err = base_url("ORDER_WATCH_CRM_URL", bad).unwrap_err();
+            assert!(
+                err.to_string().starts_with("ORDER_WATCH_CRM_URL"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

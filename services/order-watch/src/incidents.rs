@@ -29,6 +29,25 @@ pub struct Announcer {
     pub external_url: String,
 }
 
+/// Why an incident closed when its order made progress again.
+pub const MOVING_AGAIN: &str = "the order is moving again";
+
+/// What an incident of a stuck order says: where it stopped, since when, and how sure that is.
+fn stuck_summary(order: &OrderState) -> String {
+    let mut summary = format!(
+        "no progress in {} since {} (last: {} in {})",
+        order.stage,
+        order.last_progress.to_rfc3339(),
+        order.last_span,
+        order.last_service
+    );
+    if let Some(confirmation) = &order.confirmation {
+        summary.push_str("; ");
+        summary.push_str(confirmation);
+    }
+    summary
+}
+
 fn alert(
     incident_id: Uuid,
     status: &str,
@@ -37,7 +56,6 @@ fn alert(
     ends_at: Option<DateTime<Utc>>,
     announcer: &Announcer,
 ) -> Value {
-    let silent = (Utc::now() - order.last_seen).num_seconds().max(0);
     json!({
         "status": status,
         "labels": {
@@ -46,13 +64,11 @@ fn alert(
             "stage": order.stage.as_str(),
             "status": order.status.map(|s| s.as_str()).unwrap_or("unknown"),
             "order_id": order.order_id.to_string(),
+            "confirmation": order.stuck_confirmation.map_or("none", |c| c.as_str()),
         },
         "annotations": {
             "summary": format!("order {} is stuck in {}", order.order_id, order.stage),
-            "description": format!(
-                "no span for {silent} s since {}; last seen in {} ({})",
-                order.last_seen.to_rfc3339(), order.last_service, order.last_span
-            ),
+            "description": stuck_summary(order),
         },
         "startsAt": starts_at.to_rfc3339(),
         "endsAt": ends_at.map_or("0001-01-01T00:00:00Z".to_owned(), |t| t.to_rfc3339()),
@@ -85,8 +101,8 @@ async fn notify(tx: &mut PgConnection, payload: Value) -> Result<(), sqlx::Error
     Ok(())
 }
 
-/// Opens an incident for each newly stuck order (skipping any that already has one open).
-/// Returns how many were opened.
+/// Opens an incident for each newly stuck order (skipping any that already has one open); its
+/// summary says whether the order's system of record confirmed it. Returns how many were opened.
 pub async fn open_for_stuck(
     tx: &mut PgConnection,
     announcer: &Announcer,
@@ -105,13 +121,7 @@ pub async fn open_for_stuck(
         .bind(order.order_id)
         .bind(order.stage.as_str())
         .bind(order.status.map(|s| s.as_str()))
-        .bind(format!(
-            "no activity in {} since {} (last: {} in {})",
-            order.stage,
-            order.last_seen.to_rfc3339(),
-            order.last_span,
-            order.last_service
-        ))
+        .bind(stuck_summary(order))
         .bind(now)
         .execute(&mut *tx)
         .await?
@@ -128,27 +138,30 @@ pub async fn open_for_stuck(
     Ok(opened)
 }
 
-/// Resolves the open incidents of orders that moved again.
+/// Resolves the open incidents of orders that turned out not to be stuck, saying why
+/// (`resolution`: [`MOVING_AGAIN`], or the telemetry gap their system of record revealed).
 pub async fn resolve_recovered(
     tx: &mut PgConnection,
     announcer: &Announcer,
     orders: &[OrderState],
+    resolution: &str,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     let ids: Vec<Uuid> = orders.iter().map(|o| o.order_id).collect();
     let rows = sqlx::query(
-        "UPDATE incidents SET resolved_at = $2 \
+        "UPDATE incidents SET resolved_at = $2, resolution = $3 \
          WHERE kind = 'stuck_order' AND resolved_at IS NULL AND order_id = ANY($1) \
          RETURNING id, order_id, opened_at",
     )
     .bind(&ids)
     .bind(now)
+    .bind(resolution)
     .fetch_all(&mut *tx)
     .await?;
     let mut alerts = Vec::new();
     for row in rows {
         let order_id: Uuid = row.get("order_id");
-        tracing::info!(order_id = %order_id, "order moving again, incident resolved");
+        tracing::info!(order_id = %order_id, resolution, "incident resolved");
         if let Some(order) = orders.iter().find(|o| o.order_id == order_id) {
             alerts.push(alert(
                 row.get("id"),
@@ -179,6 +192,8 @@ pub struct Incident {
     pub labels: Value,
     pub opened_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
+    /// Why it closed.
+    pub resolution: Option<String>,
 }
 
 /// Incidents, newest first; only open ones when `open_only`.
@@ -208,6 +223,7 @@ pub async fn list(
             labels: row.get("labels"),
             opened_at: row.get("opened_at"),
             resolved_at: row.get("resolved_at"),
+            resolution: row.get("resolution"),
         })
         .collect())
 }
@@ -260,7 +276,7 @@ pub async fn record_alerts(
             .to_owned();
         if alert.status == "resolved" {
             resolved += sqlx::query(
-                "UPDATE incidents SET resolved_at = $2 \
+                "UPDATE incidents SET resolved_at = $2, resolution = 'Alertmanager resolved the alert' \
                  WHERE kind = 'alert' AND fingerprint = $1 AND resolved_at IS NULL",
             )
             .bind(&fingerprint)

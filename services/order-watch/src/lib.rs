@@ -2,9 +2,11 @@
 //!
 //! It receives the services' spans over OTLP (gRPC :4317, HTTP :4318), keeps every span of every
 //! order across all its traces in PostgreSQL, and follows each order's status and stage. An open
-//! order whose stage has seen no new span for longer than the stage allows is stuck: it shows in
-//! the API, the UI and the metrics, an incident is opened once (and a webhook notified), and the
-//! next span closes it. See `docs/order-watch.md`.
+//! order that has made no progress for longer than its stage allows — reads of it do not count —
+//! is stuck once the system that owns its stage confirms it has not moved: it shows in the API,
+//! the UI and the metrics, an incident is opened once (and a webhook notified), and its next
+//! progress closes it. When that system has moved on, the spans in between were lost: order-watch
+//! records a telemetry gap instead and pages nobody. See `docs/order-watch.md`.
 
 pub mod api;
 pub mod clock;
@@ -13,6 +15,7 @@ pub mod detector;
 pub mod incidents;
 pub mod ingest;
 pub mod metrics;
+pub mod records;
 pub mod retention;
 pub mod startup;
 pub mod store;

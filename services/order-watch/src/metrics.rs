@@ -3,8 +3,9 @@
 //! Two sources:
 //! * spans, as they are stored: price-calculation time, status-event delivery time, spans and
 //!   failed spans per service, ingest outcomes;
-//! * the database, every few seconds: open and stuck orders per stage and the share of open
-//!   orders without progress for over 24 hours (counting a million rows on every scrape would
+//! * the database, every few seconds: open orders per stage, stuck orders per stage (confirmed
+//!   by their system of record, and flagged unconfirmed apart) and the share of open orders
+//!   without progress for over 24 hours (counting a million rows on every scrape would
 //!   make scrapes slow, so a background task keeps a snapshot).
 //!
 //! No label carries an order id.
@@ -28,12 +29,23 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
-/// Open and stuck orders per stage, and the share silent for a day.
+/// Open and stuck orders per stage, and the share without progress for a day.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     pub open: BTreeMap<Stage, u64>,
+    /// Stuck orders their system of record confirmed.
     pub stuck: BTreeMap<Stage, u64>,
+    /// Orders flagged stuck because their system of record could not be asked.
+    pub unconfirmed: BTreeMap<Stage, u64>,
     pub silent_24h_ratio: f64,
+}
+
+/// Which of the snapshot's per-stage counts a gauge shows.
+#[derive(Clone, Copy)]
+enum Count {
+    Open,
+    Stuck,
+    Unconfirmed,
 }
 
 pub struct Metrics {
@@ -43,6 +55,9 @@ pub struct Metrics {
     price_calculation: Histogram<f64>,
     event_delivery: Histogram<f64>,
     detection_delay: Histogram<f64>,
+    confirmation: Histogram<f64>,
+    gaps: Counter<u64>,
+    without_journey: Counter<u64>,
     snapshot: Arc<RwLock<Snapshot>>,
     _gauges: Vec<ObservableGauge<u64>>,
     _ratio: ObservableGauge<f64>,
@@ -59,17 +74,17 @@ impl Metrics {
                 .with_boundaries(SECONDS_BUCKETS.to_vec())
                 .build()
         };
-        let per_stage = |name: &'static str, description: &'static str, stuck: bool| {
+        let per_stage = |name: &'static str, description: &'static str, count: Count| {
             let snapshot = snapshot.clone();
             meter
                 .u64_observable_gauge(name)
                 .with_description(description)
                 .with_callback(move |observer| {
                     let snapshot = snapshot.read().expect("not poisoned");
-                    let counts = if stuck {
-                        &snapshot.stuck
-                    } else {
-                        &snapshot.open
+                    let counts = match count {
+                        Count::Open => &snapshot.open,
+                        Count::Stuck => &snapshot.stuck,
+                        Count::Unconfirmed => &snapshot.unconfirmed,
                     };
                     for stage in Stage::ALL.into_iter().filter(|s| *s != Stage::Done) {
                         let count = counts.get(&stage).copied().unwrap_or(0);
@@ -102,15 +117,36 @@ impl Metrics {
             ),
             detection_delay: seconds(
                 "order_watch.detection.delay",
-                "How long after its deadline a stuck order was detected, by stage",
+                "How long after its deadline a stuck order was flagged, its confirmation included, by stage",
             ),
+            confirmation: seconds(
+                "order_watch.confirmation.duration",
+                "Asking a system of record about stuck candidates, by system and outcome (answered, failed)",
+            ),
+            gaps: meter
+                .u64_counter("order_watch.telemetry_gaps")
+                .with_description("Telemetry gaps found by asking a system of record, by the service whose spans are missing")
+                .build(),
+            without_journey: meter
+                .u64_counter("order_watch.observations.without_journey")
+                .with_description("Spans that only read an order order-watch has seen no progress of, dropped, by service")
+                .build(),
             _gauges: vec![
-                per_stage("order_watch.orders.open", "Open (non-terminal) orders per stage", false),
-                per_stage("order_watch.orders.stuck", "Stuck orders per stage", true),
+                per_stage("order_watch.orders.open", "Open (non-terminal) orders per stage", Count::Open),
+                per_stage(
+                    "order_watch.orders.stuck",
+                    "Stuck orders per stage that their system of record confirmed",
+                    Count::Stuck,
+                ),
+                per_stage(
+                    "order_watch.orders.stuck.unconfirmed",
+                    "Orders per stage flagged stuck because their system of record could not be asked",
+                    Count::Unconfirmed,
+                ),
             ],
             _ratio: meter
                 .f64_observable_gauge("order_watch.orders.silent_24h.ratio")
-                .with_description("Share of open orders with no span for over 24 hours")
+                .with_description("Share of open orders without progress for over 24 hours")
                 .with_callback(move |observer| {
                     let ratio = ratio_snapshot.read().expect("not poisoned").silent_24h_ratio;
                     observer.observe(ratio, &[]);
@@ -186,6 +222,44 @@ impl Metrics {
             .record(seconds, &[KeyValue::new("stage", stage.as_str())]);
     }
 
+    /// One round of asking `system` about `orders` stuck candidates.
+    pub fn record_confirmation(
+        &self,
+        system: domain::System,
+        answered: bool,
+        orders: usize,
+        elapsed: Duration,
+    ) {
+        let outcome = if answered { "answered" } else { "failed" };
+        tracing::debug!(system = %system, orders, elapsed_ms = elapsed.as_millis() as u64, outcome, "system of record asked");
+        self.confirmation.record(
+            elapsed.as_secs_f64(),
+            &[
+                KeyValue::new("system", system.service_name()),
+                KeyValue::new("outcome", outcome),
+            ],
+        );
+    }
+
+    /// A telemetry gap: the spans of `services` never arrived.
+    pub fn record_gap(&self, services: &[&'static str]) {
+        for service in services {
+            self.gaps.add(1, &[KeyValue::new("service", *service)]);
+        }
+    }
+
+    /// Observations dropped because their order has no journey.
+    pub fn record_without_journey(&self, spans: &[&SpanRecord]) {
+        let mut per_service: BTreeMap<&str, u64> = BTreeMap::new();
+        for span in spans {
+            *per_service.entry(span.service.as_str()).or_default() += 1;
+        }
+        for (service, count) in per_service {
+            self.without_journey
+                .add(count, &[KeyValue::new("service", service.to_owned())]);
+        }
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         self.snapshot.read().expect("not poisoned").clone()
     }
@@ -194,8 +268,10 @@ impl Metrics {
     pub async fn refresh(&self, pool: &PgPool, clock: &Clock) -> Result<(), sqlx::Error> {
         let day_ago = clock.now() - chrono::Duration::hours(24);
         let rows = sqlx::query(
-            "SELECT stage, count(*) AS open, count(stuck_since) AS stuck, \
-                 count(*) FILTER (WHERE last_seen < $1) AS silent \
+            "SELECT stage, count(*) AS open, \
+                 count(*) FILTER (WHERE stuck_confirmation = 'confirmed') AS stuck, \
+                 count(*) FILTER (WHERE stuck_confirmation = 'unconfirmed') AS unconfirmed, \
+                 count(*) FILTER (WHERE last_progress < $1) AS silent \
              FROM orders WHERE NOT terminal GROUP BY stage",
         )
         .bind(day_ago)
@@ -214,6 +290,9 @@ impl Metrics {
             snapshot
                 .stuck
                 .insert(stage, row.get::<i64, _>("stuck") as u64);
+            snapshot
+                .unconfirmed
+                .insert(stage, row.get::<i64, _>("unconfirmed") as u64);
         }
         snapshot.silent_24h_ratio = if open_total == 0 {
             0.0

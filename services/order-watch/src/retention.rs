@@ -1,4 +1,5 @@
-//! Deletes journeys whose last span is older than the retention period.
+//! Deletes journeys (spans, telemetry gaps, the order) whose last span is older than the
+//! retention period.
 
 use std::time::Duration;
 
@@ -36,12 +37,17 @@ pub async fn purge(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<u64, sqlx::Er
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "UPDATE incidents SET resolved_at = now() \
+            "UPDATE incidents SET resolved_at = now(), \
+                 resolution = 'the journey was deleted after the retention period' \
              WHERE order_id = ANY($1) AND resolved_at IS NULL",
         )
         .bind(&ids)
         .execute(&mut *tx)
         .await?;
+        sqlx::query("DELETE FROM telemetry_gaps WHERE order_id = ANY($1)")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM orders WHERE order_id = ANY($1)")
             .bind(&ids)
             .execute(&mut *tx)

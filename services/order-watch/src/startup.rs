@@ -17,6 +17,7 @@ use crate::detector::Detector;
 use crate::incidents::{self, Announcer};
 use crate::ingest::{self, Ingest};
 use crate::metrics::Metrics;
+use crate::records::Records;
 use crate::retention;
 use crate::store::{Writer, WriterContext};
 
@@ -118,13 +119,25 @@ impl Application {
             metrics: metrics.clone(),
             max_request_bytes: settings.max_request_bytes,
         };
+        for system in domain::System::ALL {
+            if !settings.records.urls.contains_key(&system) {
+                tracing::warn!(
+                    system = %system,
+                    variable = crate::records::RecordsConfig::variable(system),
+                    "no address for this system of record: orders waiting on it will be flagged stuck unconfirmed"
+                );
+            }
+        }
         tasks.spawn(
             Detector {
                 pool: pool.clone(),
                 clock: clock.clone(),
                 announcer,
                 metrics: metrics.clone(),
+                records: Arc::new(Records::new(settings.records.clone())),
+                thresholds: thresholds.clone(),
                 interval: settings.detect_interval,
+                reconfirm_interval: settings.reconfirm_interval,
                 wake,
             }
             .run(cancel.clone()),

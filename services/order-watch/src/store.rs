@@ -5,12 +5,17 @@
 //! waiting into one transaction (up to [`MAX_BATCH_SPANS`] spans), which is what makes ingest
 //! fast: one round of statements for many requests. Per transaction it
 //!
-//! 1. inserts the spans, skipping any already stored (exporters retry),
-//! 2. locks the rows of the orders concerned (in id order, so concurrent writers and replicas
-//!    never deadlock) and merges the new spans into them in Rust, with the status machine's
-//!    projection rule ([`domain::OrderStatus::supersedes`]),
-//! 3. gives each order its new deadline (last activity + its stage's threshold) and clears
-//!    `stuck`; the open incident of an order that was stuck is resolved (and notified).
+//! 1. locks the rows of the orders concerned (in id order, so concurrent writers and replicas
+//!    never deadlock); an order it has no row for gets one only when a span of the batch is
+//!    progress — a journey begins with progress, so reads of orders that never moved (a typo,
+//!    a crawler, a probe) create nothing and are only counted,
+//! 2. inserts the spans, skipping any already stored (exporters retry),
+//! 3. merges the new spans into the orders in Rust, with the status machine's projection rule
+//!    ([`domain::OrderStatus::supersedes`]); observations are kept in the journey and counted,
+//! 4. gives an order that progressed its new deadline (last progress + its stage's threshold)
+//!    and clears `stuck`; the open incident of an order that was stuck is resolved (and
+//!    notified). Observations change neither: a stalled order stays stalled however often its
+//!    status is read.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -27,8 +32,9 @@ use uuid::Uuid;
 use crate::clock::Clock;
 use crate::config::Thresholds;
 use crate::incidents::{self, Announcer};
-use crate::ingest::SpanRecord;
+use crate::ingest::{SpanRecord, activity_of};
 use crate::metrics::Metrics;
+use telemetry::propagation::Activity;
 
 /// Most spans written in one transaction.
 pub const MAX_BATCH_SPANS: usize = 20_000;
@@ -60,6 +66,8 @@ pub struct Written {
     pub new_spans: u64,
     /// Orders whose state changed.
     pub orders: u64,
+    /// Observations of orders without a journey, dropped.
+    pub without_journey: u64,
 }
 
 struct Job {
@@ -153,37 +161,60 @@ impl SpanWriter {
     async fn write_batch(&self, spans: &[&SpanRecord]) -> Result<Written, StoreError> {
         let context = &self.context;
         let now = context.clock.now();
+        let mut incoming: BTreeMap<Uuid, Vec<&SpanRecord>> = BTreeMap::new();
+        for span in spans {
+            incoming.entry(span.order_id).or_default().push(span);
+        }
+        let ids: Vec<Uuid> = incoming.keys().copied().collect();
         let mut tx = context.pool.begin().await?;
-        let new_spans = insert_spans(&mut tx, spans).await?;
+        let mut existing = lock_orders(&mut tx, &ids).await?;
+        let mut without_journey = Vec::new();
+        incoming.retain(|order_id, spans| {
+            let begins = existing.contains_key(order_id)
+                || spans.iter().any(|s| s.activity() == Activity::Progress);
+            if !begins {
+                without_journey.extend(spans.iter().copied());
+            }
+            begins
+        });
+        let kept: Vec<&SpanRecord> = incoming.into_values().flatten().collect();
+        let new_spans = insert_spans(&mut tx, &kept).await?;
         let mut by_order: BTreeMap<Uuid, Vec<&SpanRecord>> = BTreeMap::new();
         for span in &new_spans {
             by_order.entry(span.order_id).or_default().push(span);
         }
-        let ids: Vec<Uuid> = by_order.keys().copied().collect();
-        let mut existing = lock_orders(&mut tx, &ids).await?;
-        let mut merged = Vec::with_capacity(ids.len());
+        let mut merged = Vec::with_capacity(by_order.len());
         let mut recovered = Vec::new();
         for (order_id, spans) in &by_order {
             let previous = existing.remove(order_id);
             let was_stuck = previous.as_ref().is_some_and(|p| p.stuck_since.is_some());
             let state = merge(previous, *order_id, spans, now, &context.thresholds);
-            if was_stuck {
+            if was_stuck && state.stuck_since.is_none() {
                 recovered.push(state.clone());
             }
             merged.push(state);
         }
         upsert_orders(&mut tx, &merged, now).await?;
         if !recovered.is_empty() {
-            incidents::resolve_recovered(&mut tx, &context.announcer, &recovered, now).await?;
+            incidents::resolve_recovered(
+                &mut tx,
+                &context.announcer,
+                &recovered,
+                incidents::MOVING_AGAIN,
+                now,
+            )
+            .await?;
         }
         tx.commit().await?;
         context.metrics.record_spans(&new_spans);
+        context.metrics.record_without_journey(&without_journey);
         if !merged.is_empty() {
             context.detector.notify_one();
         }
         Ok(Written {
             new_spans: new_spans.len() as u64,
             orders: merged.len() as u64,
+            without_journey: without_journey.len() as u64,
         })
     }
 }
@@ -254,40 +285,119 @@ async fn insert_spans<'a>(
         .collect())
 }
 
+/// [`OrderState::status_source`] of a status a transition span announced.
+pub const FROM_TELEMETRY: &str = "telemetry";
+
+/// How sure order-watch is that a stuck order is stuck.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmation {
+    /// The system that owns the order's stage holds it where order-watch does.
+    Confirmed,
+    /// That system could not be asked; the order is flagged all the same (fail safe).
+    Unconfirmed,
+}
+
+impl Confirmation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Confirmed => "confirmed",
+            Self::Unconfirmed => "unconfirmed",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        [Self::Confirmed, Self::Unconfirmed]
+            .into_iter()
+            .find(|c| c.as_str() == text)
+    }
+}
+
 /// An order's journey summary as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OrderState {
     pub order_id: Uuid,
     pub first_seen: DateTime<Utc>,
+    /// End of its latest span of any kind.
     pub last_seen: DateTime<Utc>,
+    /// End of its latest progress span, or when its system of record says it last moved.
+    pub last_progress: DateTime<Utc>,
     pub status: Option<OrderStatus>,
     pub status_at: Option<DateTime<Utc>>,
+    /// [`FROM_TELEMETRY`], or the `service.name` whose own record the status was taken from.
+    pub status_source: String,
     pub stage: Stage,
     pub terminal: bool,
+    /// Last progress + the stage's threshold; none once terminal.
     pub deadline: Option<DateTime<Utc>>,
+    /// When the detector looks at the order next (see the migration).
+    pub check_at: Option<DateTime<Utc>>,
     pub stuck_since: Option<DateTime<Utc>>,
+    /// Set while stuck.
+    pub stuck_confirmation: Option<Confirmation>,
+    /// What the system of record answered when last asked, in words.
+    pub confirmation: Option<String>,
+    pub confirmed_at: Option<DateTime<Utc>>,
+    /// Requests that only read the order since its last progress.
+    pub observations_since_progress: i64,
     pub span_count: i64,
     pub error_count: i64,
     pub max_retries: i64,
     pub dead_letters: i64,
+    /// Service and name of the latest progress span.
     pub last_service: String,
     pub last_span: String,
 }
 
 impl OrderState {
+    /// A new journey whose first span starts at `first_seen`.
+    pub(crate) fn new(order_id: Uuid, first_seen: DateTime<Utc>) -> Self {
+        Self {
+            order_id,
+            first_seen,
+            last_seen: first_seen,
+            last_progress: first_seen,
+            status: None,
+            status_at: None,
+            status_source: FROM_TELEMETRY.to_owned(),
+            stage: Stage::Intake,
+            terminal: false,
+            deadline: None,
+            check_at: None,
+            stuck_since: None,
+            stuck_confirmation: None,
+            confirmation: None,
+            confirmed_at: None,
+            observations_since_progress: 0,
+            span_count: 0,
+            error_count: 0,
+            max_retries: 0,
+            dead_letters: 0,
+            last_service: String::new(),
+            last_span: String::new(),
+        }
+    }
+
     pub fn from_row(row: &sqlx::postgres::PgRow) -> Self {
         let status: Option<String> = row.get("status");
         let stage: String = row.get("stage");
+        let confirmation: Option<String> = row.get("stuck_confirmation");
         Self {
             order_id: row.get("order_id"),
             first_seen: row.get("first_seen"),
             last_seen: row.get("last_seen"),
+            last_progress: row.get("last_progress"),
             status: status.and_then(|s| s.parse().ok()),
             status_at: row.get("status_at"),
+            status_source: row.get("status_source"),
             stage: stage.parse().unwrap_or(Stage::Intake),
             terminal: row.get("terminal"),
             deadline: row.get("deadline"),
+            check_at: row.get("check_at"),
             stuck_since: row.get("stuck_since"),
+            stuck_confirmation: confirmation.as_deref().and_then(Confirmation::parse),
+            confirmation: row.get("confirmation"),
+            confirmed_at: row.get("confirmed_at"),
+            observations_since_progress: row.get("observations_since_progress"),
             span_count: row.get("span_count"),
             error_count: row.get("error_count"),
             max_retries: row.get("max_retries"),
@@ -296,9 +406,25 @@ impl OrderState {
             last_span: row.get("last_span"),
         }
     }
+
+    /// Sets stage, terminal, deadline and the next check from status and last progress, and
+    /// clears `stuck`: what follows whenever the order is known to have moved.
+    pub fn moved(&mut self, thresholds: &Thresholds) {
+        self.stage = self.status.map_or(Stage::Intake, OrderStatus::stage);
+        self.terminal = self.status.is_some_and(OrderStatus::is_terminal);
+        self.deadline = (!self.terminal).then(|| {
+            self.last_progress
+                + chrono::Duration::from_std(thresholds.for_stage(self.stage)).unwrap_or_default()
+        });
+        self.check_at = self.deadline;
+        self.stuck_since = None;
+        self.stuck_confirmation = None;
+        self.confirmation = None;
+    }
 }
 
-async fn lock_orders(
+/// Locks the rows of `ids` that exist, in id order, and reads them.
+pub(crate) async fn lock_orders(
     tx: &mut PgConnection,
     ids: &[Uuid],
 ) -> Result<BTreeMap<Uuid, OrderState>, sqlx::Error> {
@@ -319,7 +445,8 @@ async fn lock_orders(
         .collect())
 }
 
-/// Folds an order's new spans into its state.
+/// Folds an order's new spans into its state. Only progress moves the order: its last
+/// progress, status, stage and deadline, and whether it is stuck. Observations are counted.
 pub fn merge(
     previous: Option<OrderState>,
     order_id: Uuid,
@@ -333,42 +460,35 @@ pub fn merge(
         .map(|s| s.start.min(latest_allowed))
         .min()
         .unwrap_or(now);
-    let mut state = previous.unwrap_or_else(|| OrderState {
-        order_id,
-        first_seen: earliest,
-        last_seen: earliest,
-        status: None,
-        status_at: None,
-        stage: Stage::Intake,
-        terminal: false,
-        deadline: None,
-        stuck_since: None,
-        span_count: 0,
-        error_count: 0,
-        max_retries: 0,
-        dead_letters: 0,
-        last_service: String::new(),
-        last_span: String::new(),
-    });
+    let is_new = previous.is_none();
+    let mut state = previous.unwrap_or_else(|| OrderState::new(order_id, earliest));
+    let before = (state.last_progress, state.status);
     let mut ordered: Vec<&&SpanRecord> = spans.iter().collect();
     ordered.sort_by_key(|s| s.end);
     for span in ordered {
         let end = span.end.min(latest_allowed);
         state.first_seen = state.first_seen.min(span.start.min(latest_allowed));
-        if end >= state.last_seen {
-            state.last_seen = end;
-            state.last_service = span.service.clone();
-            state.last_span = span.name.clone();
-        }
-        if let Some(to) = span.status_to() {
-            let forward = match state.status {
-                None => true,
-                Some(current) => OrderStatus::supersedes(to, current),
-            };
-            if forward {
-                state.status = Some(to);
-                state.status_at = Some(end);
+        state.last_seen = state.last_seen.max(end);
+        if span.activity() == Activity::Progress {
+            if end >= state.last_progress {
+                state.last_progress = end;
+                state.last_service = span.service.clone();
+                state.last_span = span.name.clone();
+                state.observations_since_progress = 0;
             }
+            if let Some(to) = span.status_to() {
+                let forward = match state.status {
+                    None => true,
+                    Some(current) => OrderStatus::supersedes(to, current),
+                };
+                if forward {
+                    state.status = Some(to);
+                    state.status_at = Some(end);
+                    state.status_source = FROM_TELEMETRY.to_owned();
+                }
+            }
+        } else if span.kind == SERVER_KIND && end > state.last_progress {
+            state.observations_since_progress += 1;
         }
         state.span_count += 1;
         state.error_count += i64::from(span.is_error());
@@ -379,17 +499,17 @@ pub fn merge(
             state.dead_letters += 1;
         }
     }
-    state.stage = state.status.map_or(Stage::Intake, OrderStatus::stage);
-    state.terminal = state.status.is_some_and(OrderStatus::is_terminal);
-    state.deadline = (!state.terminal).then(|| {
-        state.last_seen
-            + chrono::Duration::from_std(thresholds.for_stage(state.stage)).unwrap_or_default()
-    });
-    state.stuck_since = None;
+    if is_new || (state.last_progress, state.status) != before {
+        state.moved(thresholds);
+    }
     state
 }
 
-async fn upsert_orders(
+/// OTLP's SERVER span kind: a request someone made.
+const SERVER_KIND: i16 = 2;
+
+/// Writes each order's whole state (inserting new orders).
+pub(crate) async fn upsert_orders(
     tx: &mut PgConnection,
     orders: &[OrderState],
     now: DateTime<Utc>,
@@ -397,55 +517,58 @@ async fn upsert_orders(
     if orders.is_empty() {
         return Ok(());
     }
-    let column = |f: &dyn Fn(&OrderState) -> String| orders.iter().map(f).collect::<Vec<_>>();
-    let ids: Vec<Uuid> = orders.iter().map(|o| o.order_id).collect();
-    let first: Vec<DateTime<Utc>> = orders.iter().map(|o| o.first_seen).collect();
-    let last: Vec<DateTime<Utc>> = orders.iter().map(|o| o.last_seen).collect();
-    let status: Vec<Option<String>> = orders
-        .iter()
-        .map(|o| o.status.map(|s| s.as_str().to_owned()))
-        .collect();
-    let status_at: Vec<Option<DateTime<Utc>>> = orders.iter().map(|o| o.status_at).collect();
-    let stage = column(&|o| o.stage.as_str().to_owned());
-    let terminal: Vec<bool> = orders.iter().map(|o| o.terminal).collect();
-    let deadline: Vec<Option<DateTime<Utc>>> = orders.iter().map(|o| o.deadline).collect();
-    let spans: Vec<i64> = orders.iter().map(|o| o.span_count).collect();
-    let errors: Vec<i64> = orders.iter().map(|o| o.error_count).collect();
-    let retries: Vec<i64> = orders.iter().map(|o| o.max_retries).collect();
-    let dead: Vec<i64> = orders.iter().map(|o| o.dead_letters).collect();
-    let service = column(&|o| o.last_service.clone());
-    let span = column(&|o| o.last_span.clone());
+    fn column<'a, T>(orders: &'a [OrderState], f: impl Fn(&'a OrderState) -> T) -> Vec<T> {
+        orders.iter().map(f).collect()
+    }
     sqlx::query(
-        "INSERT INTO orders (order_id, first_seen, last_seen, status, status_at, stage, terminal, \
-             deadline, stuck_since, span_count, error_count, max_retries, dead_letters, \
-             last_service, last_span, updated_at) \
-         SELECT u.*, $16 FROM UNNEST($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::text[], \
-             $5::timestamptz[], $6::text[], $7::bool[], $8::timestamptz[], $9::timestamptz[], \
-             $10::int8[], $11::int8[], $12::int8[], $13::int8[], $14::text[], $15::text[]) AS u \
+        "INSERT INTO orders (order_id, first_seen, last_seen, last_progress, status, status_at, \
+             status_source, stage, terminal, deadline, check_at, stuck_since, \
+             stuck_confirmation, confirmation, confirmed_at, observations_since_progress, \
+             span_count, error_count, max_retries, dead_letters, last_service, last_span, \
+             updated_at) \
+         SELECT u.*, $23 FROM UNNEST($1::uuid[], $2::timestamptz[], $3::timestamptz[], \
+             $4::timestamptz[], $5::text[], $6::timestamptz[], $7::text[], $8::text[], \
+             $9::bool[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[], \
+             $13::text[], $14::text[], $15::timestamptz[], $16::int8[], $17::int8[], \
+             $18::int8[], $19::int8[], $20::int8[], $21::text[], $22::text[]) AS u \
          ON CONFLICT (order_id) DO UPDATE SET first_seen = EXCLUDED.first_seen, \
-             last_seen = EXCLUDED.last_seen, status = EXCLUDED.status, \
-             status_at = EXCLUDED.status_at, stage = EXCLUDED.stage, \
+             last_seen = EXCLUDED.last_seen, last_progress = EXCLUDED.last_progress, \
+             status = EXCLUDED.status, status_at = EXCLUDED.status_at, \
+             status_source = EXCLUDED.status_source, stage = EXCLUDED.stage, \
              terminal = EXCLUDED.terminal, deadline = EXCLUDED.deadline, \
-             stuck_since = EXCLUDED.stuck_since, span_count = EXCLUDED.span_count, \
-             error_count = EXCLUDED.error_count, max_retries = EXCLUDED.max_retries, \
-             dead_letters = EXCLUDED.dead_letters, last_service = EXCLUDED.last_service, \
-             last_span = EXCLUDED.last_span, updated_at = EXCLUDED.updated_at",
+             check_at = EXCLUDED.check_at, stuck_since = EXCLUDED.stuck_since, \
+             stuck_confirmation = EXCLUDED.stuck_confirmation, \
+             confirmation = EXCLUDED.confirmation, confirmed_at = EXCLUDED.confirmed_at, \
+             observations_since_progress = EXCLUDED.observations_since_progress, \
+             span_count = EXCLUDED.span_count, error_count = EXCLUDED.error_count, \
+             max_retries = EXCLUDED.max_retries, dead_letters = EXCLUDED.dead_letters, \
+             last_service = EXCLUDED.last_service, last_span = EXCLUDED.last_span, \
+             updated_at = EXCLUDED.updated_at",
     )
-    .bind(&ids)
-    .bind(&first)
-    .bind(&last)
-    .bind(&status)
-    .bind(&status_at)
-    .bind(&stage)
-    .bind(&terminal)
-    .bind(&deadline)
-    .bind(vec![None::<DateTime<Utc>>; orders.len()])
-    .bind(&spans)
-    .bind(&errors)
-    .bind(&retries)
-    .bind(&dead)
-    .bind(&service)
-    .bind(&span)
+    .bind(column(orders, |o| o.order_id))
+    .bind(column(orders, |o| o.first_seen))
+    .bind(column(orders, |o| o.last_seen))
+    .bind(column(orders, |o| o.last_progress))
+    .bind(column(orders, |o| o.status.map(OrderStatus::as_str)))
+    .bind(column(orders, |o| o.status_at))
+    .bind(column(orders, |o| o.status_source.as_str()))
+    .bind(column(orders, |o| o.stage.as_str()))
+    .bind(column(orders, |o| o.terminal))
+    .bind(column(orders, |o| o.deadline))
+    .bind(column(orders, |o| o.check_at))
+    .bind(column(orders, |o| o.stuck_since))
+    .bind(column(orders, |o| {
+        o.stuck_confirmation.map(Confirmation::as_str)
+    }))
+    .bind(column(orders, |o| o.confirmation.as_deref()))
+    .bind(column(orders, |o| o.confirmed_at))
+    .bind(column(orders, |o| o.observations_since_progress))
+    .bind(column(orders, |o| o.span_count))
+    .bind(column(orders, |o| o.error_count))
+    .bind(column(orders, |o| o.max_retries))
+    .bind(column(orders, |o| o.dead_letters))
+    .bind(column(orders, |o| o.last_service.as_str()))
+    .bind(column(orders, |o| o.last_span.as_str()))
     .bind(now)
     .execute(&mut *tx)
     .await?;
@@ -479,6 +602,8 @@ pub mod queries {
         pub status: &'static str,
         #[serde(skip_serializing_if = "String::is_empty")]
         pub status_message: String,
+        /// `progress` or `observation` (`ingest::activity_of`).
+        pub activity: &'static str,
         pub attributes: Value,
         pub links: Value,
     }
@@ -517,6 +642,18 @@ pub mod queries {
             .map(|row| {
                 let start: DateTime<Utc> = row.get("start_time");
                 let end: DateTime<Utc> = row.get("end_time");
+                let status_code: i16 = row.get("status_code");
+                let attributes: Value = row.get("attributes");
+                let activity = activity_of(
+                    attributes
+                        .get(telemetry::attr::ORDER_ACTIVITY)
+                        .and_then(Value::as_str),
+                    attributes
+                        .get(telemetry::attr::ORDER_STATUS_TO)
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| s.parse::<OrderStatus>().is_ok()),
+                    status_code == 2,
+                );
                 StoredSpan {
                     trace_id: hex::encode(row.get::<Vec<u8>, _>("trace_id")),
                     span_id: hex::encode(row.get::<Vec<u8>, _>("span_id")),
@@ -530,24 +667,61 @@ pub mod queries {
                     end,
                     duration_ms: (end - start).num_microseconds().unwrap_or_default() as f64
                         / 1000.0,
-                    status: status_name(row.get("status_code")),
+                    status: status_name(status_code),
                     status_message: row.get("status_message"),
-                    attributes: row.get("attributes"),
+                    activity: activity.as_str(),
+                    attributes,
                     links: row.get("links"),
                 }
             })
             .collect())
     }
 
-    /// Orders stuck right now, longest silent first.
+    /// Orders stuck right now, longest without progress first.
     pub async fn stuck(pool: &PgPool, limit: i64) -> Result<Vec<OrderState>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT * FROM orders WHERE stuck_since IS NOT NULL ORDER BY last_seen LIMIT $1",
+            "SELECT * FROM orders WHERE stuck_since IS NOT NULL ORDER BY last_progress LIMIT $1",
         )
         .bind(limit)
         .fetch_all(pool)
         .await?;
         Ok(rows.iter().map(OrderState::from_row).collect())
+    }
+
+    /// A stretch of an order's life whose spans never arrived.
+    #[derive(Debug, Clone, serde::Serialize)]
+    pub struct Gap {
+        pub detected_at: DateTime<Utc>,
+        /// The system of record that held the order further along.
+        pub source: String,
+        pub from_status: Option<String>,
+        pub to_status: String,
+        /// When that system says the order reached `to_status`.
+        pub status_at: DateTime<Utc>,
+        /// The services whose transition spans between the two are missing.
+        pub missing_services: Vec<String>,
+    }
+
+    /// The order's telemetry gaps, oldest first.
+    pub async fn gaps(pool: &PgPool, order_id: Uuid) -> Result<Vec<Gap>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT detected_at, source, from_status, to_status, status_at, missing_services \
+             FROM telemetry_gaps WHERE order_id = $1 ORDER BY detected_at, id",
+        )
+        .bind(order_id)
+        .fetch_all(pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| Gap {
+                detected_at: row.get("detected_at"),
+                source: row.get("source"),
+                from_status: row.get("from_status"),
+                to_status: row.get("to_status"),
+                status_at: row.get("status_at"),
+                missing_services: row.get("missing_services"),
+            })
+            .collect())
     }
 }
 
@@ -556,6 +730,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// A span of `order` ending `end_offset_s` after `base`, moving it to `status_to` when given,
+    /// marked with `activity` when given.
     fn span(status_to: Option<&str>, end_offset_s: i64, base: DateTime<Utc>) -> SpanRecord {
         let mut attributes = serde_json::Map::new();
         if let Some(to) = status_to {
@@ -578,13 +754,25 @@ mod tests {
         }
     }
 
+    fn marked(mut span: SpanRecord, activity: Activity, kind: i16) -> SpanRecord {
+        span.attributes.insert(
+            telemetry::attr::ORDER_ACTIVITY.into(),
+            Value::String(activity.as_str().into()),
+        );
+        span.kind = kind;
+        span
+    }
+
+    fn thresholds() -> Thresholds {
+        Thresholds {
+            default: Duration::from_secs(60),
+            per_stage: Default::default(),
+        }
+    }
+
     #[test]
     fn the_status_only_moves_forward_and_sets_the_stage_and_deadline() {
         let now = Utc::now();
-        let thresholds = Thresholds {
-            default: Duration::from_secs(60),
-            per_stage: Default::default(),
-        };
         let late_registered = span(Some("registered"), 5, now);
         let priced = span(Some("priced"), 3, now);
         let state = merge(
@@ -592,52 +780,123 @@ mod tests {
             Uuid::nil(),
             &[&late_registered, &priced],
             now,
-            &thresholds,
+            &thresholds(),
         );
         assert_eq!(state.status, Some(OrderStatus::Priced));
         assert_eq!(state.stage, Stage::CustomerConfirmation);
-        assert_eq!(state.last_seen, now + chrono::Duration::seconds(5));
+        assert_eq!(state.last_progress, now + chrono::Duration::seconds(5));
         assert_eq!(state.deadline, Some(now + chrono::Duration::seconds(65)));
+        assert_eq!(state.check_at, state.deadline);
         assert_eq!(state.span_count, 2);
     }
 
     #[test]
-    fn a_terminal_order_has_no_deadline_and_a_new_span_unsticks_an_order() {
+    fn a_terminal_order_has_no_deadline_and_progress_unsticks_an_order() {
         let now = Utc::now();
-        let thresholds = Thresholds::default();
         let mut stuck = merge(
             None,
             Uuid::nil(),
             &[&span(Some("pricing"), 0, now)],
             now,
-            &thresholds,
+            &thresholds(),
         );
         stuck.stuck_since = Some(now);
-        let moved = merge(
-            Some(stuck),
-            Uuid::nil(),
-            &[&span(None, 10, now)],
-            now,
-            &thresholds,
-        );
+        stuck.stuck_confirmation = Some(Confirmation::Confirmed);
+        let attempt = marked(span(None, 10, now), Activity::Progress, 1);
+        let moved = merge(Some(stuck), Uuid::nil(), &[&attempt], now, &thresholds());
         assert_eq!(moved.stuck_since, None);
+        assert_eq!(moved.stuck_confirmation, None);
         assert_eq!(moved.status, Some(OrderStatus::Pricing));
+        assert_eq!(moved.deadline, Some(now + chrono::Duration::seconds(70)));
         let done = merge(
             Some(moved),
             Uuid::nil(),
             &[&span(Some("rejected"), 20, now)],
             now,
-            &thresholds,
+            &thresholds(),
         );
         assert!(done.terminal);
-        assert_eq!(done.deadline, None);
+        assert_eq!((done.deadline, done.check_at), (None, None));
+    }
+
+    #[test]
+    fn reads_of_a_stuck_order_are_counted_and_change_neither_its_deadline_nor_its_verdict() {
+        let now = Utc::now();
+        let mut stuck = merge(
+            None,
+            Uuid::nil(),
+            &[&span(Some("registered"), 0, now)],
+            now,
+            &thresholds(),
+        );
+        stuck.stuck_since = stuck.deadline;
+        stuck.stuck_confirmation = Some(Confirmation::Confirmed);
+        stuck.check_at = Some(now + chrono::Duration::seconds(3600));
+        let before = stuck.clone();
+        let read = marked(span(None, 30, now), Activity::Observation, 2);
+        let statement = marked(span(None, 30, now), Activity::Observation, 3);
+        let after = merge(
+            Some(stuck),
+            Uuid::nil(),
+            &[&read, &statement],
+            now,
+            &thresholds(),
+        );
+        assert_eq!(
+            after.observations_since_progress, 1,
+            "one request, not its statement"
+        );
+        assert_eq!(after.last_seen, now + chrono::Duration::seconds(30));
+        assert_eq!(
+            (
+                after.last_progress,
+                after.deadline,
+                after.check_at,
+                after.stuck_since
+            ),
+            (
+                before.last_progress,
+                before.deadline,
+                before.check_at,
+                before.stuck_since
+            )
+        );
+        assert_eq!(
+            after.last_span, before.last_span,
+            "the last progress span is kept"
+        );
+    }
+
+    #[test]
+    fn a_failed_transition_neither_moves_the_status_nor_counts_as_progress() {
+        let now = Utc::now();
+        let state = merge(
+            None,
+            Uuid::nil(),
+            &[&span(Some("priced"), 0, now)],
+            now,
+            &thresholds(),
+        );
+        let mut refused = marked(span(Some("confirmed"), 30, now), Activity::Progress, 1);
+        refused.status_code = 2;
+        let after = merge(
+            Some(state.clone()),
+            Uuid::nil(),
+            &[&refused],
+            now,
+            &thresholds(),
+        );
+        assert_eq!(after.status, Some(OrderStatus::Priced));
+        assert_eq!(after.deadline, state.deadline);
+        assert_eq!(after.error_count, 1);
     }
 
     #[test]
     fn a_span_from_the_future_counts_as_now_plus_the_allowed_skew() {
         let now = Utc::now();
-        let future = span(None, 86_400, now);
+        let future = span(Some("created"), 86_400, now);
         let state = merge(None, Uuid::nil(), &[&future], now, &Thresholds::default());
         assert_eq!(state.last_seen, now + MAX_CLOCK_SKEW);
+        assert_eq!(state.last_progress, now + MAX_CLOCK_SKEW);
     }
 }

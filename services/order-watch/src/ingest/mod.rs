@@ -19,6 +19,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::{Map, Value};
 use telemetry::attr;
+use telemetry::propagation::Activity;
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
@@ -108,6 +109,31 @@ impl SpanRecord {
 
     pub fn is_error(&self) -> bool {
         self.status_code == 2
+    }
+
+    /// What the span did to its order.
+    pub fn activity(&self) -> Activity {
+        activity_of(
+            self.attribute_str(attr::ORDER_ACTIVITY),
+            self.status_to().is_some(),
+            self.is_error(),
+        )
+    }
+}
+
+/// What a span did to its order, the one rule for stored and arriving spans alike: progress when
+/// it says so (`order.activity`) and did not fail. A span without the mark, from a producer that
+/// does not know it, is progress when it is a transition (it carries `order.status.to`); every
+/// other span only observed the order.
+pub fn activity_of(marked: Option<&str>, transition: bool, failed: bool) -> Activity {
+    let progress = match marked {
+        Some(mark) => mark == Activity::Progress.as_str(),
+        None => transition,
+    };
+    if progress && !failed {
+        Activity::Progress
+    } else {
+        Activity::Observation
     }
 }
 
@@ -357,6 +383,18 @@ mod tests {
         assert_eq!(extracted.rejected, 4);
         assert_eq!(extracted.spans.len(), 1);
         assert!(extracted.rejection.unwrap().contains("trace id"));
+    }
+
+    #[test]
+    fn only_marked_or_transition_spans_that_did_not_fail_are_progress() {
+        use Activity::{Observation, Progress};
+        assert_eq!(activity_of(Some("progress"), false, false), Progress);
+        assert_eq!(activity_of(Some("progress"), true, true), Observation);
+        assert_eq!(activity_of(Some("observation"), true, false), Observation);
+        assert_eq!(activity_of(Some("anything"), false, false), Observation);
+        assert_eq!(activity_of(None, true, false), Progress);
+        assert_eq!(activity_of(None, false, false), Observation);
+        assert_eq!(activity_of(None, true, true), Observation);
     }
 
     #[test]

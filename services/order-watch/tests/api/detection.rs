@@ -133,7 +133,12 @@ async fn finished_orders_never_get_stuck() {
 #[tokio::test]
 async fn deadlines_survive_a_restart() {
     let app = spawn_app().await;
-    let (database, clock, webhook) = (app.database.clone(), app.clock.clone(), app.webhook.clone());
+    let (database, clock, webhook, records) = (
+        app.database.clone(),
+        app.clock.clone(),
+        app.webhook.clone(),
+        app.records.clone(),
+    );
     let order = Uuid::now_v7();
     app.export(&build::request(
         "shop-api",
@@ -143,7 +148,7 @@ async fn deadlines_survive_a_restart() {
     app.stop().await;
 
     clock.advance(STUCK_AFTER + Duration::from_secs(1));
-    let restarted = spawn_on(database, clock, webhook).await;
+    let restarted = spawn_on(database, clock, webhook, records).await;
     let stuck = until_stuck(&restarted, 1).await;
     assert_eq!(stuck[0]["order_id"], order.to_string());
 }
@@ -151,12 +156,7 @@ async fn deadlines_survive_a_restart() {
 #[tokio::test]
 async fn two_replicas_on_one_database_open_one_incident_per_stuck_order() {
     let first = spawn_app().await;
-    let second = spawn_on(
-        first.database.clone(),
-        first.clock.clone(),
-        first.webhook.clone(),
-    )
-    .await;
+    let second = first.replica().await;
     let orders: Vec<Uuid> = (0..20).map(|_| Uuid::now_v7()).collect();
     for (i, order) in orders.iter().enumerate() {
         let replica = if i % 2 == 0 { &first } else { &second };

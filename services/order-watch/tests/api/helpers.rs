@@ -1,13 +1,20 @@
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
-use axum::routing::post;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
+use domain::held::{HeldStatus, HeldStatuses, STATUSES_PATH};
+use domain::{OrderStatus, System};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use order_watch::clock::Clock;
 use order_watch::config::Thresholds;
+use order_watch::records::RecordsConfig;
 use order_watch::startup::Ports;
 use order_watch::{Application, Settings};
 use platform::db::DatabaseConfig;
@@ -62,12 +69,142 @@ impl Webhook {
     }
 }
 
+/// How a stand-in system of record answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answering {
+    /// With what it holds.
+    Normally,
+    /// With this HTTP status and no listing.
+    Failing(u16),
+    /// Not before order-watch gives up waiting.
+    Hanging,
+}
+
+#[derive(Default)]
+struct RecordsState {
+    held: HashMap<(System, uuid::Uuid), HeldStatus>,
+    answering: BTreeMap<System, Answering>,
+    asked: BTreeMap<System, usize>,
+}
+
+/// Shop's, CRM's and MES's status listings (`domain::held`) for order-watch's component tests,
+/// which drive order-watch's clock by hand and need each system's answer (holding, moved on,
+/// failing, hanging) on cue. The same listing served by the real services is tested in e2e
+/// (`e2e/tests/order_watch.rs`), where order-watch asks them.
+#[derive(Clone)]
+pub struct StandInRecords {
+    base: String,
+    state: Arc<Mutex<RecordsState>>,
+}
+
+impl StandInRecords {
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(RecordsState::default()));
+        let app = axum::Router::new()
+            .route(&format!("/{{system}}{STATUSES_PATH}"), get(listing))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { base, state }
+    }
+
+    /// Settings pointing order-watch at these systems, asked with `timeout`.
+    pub fn config(&self, timeout: Duration) -> RecordsConfig {
+        RecordsConfig {
+            urls: System::ALL
+                .into_iter()
+                .map(|s| (s, format!("{}/{}", self.base, path_of(s))))
+                .collect(),
+            timeout,
+        }
+    }
+
+    /// `system` holds `order` in `status` since `since`.
+    pub fn hold(&self, system: System, order: uuid::Uuid, status: &str, since: DateTime<Utc>) {
+        let status: OrderStatus = status.parse().unwrap();
+        self.state.lock().unwrap().held.insert(
+            (system, order),
+            HeldStatus {
+                order_id: order,
+                status,
+                updated_at: since,
+            },
+        );
+    }
+
+    pub fn answer(&self, system: System, answering: Answering) {
+        self.state
+            .lock()
+            .unwrap()
+            .answering
+            .insert(system, answering);
+    }
+
+    /// How many listing requests `system` received.
+    pub fn asked(&self, system: System) -> usize {
+        self.state
+            .lock()
+            .unwrap()
+            .asked
+            .get(&system)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+fn path_of(system: System) -> &'static str {
+    match system {
+        System::Shop => "shop",
+        System::Crm => "crm",
+        System::Mes => "mes",
+    }
+}
+
+async fn listing(
+    State(state): State<Arc<Mutex<RecordsState>>>,
+    Path(system): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let system = System::ALL
+        .into_iter()
+        .find(|s| path_of(*s) == system)
+        .expect("a known system");
+    let answering = {
+        let mut state = state.lock().unwrap();
+        *state.asked.entry(system).or_default() += 1;
+        state
+            .answering
+            .get(&system)
+            .copied()
+            .unwrap_or(Answering::Normally)
+    };
+    match answering {
+        Answering::Failing(status) => {
+            return StatusCode::from_u16(status).unwrap().into_response();
+        }
+        Answering::Hanging => tokio::time::sleep(Duration::from_secs(3600)).await,
+        Answering::Normally => {}
+    }
+    let state = state.lock().unwrap();
+    let orders = query
+        .get("ids")
+        .map(String::as_str)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|id| id.parse().ok())
+        .filter_map(|id| state.held.get(&(system, id)).cloned())
+        .collect();
+    Json(HeldStatuses { orders }).into_response()
+}
+
 pub struct TestApp {
     pub ports: Ports,
     pub clock: Clock,
     pub client: reqwest::Client,
     pub database: Arc<TestDatabase>,
     pub webhook: Webhook,
+    pub records: StandInRecords,
     cancel: CancellationToken,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -78,7 +215,12 @@ impl Drop for TestApp {
     }
 }
 
-fn settings(database: &TestDatabase, webhook: &Webhook) -> Settings {
+/// How long order-watch waits for a stand-in system of record here.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often order-watch asks again about a stuck order here.
+pub const RECONFIRM_INTERVAL: Duration = Duration::from_secs(600);
+
+fn settings(database: &TestDatabase, webhook: &Webhook, records: &StandInRecords) -> Settings {
     Settings {
         host: "127.0.0.1".into(),
         http_port: 0,
@@ -94,19 +236,35 @@ fn settings(database: &TestDatabase, webhook: &Webhook) -> Settings {
         max_request_bytes: 1024 * 1024,
         detect_interval: Duration::from_secs(1),
         gauge_interval: Duration::from_secs(3600),
+        records: records.config(CONFIRM_TIMEOUT),
+        reconfirm_interval: RECONFIRM_INTERVAL,
     }
 }
 
-/// order-watch on free ports with a fresh database, a manual clock and a webhook receiver.
+/// order-watch on free ports with a fresh database, a manual clock, a webhook receiver and
+/// stand-in systems of record that know no order until told.
 pub async fn spawn_app() -> TestApp {
     let database = Arc::new(TestDatabase::create("watch").await);
-    spawn_on(database, Clock::manual(Utc::now()), Webhook::start().await).await
+    spawn_on(
+        database,
+        Clock::manual(Utc::now()),
+        Webhook::start().await,
+        StandInRecords::start().await,
+    )
+    .await
 }
 
-/// Another order-watch on the same database and clock (a replica, or the same one restarted).
-pub async fn spawn_on(database: Arc<TestDatabase>, clock: Clock, webhook: Webhook) -> TestApp {
+/// Another order-watch on the same database, clock and systems (a replica, or the same one
+/// restarted).
+pub async fn spawn_on(
+    database: Arc<TestDatabase>,
+    clock: Clock,
+    webhook: Webhook,
+    records: StandInRecords,
+) -> TestApp {
     let cancel = CancellationToken::new();
-    let app = Application::build(settings(&database, &webhook), clock.clone(), cancel.clone())
+    let settings = settings(&database, &webhook, &records);
+    let app = Application::build(settings, clock.clone(), cancel.clone())
         .await
         .expect("order-watch builds");
     let ports = app.ports();
@@ -117,8 +275,22 @@ pub async fn spawn_on(database: Arc<TestDatabase>, clock: Clock, webhook: Webhoo
         client: reqwest::Client::new(),
         database,
         webhook,
+        records,
         cancel,
         handle: Some(handle),
+    }
+}
+
+impl TestApp {
+    /// A replica of this order-watch: the same database, clock, webhook and systems.
+    pub async fn replica(&self) -> TestApp {
+        spawn_on(
+            self.database.clone(),
+            self.clock.clone(),
+            self.webhook.clone(),
+            self.records.clone(),
+        )
+        .await
     }
 }
 
@@ -205,6 +377,42 @@ pub fn order_span(
         nanos(end) - duration,
         duration,
         attributes,
+    )
+}
+
+/// A span of `order` ending at `end` that says what it did to the order (`order.activity`), of
+/// OTLP kind `kind`.
+pub fn activity_span(
+    order: Uuid,
+    trace: [u8; 16],
+    id: u8,
+    name: &str,
+    end: DateTime<Utc>,
+    activity: &str,
+    kind: i32,
+) -> Span {
+    let mut span = order_span(
+        order,
+        trace,
+        id,
+        name,
+        end,
+        vec![build::string("order.activity", activity)],
+    );
+    span.kind = kind;
+    span
+}
+
+/// A customer's status check of `order` at `end`: a SERVER span that only observes it.
+pub fn status_check(order: Uuid, trace: [u8; 16], id: u8, end: DateTime<Utc>) -> Span {
+    activity_span(
+        order,
+        trace,
+        id,
+        "GET /api/orders/{order_id}",
+        end,
+        "observation",
+        2,
     )
 }
 

@@ -1,3 +1,4 @@
+mod confirmation;
 mod detection;
 mod helpers;
 mod ingest;

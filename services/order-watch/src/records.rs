@@ -1,0 +1,123 @@
+//! The systems of record: Shop's, CRM's and MES's own status of an order, which order-watch
+//! asks before it calls an order stuck. Spans get lost (a killed process loses its export
+//! queue); a system's own record of an order does not. The listing each service serves is the
+//! contract in [`domain::held`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use domain::OrderStatus;
+use domain::System;
+use domain::held::{HeldStatuses, MAX_IDS, STATUSES_PATH};
+use uuid::Uuid;
+
+/// Largest listing answer read (200 orders take about 20 KiB).
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// Where the systems of record are and how long to wait for them.
+#[derive(Debug, Clone)]
+pub struct RecordsConfig {
+    /// Base URL of each system's API (`http://shop-api:8081`); a system without one cannot be
+    /// asked, and orders waiting on it are flagged unconfirmed.
+    pub urls: BTreeMap<System, String>,
+    /// Longest wait for one listing answer.
+    pub timeout: Duration,
+}
+
+impl RecordsConfig {
+    /// The variable that configures `system`'s address.
+    pub fn variable(system: System) -> &'static str {
+        match system {
+            System::Shop => "ORDER_WATCH_SHOP_URL",
+            System::Crm => "ORDER_WATCH_CRM_URL",
+            System::Mes => "ORDER_WATCH_MES_URL",
+        }
+    }
+}
+
+/// What one system holds of the orders it was asked about: those it does not know are absent.
+pub type Held = HashMap<Uuid, (OrderStatus, DateTime<Utc>)>;
+
+/// Why a system could not say what it holds.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AskError {
+    #[error("no address is configured for it ({0})")]
+    NotConfigured(&'static str),
+    #[error("it did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("it cannot be reached ({0})")]
+    Unreachable(String),
+    #[error("it answered HTTP {0}")]
+    Refused(u16),
+    #[error("its answer is not a status listing ({0})")]
+    Malformed(String),
+}
+
+/// The client order-watch asks the systems of record with.
+#[derive(Debug, Clone)]
+pub struct Records {
+    client: reqwest::Client,
+    config: RecordsConfig,
+}
+
+impl Records {
+    pub fn new(config: RecordsConfig) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .build()
+            .expect("a plain HTTP client builds");
+        Self { client, config }
+    }
+
+    /// What `system` holds of `ids`, asked [`MAX_IDS`] at a time.
+    pub async fn ask(&self, system: System, ids: &[Uuid]) -> Result<Held, AskError> {
+        let base = self
+            .config
+            .urls
+            .get(&system)
+            .ok_or(AskError::NotConfigured(RecordsConfig::variable(system)))?;
+        let mut held = Held::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_IDS) {
+            let list: Vec<String> = chunk.iter().map(Uuid::to_string).collect();
+            let url = format!("{base}{STATUSES_PATH}?ids={}", list.join(","));
+            let answer = self.listing(&url).await?;
+            held.extend(answer.orders.into_iter().filter_map(|o| {
+                chunk
+                    .contains(&o.order_id)
+                    .then_some((o.order_id, (o.status, o.updated_at)))
+            }));
+        }
+        Ok(held)
+    }
+
+    async fn listing(&self, url: &str) -> Result<HeldStatuses, AskError> {
+        let failed = |err: reqwest::Error| {
+            if err.is_timeout() {
+                AskError::Timeout(self.config.timeout)
+            } else {
+                AskError::Unreachable(err.without_url().to_string())
+            }
+        };
+        let mut response = self
+            .client
+            .get(url)
+            .headers(telemetry::http::outgoing_headers())
+            .send()
+            .await
+            .map_err(failed)?;
+        if !response.status().is_success() {
+            return Err(AskError::Refused(response.status().as_u16()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(AskError::Malformed(format!(
+                    "longer than {MAX_ANSWER_BYTES} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|err| AskError::Malformed(err.to_string()))
+    }
+}
