@@ -1,117 +1,38 @@
-//! order-watch as a process, fed by nothing but the services' own OTLP export: the set-up
-//! `scripts/run` gives a new user. Thresholds are seconds here, so detection runs in real time.
+//! order-watch as a process, fed by nothing but the services' own OTLP export and asking the
+//! services themselves before it calls an order stuck: the set-up `scripts/run` gives a new user.
+//! Thresholds are seconds here, so detection runs in real time.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
+use e2e::watch::Watch;
 use e2e::{PATIENCE, System};
 use serde_json::Value;
-use testkit::database::TestDatabase;
-use testkit::process::{ServiceProcess, free_port};
+use testkit::process::free_port;
 use uuid::Uuid;
 
 /// How long a priced order may wait for its customer in these tests.
 const CONFIRMATION_THRESHOLD: &str = "3s";
 
-struct Watch {
-    process: ServiceProcess,
-    /// order-watch's OTLP/HTTP endpoint.
-    otlp_endpoint: String,
-    client: reqwest::Client,
-    _database: TestDatabase,
-    _config: tempfile::NamedTempFile,
+/// order-watch's configuration file with the customer's threshold above.
+fn config() -> String {
+    format!("[stuck_after]\ncustomer_confirmation = \"{CONFIRMATION_THRESHOLD}\"\n")
 }
 
-impl Watch {
-    async fn start() -> Self {
-        Self::start_choosing(free_port).await
-    }
-
-    /// order-watch on the ports `choose` gives: its API's first, then its OTLP/HTTP port.
-    async fn start_choosing(choose: impl FnMut() -> u16) -> Self {
-        let database = TestDatabase::create("order_watch").await;
-        let config = tempfile::NamedTempFile::new().expect("a config file");
-        std::fs::write(
-            config.path(),
-            format!("[stuck_after]\ncustomer_confirmation = \"{CONFIRMATION_THRESHOLD}\"\n"),
-        )
-        .expect("the config file is written");
-        let env = [
-            ("ORDER_WATCH_DATABASE_URL", database.url().to_owned()),
-            // Not used here: port 0 lets order-watch pick a free one itself.
-            ("ORDER_WATCH_OTLP_GRPC_PORT", "0".to_owned()),
-            ("ORDER_WATCH_CONFIG", config.path().display().to_string()),
-            ("ORDER_WATCH_GAUGE_INTERVAL", "1s".to_owned()),
-            ("OTEL_TRACES_EXPORTER", "none".to_owned()),
-            ("OTEL_METRICS_EXPORTER", "none".to_owned()),
-            ("HALLMARK_ENV", "test".to_owned()),
-        ]
-        .map(|(k, v)| (k.to_owned(), v));
-        let process = ServiceProcess::start_choosing(
-            "order-watch",
-            &["ORDER_WATCH_PORT", "ORDER_WATCH_OTLP_HTTP_PORT"],
-            &env,
-            choose,
-        )
-        .await;
-        let otlp_http = process.port_of("ORDER_WATCH_OTLP_HTTP_PORT");
-        Self {
-            process,
-            otlp_endpoint: format!("http://127.0.0.1:{otlp_http}"),
-            client: reqwest::Client::new(),
-            _database: database,
-            _config: config,
-        }
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.process.url()))
-            .send()
-            .await
-            .expect("order-watch answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn journey(&self, id: Uuid) -> Option<Value> {
-        let (status, journey) = self.get(&format!("/api/orders/{id}/journey")).await;
-        (status == 200).then_some(journey)
-    }
-
-    async fn stuck(&self) -> Vec<Value> {
-        let (status, stuck) = self.get("/api/orders/stuck").await;
-        assert_eq!(status, 200, "{stuck}");
-        stuck.as_array().cloned().unwrap_or_default()
-    }
-
-    async fn incidents_of(&self, id: Uuid) -> Vec<Value> {
-        let (status, incidents) = self.get("/api/incidents").await;
-        assert_eq!(status, 200, "{incidents}");
-        incidents
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|i| i["order_id"] == id.to_string())
-            .cloned()
-            .collect()
-    }
-
-    async fn metrics(&self) -> String {
-        self.client
-            .get(format!("{}/metrics", self.process.url()))
-            .send()
-            .await
-            .expect("order-watch answers")
-            .text()
-            .await
-            .unwrap()
-    }
+/// The whole system, and order-watch watching it with `env` and [`config`].
+async fn watched_system(env: &[(&str, &str)]) -> (System, Watch) {
+    watched_system_with(&[], &config(), env).await
 }
 
-/// The whole system, exporting its spans to `watch` only.
-async fn system_watched_by(watch: &Watch) -> System {
-    System::start_with(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &watch.otlp_endpoint)]).await
+/// [`watched_system`] with `system_env` for the services and order-watch's `config`.
+async fn watched_system_with(
+    system_env: &[(&str, &str)],
+    config: &str,
+    env: &[(&str, &str)],
+) -> (System, Watch) {
+    let system = System::start_with(system_env).await;
+    let watch = Watch::watching(&system, config, env).await;
+    (system, watch)
 }
 
 fn services_of(journey: &Value) -> BTreeSet<String> {
@@ -129,7 +50,7 @@ async fn order_watch_starts_again_on_other_ports_when_one_was_taken_before_it_co
     let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to take");
     let taken = holder.local_addr().expect("its address").port();
     let mut handed_out = 0;
-    let watch = Watch::start_choosing(|| {
+    let watch = Watch::start_choosing(&config(), &[], || {
         handed_out += 1;
         if handed_out == 2 { taken } else { free_port() }
     })
@@ -145,8 +66,7 @@ async fn order_watch_starts_again_on_other_ports_when_one_was_taken_before_it_co
 
 #[tokio::test]
 async fn a_priced_order_has_one_journey_across_every_service_it_passed() {
-    let watch = Watch::start().await;
-    let system = system_watched_by(&watch).await;
+    let (system, watch) = watched_system(&[]).await;
     let order = system.place_order("torus.STL", "gold_585").await;
     system.until_shop_status(order.id, "priced").await;
 
@@ -196,24 +116,28 @@ async fn a_priced_order_has_one_journey_across_every_service_it_passed() {
 
 #[tokio::test]
 async fn an_order_left_waiting_past_its_threshold_is_stuck_until_it_moves_again() {
-    let watch = Watch::start().await;
-    let system = system_watched_by(&watch).await;
+    let (system, watch) = watched_system(&[]).await;
     let order = system.place_order("20mm-xyz-cube.stl", "silver_925").await;
     let id = order.id;
     system.until_shop_status(id, "priced").await;
 
-    // Nobody confirms: after 3 s of silence in customer_confirmation the order is stuck.
+    // Nobody confirms: after 3 s without progress in customer_confirmation, and once Shop (who
+    // takes the customer's confirmation) says it still holds the order priced, it is stuck.
     let stuck = testkit::wait::until("the order to be stuck", PATIENCE, || async {
-        watch
-            .stuck()
-            .await
-            .into_iter()
-            .find(|o| o["order_id"] == id.to_string())
+        watch.stuck_order(id).await
     })
     .await;
     assert_eq!(stuck["stage"], "customer_confirmation");
     assert_eq!(stuck["status"], "priced");
     assert!(stuck["silent_seconds"].as_f64().unwrap() >= 3.0, "{stuck}");
+    assert_eq!(stuck["stuck_confirmation"], "confirmed", "{stuck}");
+    assert!(
+        stuck["confirmation"]
+            .as_str()
+            .unwrap()
+            .starts_with("confirmed: shop-api holds it priced since"),
+        "{stuck}"
+    );
     let incidents = testkit::wait::until("its incident", PATIENCE, || async {
         let incidents = watch.incidents_of(id).await;
         (!incidents.is_empty()).then_some(incidents)
@@ -263,8 +187,7 @@ async fn an_order_left_waiting_past_its_threshold_is_stuck_until_it_moves_again(
 
 #[tokio::test]
 async fn order_watch_metrics_count_what_the_services_sent_without_order_ids() {
-    let watch = Watch::start().await;
-    let system = system_watched_by(&watch).await;
+    let (system, watch) = watched_system(&[]).await;
     let order = system.place_order("torus.STL", "platinum_950").await;
     system.until_shop_status(order.id, "priced").await;
     testkit::wait::until("the journey", PATIENCE, || async {
@@ -279,6 +202,7 @@ async fn order_watch_metrics_count_what_the_services_sent_without_order_ids() {
         "order_watch_status_event_delivery_duration_seconds_bucket",
         "order_watch_orders_open{stage=\"customer_confirmation\"",
         "order_watch_orders_stuck{stage=\"customer_confirmation\"",
+        "order_watch_orders_stuck_unconfirmed{stage=\"customer_confirmation\"",
         "order_watch_orders_silent_24h_ratio",
     ];
     let metrics = testkit::wait::until("every metric family", PATIENCE, || async {
@@ -293,4 +217,224 @@ async fn order_watch_metrics_count_what_the_services_sent_without_order_ids() {
         !metrics.contains(&order.id.to_string()),
         "an order id in a label"
     );
+}
+
+/// A calculation engine that never answers (`sleep`), in a file that lives as long as the value.
+fn hanging_calc_engine() -> tempfile::TempPath {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut file = tempfile::NamedTempFile::new().expect("a script file");
+    writeln!(file, "#!/bin/sh\nexec sleep 60").expect("the script is written");
+    let path = file.into_temp_path();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .expect("the script is executable");
+    path
+}
+
+/// Reads `id`'s status from Shop every 300 ms, as a worried customer does, until dropped.
+fn keep_checking(system: &System, id: Uuid) -> tokio::task::JoinHandle<()> {
+    let url = format!("{}/api/orders/{id}", system.shop.url());
+    let client = system.client.clone();
+    tokio::spawn(async move {
+        loop {
+            let _ = client.get(&url).send().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+#[tokio::test]
+async fn an_order_whose_customer_keeps_checking_it_is_stuck_when_pricing_hangs() {
+    let engine = hanging_calc_engine();
+    let engine_path = engine.display().to_string();
+    let (system, watch) = watched_system_with(
+        &[("MES_CALC_BIN", &engine_path), ("MES_CALC_TIMEOUT", "10m")],
+        &config(),
+        &[("ORDER_WATCH_STUCK_AFTER", "3s")],
+    )
+    .await;
+    let checked = system.place_order("torus.STL", "gold_585").await.id;
+    let ignored = system.place_order("torus.STL", "gold_585").await.id;
+    let customer = keep_checking(&system, checked);
+    system.until_status_in("mes", checked, "pricing").await;
+    system.until_status_in("mes", ignored, "pricing").await;
+
+    for id in [checked, ignored] {
+        let stuck = testkit::wait::until("the order flagged stuck", PATIENCE, || async {
+            watch.stuck_order(id).await
+        })
+        .await;
+        assert_eq!(stuck["stage"], "pricing", "{stuck}");
+        assert_eq!(stuck["stuck_confirmation"], "confirmed", "{stuck}");
+        assert!(
+            stuck["confirmation"]
+                .as_str()
+                .unwrap()
+                .starts_with("confirmed: mes-api holds it pricing since"),
+            "{stuck}"
+        );
+        assert_eq!(watch.incidents_of(id).await.len(), 1);
+    }
+    // The customer's reads are in the journey, counted, and kept it from nothing.
+    let journey = testkit::wait::until("the checks counted", PATIENCE, || async {
+        let journey = watch.journey(checked).await?;
+        (journey["observations_since_progress"].as_i64()? >= 3).then_some(journey)
+    })
+    .await;
+    assert_eq!(journey["stuck"], true);
+    assert!(
+        journey["spans"].as_array().unwrap().iter().any(|s| {
+            s["activity"] == "observation" && s["name"] == "GET /api/orders/{order_id}"
+        })
+    );
+    customer.abort();
+}
+
+#[tokio::test]
+async fn orders_behind_a_frozen_mes_are_flagged_and_say_mes_could_not_confirm_it() {
+    let (system, watch) = watched_system(&[
+        ("ORDER_WATCH_STUCK_AFTER", "3s"),
+        ("ORDER_WATCH_CONFIRM_TIMEOUT", "1s"),
+        ("ORDER_WATCH_RECONFIRM_INTERVAL", "2s"),
+    ])
+    .await;
+    system.mes.pause();
+    let checked = system.place_order("torus.STL", "gold_585").await.id;
+    let ignored = system.place_order("torus.STL", "gold_585").await.id;
+    let customer = keep_checking(&system, checked);
+    for id in [checked, ignored] {
+        let stuck = testkit::wait::until("the order flagged stuck", PATIENCE, || async {
+            watch.stuck_order(id).await
+        })
+        .await;
+        assert_eq!(stuck["stage"], "pricing_queue", "{stuck}");
+        assert_eq!(stuck["stuck_confirmation"], "unconfirmed", "{stuck}");
+        assert_eq!(
+            stuck["confirmation"],
+            "not confirmed: mes-api could not be asked: it did not answer within 1s"
+        );
+        let incidents = watch.incidents_of(id).await;
+        assert_eq!(incidents.len(), 1, "{incidents:?}");
+        assert!(
+            incidents[0]["summary"]
+                .as_str()
+                .unwrap()
+                .contains("mes-api could not be asked"),
+            "{incidents:?}"
+        );
+    }
+    testkit::wait::until("the unconfirmed gauge", PATIENCE, || async {
+        let unconfirmed = watch
+            .metric("order_watch_orders_stuck_unconfirmed{stage=\"pricing_queue\"")
+            .await;
+        (unconfirmed == 2.0).then_some(())
+    })
+    .await;
+
+    // MES wakes up and prices them: progress, and the incidents close.
+    system.mes.resume();
+    for id in [checked, ignored] {
+        system.until_shop_status(id, "priced").await;
+        testkit::wait::until("the incident resolved", PATIENCE, || async {
+            let incidents = watch.incidents_of(id).await;
+            incidents
+                .iter()
+                .all(|i| !i["resolved_at"].is_null())
+                .then_some(())
+        })
+        .await;
+    }
+    customer.abort();
+}
+
+#[tokio::test]
+async fn reads_of_orders_no_service_issued_create_no_journey_and_page_nobody() {
+    let (system, watch) = watched_system(&[("ORDER_WATCH_STUCK_AFTER", "2s")]).await;
+    let unknown: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    for id in &unknown {
+        for base in [system.shop.url(), system.crm.url(), system.mes.url()] {
+            let response = system
+                .client
+                .get(format!("{base}/api/orders/{id}"))
+                .send()
+                .await
+                .expect("the service answers");
+            assert_eq!(response.status(), 404);
+        }
+    }
+    // Every read's spans reached order-watch and were counted, not stored.
+    testkit::wait::until("the reads counted", PATIENCE, || async {
+        let dropped = watch
+            .metric("order_watch_observations_without_journey_total")
+            .await;
+        (dropped >= 18.0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in &unknown {
+        assert_eq!(watch.journey(*id).await, None);
+        assert!(watch.incidents_of(*id).await.is_empty());
+    }
+    assert!(watch.stuck().await.is_empty());
+}
+
+#[tokio::test]
+async fn spans_lost_on_the_way_are_a_telemetry_gap_and_page_nobody() {
+    // The customer has an hour: once the gap is filled, nothing is due during the test.
+    let (system, watch) = watched_system_with(
+        &[],
+        "[stuck_after]\ncustomer_confirmation = \"1h\"\n",
+        &[("ORDER_WATCH_STUCK_AFTER", "3s")],
+    )
+    .await;
+    // Everything MES and its engine send is lost, while the order moves on.
+    system.otlp.drop_service("mes-api");
+    system.otlp.drop_service("mes-calc");
+    let order = system.place_order("torus.STL", "silver_925").await;
+    let id = order.id;
+    system.until_shop_status(id, "priced").await;
+
+    let journey = testkit::wait::until("the gap", PATIENCE, || async {
+        let journey = watch.journey(id).await?;
+        (!journey["gaps"].as_array()?.is_empty()).then_some(journey)
+    })
+    .await;
+    let gap = &journey["gaps"][0];
+    assert_eq!(gap["source"], "mes-api");
+    assert_eq!(gap["from_status"], "registered");
+    assert_eq!(gap["to_status"], "priced");
+    assert_eq!(gap["missing_services"], serde_json::json!(["mes-api"]));
+    assert_eq!(journey["status"], "priced");
+    assert_eq!(journey["status_source"], "mes-api");
+    assert_eq!(journey["stage"], "customer_confirmation");
+    assert!(
+        !services_of(&journey).contains("mes-api"),
+        "no span of MES arrived"
+    );
+    testkit::wait::until("the gap counted", PATIENCE, || async {
+        let gaps = watch
+            .metric("order_watch_telemetry_gaps_total{service=\"mes-api\"")
+            .await;
+        (gaps >= 1.0).then_some(())
+    })
+    .await;
+    assert!(watch.incidents_of(id).await.is_empty(), "nobody is paged");
+    assert_eq!(watch.journey(id).await.unwrap()["stuck"], false);
+
+    // Back to normal: the customer's confirmation is seen as it happens.
+    system.otlp.keep_service("mes-api");
+    system.otlp.keep_service("mes-calc");
+    let (status, body) = system
+        .post(
+            format!("{}/api/orders/{id}/confirm", system.shop.url()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    testkit::wait::until("the confirmation in the journey", PATIENCE, || async {
+        let journey = watch.journey(id).await?;
+        (journey["status"] == "confirmed" && journey["status_source"] == "telemetry").then_some(())
+    })
+    .await;
+    assert!(watch.incidents_of(id).await.is_empty());
 }

@@ -1,7 +1,12 @@
 //! A real OTLP/HTTP receiver for tests: services export to it exactly as they would to a
 //! collector, and the test reads back every span (and every byte, to look for personal data).
+//!
+//! Like a collector, it can pass the traces on ([`OtlpCapture::forward_to`], e.g. to
+//! order-watch, which can then start after the services it asks about), and lose some on
+//! purpose: [`OtlpCapture::drop_service`] swallows one service's spans, as a crashed exporter
+//! or a lossy pipeline would, while telling the exporter they arrived.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 
@@ -146,11 +151,22 @@ struct Received {
     raw: Vec<u8>,
 }
 
+/// What the receiver's handlers share.
+#[derive(Default)]
+struct Shared {
+    received: Mutex<Received>,
+    /// Where traces go on to (an OTLP/HTTP endpoint), if anywhere.
+    forward: Mutex<Option<String>>,
+    /// Services whose spans are swallowed.
+    dropping: Mutex<BTreeSet<String>>,
+    client: reqwest::Client,
+}
+
 /// The receiver; it stops with the test's runtime.
 #[derive(Clone)]
 pub struct OtlpCapture {
     endpoint: String,
-    received: Arc<Mutex<Received>>,
+    shared: Arc<Shared>,
 }
 
 fn body_bytes(headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, StatusCode> {
@@ -168,35 +184,88 @@ fn body_bytes(headers: &HeaderMap, body: Bytes) -> Result<Vec<u8>, StatusCode> {
     Ok(out)
 }
 
+fn service_of(resource_spans: &opentelemetry_proto::tonic::trace::v1::ResourceSpans) -> String {
+    resource_spans
+        .resource
+        .as_ref()
+        .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 async fn traces(
-    State(received): State<Arc<Mutex<Received>>>,
+    State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Vec<u8>, StatusCode> {
+) -> Result<(StatusCode, Vec<u8>), StatusCode> {
     let bytes = body_bytes(&headers, body)?;
     let json = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    let request = if json {
+    let mut request = if json {
         serde_json::from_slice::<ExportTraceServiceRequest>(&bytes)
             .map_err(|_| StatusCode::BAD_REQUEST)?
     } else {
         ExportTraceServiceRequest::decode(&bytes[..]).map_err(|_| StatusCode::BAD_REQUEST)?
     };
-    let mut received = received.lock().expect("not poisoned");
-    received.raw.extend_from_slice(&bytes);
-    received.spans.extend(flatten(&request));
-    Ok(ExportTraceServiceResponse::default().encode_to_vec())
+    {
+        let mut received = shared.received.lock().expect("not poisoned");
+        received.raw.extend_from_slice(&bytes);
+        received.spans.extend(flatten(&request));
+    }
+    let accepted = || {
+        Ok((
+            StatusCode::OK,
+            ExportTraceServiceResponse::default().encode_to_vec(),
+        ))
+    };
+    let Some(forward) = shared.forward.lock().expect("not poisoned").clone() else {
+        return accepted();
+    };
+    {
+        let dropping = shared.dropping.lock().expect("not poisoned");
+        request
+            .resource_spans
+            .retain(|spans| !dropping.contains(&service_of(spans)));
+    }
+    if request.resource_spans.is_empty() {
+        return accepted();
+    }
+    // The downstream answer goes back to the exporter, so its retries work end to end.
+    match shared
+        .client
+        .post(format!("{forward}/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(request.encode_to_vec())
+        .send()
+        .await
+    {
+        Ok(response) => {
+            let status =
+                StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let body = response
+                .bytes()
+                .await
+                .map(|b| b.to_vec())
+                .unwrap_or_default();
+            Ok((status, body))
+        }
+        Err(_) => Err(StatusCode::SERVICE_UNAVAILABLE),
+    }
 }
 
 async fn other_signal(
-    State(received): State<Arc<Mutex<Received>>>,
+    State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Vec<u8>, StatusCode> {
     let bytes = body_bytes(&headers, body)?;
-    received
+    shared
+        .received
         .lock()
         .expect("not poisoned")
         .raw
@@ -207,12 +276,12 @@ async fn other_signal(
 impl OtlpCapture {
     /// Listens on a free loopback port.
     pub async fn start() -> Self {
-        let received = Arc::new(Mutex::new(Received::default()));
+        let shared = Arc::new(Shared::default());
         let app = Router::new()
             .route("/v1/traces", post(traces))
             .route("/v1/metrics", post(other_signal))
             .route("/v1/logs", post(other_signal))
-            .with_state(received.clone());
+            .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a free port");
@@ -220,7 +289,32 @@ impl OtlpCapture {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { endpoint, received }
+        Self { endpoint, shared }
+    }
+
+    /// Passes the traces received from now on to the OTLP/HTTP endpoint `endpoint`
+    /// (`http://host:port`), answering each exporter with what it answered.
+    pub fn forward_to(&self, endpoint: &str) {
+        *self.shared.forward.lock().expect("not poisoned") = Some(endpoint.to_owned());
+    }
+
+    /// From now on, passes on no span of `service` (its `service.name`) while telling its
+    /// exporter they arrived: telemetry lost on the way.
+    pub fn drop_service(&self, service: &str) {
+        self.shared
+            .dropping
+            .lock()
+            .expect("not poisoned")
+            .insert(service.to_owned());
+    }
+
+    /// Passes `service`'s spans on again.
+    pub fn keep_service(&self, service: &str) {
+        self.shared
+            .dropping
+            .lock()
+            .expect("not poisoned")
+            .remove(service);
     }
 
     /// `http://127.0.0.1:<port>`, for `OTEL_EXPORTER_OTLP_ENDPOINT`.
@@ -239,12 +333,22 @@ impl OtlpCapture {
     }
 
     pub fn spans(&self) -> Vec<CapturedSpan> {
-        self.received.lock().expect("not poisoned").spans.clone()
+        self.shared
+            .received
+            .lock()
+            .expect("not poisoned")
+            .spans
+            .clone()
     }
 
     /// Everything received so far, decompressed, in one buffer.
     pub fn raw_bytes(&self) -> Vec<u8> {
-        self.received.lock().expect("not poisoned").raw.clone()
+        self.shared
+            .received
+            .lock()
+            .expect("not poisoned")
+            .raw
+            .clone()
     }
 }
 

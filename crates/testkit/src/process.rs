@@ -166,14 +166,29 @@ impl ServiceProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    fn signal(&self, signal: &str) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args([&format!("-{signal}"), &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Freezes the process (SIGSTOP), as a hung service is: it keeps its connections and
+    /// answers nothing, neither requests nor messages.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a [paused](ServiceProcess::pause) process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
     /// Sends SIGTERM and waits (up to `grace`) for a clean exit; kills it after that. Returns
     /// whether it exited by itself with success.
     pub async fn stop(&mut self, grace: Duration) -> bool {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
+        self.signal("TERM");
         match tokio::time::timeout(grace, self.child.wait()).await {
             Ok(Ok(status)) => status.success(),
             _ => {

@@ -1,0 +1,151 @@
+//! order-watch as a process beside a [`System`], fed by nothing but the services' own OTLP
+//! export and asking the services themselves before it calls an order stuck: the set-up
+//! `scripts/run` gives a new user.
+//!
+//! The services export to the system's OTLP capture, which passes their traces on to
+//! order-watch as a collector would ([`testkit::otlp::OtlpCapture::forward_to`]): so order-watch
+//! can start after the services whose addresses it needs, and a test can lose one service's
+//! spans on purpose.
+
+use serde_json::Value;
+use testkit::database::TestDatabase;
+use testkit::process::{ServiceProcess, free_port};
+use uuid::Uuid;
+
+use crate::System;
+
+pub struct Watch {
+    pub process: ServiceProcess,
+    /// order-watch's OTLP/HTTP endpoint.
+    pub otlp_endpoint: String,
+    pub client: reqwest::Client,
+    _database: TestDatabase,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Watch {
+    /// order-watch watching `system`, with `config` as its TOML configuration file (stuck
+    /// thresholds) and `env` on top of what it needs to run; it receives the system's traces
+    /// from now on.
+    pub async fn watching(system: &System, config: &str, env: &[(&str, &str)]) -> Self {
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.extend([
+            ("ORDER_WATCH_SHOP_URL".to_owned(), system.shop.url()),
+            ("ORDER_WATCH_CRM_URL".to_owned(), system.crm.url()),
+            ("ORDER_WATCH_MES_URL".to_owned(), system.mes.url()),
+        ]);
+        let watch = Self::start_choosing(config, &env, free_port).await;
+        system.otlp.forward_to(&watch.otlp_endpoint);
+        watch
+    }
+
+    /// order-watch alone, on the ports `choose` gives: its API's first, then its OTLP/HTTP port.
+    pub async fn start_choosing(
+        config: &str,
+        env: &[(String, String)],
+        choose: impl FnMut() -> u16,
+    ) -> Self {
+        let database = TestDatabase::create("order_watch").await;
+        let config_file = tempfile::NamedTempFile::new().expect("a config file");
+        std::fs::write(config_file.path(), config).expect("the config file is written");
+        let mut all: Vec<(String, String)> = [
+            ("ORDER_WATCH_DATABASE_URL", database.url().to_owned()),
+            // Not used here: port 0 lets order-watch pick a free one itself.
+            ("ORDER_WATCH_OTLP_GRPC_PORT", "0".to_owned()),
+            (
+                "ORDER_WATCH_CONFIG",
+                config_file.path().display().to_string(),
+            ),
+            ("ORDER_WATCH_GAUGE_INTERVAL", "1s".to_owned()),
+            ("OTEL_TRACES_EXPORTER", "none".to_owned()),
+            ("OTEL_METRICS_EXPORTER", "none".to_owned()),
+            ("HALLMARK_ENV", "test".to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v))
+        .into();
+        all.extend(env.iter().cloned());
+        let process = ServiceProcess::start_choosing(
+            "order-watch",
+            &["ORDER_WATCH_PORT", "ORDER_WATCH_OTLP_HTTP_PORT"],
+            &all,
+            choose,
+        )
+        .await;
+        let otlp_http = process.port_of("ORDER_WATCH_OTLP_HTTP_PORT");
+        Self {
+            process,
+            otlp_endpoint: format!("http://127.0.0.1:{otlp_http}"),
+            client: reqwest::Client::new(),
+            _database: database,
+            _config: config_file,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.process.url()))
+            .send()
+            .await
+            .expect("order-watch answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The order's journey, once order-watch has one.
+    pub async fn journey(&self, id: Uuid) -> Option<Value> {
+        let (status, journey) = self.get(&format!("/api/orders/{id}/journey")).await;
+        (status == 200).then_some(journey)
+    }
+
+    pub async fn stuck(&self) -> Vec<Value> {
+        let (status, stuck) = self.get("/api/orders/stuck").await;
+        assert_eq!(status, 200, "{stuck}");
+        stuck.as_array().cloned().unwrap_or_default()
+    }
+
+    /// The order among the stuck ones, if it is.
+    pub async fn stuck_order(&self, id: Uuid) -> Option<Value> {
+        self.stuck()
+            .await
+            .into_iter()
+            .find(|o| o["order_id"] == id.to_string())
+    }
+
+    pub async fn incidents_of(&self, id: Uuid) -> Vec<Value> {
+        let (status, incidents) = self.get("/api/incidents").await;
+        assert_eq!(status, 200, "{incidents}");
+        incidents
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["order_id"] == id.to_string())
+            .cloned()
+            .collect()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.process.url()))
+            .send()
+            .await
+            .expect("order-watch answers")
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of the Prometheus sample whose line starts with `prefix` (a name and the
+    /// labels up to a point), summed over every line that matches.
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .filter(|line| line.starts_with(prefix))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
