@@ -7,8 +7,8 @@
 //!
 //! 1. locks the rows of the orders concerned (in id order, so concurrent writers and replicas
 //!    never deadlock); an order it has no row for gets one only when a span of the batch is
-//!    progress — a journey begins with progress, so reads of orders that never moved (a typo,
-//!    a crawler, a probe) create nothing and are only counted,
+//!    progress (failed or not: work on the order) — a journey begins with progress, so reads of
+//!    orders that never moved (a typo, a crawler, a probe) create nothing and are only counted,
 //! 2. inserts the spans, skipping any already stored (exporters retry),
 //! 3. merges the new spans into the orders in Rust, with the status machine's projection rule
 //!    ([`domain::OrderStatus::supersedes`]); observations are kept in the journey and counted,
@@ -445,8 +445,9 @@ pub(crate) async fn lock_orders(
         .collect())
 }
 
-/// Folds an order's new spans into its state. Only progress moves the order: its last
-/// progress, status, stage and deadline, and whether it is stuck. Observations are counted.
+/// Folds an order's new spans into its state. Only progress that did not fail moves the order:
+/// its last progress, status, stage and deadline, and whether it is stuck. Observations are
+/// counted.
 pub fn merge(
     previous: Option<OrderState>,
     order_id: Uuid,
@@ -469,7 +470,7 @@ pub fn merge(
         let end = span.end.min(latest_allowed);
         state.first_seen = state.first_seen.min(span.start.min(latest_allowed));
         state.last_seen = state.last_seen.max(end);
-        if span.activity() == Activity::Progress {
+        if span.moves_order() {
             if end >= state.last_progress {
                 state.last_progress = end;
                 state.last_service = span.service.clone();
@@ -602,7 +603,8 @@ pub mod queries {
         pub status: &'static str,
         #[serde(skip_serializing_if = "String::is_empty")]
         pub status_message: String,
-        /// `progress` or `observation` (`ingest::activity_of`).
+        /// `progress` or `observation`, as the span says (`ingest::activity_of`); failed
+        /// progress has status `error`.
         pub activity: &'static str,
         pub attributes: Value,
         pub links: Value,
@@ -652,7 +654,6 @@ pub mod queries {
                         .get(telemetry::attr::ORDER_STATUS_TO)
                         .and_then(Value::as_str)
                         .is_some_and(|s| s.parse::<OrderStatus>().is_ok()),
-                    status_code == 2,
                 );
                 StoredSpan {
                     trace_id: hex::encode(row.get::<Vec<u8>, _>("trace_id")),

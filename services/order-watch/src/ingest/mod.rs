@@ -111,26 +111,32 @@ impl SpanRecord {
         self.status_code == 2
     }
 
-    /// What the span did to its order.
+    /// What the span's work was to its order, as the span says.
     pub fn activity(&self) -> Activity {
         activity_of(
             self.attribute_str(attr::ORDER_ACTIVITY),
             self.status_to().is_some(),
-            self.is_error(),
         )
+    }
+
+    /// Whether the span moved its order: progress that did not fail. Failed work (a refused
+    /// transition, a failed attempt) is part of the journey, and begins one, but does not show
+    /// that the order is moving.
+    pub fn moves_order(&self) -> bool {
+        self.activity() == Activity::Progress && !self.is_error()
     }
 }
 
-/// What a span did to its order, the one rule for stored and arriving spans alike: progress when
-/// it says so (`order.activity`) and did not fail. A span without the mark, from a producer that
-/// does not know it, is progress when it is a transition (it carries `order.status.to`); every
-/// other span only observed the order.
-pub fn activity_of(marked: Option<&str>, transition: bool, failed: bool) -> Activity {
+/// What a span's work was to its order, the one rule for stored and arriving spans alike: what
+/// it says (`order.activity`). A span without the mark, from a producer that does not know it,
+/// is progress when it is a transition (it carries `order.status.to`) and an observation
+/// otherwise.
+pub fn activity_of(marked: Option<&str>, transition: bool) -> Activity {
     let progress = match marked {
         Some(mark) => mark == Activity::Progress.as_str(),
         None => transition,
     };
-    if progress && !failed {
+    if progress {
         Activity::Progress
     } else {
         Activity::Observation
@@ -386,15 +392,41 @@ mod tests {
     }
 
     #[test]
-    fn only_marked_or_transition_spans_that_did_not_fail_are_progress() {
+    fn a_span_is_progress_when_it_says_so_or_is_an_unmarked_transition() {
         use Activity::{Observation, Progress};
-        assert_eq!(activity_of(Some("progress"), false, false), Progress);
-        assert_eq!(activity_of(Some("progress"), true, true), Observation);
-        assert_eq!(activity_of(Some("observation"), true, false), Observation);
-        assert_eq!(activity_of(Some("anything"), false, false), Observation);
-        assert_eq!(activity_of(None, true, false), Progress);
-        assert_eq!(activity_of(None, false, false), Observation);
-        assert_eq!(activity_of(None, true, true), Observation);
+        assert_eq!(activity_of(Some("progress"), false), Progress);
+        assert_eq!(activity_of(Some("observation"), true), Observation);
+        assert_eq!(activity_of(Some("anything"), false), Observation);
+        assert_eq!(activity_of(None, true), Progress);
+        assert_eq!(activity_of(None, false), Observation);
+    }
+
+    #[test]
+    fn only_progress_that_did_not_fail_moves_the_order() {
+        let order = Uuid::now_v7().to_string();
+        let extracted = extract(&request(
+            "mes-api",
+            vec![
+                span(vec![
+                    kv("order.id", &order),
+                    kv("order.activity", "progress"),
+                ]),
+                span(vec![
+                    kv("order.id", &order),
+                    kv("order.activity", "observation"),
+                ]),
+            ],
+        ));
+        // `span` fails them: the first is failed progress, the second a failed read.
+        let [failed_work, failed_read] = &extracted.spans[..] else {
+            panic!("two spans");
+        };
+        assert_eq!(failed_work.activity(), Activity::Progress);
+        assert!(!failed_work.moves_order());
+        assert!(!failed_read.moves_order());
+        let mut work = failed_work.clone();
+        work.status_code = 1;
+        assert!(work.moves_order());
     }
 
     #[test]
