@@ -18,6 +18,7 @@ pub mod broker;
 pub mod database;
 pub mod faults;
 pub mod fixtures;
+pub mod measure;
 pub mod otlp;
 pub mod process;
 pub mod s3;

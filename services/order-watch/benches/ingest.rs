@@ -62,6 +62,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 use telemetry::attr::{self, semconv};
 use testkit::database::TestDatabase;
+use testkit::measure::{cpu_time, percentile};
 use testkit::otlp::build::{int, string};
 use tokio::runtime::Handle;
 use tokio::task::JoinSet;
@@ -93,8 +94,6 @@ const POLL_INTERVAL: Duration = Duration::from_millis(5);
 const DETECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the CPU time of PostgreSQL's processes is read during an ingest run.
 const POSTGRES_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
-/// One clock tick of `/proc/*/stat` CPU times (`USER_HZ`, 100 on Linux).
-const CLOCK_TICK: Duration = Duration::from_millis(10);
 
 /// Where generated orders end up, per thousand: most open orders wait for people (a customer
 /// to accept a price, production), a few are in the machine stages, 15 % are finished.
@@ -1394,15 +1393,6 @@ impl PostgresCpu {
     }
 }
 
-/// utime + stime of a `/proc/…/stat` file.
-fn cpu_time(path: &str) -> Option<Duration> {
-    let stat = std::fs::read_to_string(path).ok()?;
-    // The command name (field 2) may contain spaces; the fields after it are plain.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u32>().ok()? + fields.get(12)?.parse::<u32>().ok()?;
-    Some(CLOCK_TICK * ticks)
-}
-
 /// Resident memory of this process, now and at its peak, in bytes.
 #[derive(Debug, Clone, Copy)]
 struct Memory {
@@ -1624,12 +1614,6 @@ async fn measure_detection(
         visible: millis(&seen),
         background_spans_per_second,
     })
-}
-
-/// The nearest-rank percentile of sorted `values`.
-fn percentile(values: &[f64], percent: usize) -> f64 {
-    let rank = (values.len() * percent).div_ceil(100).max(1);
-    values[rank - 1]
 }
 
 // ---------------------------------------------------------------------------------------------

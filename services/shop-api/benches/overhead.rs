@@ -86,9 +86,6 @@ const SERVE: &str = "HALLMARK_BENCH_SERVE";
 /// Boundary of the multipart bodies the clients send.
 const BOUNDARY: &str = "hallmark-bench-7c1d3f";
 
-/// Linux reports process CPU time in clock ticks of 1/100 s (`USER_HZ`).
-const TICKS_PER_SECOND: f64 = 100.0;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Telemetry {
     Off,
@@ -622,22 +619,9 @@ impl SpanCounts {
 
 /// User plus system CPU time of process `pid` so far, in seconds.
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which is in parentheses): state is field 3, utime 14,
-    // stime 15.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("a /proc stat line")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks = |index: usize| -> anyhow::Result<f64> {
-        Ok(fields
-            .get(index)
-            .context("a /proc stat field")?
-            .parse::<f64>()?)
-    };
-    Ok((ticks(11)? + ticks(12)?) / TICKS_PER_SECOND)
+    testkit::measure::cpu_time(&format!("/proc/{pid}/stat"))
+        .map(|cpu| cpu.as_secs_f64())
+        .context("a /proc stat line")
 }
 
 /// A multipart order for the model, with a customer of its own (orders of one customer would
