@@ -115,6 +115,16 @@ impl Watch {
             .find(|o| o["order_id"] == id.to_string())
     }
 
+    /// Waits until the order is flagged stuck, and returns it as the stuck list shows it.
+    pub async fn until_stuck(&self, id: Uuid) -> Value {
+        testkit::wait::until(
+            &format!("order {id} flagged stuck"),
+            crate::PATIENCE,
+            || self.stuck_order(id),
+        )
+        .await
+    }
+
     pub async fn incidents_of(&self, id: Uuid) -> Vec<Value> {
         let (status, incidents) = self.get("/api/incidents").await;
         assert_eq!(status, 200, "{incidents}");

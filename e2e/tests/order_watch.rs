@@ -123,10 +123,7 @@ async fn an_order_left_waiting_past_its_threshold_is_stuck_until_it_moves_again(
 
     // Nobody confirms: after 3 s without progress in customer_confirmation, and once Shop (who
     // takes the customer's confirmation) says it still holds the order priced, it is stuck.
-    let stuck = testkit::wait::until("the order to be stuck", PATIENCE, || async {
-        watch.stuck_order(id).await
-    })
-    .await;
+    let stuck = watch.until_stuck(id).await;
     assert_eq!(stuck["stage"], "customer_confirmation");
     assert_eq!(stuck["status"], "priced");
     assert!(stuck["silent_seconds"].as_f64().unwrap() >= 3.0, "{stuck}");
@@ -260,10 +257,7 @@ async fn an_order_whose_customer_keeps_checking_it_is_stuck_when_pricing_hangs()
     system.until_status_in("mes", ignored, "pricing").await;
 
     for id in [checked, ignored] {
-        let stuck = testkit::wait::until("the order flagged stuck", PATIENCE, || async {
-            watch.stuck_order(id).await
-        })
-        .await;
+        let stuck = watch.until_stuck(id).await;
         assert_eq!(stuck["stage"], "pricing", "{stuck}");
         assert_eq!(stuck["stuck_confirmation"], "confirmed", "{stuck}");
         assert!(
@@ -303,10 +297,7 @@ async fn orders_behind_a_frozen_mes_are_flagged_and_say_mes_could_not_confirm_it
     let ignored = system.place_order("torus.STL", "gold_585").await.id;
     let customer = keep_checking(&system, checked);
     for id in [checked, ignored] {
-        let stuck = testkit::wait::until("the order flagged stuck", PATIENCE, || async {
-            watch.stuck_order(id).await
-        })
-        .await;
+        let stuck = watch.until_stuck(id).await;
         assert_eq!(stuck["stage"], "pricing_queue", "{stuck}");
         assert_eq!(stuck["stuck_confirmation"], "unconfirmed", "{stuck}");
         assert_eq!(

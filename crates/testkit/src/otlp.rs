@@ -155,8 +155,8 @@ struct Received {
 #[derive(Default)]
 struct Shared {
     received: Mutex<Received>,
-    /// Where traces go on to (an OTLP/HTTP endpoint), if anywhere.
-    forward: Mutex<Option<String>>,
+    /// Where traces go on to (OTLP/HTTP endpoints).
+    forward: Mutex<Vec<String>>,
     /// Services whose spans are swallowed.
     dropping: Mutex<BTreeSet<String>>,
     client: reqwest::Client,
@@ -223,9 +223,10 @@ async fn traces(
             ExportTraceServiceResponse::default().encode_to_vec(),
         ))
     };
-    let Some(forward) = shared.forward.lock().expect("not poisoned").clone() else {
+    let forward = shared.forward.lock().expect("not poisoned").clone();
+    if forward.is_empty() {
         return accepted();
-    };
+    }
     {
         let dropping = shared.dropping.lock().expect("not poisoned");
         request
@@ -235,27 +236,33 @@ async fn traces(
     if request.resource_spans.is_empty() {
         return accepted();
     }
-    // The downstream answer goes back to the exporter, so its retries work end to end.
-    match shared
-        .client
-        .post(format!("{forward}/v1/traces"))
-        .header("content-type", "application/x-protobuf")
-        .body(request.encode_to_vec())
-        .send()
-        .await
-    {
-        Ok(response) => {
-            let status =
-                StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-            let body = response
-                .bytes()
-                .await
-                .map(|b| b.to_vec())
-                .unwrap_or_default();
-            Ok((status, body))
+    // The first refusal downstream goes back to the exporter, so its retries work end to end.
+    let body = request.encode_to_vec();
+    let mut answer = accepted();
+    for endpoint in forward {
+        let sent = shared
+            .client
+            .post(format!("{endpoint}/v1/traces"))
+            .header("content-type", "application/x-protobuf")
+            .body(body.clone())
+            .send()
+            .await;
+        let Ok(response) = sent else {
+            return Err(StatusCode::SERVICE_UNAVAILABLE);
+        };
+        let status =
+            StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let body = response
+            .bytes()
+            .await
+            .map(|b| b.to_vec())
+            .unwrap_or_default();
+        if !status.is_success() {
+            return Ok((status, body));
         }
-        Err(_) => Err(StatusCode::SERVICE_UNAVAILABLE),
+        answer = Ok((status, body));
     }
+    answer
 }
 
 async fn other_signal(
@@ -293,9 +300,14 @@ impl OtlpCapture {
     }
 
     /// Passes the traces received from now on to the OTLP/HTTP endpoint `endpoint`
-    /// (`http://host:port`), answering each exporter with what it answered.
+    /// (`http://host:port`) too, answering each exporter with what the endpoints answered (the
+    /// first refusal, if any).
     pub fn forward_to(&self, endpoint: &str) {
-        *self.shared.forward.lock().expect("not poisoned") = Some(endpoint.to_owned());
+        self.shared
+            .forward
+            .lock()
+            .expect("not poisoned")
+            .push(endpoint.to_owned());
     }
 
     /// From now on, passes on no span of `service` (its `service.name`) while telling its

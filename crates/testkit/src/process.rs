@@ -143,6 +143,11 @@ impl ServiceProcess {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The port serving `/health`.
     pub fn port(&self) -> u16 {
         self.ports[0].1

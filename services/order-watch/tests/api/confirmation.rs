@@ -15,14 +15,6 @@ use crate::helpers::{
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
-async fn until_stuck(app: &TestApp, count: usize) -> Vec<serde_json::Value> {
-    testkit::wait::until(&format!("{count} stuck orders"), PATIENCE, || async {
-        let stuck = app.stuck().await;
-        (stuck.len() == count).then_some(stuck)
-    })
-    .await
-}
-
 async fn incidents_of(app: &TestApp, order: Uuid) -> Vec<serde_json::Value> {
     app.incidents()
         .await
@@ -76,7 +68,7 @@ async fn an_order_whose_status_a_customer_keeps_checking_is_stuck_like_one_nobod
         .await;
     }
 
-    let stuck = until_stuck(&app, 2).await;
+    let stuck = app.until_stuck(2).await;
     for order in &stuck {
         assert_eq!(order["stage"], "pricing_queue");
         assert_eq!(order["stuck_confirmation"], "confirmed", "{order}");
@@ -256,7 +248,7 @@ async fn an_order_whose_system_of_record_cannot_be_asked_is_flagged_and_says_so(
     app.records.answer(System::Mes, Answering::Hanging);
 
     app.clock.advance(STUCK_AFTER + Duration::from_secs(1));
-    let stuck = until_stuck(&app, 2).await;
+    let stuck = app.until_stuck(2).await;
     let detail = |id: Uuid| {
         let order = stuck
             .iter()
@@ -300,7 +292,7 @@ async fn a_stuck_order_is_asked_about_again_and_resolved_when_its_system_moved_o
     .await;
     app.records.answer(System::Mes, Answering::Failing(500));
     app.clock.advance(STUCK_AFTER + Duration::from_secs(1));
-    until_stuck(&app, 1).await;
+    app.until_stuck(1).await;
     let asked = app.records.asked(System::Mes);
 
     // MES comes back, having priced the order; its spans of that were lost.

@@ -8,14 +8,6 @@ use crate::helpers::{STUCK_AFTER, TestApp, spawn_app, spawn_on, transition};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
-async fn until_stuck(app: &TestApp, count: usize) -> Vec<serde_json::Value> {
-    testkit::wait::until(&format!("{count} stuck orders"), PATIENCE, || async {
-        let stuck = app.stuck().await;
-        (stuck.len() == count).then_some(stuck)
-    })
-    .await
-}
-
 /// Lets the detector run on the current clock and checks, twice, that nothing is stuck.
 async fn assert_nothing_stuck(app: &TestApp) {
     for _ in 0..2 {
@@ -39,7 +31,7 @@ async fn an_order_silent_past_its_stages_threshold_is_stuck_and_opens_one_incide
     assert_nothing_stuck(&app).await;
 
     app.clock.advance(Duration::from_secs(2));
-    let stuck = until_stuck(&app, 1).await;
+    let stuck = app.until_stuck(1).await;
     assert_eq!(stuck[0]["order_id"], order.to_string());
     assert_eq!(stuck[0]["stage"], "pricing");
     assert_eq!(stuck[0]["status"], "pricing");
@@ -74,7 +66,7 @@ async fn a_new_span_clears_stuck_and_resolves_the_incident() {
     ))
     .await;
     app.clock.advance(STUCK_AFTER + Duration::from_secs(1));
-    until_stuck(&app, 1).await;
+    app.until_stuck(1).await;
 
     app.export(&build::request(
         "mes-api",
@@ -108,7 +100,7 @@ async fn each_stage_has_its_own_threshold() {
     app.clock.advance(Duration::from_secs(24 * 3600));
     assert_nothing_stuck(&app).await;
     app.clock.advance(Duration::from_secs(7 * 24 * 3600));
-    let stuck = until_stuck(&app, 1).await;
+    let stuck = app.until_stuck(1).await;
     assert_eq!(stuck[0]["stage"], "customer_confirmation");
 }
 
@@ -149,7 +141,7 @@ async fn deadlines_survive_a_restart() {
 
     clock.advance(STUCK_AFTER + Duration::from_secs(1));
     let restarted = spawn_on(database, clock, webhook, records).await;
-    let stuck = until_stuck(&restarted, 1).await;
+    let stuck = restarted.until_stuck(1).await;
     assert_eq!(stuck[0]["order_id"], order.to_string());
 }
 
@@ -174,7 +166,7 @@ async fn two_replicas_on_one_database_open_one_incident_per_stuck_order() {
             .await;
     }
     first.clock.advance(STUCK_AFTER + Duration::from_secs(1));
-    until_stuck(&first, 20).await;
+    first.until_stuck(20).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(first.incidents().await.len(), 20);
     let notified: usize = first

@@ -343,6 +343,19 @@ impl TestApp {
             .unwrap_or_default()
     }
 
+    /// Waits until exactly `count` orders are stuck and returns them.
+    pub async fn until_stuck(&self, count: usize) -> Vec<Value> {
+        testkit::wait::until(
+            &format!("{count} stuck orders"),
+            Duration::from_secs(10),
+            || async {
+                let stuck = self.stuck().await;
+                (stuck.len() == count).then_some(stuck)
+            },
+        )
+        .await
+    }
+
     pub async fn incidents(&self) -> Vec<Value> {
         self.get("/api/incidents")
             .await
