@@ -171,7 +171,7 @@ impl SpanWriter {
         let mut without_journey = Vec::new();
         incoming.retain(|order_id, spans| {
             let begins = existing.contains_key(order_id)
-                || spans.iter().any(|s| s.activity() == Activity::Progress);
+                || spans.iter().any(|s| s.activity == Activity::Progress);
             if !begins {
                 without_journey.extend(spans.iter().copied());
             }
@@ -477,7 +477,7 @@ pub fn merge(
                 state.last_span = span.name.clone();
                 state.observations_since_progress = 0;
             }
-            if let Some(to) = span.status_to() {
+            if let Some(to) = span.status_to {
                 let forward = match state.status {
                     None => true,
                     Some(current) => OrderStatus::supersedes(to, current),
@@ -752,7 +752,10 @@ mod tests {
             status_message: String::new(),
             attributes,
             links: vec![],
+            status_to: None,
+            activity: Activity::Observation,
         }
+        .classified()
     }
 
     fn marked(mut span: SpanRecord, activity: Activity, kind: i16) -> SpanRecord {
@@ -761,7 +764,7 @@ mod tests {
             Value::String(activity.as_str().into()),
         );
         span.kind = kind;
-        span
+        span.classified()
     }
 
     fn thresholds() -> Thresholds {

@@ -91,6 +91,10 @@ pub struct SpanRecord {
     pub attributes: Map<String, Value>,
     /// `(trace_id, span_id)` in hex.
     pub links: Vec<(String, String)>,
+    /// The status an owner moved the order to in this span (`order.status.to`).
+    pub status_to: Option<OrderStatus>,
+    /// What the span's work was to its order ([`activity_of`]).
+    pub activity: Activity,
 }
 
 impl SpanRecord {
@@ -102,28 +106,29 @@ impl SpanRecord {
         self.attributes.get(key).and_then(Value::as_i64)
     }
 
-    /// The status an owner moved the order to in this span.
-    pub fn status_to(&self) -> Option<OrderStatus> {
-        self.attribute_str(attr::ORDER_STATUS_TO)?.parse().ok()
-    }
-
     pub fn is_error(&self) -> bool {
         self.status_code == 2
-    }
-
-    /// What the span's work was to its order, as the span says.
-    pub fn activity(&self) -> Activity {
-        activity_of(
-            self.attribute_str(attr::ORDER_ACTIVITY),
-            self.status_to().is_some(),
-        )
     }
 
     /// Whether the span moved its order: progress that did not fail. Failed work (a refused
     /// transition, a failed attempt) is part of the journey, and begins one, but does not show
     /// that the order is moving.
     pub fn moves_order(&self) -> bool {
-        self.activity() == Activity::Progress && !self.is_error()
+        self.activity == Activity::Progress && !self.is_error()
+    }
+
+    /// Sets [`SpanRecord::status_to`] and [`SpanRecord::activity`] from the attributes, for
+    /// records built by hand.
+    #[cfg(test)]
+    pub(crate) fn classified(mut self) -> Self {
+        self.status_to = self
+            .attribute_str(attr::ORDER_STATUS_TO)
+            .and_then(|s| s.parse().ok());
+        self.activity = activity_of(
+            self.attribute_str(attr::ORDER_ACTIVITY),
+            self.status_to.is_some(),
+        );
+        self
     }
 }
 
@@ -200,6 +205,19 @@ fn attributes(list: &[KeyValue]) -> Map<String, Value> {
         .collect()
 }
 
+/// A span's attributes as stored, without `order.id`: the span is stored under its order, so
+/// keeping the id again in every span's attributes would only cost conversion and space.
+fn span_attributes(list: &[KeyValue]) -> Map<String, Value> {
+    list.iter()
+        .filter(|kv| kv.key != attr::ORDER_ID)
+        .take(MAX_ATTRIBUTES)
+        .map(|kv| {
+            let value = kv.value.as_ref().map(value_to_json).unwrap_or(Value::Null);
+            (kv.key.clone(), value)
+        })
+        .collect()
+}
+
 fn string_attribute<'a>(list: &'a [KeyValue], key: &str) -> Option<&'a str> {
     list.iter()
         .find(|kv| kv.key == key)
@@ -233,6 +251,13 @@ fn convert(span: &Span, service: &str, order_id: Uuid) -> Result<SpanRecord, Str
         .ok_or_else(|| format!("span `{}` has no start time", span.name))?;
     let end = time(span.end_time_unix_nano).unwrap_or(start).max(start);
     let parent = valid_id(&span.parent_span_id, 8).then(|| span.parent_span_id.clone());
+    // Read once here, from the list as it came, rather than from the map on every use.
+    let status_to: Option<OrderStatus> =
+        string_attribute(&span.attributes, attr::ORDER_STATUS_TO).and_then(|s| s.parse().ok());
+    let activity = activity_of(
+        string_attribute(&span.attributes, attr::ORDER_ACTIVITY),
+        status_to.is_some(),
+    );
     let (status_code, status_message) = span
         .status
         .as_ref()
@@ -249,13 +274,15 @@ fn convert(span: &Span, service: &str, order_id: Uuid) -> Result<SpanRecord, Str
         end,
         status_code,
         status_message,
-        attributes: attributes(&span.attributes),
+        attributes: span_attributes(&span.attributes),
         links: span
             .links
             .iter()
             .filter(|l| valid_id(&l.trace_id, 16) && valid_id(&l.span_id, 8))
             .map(|l| (hex::encode(&l.trace_id), hex::encode(&l.span_id)))
             .collect(),
+        status_to,
+        activity,
     })
 }
 
@@ -362,7 +389,7 @@ mod tests {
         let record = &extracted.spans[0];
         assert_eq!(record.order_id, order);
         assert_eq!(record.service, "crm-api");
-        assert_eq!(record.status_to(), Some(OrderStatus::Registered));
+        assert_eq!(record.status_to, Some(OrderStatus::Registered));
         assert!(record.is_error());
         assert_eq!((record.end - record.start).num_milliseconds(), 500);
     }
@@ -421,7 +448,7 @@ mod tests {
         let [failed_work, failed_read] = &extracted.spans[..] else {
             panic!("two spans");
         };
-        assert_eq!(failed_work.activity(), Activity::Progress);
+        assert_eq!(failed_work.activity, Activity::Progress);
         assert!(!failed_work.moves_order());
         assert!(!failed_read.moves_order());
         let mut work = failed_work.clone();
