@@ -8,7 +8,8 @@
 //!   without progress for over 24 hours (counting a million rows on every scrape would
 //!   make scrapes slow, so a background task keeps a snapshot).
 //!
-//! No label carries an order id.
+//! No label carries an order id. The per-stage gauges name the stage's owner in `service`
+//! (`domain::Stage::owner`), the service whose trouble would leave orders waiting there.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -88,7 +89,16 @@ impl Metrics {
                     };
                     for stage in Stage::ALL.into_iter().filter(|s| *s != Stage::Done) {
                         let count = counts.get(&stage).copied().unwrap_or(0);
-                        observer.observe(count, &[KeyValue::new("stage", stage.as_str())]);
+                        // `service`: who owns the stage, so that an alert on it can be routed
+                        // and silenced with that service's own.
+                        let owner = stage.owner().map_or("", domain::System::service_name);
+                        observer.observe(
+                            count,
+                            &[
+                                KeyValue::new("stage", stage.as_str()),
+                                KeyValue::new("service", owner),
+                            ],
+                        );
                     }
                 })
                 .build()

@@ -1,0 +1,125 @@
+# The operators' stack around Hallmark's services: the OpenTelemetry Collector, the trace store
+# (Jaeger), Prometheus and Alertmanager, configured from deploy/. Source it; it defines functions
+# and defaults only. scripts/run starts the stack with it; the stack tests render the same
+# configuration with it (e2e/src/stack.rs).
+#
+# Where everything listens (all on loopback unless HALLMARK_STACK_HOST says otherwise):
+#   collector    OTLP 4317 (gRPC) and 4318 (HTTP), its metrics 8888, spanmetrics 8889
+#   Jaeger       query API and UI 16686, OTLP from the collector 4417, its metrics 8887
+#   Prometheus   9090          Alertmanager  9093
+#   order-watch  8080 (API, UI, /api/alerts), OTLP 14317/14318 (from the collector)
+#   services     Shop 8081, CRM 8082, MES 8083
+
+: "${HALLMARK_STACK_HOST:=127.0.0.1}"
+: "${HALLMARK_COLLECTOR_GRPC_PORT:=4317}" "${HALLMARK_COLLECTOR_HTTP_PORT:=4318}"
+: "${HALLMARK_COLLECTOR_METRICS_PORT:=8888}" "${HALLMARK_SPANMETRICS_PORT:=8889}"
+: "${HALLMARK_COLLECTOR_HEALTH_PORT:=13133}"
+: "${HALLMARK_JAEGER_GRPC_PORT:=4417}" "${HALLMARK_JAEGER_HTTP_PORT:=4418}"
+: "${HALLMARK_JAEGER_QUERY_PORT:=16686}" "${HALLMARK_JAEGER_QUERY_GRPC_PORT:=16685}"
+: "${HALLMARK_JAEGER_METRICS_PORT:=8887}" "${HALLMARK_JAEGER_HEALTH_PORT:=13134}"
+: "${HALLMARK_PROMETHEUS_PORT:=9090}" "${HALLMARK_ALERTMANAGER_PORT:=9093}"
+: "${HALLMARK_SCRAPE_INTERVAL:=15s}" "${HALLMARK_EVALUATION_INTERVAL:=15s}"
+: "${HALLMARK_ALERT_GROUP_WAIT:=30s}" "${HALLMARK_ALERT_GROUP_INTERVAL:=5m}"
+: "${HALLMARK_ALERT_REPEAT_INTERVAL:=4h}"
+: "${ORDER_WATCH_PORT:=8080}" "${ORDER_WATCH_OTLP_GRPC_PORT:=14317}" "${ORDER_WATCH_OTLP_HTTP_PORT:=14318}"
+: "${SHOP_PORT:=8081}" "${CRM_PORT:=8082}" "${MES_PORT:=8083}"
+export HALLMARK_STACK_HOST HALLMARK_COLLECTOR_GRPC_PORT HALLMARK_COLLECTOR_HTTP_PORT \
+  HALLMARK_COLLECTOR_METRICS_PORT HALLMARK_SPANMETRICS_PORT HALLMARK_COLLECTOR_HEALTH_PORT \
+  HALLMARK_JAEGER_GRPC_PORT HALLMARK_JAEGER_HTTP_PORT HALLMARK_JAEGER_QUERY_PORT \
+  HALLMARK_JAEGER_QUERY_GRPC_PORT HALLMARK_JAEGER_METRICS_PORT HALLMARK_JAEGER_HEALTH_PORT \
+  HALLMARK_PROMETHEUS_PORT HALLMARK_ALERTMANAGER_PORT HALLMARK_SCRAPE_INTERVAL \
+  HALLMARK_EVALUATION_INTERVAL HALLMARK_ALERT_GROUP_WAIT HALLMARK_ALERT_GROUP_INTERVAL \
+  HALLMARK_ALERT_REPEAT_INTERVAL ORDER_WATCH_PORT ORDER_WATCH_OTLP_GRPC_PORT \
+  ORDER_WATCH_OTLP_HTTP_PORT SHOP_PORT CRM_PORT MES_PORT
+# The collector's and Jaeger's configurations read these themselves (`${env:…}`).
+export HALLMARK_COLLECTOR_HOST="$HALLMARK_STACK_HOST" HALLMARK_JAEGER_HOST="$HALLMARK_STACK_HOST"
+export HALLMARK_JAEGER_OTLP="$HALLMARK_STACK_HOST:$HALLMARK_JAEGER_GRPC_PORT"
+export HALLMARK_ORDER_WATCH_OTLP="http://$HALLMARK_STACK_HOST:$ORDER_WATCH_OTLP_HTTP_PORT"
+: "${HALLMARK_ORDER_WATCH_ALERTS_URL:=http://$HALLMARK_STACK_HOST:$ORDER_WATCH_PORT/api/alerts}"
+export HALLMARK_ORDER_WATCH_ALERTS_URL
+
+# Renders template $1 into $2: each ${HALLMARK_…} is replaced from the environment (an unset one
+# is an error), and the lines between `# if VAR` and `# end` are kept only when VAR is set (the
+# marker lines themselves never are).
+render_template() {
+  local source=$1 target=$2 name kept names
+  kept=$(awk '
+    /^# if [A-Z0-9_]+$/ { skipping = (ENVIRON[$3] == ""); next }
+    /^# end$/ { skipping = 0; next }
+    !skipping
+  ' "$source")
+  names=$(grep -o '\${HALLMARK_[A-Z0-9_]*}' <<<"$kept" | sort -u || true)
+  for name in $(tr -d '${}' <<<"$names"); do
+    [ -n "${!name:-}" ] || die "$source needs $name"
+  done
+  envsubst "$(tr '\n' ' ' <<<"$names")" <<<"$kept" >"$target"
+}
+
+# Writes Prometheus's target file $2 (in targets/ of directory $1) for address $3.
+write_target() {
+  printf '[{"targets": ["%s"]}]\n' "$3" >"$1/targets/$2.json"
+}
+
+# Renders Prometheus's and Alertmanager's configuration into directory $1 (prometheus/ and
+# alertmanager/ beneath it), for the ports in the environment.
+render_stack_config() {
+  local out=$1 host=$HALLMARK_STACK_HOST
+  command -v envsubst >/dev/null 2>&1 || apt_install gettext-base
+  mkdir -p "$out/prometheus/targets" "$out/prometheus/rules" "$out/alertmanager"
+  render_template deploy/prometheus/prometheus.yml "$out/prometheus/prometheus.yml"
+  cp deploy/prometheus/rules/*.yml "$out/prometheus/rules/"
+  write_target "$out/prometheus" shop-api "$host:$SHOP_PORT"
+  write_target "$out/prometheus" crm-api "$host:$CRM_PORT"
+  write_target "$out/prometheus" mes-api "$host:$MES_PORT"
+  write_target "$out/prometheus" order-watch "$host:$ORDER_WATCH_PORT"
+  write_target "$out/prometheus" otel-collector "$host:$HALLMARK_COLLECTOR_METRICS_PORT"
+  write_target "$out/prometheus" spanmetrics "$host:$HALLMARK_SPANMETRICS_PORT"
+  write_target "$out/prometheus" jaeger "$host:$HALLMARK_JAEGER_METRICS_PORT"
+  write_target "$out/prometheus" alertmanager "$host:$HALLMARK_ALERTMANAGER_PORT"
+  write_target "$out/prometheus" prometheus "$host:$HALLMARK_PROMETHEUS_PORT"
+  render_template deploy/alertmanager/alertmanager.yml "$out/alertmanager/alertmanager.yml"
+}
+
+# The commands that run each component of the stack, for directory $1 (rendered configuration
+# and data), one per line: name, then the command line. scripts/run starts them; the stack tests
+# start them the same way.
+stack_commands() {
+  local dir=$1 host=$HALLMARK_STACK_HOST
+  printf 'jaeger\tenv HALLMARK_JAEGER_DATA=%s %s --config %s\n' \
+    "$dir/jaeger" "$HALLMARK_JAEGER" "$PWD/deploy/jaeger/config.yaml"
+  printf 'otel-collector\t%s --config %s\n' "$HALLMARK_JAEGER" "$PWD/deploy/collector/config.yaml"
+  printf 'prometheus\t%s --config.file=%s --web.listen-address=%s --storage.tsdb.path=%s --web.enable-lifecycle\n' \
+    "$HALLMARK_PROMETHEUS" "$dir/prometheus/prometheus.yml" "$host:$HALLMARK_PROMETHEUS_PORT" "$dir/prometheus/data"
+  printf 'alertmanager\t%s --config.file=%s --web.listen-address=%s --storage.path=%s --cluster.listen-address=\n' \
+    "$HALLMARK_ALERTMANAGER" "$dir/alertmanager/alertmanager.yml" "$host:$HALLMARK_ALERTMANAGER_PORT" "$dir/alertmanager/data"
+}
+
+# Checks the rendered configuration in $1 with the tools' own checkers, and runs the rule unit
+# tests (deploy/prometheus/tests/).
+check_stack_config() {
+  local dir=$1
+  "$HALLMARK_PROMTOOL" check config "$dir/prometheus/prometheus.yml" >/dev/null \
+    || die "the rendered Prometheus configuration is not valid"
+  "$HALLMARK_AMTOOL" check-config "$dir/alertmanager/alertmanager.yml" >/dev/null \
+    || die "the rendered Alertmanager configuration is not valid"
+  "$HALLMARK_JAEGER" validate --config "$PWD/deploy/collector/config.yaml" >/dev/null 2>&1 \
+    || die "deploy/collector/config.yaml is not a valid collector configuration"
+  HALLMARK_JAEGER_DATA="$dir/jaeger" "$HALLMARK_JAEGER" validate --config "$PWD/deploy/jaeger/config.yaml" >/dev/null 2>&1 \
+    || die "deploy/jaeger/config.yaml is not a valid Jaeger configuration"
+  # Where alerts go: the dead man's switch nowhere, everything else to order-watch, pages also
+  # to the on-call webhook when there is one.
+  local config="$dir/alertmanager/alertmanager.yml" on_call=
+  [ -n "${HALLMARK_ON_CALL_WEBHOOK_URL:-}" ] && on_call="on-call,"
+  route_is "$config" blackhole alertname=Watchdog severity=none
+  route_is "$config" "${on_call}order-watch" alertname=OrdersStuck severity=page service=mes-api
+  route_is "$config" order-watch alertname=MessagesDeadLettered severity=ticket service=mes-api
+}
+
+# Fails unless Alertmanager configuration $1 sends an alert with labels $3… to receivers $2.
+route_is() {
+  local config=$1 expected=$2
+  shift 2
+  local got
+  got=$("$HALLMARK_AMTOOL" config routes test --config.file="$config" "$@")
+  [ "$got" = "$expected" ] || die "an alert $* goes to '$got' instead of '$expected' ($config)"
+}
