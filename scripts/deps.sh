@@ -3,7 +3,8 @@
 #
 # What it guarantees after `ensure_dependencies`:
 # - PostgreSQL on 127.0.0.1:5432 with a login role `hallmark` (password `hallmark`, CREATEDB);
-# - RabbitMQ on 127.0.0.1:5672 accepting guest/guest from this machine.
+# - RabbitMQ on 127.0.0.1:5672 accepting guest/guest from this machine, with its Prometheus
+#   endpoint on 15692.
 # When something is missing it installs it from Debian packages if run as root, and otherwise
 # says exactly what to install.
 
@@ -87,6 +88,12 @@ ensure_rabbitmq() {
   # The port opens before the broker accepts connections; wait until it is really up.
   if command -v rabbitmqctl >/dev/null 2>&1 && is_root; then
     timeout 120 rabbitmqctl await_startup >/dev/null 2>&1 || true
+  fi
+  # Its Prometheus endpoint (15692): queue depths, dead-letter queues included, for the stack.
+  if ! port_open 15692 && command -v rabbitmq-plugins >/dev/null 2>&1 && is_root; then
+    say "enabling RabbitMQ's Prometheus endpoint"
+    rabbitmq-plugins enable rabbitmq_prometheus >/dev/null
+    wait_for_port 15692 "RabbitMQ's Prometheus endpoint" 30
   fi
 }
 

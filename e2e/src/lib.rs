@@ -2,6 +2,7 @@
 //! directory, an OTLP receiver, and Shop, CRM and MES running as real processes.
 
 pub mod checker;
+pub mod stack;
 pub mod watch;
 
 use std::time::Duration;

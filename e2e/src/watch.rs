@@ -28,6 +28,14 @@ impl Watch {
     /// thresholds) and `env` on top of what it needs to run; it receives the system's traces
     /// from now on.
     pub async fn watching(system: &System, config: &str, env: &[(&str, &str)]) -> Self {
+        let watch = Self::alongside(system, config, env).await;
+        system.otlp.forward_to(&watch.otlp_endpoint);
+        watch
+    }
+
+    /// order-watch asking `system`'s services, as [`Watch::watching`], but fed by whatever the
+    /// caller points at [`Watch::otlp_endpoint`] (a collector).
+    pub async fn alongside(system: &System, config: &str, env: &[(&str, &str)]) -> Self {
         let mut env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -37,9 +45,12 @@ impl Watch {
             ("ORDER_WATCH_CRM_URL".to_owned(), system.crm.url()),
             ("ORDER_WATCH_MES_URL".to_owned(), system.mes.url()),
         ]);
-        let watch = Self::start_choosing(config, &env, free_port).await;
-        system.otlp.forward_to(&watch.otlp_endpoint);
-        watch
+        Self::start_choosing(config, &env, free_port).await
+    }
+
+    /// The port of its OTLP/HTTP receiver.
+    pub fn otlp_port(&self) -> u16 {
+        self.process.port_of("ORDER_WATCH_OTLP_HTTP_PORT")
     }
 
     /// order-watch alone, on the ports `choose` gives: its API's first, then its OTLP/HTTP port.

@@ -159,6 +159,8 @@ struct Shared {
     forward: Mutex<Vec<String>>,
     /// Services whose spans are swallowed.
     dropping: Mutex<BTreeSet<String>>,
+    /// Export requests refused because an endpoint refused them or could not be reached.
+    refused: std::sync::atomic::AtomicU64,
     client: reqwest::Client,
 }
 
@@ -212,12 +214,22 @@ async fn traces(
     } else {
         ExportTraceServiceRequest::decode(&bytes[..]).map_err(|_| StatusCode::BAD_REQUEST)?
     };
-    {
-        let mut received = shared.received.lock().expect("not poisoned");
-        received.raw.extend_from_slice(&bytes);
-        received.spans.extend(flatten(&request));
-    }
+    shared
+        .received
+        .lock()
+        .expect("not poisoned")
+        .raw
+        .extend_from_slice(&bytes);
+    // The spans count as received once the exporter is told they arrived: a request refused
+    // downstream comes again, retried by the exporter.
+    let spans = flatten(&request);
     let accepted = || {
+        shared
+            .received
+            .lock()
+            .expect("not poisoned")
+            .spans
+            .extend(spans.iter().cloned());
         Ok((
             StatusCode::OK,
             ExportTraceServiceResponse::default().encode_to_vec(),
@@ -238,7 +250,7 @@ async fn traces(
     }
     // The first refusal downstream goes back to the exporter, so its retries work end to end.
     let body = request.encode_to_vec();
-    let mut answer = accepted();
+    let mut answer = Vec::new();
     for endpoint in forward {
         let sent = shared
             .client
@@ -247,7 +259,13 @@ async fn traces(
             .body(body.clone())
             .send()
             .await;
+        let refuse = || {
+            shared
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
         let Ok(response) = sent else {
+            refuse();
             return Err(StatusCode::SERVICE_UNAVAILABLE);
         };
         let status =
@@ -258,11 +276,12 @@ async fn traces(
             .map(|b| b.to_vec())
             .unwrap_or_default();
         if !status.is_success() {
+            refuse();
             return Ok((status, body));
         }
-        answer = Ok((status, body));
+        answer = body;
     }
-    answer
+    accepted().map(|(status, _)| (status, answer))
 }
 
 async fn other_signal(
@@ -344,6 +363,15 @@ impl OtlpCapture {
         ]
     }
 
+    /// How many export requests were refused because a forwarding endpoint refused them or
+    /// could not be reached (the exporter is expected to send them again).
+    pub fn refused(&self) -> u64 {
+        self.shared
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every span received and acknowledged (when forwarding: once every endpoint took it).
     pub fn spans(&self) -> Vec<CapturedSpan> {
         self.shared
             .received

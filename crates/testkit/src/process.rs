@@ -120,19 +120,59 @@ impl ServiceProcess {
         }
     }
 
+    /// Runs `command` (a program and its arguments, e.g. a tool of the operators' stack) with
+    /// `env` as process `name`, and waits until `ready` (a URL) answers with success. Its ports
+    /// are the caller's business: [`ServiceProcess::port`] and [`ServiceProcess::url`] have none
+    /// to tell.
+    pub async fn launch(
+        name: &str,
+        command: &[String],
+        env: &[(String, String)],
+        ready: &str,
+    ) -> Self {
+        let (program, args) = command.split_first().expect("a program to run");
+        let log = log_path(name);
+        let out = std::fs::File::create(&log).expect("a log file");
+        let err = out.try_clone().expect("a second handle");
+        let child = Command::new(program)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({program}): {e}"));
+        let mut process = Self {
+            name: name.to_owned(),
+            child,
+            ports: Vec::new(),
+            log,
+        };
+        if let Err(status) = process.wait_until_answering(ready).await {
+            panic!(
+                "{name} exited with {status} before it was ready:\n{}",
+                process.log_text()
+            );
+        }
+        process
+    }
+
     /// Waits until `/health` answers; the exit status if the process ended before that.
     async fn wait_until_healthy(&mut self) -> Result<(), std::process::ExitStatus> {
+        let health = format!("{}/health", self.url());
+        self.wait_until_answering(&health).await
+    }
+
+    /// Waits until `url` answers with success; the exit status if the process ended before that.
+    async fn wait_until_answering(&mut self, url: &str) -> Result<(), std::process::ExitStatus> {
         let client = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(status);
             }
-            let health = client
-                .get(format!("{}/health", self.url()))
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await;
+            let health = client.get(url).timeout(Duration::from_secs(1)).send().await;
             if health.is_ok_and(|r| r.status().is_success()) {
                 return Ok(());
             }

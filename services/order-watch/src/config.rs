@@ -81,9 +81,10 @@ pub struct Settings {
     pub host: String,
     /// The API and UI. Env: `ORDER_WATCH_PORT` (default 8080).
     pub http_port: u16,
-    /// OTLP/gRPC. Env: `ORDER_WATCH_OTLP_GRPC_PORT` (default 4317).
+    /// OTLP/gRPC. Env: `ORDER_WATCH_OTLP_GRPC_PORT` (default 14317: the standard 4317 is the
+    /// collector's, which feeds order-watch).
     pub otlp_grpc_port: u16,
-    /// OTLP/HTTP. Env: `ORDER_WATCH_OTLP_HTTP_PORT` (default 4318).
+    /// OTLP/HTTP. Env: `ORDER_WATCH_OTLP_HTTP_PORT` (default 14318; 4318 is the collector's).
     pub otlp_http_port: u16,
     /// Env: `ORDER_WATCH_DATABASE_URL` (default
     /// `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_order_watch`).
@@ -135,8 +136,8 @@ impl Settings {
         Ok(Self {
             host: env::string("ORDER_WATCH_HOST", "127.0.0.1"),
             http_port: env::parse("ORDER_WATCH_PORT", 8080)?,
-            otlp_grpc_port: env::parse("ORDER_WATCH_OTLP_GRPC_PORT", 4317)?,
-            otlp_http_port: env::parse("ORDER_WATCH_OTLP_HTTP_PORT", 4318)?,
+            otlp_grpc_port: env::parse("ORDER_WATCH_OTLP_GRPC_PORT", 14317)?,
+            otlp_http_port: env::parse("ORDER_WATCH_OTLP_HTTP_PORT", 14318)?,
             database: DatabaseConfig::new(env::string(
                 "ORDER_WATCH_DATABASE_URL",
                 "postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_order_watch",

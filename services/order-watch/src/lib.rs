@@ -1,6 +1,7 @@
 //! order-watch: where is order X, and which orders are stuck right now?
 //!
-//! It receives the services' spans over OTLP (gRPC :4317, HTTP :4318), keeps every span of every
+//! It receives the services' spans over OTLP (gRPC :14317, HTTP :14318, usually from the OpenTelemetry
+//! Collector, which has the standard ports), keeps every span of every
 //! order across all its traces in PostgreSQL, and follows each order's status and stage. An open
 //! order that has made no progress for longer than its stage allows — reads of it do not count —
 //! is stuck once the system that owns its stage confirms it has not moved: it shows in the API,

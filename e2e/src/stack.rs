@@ -1,0 +1,382 @@
+//! The whole deployed system for one test: Shop, CRM and MES ([`System`]) sending their spans to
+//! the OpenTelemetry Collector (through the test's capture, which counts what the collector took),
+//! which feeds Jaeger and order-watch ([`Watch`]) and exposes its
+//! spanmetrics; Prometheus scraping all of them and evaluating the rules of deploy/prometheus;
+//! Alertmanager routing their alerts to order-watch. Every component is the real program, built
+//! by scripts/tools.sh, configured from deploy/ by scripts/stack.sh exactly as `scripts/run` does,
+//! on ports of this test's own.
+//!
+//! The tools' paths come from the environment scripts/test exports (`HALLMARK_JAEGER`,
+//! `HALLMARK_PROMETHEUS`, `HALLMARK_ALERTMANAGER`, …).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use testkit::process::{ServiceProcess, free_port};
+
+use crate::System;
+use crate::watch::Watch;
+
+/// A component of the stack, as scripts/stack.sh's `stack_commands` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Component {
+    Jaeger,
+    Collector,
+    Prometheus,
+    Alertmanager,
+}
+
+impl Component {
+    const ALL: [Component; 4] = [
+        Component::Jaeger,
+        Component::Collector,
+        Component::Prometheus,
+        Component::Alertmanager,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Jaeger => "jaeger",
+            Self::Collector => "otel-collector",
+            Self::Prometheus => "prometheus",
+            Self::Alertmanager => "alertmanager",
+        }
+    }
+}
+
+/// The ports of this test's stack, as the variables scripts/stack.sh reads.
+struct Ports(BTreeMap<&'static str, u16>);
+
+impl Ports {
+    fn choose() -> Self {
+        let names = [
+            "HALLMARK_COLLECTOR_GRPC_PORT",
+            "HALLMARK_COLLECTOR_HTTP_PORT",
+            "HALLMARK_COLLECTOR_METRICS_PORT",
+            "HALLMARK_SPANMETRICS_PORT",
+            "HALLMARK_COLLECTOR_HEALTH_PORT",
+            "HALLMARK_JAEGER_GRPC_PORT",
+            "HALLMARK_JAEGER_HTTP_PORT",
+            "HALLMARK_JAEGER_QUERY_PORT",
+            "HALLMARK_JAEGER_QUERY_GRPC_PORT",
+            "HALLMARK_JAEGER_METRICS_PORT",
+            "HALLMARK_JAEGER_HEALTH_PORT",
+            "HALLMARK_PROMETHEUS_PORT",
+            "HALLMARK_ALERTMANAGER_PORT",
+        ];
+        Self(names.into_iter().map(|n| (n, free_port())).collect())
+    }
+
+    fn get(&self, name: &str) -> u16 {
+        self.0[name]
+    }
+}
+
+/// How fast the test stack scrapes, evaluates and notifies (production: 15 s, 15 s, 30 s).
+const TEST_TIMINGS: [(&str, &str); 5] = [
+    ("HALLMARK_SCRAPE_INTERVAL", "1s"),
+    ("HALLMARK_EVALUATION_INTERVAL", "1s"),
+    ("HALLMARK_ALERT_GROUP_WAIT", "1s"),
+    ("HALLMARK_ALERT_GROUP_INTERVAL", "1s"),
+    ("HALLMARK_ALERT_REPEAT_INTERVAL", "1h"),
+];
+
+pub struct Stack {
+    pub system: System,
+    pub watch: Watch,
+    pub client: reqwest::Client,
+    ports: Ports,
+    /// Rendered configuration and the components' data, for this test only.
+    dir: tempfile::TempDir,
+    /// The environment every component runs with (ports, timings).
+    env: Vec<(String, String)>,
+    /// Each component's command line, as scripts/stack.sh gives it.
+    commands: BTreeMap<Component, Vec<String>>,
+    processes: BTreeMap<Component, ServiceProcess>,
+}
+
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e lives in the repository")
+        .to_path_buf()
+}
+
+/// Runs `script` (bash) in the repository with scripts/deps.sh and scripts/stack.sh sourced, and
+/// returns what it printed.
+fn stack_script(script: &str, env: &[(String, String)]) -> String {
+    for tool in [
+        "HALLMARK_JAEGER",
+        "HALLMARK_PROMETHEUS",
+        "HALLMARK_PROMTOOL",
+        "HALLMARK_ALERTMANAGER",
+        "HALLMARK_AMTOOL",
+    ] {
+        assert!(
+            std::env::var_os(tool).is_some(),
+            "{tool} is not set: run the stack tests through scripts/test, which builds the tools"
+        );
+    }
+    let output = std::process::Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "set -euo pipefail; source scripts/deps.sh; source scripts/stack.sh; {script}"
+            ),
+        ])
+        .current_dir(repository())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("bash runs");
+    assert!(
+        output.status.success(),
+        "scripts/stack.sh: {script}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("text")
+}
+
+impl Stack {
+    /// Starts everything: the services with `system_env` on top of what they need, order-watch
+    /// with `watch_env` and its TOML configuration `watch_config`, then the stack around them.
+    pub async fn start(
+        system_env: &[(&str, &str)],
+        watch_config: &str,
+        watch_env: &[(&str, &str)],
+    ) -> Self {
+        let ports = Ports::choose();
+        // The services export to the test's capture, which passes everything on to the
+        // collector and acknowledges a span only once the collector took it: what the
+        // exporters delivered, counted on their side. Prometheus pulls their metrics.
+        let mut services_env = vec![("OTEL_METRICS_EXPORTER", "none")];
+        services_env.extend_from_slice(system_env);
+        let system = System::start_with(&services_env).await;
+        system.otlp.forward_to(&format!(
+            "http://127.0.0.1:{}",
+            ports.get("HALLMARK_COLLECTOR_HTTP_PORT")
+        ));
+        // order-watch gets its spans from the collector, not from the test's capture.
+        let watch = Watch::alongside(&system, watch_config, watch_env).await;
+
+        let dir = tempfile::tempdir().expect("a directory for the stack");
+        let mut env: Vec<(String, String)> = ports
+            .0
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.extend(TEST_TIMINGS.map(|(k, v)| (k.to_owned(), v.to_owned())));
+        env.extend([
+            ("SHOP_PORT".to_owned(), system.shop.port().to_string()),
+            ("CRM_PORT".to_owned(), system.crm.port().to_string()),
+            ("MES_PORT".to_owned(), system.mes.port().to_string()),
+            (
+                "ORDER_WATCH_PORT".to_owned(),
+                watch.process.port().to_string(),
+            ),
+            (
+                "ORDER_WATCH_OTLP_HTTP_PORT".to_owned(),
+                watch.otlp_port().to_string(),
+            ),
+        ]);
+        for tool in [
+            "HALLMARK_JAEGER",
+            "HALLMARK_PROMETHEUS",
+            "HALLMARK_ALERTMANAGER",
+        ] {
+            if let Ok(path) = std::env::var(tool) {
+                env.push((tool.to_owned(), path));
+            }
+        }
+        let dir_path = dir.path().display().to_string();
+        stack_script(
+            &format!("render_stack_config {dir_path} && check_stack_config {dir_path}"),
+            &env,
+        );
+        // The stack's own variables, as stack.sh derives them, for the components' environment.
+        let derived = stack_script("env | grep -E '^(HALLMARK|ORDER_WATCH)_'", &env);
+        let env: Vec<(String, String)> = derived
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let commands = stack_script(&format!("stack_commands {dir_path}"), &env)
+            .lines()
+            .filter_map(|line| {
+                let (name, command) = line.split_once('\t')?;
+                let component = Component::ALL.into_iter().find(|c| c.name() == name)?;
+                Some((
+                    component,
+                    command.split_whitespace().map(str::to_owned).collect(),
+                ))
+            })
+            .collect();
+        let mut stack = Self {
+            system,
+            watch,
+            client: reqwest::Client::new(),
+            ports,
+            dir,
+            env,
+            commands,
+            processes: BTreeMap::new(),
+        };
+        for component in Component::ALL {
+            stack.launch(component).await;
+        }
+        stack
+    }
+
+    /// Where `component` says it is ready.
+    fn ready_url(&self, component: Component) -> String {
+        let port = |name| self.ports.get(name);
+        match component {
+            Component::Jaeger => format!(
+                "http://127.0.0.1:{}/status",
+                port("HALLMARK_JAEGER_HEALTH_PORT")
+            ),
+            Component::Collector => format!(
+                "http://127.0.0.1:{}/status",
+                port("HALLMARK_COLLECTOR_HEALTH_PORT")
+            ),
+            Component::Prometheus => format!("{}/-/ready", self.prometheus_url()),
+            Component::Alertmanager => format!("{}/-/ready", self.alertmanager_url()),
+        }
+    }
+
+    async fn launch(&mut self, component: Component) {
+        let command = self.commands[&component].clone();
+        // `env NAME=VALUE program …` as stack.sh writes it: the variables go to the process.
+        let mut env = self.env.clone();
+        let mut words = command.as_slice();
+        if words.first().map(String::as_str) == Some("env") {
+            words = &words[1..];
+            while let Some((assignment, rest)) = words.split_first() {
+                let Some((k, v)) = assignment.split_once('=') else {
+                    break;
+                };
+                env.push((k.to_owned(), v.to_owned()));
+                words = rest;
+            }
+        }
+        let ready = self.ready_url(component);
+        let process = ServiceProcess::launch(component.name(), words, &env, &ready).await;
+        self.processes.insert(component, process);
+    }
+
+    /// Stops `component` the way its supervisor would for a restart (SIGTERM, then SIGKILL after
+    /// 10 s) and starts it again on the same ports and data.
+    pub async fn restart(&mut self, component: Component) {
+        if let Some(mut process) = self.processes.remove(&component) {
+            process.stop(Duration::from_secs(10)).await;
+        }
+        self.launch(component).await;
+    }
+
+    pub fn jaeger_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.ports.get("HALLMARK_JAEGER_QUERY_PORT")
+        )
+    }
+
+    pub fn prometheus_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.ports.get("HALLMARK_PROMETHEUS_PORT")
+        )
+    }
+
+    pub fn alertmanager_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.ports.get("HALLMARK_ALERTMANAGER_PORT")
+        )
+    }
+
+    /// The OTLP/HTTP endpoint of the collector.
+    pub fn collector_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.ports.get("HALLMARK_COLLECTOR_HTTP_PORT")
+        )
+    }
+
+    /// Where Jaeger keeps its data.
+    pub fn jaeger_data(&self) -> PathBuf {
+        self.dir.path().join("jaeger")
+    }
+
+    async fn get_json(&self, url: &str) -> (u16, Value) {
+        let response = self.client.get(url).send().await.expect("it answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Prometheus's answer to instant query `promql`: the status code and the body.
+    pub async fn query(&self, promql: &str) -> (u16, Value) {
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/api/v1/query", self.prometheus_url()),
+            [("query", promql)],
+        )
+        .expect("a URL");
+        self.get_json(url.as_str()).await
+    }
+
+    /// The series of instant query `promql` (empty when it has none; panics on an error).
+    pub async fn series(&self, promql: &str) -> Vec<Value> {
+        let (status, body) = self.query(promql).await;
+        assert_eq!(status, 200, "{promql}: {body}");
+        body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The alerts Prometheus holds now (pending and firing).
+    pub async fn prometheus_alerts(&self) -> Vec<Value> {
+        let (status, body) = self
+            .get_json(&format!("{}/api/v1/alerts", self.prometheus_url()))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["data"]["alerts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The alerts Alertmanager holds now, with their status (active, suppressed by inhibition).
+    pub async fn alertmanager_alerts(&self) -> Vec<Value> {
+        let (status, body) = self
+            .get_json(&format!("{}/api/v2/alerts", self.alertmanager_url()))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Jaeger's traces for `query` (e.g. `service=shop-api&tags=…`).
+    pub async fn jaeger_traces(&self, query: &str) -> Vec<Value> {
+        let (status, body) = self
+            .get_json(&format!("{}/api/traces?{query}", self.jaeger_url()))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Jaeger's traces holding a span of order `id` (`order.id` tag), from every service.
+    pub async fn jaeger_traces_of_order(&self, service: &str, id: uuid::Uuid) -> Vec<Value> {
+        let tags = format!("{{\"order.id\":\"{id}\"}}");
+        let query = reqwest::Url::parse_with_params(
+            "http://unused/",
+            [
+                ("service", service),
+                ("tags", tags.as_str()),
+                ("lookback", "1h"),
+                ("limit", "100"),
+            ],
+        )
+        .expect("a URL");
+        self.jaeger_traces(query.query().unwrap_or_default()).await
+    }
+}

@@ -1,0 +1,435 @@
+//! The operators' stack, real and tested: services → OpenTelemetry Collector → Jaeger and
+//! order-watch; Prometheus with the SLO rules → Alertmanager → order-watch incidents. Every
+//! component is the real program, configured from deploy/ as `scripts/run` does (e2e::stack).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use e2e::PATIENCE;
+use e2e::stack::{Component, Stack};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Longer than the rules' `for` (at most 2 minutes), scrapes and notification included.
+const ALERT_PATIENCE: Duration = Duration::from_secs(200);
+
+/// order-watch's thresholds here: a customer has an hour (nothing due during a test).
+const WATCH_CONFIG: &str = "[stuck_after]\ncustomer_confirmation = \"1h\"\n";
+
+fn services_of_trace(trace: &Value) -> BTreeSet<String> {
+    trace["processes"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, p)| p["serviceName"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_orders_traces_are_found_in_jaeger_by_its_id_and_hold_no_personal_data() {
+    let stack = Stack::start(&[], WATCH_CONFIG, &[]).await;
+    let system = &stack.system;
+    let order = system.place_order("torus.STL", "gold_585").await;
+    let id = order.id;
+    system.until_shop_status(id, "priced").await;
+    let (status, body) = system
+        .post(
+            format!("{}/api/orders/{id}/confirm", system.shop.url()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Every service's spans, the engine's included, and the confirmation's trace linked to the
+    // order's earlier one, found by the order's id alone.
+    let traces = testkit::wait::until("the order's traces in Jaeger", PATIENCE, || async {
+        let traces = stack.jaeger_traces_of_order("shop-api", id).await;
+        let services: BTreeSet<String> = traces.iter().flat_map(services_of_trace).collect();
+        let linked = traces
+            .iter()
+            .flat_map(|t| t["spans"].as_array().cloned().unwrap_or_default())
+            .any(|span| {
+                span["references"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|r| r["traceID"] != span["traceID"])
+            });
+        let complete = ["shop-api", "crm-api", "mes-api", "mes-calc"]
+            .iter()
+            .all(|s| services.contains(*s));
+        (complete && linked && traces.len() >= 2).then_some(traces)
+    })
+    .await;
+    assert!(
+        traces
+            .iter()
+            .any(|t| t["traceID"] == order.trace_id.as_str()),
+        "the trace the shop answered with is among them"
+    );
+
+    // A service that forgot to mask: the collector deletes the keys that must never be stored.
+    let marker = format!("marker-{}", Uuid::now_v7().simple());
+    let leak = format!("leak-{}@example.com", Uuid::now_v7().simple());
+    let trace_id = Uuid::now_v7().simple().to_string();
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+    let span = serde_json::json!({"resourceSpans": [{
+    "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "careless-api"}}]},
+    "scopeSpans": [{"spans": [{
+        "traceId": trace_id, "spanId": "0102030405060708", "name": "careless", "kind": 2,
+        "startTimeUnixNano": now.to_string(), "endTimeUnixNano": (now + 1_000_000).to_string(),
+        "attributes": [
+            {"key": "customer.email", "value": {"stringValue": leak}},
+            {"key": "customer.phone", "value": {"stringValue": "+49 170 7654321"}},
+            {"key": "contact.email", "value": {"stringValue": leak}},
+            {"key": "note", "value": {"stringValue": marker}}
+        ]}]}]}]});
+    let response = stack
+        .client
+        .post(format!("{}/v1/traces", stack.collector_url()))
+        .json(&span)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let careless = testkit::wait::until("the careless span in Jaeger", PATIENCE, || async {
+        let traces = stack
+            .jaeger_traces("service=careless-api&lookback=1h")
+            .await;
+        traces.into_iter().next()
+    })
+    .await;
+    let text = careless.to_string();
+    assert!(text.contains(&marker), "the span arrived: {text}");
+    for personal in [leak.as_str(), "7654321", "customer.email", "customer.phone"] {
+        assert!(
+            !text.contains(personal),
+            "{personal} reached Jaeger: {text}"
+        );
+    }
+    // And the order's own customer, masked in the services, is nowhere in its traces.
+    let text = serde_json::to_string(&traces).unwrap();
+    for personal in ["Jane Doe", "jane.doe@example.com", "170 1234567"] {
+        assert!(!text.contains(personal), "{personal} reached Jaeger");
+    }
+    // Nor in Jaeger's files: the marker shows that the store's files hold values in clear.
+    let data = stack.jaeger_data();
+    testkit::wait::until("the store's files hold the marker", PATIENCE, || async {
+        files_contain(&data, &marker).then_some(())
+    })
+    .await;
+    assert!(
+        !files_contain(&data, &leak),
+        "the e-mail address is in Jaeger's files"
+    );
+
+    // Every target is up, and the spanmetrics and each service's metrics are in Prometheus.
+    testkit::wait::until("every target up", PATIENCE, || async {
+        let down = stack.series("up == 0").await;
+        let up = stack.series("up == 1").await;
+        (down.is_empty() && up.len() == 10).then_some(())
+    })
+    .await;
+    for query in [
+        "traces_span_metrics_calls_total{service_name=\"mes-calc\"}",
+        "traces_span_metrics_duration_seconds_bucket{service_name=\"shop-api\"}",
+        "hallmark_price_calculation_duration_seconds_count{job=\"mes-api\"}",
+        "hallmark_event_delivery_duration_seconds_count{job=\"shop-api\"}",
+        "hallmark_queue_wait_seconds_count{job=\"crm-api\"}",
+        "order_watch_orders_open{job=\"order-watch\"}",
+        "otelcol_exporter_sent_spans_total{job=\"otel-collector\"}",
+    ] {
+        testkit::wait::until(query, PATIENCE, || async {
+            (!stack.series(query).await.is_empty()).then_some(())
+        })
+        .await;
+    }
+
+    // Every panel of every dashboard asks valid PromQL and shows data after this traffic.
+    for (dashboard, expr) in dashboard_queries() {
+        let query = expr.replace("$service", ".*");
+        let (status, body) = stack.query(&query).await;
+        assert_eq!(
+            status, 200,
+            "{dashboard}: {expr} is not valid PromQL: {body}"
+        );
+        testkit::wait::until(&format!("{dashboard}: {expr}"), PATIENCE, || async {
+            (!stack.series(&query).await.is_empty()).then_some(())
+        })
+        .await;
+    }
+}
+
+/// `(dashboard file, PromQL)` of every panel target of deploy/grafana/dashboards.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/dashboards");
+    let mut queries = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("the dashboards folder") {
+        let path = entry.expect("an entry").path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{name} is not JSON: {e}"));
+        let panels = dashboard["panels"].as_array().expect("panels");
+        assert!(!panels.is_empty(), "{name} has no panels");
+        for panel in panels {
+            let targets = panel["targets"].as_array().expect("targets");
+            assert!(
+                !targets.is_empty(),
+                "{name}: {} has no query",
+                panel["title"]
+            );
+            for target in targets {
+                queries.push((
+                    name.clone(),
+                    target["expr"].as_str().expect("expr").to_owned(),
+                ));
+            }
+        }
+    }
+    assert!(queries.len() >= 15, "{queries:?}");
+    queries
+}
+
+/// Whether any file under `dir` holds `text` (grep reads badger's large, mostly empty files fast).
+fn files_contain(dir: &std::path::Path, text: &str) -> bool {
+    std::process::Command::new("grep")
+        .args(["-r", "-a", "-q", "-F", "--", text])
+        .arg(dir)
+        .status()
+        .expect("grep runs")
+        .success()
+}
+
+/// A calculation engine that hangs while file `stall` exists, then does its work: the stall is
+/// real (MES waits for the engine as it would for a hung one) and can be lifted.
+fn engine_that_stalls_while(stall: &std::path::Path) -> tempfile::TempPath {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut file = tempfile::NamedTempFile::new().expect("a script file");
+    writeln!(
+        file,
+        "#!/bin/sh\nwhile [ -e '{}' ]; do sleep 0.2; done\nexec '{}' \"$@\"",
+        stall.display(),
+        testkit::process::binary("mes-calc").display()
+    )
+    .expect("the script is written");
+    let path = file.into_temp_path();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .expect("the script is executable");
+    path
+}
+
+/// order-watch's incidents opened from Alertmanager alerts named `alertname`.
+async fn alert_incidents(stack: &Stack, alertname: &str) -> Vec<Value> {
+    let (status, incidents) = stack.watch.get("/api/incidents").await;
+    assert_eq!(status, 200, "{incidents}");
+    incidents
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["kind"] == "alert" && i["labels"]["alertname"] == alertname)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn a_stalled_pricing_pages_through_prometheus_and_alertmanager_and_recovery_resolves_it() {
+    let stall = tempfile::NamedTempFile::new().expect("the stall switch");
+    let engine = engine_that_stalls_while(stall.path());
+    let engine_path = engine.display().to_string();
+    let stack = Stack::start(
+        &[("MES_CALC_BIN", &engine_path), ("MES_CALC_TIMEOUT", "10m")],
+        WATCH_CONFIG,
+        &[("ORDER_WATCH_STUCK_AFTER", "3s")],
+    )
+    .await;
+    let system = &stack.system;
+    let order = system.place_order("20mm-xyz-cube.stl", "silver_925").await;
+    system.until_status_in("mes", order.id, "pricing").await;
+    let stalled = Instant::now();
+
+    let incident = testkit::wait::until("the OrdersStuck incident", ALERT_PATIENCE, || async {
+        alert_incidents(&stack, "OrdersStuck")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    let to_incident = stalled.elapsed();
+    eprintln!("stall to order-watch incident through Prometheus and Alertmanager: {to_incident:?}");
+    assert_eq!(incident["labels"]["stage"], "pricing", "{incident}");
+    assert_eq!(incident["labels"]["service"], "mes-api", "{incident}");
+    assert_eq!(incident["labels"]["severity"], "page", "{incident}");
+    assert!(incident["resolved_at"].is_null());
+
+    // MES's engine comes back: the order is priced, the alert resolves, and so does the incident.
+    std::fs::remove_file(stall.path()).expect("the stall is lifted");
+    system.until_shop_status(order.id, "priced").await;
+    testkit::wait::until("the incident resolved", ALERT_PATIENCE, || async {
+        let incidents = alert_incidents(&stack, "OrdersStuck").await;
+        incidents
+            .iter()
+            .all(|i| !i["resolved_at"].is_null())
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stopped_mes_pages_once_and_not_for_everything_waiting_on_it() {
+    let stack = Stack::start(
+        &[],
+        WATCH_CONFIG,
+        &[
+            ("ORDER_WATCH_STUCK_AFTER", "3s"),
+            ("ORDER_WATCH_CONFIRM_TIMEOUT", "1s"),
+        ],
+    )
+    .await;
+    let system = &stack.system;
+    system.mes.pause();
+    let orders = [
+        system.place_order("torus.STL", "gold_585").await.id,
+        system.place_order("torus.STL", "gold_585").await.id,
+    ];
+    // MES is one page: ServiceDown, in order-watch's incidents; the orders waiting on it are
+    // flagged in order-watch, and their alert fires in Prometheus but is silenced by ServiceDown.
+    let incident = testkit::wait::until("the ServiceDown incident", ALERT_PATIENCE, || async {
+        alert_incidents(&stack, "ServiceDown")
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(incident["labels"]["service"], "mes-api", "{incident}");
+    testkit::wait::until(
+        "the stuck orders' alert silenced",
+        ALERT_PATIENCE,
+        || async {
+            let alerts = stack.alertmanager_alerts().await;
+            let silenced = alerts.iter().any(|a| {
+                a["labels"]["alertname"] == "OrdersStuckUnconfirmed"
+                    && a["labels"]["service"] == "mes-api"
+                    && a["status"]["state"] == "suppressed"
+                    && a["status"]["inhibitedBy"]
+                        .as_array()
+                        .is_some_and(|by| !by.is_empty())
+            });
+            silenced.then_some(())
+        },
+    )
+    .await;
+    for id in orders {
+        assert!(stack.watch.stuck_order(id).await.is_some(), "{id} flagged");
+    }
+    let pages: BTreeMap<String, usize> = {
+        let (_, incidents) = stack.watch.get("/api/incidents?open=true").await;
+        let mut pages = BTreeMap::new();
+        for incident in incidents.as_array().into_iter().flatten() {
+            if incident["kind"] == "alert" && incident["labels"]["alertname"] != "Watchdog" {
+                let name = incident["labels"]["alertname"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
+                *pages.entry(name).or_default() += 1;
+            }
+        }
+        pages
+    };
+    assert_eq!(
+        pages,
+        BTreeMap::from([("ServiceDown".to_owned(), 1)]),
+        "one page for a stopped MES"
+    );
+
+    // MES back: the orders are priced and everything resolves.
+    system.mes.resume();
+    for id in orders {
+        system.until_shop_status(id, "priced").await;
+    }
+    testkit::wait::until("ServiceDown resolved", ALERT_PATIENCE, || async {
+        let incidents = alert_incidents(&stack, "ServiceDown").await;
+        incidents
+            .iter()
+            .all(|i| !i["resolved_at"].is_null())
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn restarting_the_collector_and_jaeger_under_traffic_loses_no_span_the_exporters_delivered() {
+    let mut stack = Stack::start(&[], WATCH_CONFIG, &[]).await;
+    let placing = {
+        let shop = stack.system.shop.url();
+        let client = stack.system.client.clone();
+        tokio::spawn(async move {
+            let mut placed = Vec::new();
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(12) {
+                if let Ok(order) =
+                    e2e::place_order_at(&client, &shop, "20mm-xyz-cube.stl", "gold_750", &[], None)
+                        .await
+                {
+                    placed.push(order.id);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            placed
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stack.restart(Component::Collector).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stack.restart(Component::Jaeger).await;
+    let placed = placing.await.expect("orders placed");
+    assert!(placed.len() >= 20, "{} orders placed", placed.len());
+    let refused = stack.system.otlp.refused();
+    assert!(
+        refused > 0,
+        "the collector's restart refused no export: nothing was retried"
+    );
+    for id in &placed {
+        stack.system.until_shop_status(*id, "priced").await;
+    }
+
+    // Every span of those orders that the collector took (the exporters' view, counted by the
+    // capture in front of it) is in Jaeger.
+    let orders: BTreeSet<String> = placed.iter().map(Uuid::to_string).collect();
+    let delivered = || -> BTreeSet<(String, String)> {
+        stack
+            .system
+            .otlp
+            .spans()
+            .into_iter()
+            .filter(|s| s.attr("order.id").is_some_and(|id| orders.contains(&id)))
+            .map(|s| (s.trace_id, s.span_id))
+            .collect()
+    };
+    let stored = testkit::wait::until("every delivered span in Jaeger", PATIENCE, || async {
+        let expected = delivered();
+        let mut stored = BTreeSet::new();
+        for id in &placed {
+            for service in ["shop-api", "crm-api", "mes-api"] {
+                for trace in stack.jaeger_traces_of_order(service, *id).await {
+                    for span in trace["spans"].as_array().into_iter().flatten() {
+                        stored.insert((
+                            span["traceID"].as_str().unwrap_or("").to_owned(),
+                            span["spanID"].as_str().unwrap_or("").to_owned(),
+                        ));
+                    }
+                }
+            }
+        }
+        expected
+            .is_subset(&stored)
+            .then_some((expected.len(), stored.len()))
+    })
+    .await;
+    eprintln!(
+        "{} orders, {} spans delivered by the exporters ({refused} exports refused during the \
+         restarts and sent again), all of them in Jaeger",
+        placed.len(),
+        stored.0
+    );
+}
