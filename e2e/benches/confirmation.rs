@@ -194,7 +194,7 @@ async fn run(count: usize) -> anyhow::Result<()> {
 /// How many orders `watch` has flagged stuck so far (its detection-delay histogram's count).
 async fn flagged(watch: &Watch) -> f64 {
     watch
-        .metric("order_watch_detection_delay_seconds_count")
+        .metric("order_watch_detection_delay_seconds_count", &[])
         .await
 }
 

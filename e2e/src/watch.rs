@@ -159,14 +159,30 @@ impl Watch {
             .unwrap()
     }
 
-    /// The value of the Prometheus sample whose line starts with `prefix` (a name and the
-    /// labels up to a point), summed over every line that matches.
-    pub async fn metric(&self, prefix: &str) -> f64 {
-        self.metrics()
-            .await
-            .lines()
-            .filter(|line| line.starts_with(prefix))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    /// The sum of the samples of metric `name` whose labels include every one of `labels`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        samples(&self.metrics().await, name, labels).sum()
     }
+}
+
+/// The values of the samples of metric `name` in Prometheus text `text` whose labels include
+/// every one of `labels` (in whatever order the exporter wrote them).
+pub fn samples<'a>(
+    text: &'a str,
+    name: &'a str,
+    labels: &'a [(&'a str, &'a str)],
+) -> impl Iterator<Item = f64> + 'a {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(move |line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if metric != name {
+                return None;
+            }
+            let wanted = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            wanted.then(|| value.parse::<f64>().ok()).flatten()
+        })
 }

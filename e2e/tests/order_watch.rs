@@ -151,15 +151,13 @@ async fn an_order_left_waiting_past_its_threshold_is_stuck_until_it_moves_again(
     assert_eq!(incidents.len(), 1, "exactly one incident: {incidents:?}");
     assert!(incidents[0]["resolved_at"].is_null());
     testkit::wait::until("the stuck gauge", PATIENCE, || async {
-        let metrics = watch.metrics().await;
-        metrics
-            .lines()
-            .any(|l| {
-                l.starts_with("order_watch_orders_stuck{")
-                    && l.contains("stage=\"customer_confirmation\"")
-                    && l.ends_with(" 1")
-            })
-            .then_some(())
+        let stuck = watch
+            .metric(
+                "order_watch_orders_stuck",
+                &[("stage", "customer_confirmation")],
+            )
+            .await;
+        (stuck == 1.0).then_some(())
     })
     .await;
 
@@ -200,21 +198,36 @@ async fn order_watch_metrics_count_what_the_services_sent_without_order_ids() {
     })
     .await;
 
-    let families = [
-        "order_watch_spans_ingested_total{outcome=\"accepted\"",
-        "order_watch_order_spans_total{service=\"mes-calc\"",
-        "order_watch_price_calculation_duration_seconds_bucket",
-        "order_watch_status_event_delivery_duration_seconds_bucket",
-        "order_watch_orders_open{stage=\"customer_confirmation\"",
-        "order_watch_orders_stuck{stage=\"customer_confirmation\"",
-        "order_watch_orders_stuck_unconfirmed{stage=\"customer_confirmation\"",
-        "order_watch_orders_silent_24h_ratio",
+    let families: [(&str, &[(&str, &str)]); 8] = [
+        (
+            "order_watch_spans_ingested_total",
+            &[("outcome", "accepted")],
+        ),
+        ("order_watch_order_spans_total", &[("service", "mes-calc")]),
+        ("order_watch_price_calculation_duration_seconds_bucket", &[]),
+        (
+            "order_watch_status_event_delivery_duration_seconds_bucket",
+            &[],
+        ),
+        (
+            "order_watch_orders_open",
+            &[("stage", "customer_confirmation"), ("service", "shop-api")],
+        ),
+        (
+            "order_watch_orders_stuck",
+            &[("stage", "customer_confirmation"), ("service", "shop-api")],
+        ),
+        (
+            "order_watch_orders_stuck_unconfirmed",
+            &[("stage", "customer_confirmation")],
+        ),
+        ("order_watch_orders_silent_24h_ratio", &[]),
     ];
     let metrics = testkit::wait::until("every metric family", PATIENCE, || async {
         let metrics = watch.metrics().await;
         families
             .iter()
-            .all(|f| metrics.contains(f))
+            .all(|(name, labels)| e2e::watch::samples(&metrics, name, labels).next().is_some())
             .then_some(metrics)
     })
     .await;
@@ -324,7 +337,10 @@ async fn orders_behind_a_frozen_mes_are_flagged_and_say_mes_could_not_confirm_it
     }
     testkit::wait::until("the unconfirmed gauge", PATIENCE, || async {
         let unconfirmed = watch
-            .metric("order_watch_orders_stuck_unconfirmed{stage=\"pricing_queue\"")
+            .metric(
+                "order_watch_orders_stuck_unconfirmed",
+                &[("stage", "pricing_queue"), ("service", "mes-api")],
+            )
             .await;
         (unconfirmed == 2.0).then_some(())
     })
@@ -364,7 +380,7 @@ async fn reads_of_orders_no_service_issued_create_no_journey_and_page_nobody() {
     // Every read's spans reached order-watch and were counted, not stored.
     testkit::wait::until("the reads counted", PATIENCE, || async {
         let dropped = watch
-            .metric("order_watch_observations_without_journey_total")
+            .metric("order_watch_observations_without_journey_total", &[])
             .await;
         (dropped >= 18.0).then_some(())
     })
@@ -412,7 +428,10 @@ async fn spans_lost_on_the_way_are_a_telemetry_gap_and_page_nobody() {
     );
     testkit::wait::until("the gap counted", PATIENCE, || async {
         let gaps = watch
-            .metric("order_watch_telemetry_gaps_total{service=\"mes-api\"")
+            .metric(
+                "order_watch_telemetry_gaps_total",
+                &[("service", "mes-api")],
+            )
             .await;
         (gaps >= 1.0).then_some(())
     })
