@@ -146,6 +146,17 @@ impl Stack {
         watch_config: &str,
         watch_env: &[(&str, &str)],
     ) -> Self {
+        Self::start_paging(system_env, watch_config, watch_env, None).await
+    }
+
+    /// [`Stack::start`], with Alertmanager also sending pages to `on_call` (a webhook URL) as
+    /// `HALLMARK_ON_CALL_WEBHOOK_URL` makes it.
+    pub async fn start_paging(
+        system_env: &[(&str, &str)],
+        watch_config: &str,
+        watch_env: &[(&str, &str)],
+        on_call: Option<&str>,
+    ) -> Self {
         let ports = Ports::choose();
         // The services export to the test's capture, which passes everything on to the
         // collector and acknowledges a span only once the collector took it: what the
@@ -180,6 +191,9 @@ impl Stack {
                 watch.otlp_port().to_string(),
             ),
         ]);
+        if let Some(url) = on_call {
+            env.push(("HALLMARK_ON_CALL_WEBHOOK_URL".to_owned(), url.to_owned()));
+        }
         for tool in [
             "HALLMARK_JAEGER",
             "HALLMARK_PROMETHEUS",

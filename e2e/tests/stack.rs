@@ -232,6 +232,18 @@ async fn alert_incidents(stack: &Stack, alertname: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Waits until every order-watch incident of alert `alertname` is resolved.
+async fn until_resolved(stack: &Stack, alertname: &str) {
+    testkit::wait::until(&format!("{alertname} resolved"), ALERT_PATIENCE, || async {
+        let incidents = alert_incidents(stack, alertname).await;
+        incidents
+            .iter()
+            .all(|i| !i["resolved_at"].is_null())
+            .then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_stalled_pricing_pages_through_prometheus_and_alertmanager_and_recovery_resolves_it() {
     let stall = tempfile::NamedTempFile::new().expect("the stall switch");
@@ -265,14 +277,7 @@ async fn a_stalled_pricing_pages_through_prometheus_and_alertmanager_and_recover
     // MES's engine comes back: the order is priced, the alert resolves, and so does the incident.
     std::fs::remove_file(stall.path()).expect("the stall is lifted");
     system.until_shop_status(order.id, "priced").await;
-    testkit::wait::until("the incident resolved", ALERT_PATIENCE, || async {
-        let incidents = alert_incidents(&stack, "OrdersStuck").await;
-        incidents
-            .iter()
-            .all(|i| !i["resolved_at"].is_null())
-            .then_some(())
-    })
-    .await;
+    until_resolved(&stack, "OrdersStuck").await;
 }
 
 #[tokio::test]
@@ -347,14 +352,7 @@ async fn a_stopped_mes_pages_once_and_not_for_everything_waiting_on_it() {
     for id in orders {
         system.until_shop_status(id, "priced").await;
     }
-    testkit::wait::until("ServiceDown resolved", ALERT_PATIENCE, || async {
-        let incidents = alert_incidents(&stack, "ServiceDown").await;
-        incidents
-            .iter()
-            .all(|i| !i["resolved_at"].is_null())
-            .then_some(())
-    })
-    .await;
+    until_resolved(&stack, "ServiceDown").await;
 }
 
 #[tokio::test]

@@ -23,3 +23,4 @@ pub mod otlp;
 pub mod process;
 pub mod s3;
 pub mod wait;
+pub mod webhook;

@@ -213,7 +213,7 @@ async fn an_order_whose_system_of_record_moved_on_is_a_telemetry_gap_not_an_inci
     let_the_detector_run().await;
     assert!(app.stuck().await.is_empty());
     assert!(app.incidents().await.is_empty(), "nobody is paged");
-    assert!(app.webhook.received.lock().unwrap().is_empty());
+    assert!(app.webhook.messages().is_empty());
 
     // A status from a transition span takes over again.
     app.export(&build::request(

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use chrono::{DateTime, Utc};
 use domain::held::{HeldStatus, HeldStatuses, STATUSES_PATH};
 use domain::{OrderStatus, System};
@@ -22,52 +22,12 @@ use prost::Message;
 use serde_json::Value;
 use testkit::database::TestDatabase;
 use testkit::otlp::build;
+pub use testkit::webhook::Webhook;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The threshold the tests use for the machine stages.
 pub const STUCK_AFTER: Duration = Duration::from_secs(300);
-
-/// A webhook receiver that keeps what it is sent.
-#[derive(Clone, Default)]
-pub struct Webhook {
-    pub url: String,
-    pub received: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Webhook {
-    pub async fn start() -> Self {
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let store = received.clone();
-        let app = axum::Router::new().route(
-            "/hook",
-            post(move |Json(body): Json<Value>| {
-                let store = store.clone();
-                async move {
-                    store.lock().unwrap().push(body);
-                    "ok"
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { url, received }
-    }
-
-    /// Waits until `count` notifications arrived and returns them all.
-    pub async fn expect(&self, count: usize) -> Vec<Value> {
-        testkit::wait::until(
-            &format!("{count} webhook notifications"),
-            Duration::from_secs(10),
-            || async {
-                let received = self.received.lock().unwrap().clone();
-                (received.len() >= count).then_some(received)
-            },
-        )
-        .await
-    }
-}
 
 /// How a stand-in system of record answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
