@@ -46,6 +46,40 @@ fn binary_dir() -> PathBuf {
     }
 }
 
+/// Whether process `pid` holds a socket listening on TCP `port` (from `/proc/net/tcp{,6}` and the
+/// process's file descriptors).
+fn listens_on(pid: u32, port: u16) -> bool {
+    const LISTEN: &str = "0A";
+    let wanted = format!(":{port:04X}");
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let listening = fields.get(3) == Some(&LISTEN)
+                        && fields.get(1).is_some_and(|local| local.ends_with(&wanted));
+                    listening.then(|| fields.get(9).map(|inode| inode.to_string()))?
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let Ok(descriptors) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    descriptors.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let target = target.to_string_lossy();
+            inodes
+                .iter()
+                .any(|inode| target == format!("socket:[{inode}]"))
+        })
+    })
+}
+
 /// A running service. Killed when dropped; [`ServiceProcess::stop`] shuts it down gracefully.
 pub struct ServiceProcess {
     name: String,
@@ -173,7 +207,13 @@ impl ServiceProcess {
                 return Err(status);
             }
             let health = client.get(url).timeout(Duration::from_secs(1)).send().await;
-            if health.is_ok_and(|r| r.status().is_success()) {
+            // What answers must be this process: a parallel test's service can hold the port
+            // this one was given and failed to bind.
+            let ours = match (self.ports.first(), self.child.id()) {
+                (Some(&(_, port)), Some(pid)) => listens_on(pid, port),
+                _ => true,
+            };
+            if health.is_ok_and(|r| r.status().is_success()) && ours {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -255,5 +295,21 @@ impl ServiceProcess {
     /// Kills the process at once (SIGKILL), as a crash would.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_is_found_listening_on_its_own_port_and_not_on_another() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(listens_on(std::process::id(), port));
+        let elsewhere = free_port();
+        assert!(!listens_on(std::process::id(), elsewhere));
+        drop(listener);
+        assert!(!listens_on(std::process::id(), port));
     }
 }
