@@ -157,38 +157,65 @@ impl Stack {
         watch_env: &[(&str, &str)],
         on_call: Option<&str>,
     ) -> Self {
-        let ports = Ports::choose();
         // The services export to the test's capture, which passes everything on to the
         // collector and acknowledges a span only once the collector took it: what the
         // exporters delivered, counted on their side. Prometheus pulls their metrics.
         let mut services_env = vec![("OTEL_METRICS_EXPORTER", "none")];
         services_env.extend_from_slice(system_env);
         let system = System::start_with(&services_env).await;
-        system.otlp.forward_to(&format!(
-            "http://127.0.0.1:{}",
-            ports.get("HALLMARK_COLLECTOR_HTTP_PORT")
-        ));
         // order-watch gets its spans from the collector, not from the test's capture.
         let watch = Watch::alongside(&system, watch_config, watch_env).await;
+        let mut stack = Self {
+            system,
+            watch,
+            client: reqwest::Client::new(),
+            ports: Ports(BTreeMap::new()),
+            dir: tempfile::tempdir().expect("a directory for the stack"),
+            env: Vec::new(),
+            commands: BTreeMap::new(),
+            processes: BTreeMap::new(),
+        };
+        // Ports are free when chosen, but a parallel test can take one before its component
+        // binds it: then the whole stack starts again on new ones (they are wired into each
+        // other's configuration).
+        const ATTEMPTS: u32 = 4;
+        for attempt in 1..=ATTEMPTS {
+            stack.configure(on_call);
+            match stack.launch_all().await {
+                Ok(()) => return stack,
+                Err(log) if attempt < ATTEMPTS && log.contains("address already in use") => {
+                    stack.processes.clear();
+                }
+                Err(log) => panic!("the stack did not start:\n{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
 
-        let dir = tempfile::tempdir().expect("a directory for the stack");
-        let mut env: Vec<(String, String)> = ports
+    /// Chooses the stack's ports, renders its configuration for them with scripts/stack.sh and
+    /// reads the command lines of its components.
+    fn configure(&mut self, on_call: Option<&str>) {
+        self.ports = Ports::choose();
+        self.dir = tempfile::tempdir().expect("a directory for the stack");
+        self.system.otlp.forward_only_to(&self.collector_url());
+        let mut env: Vec<(String, String)> = self
+            .ports
             .0
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         env.extend(TEST_TIMINGS.map(|(k, v)| (k.to_owned(), v.to_owned())));
         env.extend([
-            ("SHOP_PORT".to_owned(), system.shop.port().to_string()),
-            ("CRM_PORT".to_owned(), system.crm.port().to_string()),
-            ("MES_PORT".to_owned(), system.mes.port().to_string()),
+            ("SHOP_PORT".to_owned(), self.system.shop.port().to_string()),
+            ("CRM_PORT".to_owned(), self.system.crm.port().to_string()),
+            ("MES_PORT".to_owned(), self.system.mes.port().to_string()),
             (
                 "ORDER_WATCH_PORT".to_owned(),
-                watch.process.port().to_string(),
+                self.watch.process.port().to_string(),
             ),
             (
                 "ORDER_WATCH_OTLP_HTTP_PORT".to_owned(),
-                watch.otlp_port().to_string(),
+                self.watch.otlp_port().to_string(),
             ),
         ]);
         if let Some(url) = on_call {
@@ -203,19 +230,19 @@ impl Stack {
                 env.push((tool.to_owned(), path));
             }
         }
-        let dir_path = dir.path().display().to_string();
+        let dir = self.dir.path().display().to_string();
         stack_script(
-            &format!("render_stack_config {dir_path} && check_stack_config {dir_path}"),
+            &format!("render_stack_config {dir} && check_stack_config {dir}"),
             &env,
         );
         // The stack's own variables, as stack.sh derives them, for the components' environment.
         let derived = stack_script("env | grep -E '^(HALLMARK|ORDER_WATCH)_'", &env);
-        let env: Vec<(String, String)> = derived
+        self.env = derived
             .lines()
             .filter_map(|line| line.split_once('='))
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
-        let commands = stack_script(&format!("stack_commands {dir_path}"), &env)
+        self.commands = stack_script(&format!("stack_commands {dir}"), &self.env)
             .lines()
             .filter_map(|line| {
                 let (name, command) = line.split_once('\t')?;
@@ -226,20 +253,14 @@ impl Stack {
                 ))
             })
             .collect();
-        let mut stack = Self {
-            system,
-            watch,
-            client: reqwest::Client::new(),
-            ports,
-            dir,
-            env,
-            commands,
-            processes: BTreeMap::new(),
-        };
+    }
+
+    /// Starts every component; what the first one that failed printed, if one did.
+    async fn launch_all(&mut self) -> Result<(), String> {
         for component in Component::ALL {
-            stack.launch(component).await;
+            self.try_launch(component).await?;
         }
-        stack
+        Ok(())
     }
 
     /// Where `component` says it is ready.
@@ -259,7 +280,7 @@ impl Stack {
         }
     }
 
-    async fn launch(&mut self, component: Component) {
+    async fn try_launch(&mut self, component: Component) -> Result<(), String> {
         let command = self.commands[&component].clone();
         // `env NAME=VALUE program …` as stack.sh writes it: the variables go to the process.
         let mut env = self.env.clone();
@@ -275,8 +296,9 @@ impl Stack {
             }
         }
         let ready = self.ready_url(component);
-        let process = ServiceProcess::launch(component.name(), words, &env, &ready).await;
+        let process = ServiceProcess::try_launch(component.name(), words, &env, &ready).await?;
         self.processes.insert(component, process);
+        Ok(())
     }
 
     /// Stops `component` the way its supervisor would for a restart (SIGTERM, then SIGKILL after
@@ -285,7 +307,9 @@ impl Stack {
         if let Some(mut process) = self.processes.remove(&component) {
             process.stop(Duration::from_secs(10)).await;
         }
-        self.launch(component).await;
+        if let Err(log) = self.try_launch(component).await {
+            panic!("{} did not start again:\n{log}", component.name());
+        }
     }
 
     pub fn jaeger_url(&self) -> String {

@@ -339,6 +339,11 @@ impl OtlpCapture {
             .insert(service.to_owned());
     }
 
+    /// Passes the traces received from now on to `endpoint` only, instead of wherever they went.
+    pub fn forward_only_to(&self, endpoint: &str) {
+        *self.shared.forward.lock().expect("not poisoned") = vec![endpoint.to_owned()];
+    }
+
     /// Passes `service`'s spans on again.
     pub fn keep_service(&self, service: &str) {
         self.shared

@@ -164,6 +164,19 @@ impl ServiceProcess {
         env: &[(String, String)],
         ready: &str,
     ) -> Self {
+        Self::try_launch(name, command, env, ready)
+            .await
+            .unwrap_or_else(|log| panic!("{name} exited before it was ready:\n{log}"))
+    }
+
+    /// [`ServiceProcess::launch`], returning what the process printed when it exits before it
+    /// is ready (e.g. because a port it was given was taken meanwhile).
+    pub async fn try_launch(
+        name: &str,
+        command: &[String],
+        env: &[(String, String)],
+        ready: &str,
+    ) -> Result<Self, String> {
         let (program, args) = command.split_first().expect("a program to run");
         let log = log_path(name);
         let out = std::fs::File::create(&log).expect("a log file");
@@ -183,13 +196,10 @@ impl ServiceProcess {
             ports: Vec::new(),
             log,
         };
-        if let Err(status) = process.wait_until_answering(ready).await {
-            panic!(
-                "{name} exited with {status} before it was ready:\n{}",
-                process.log_text()
-            );
+        match process.wait_until_answering(ready).await {
+            Ok(()) => Ok(process),
+            Err(status) => Err(format!("{status}\n{}", process.log_text())),
         }
-        process
     }
 
     /// Waits until `/health` answers; the exit status if the process ended before that.
