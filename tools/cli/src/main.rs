@@ -1,12 +1,14 @@
 //! `hallmark`: place an order with a model and follow it from a terminal.
 //!
 //! ```text
-//! hallmark demo  --shop http://127.0.0.1:8081 --model ring.stl [--material gold_585]
-//! hallmark place --shop http://127.0.0.1:8081 --model ring.stl [--material gold_585]
-//! hallmark show  --shop http://127.0.0.1:8081 <order_id>
+//! hallmark demo  [--shop URL] --model ring.stl [--material gold_585]
+//! hallmark place [--shop URL] --model ring.stl [--material gold_585]
+//! hallmark show  [--shop URL] <order_id>
 //! hallmark dlq   list [QUEUE] [--limit N]
 //! hallmark dlq   replay QUEUE MESSAGE_ID|all
 //! ```
+//!
+//! `--help` on every command says the rest; `--shop` is also `HALLMARK_SHOP_URL`.
 //!
 //! `demo` places a sample order and prints every status it reaches until it is priced (or
 //! rejected, or fails); `place` prints the new order as JSON; `show` prints an order.
@@ -18,53 +20,85 @@
 //! `HALLMARK_RETRY_DELAYS`, ...) from the environment, exactly as the services do, and must be
 //! given the same values.
 
-use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
 use messaging::dead_letters::{self, Selection};
 use messaging::{Broker, BrokerConfig};
 use serde_json::{Value, json};
+use uuid::Uuid;
 
-const USAGE: &str = "usage:
-  hallmark demo  --shop URL --model FILE [--material MATERIAL]
-  hallmark place --shop URL --model FILE [--material MATERIAL]
-  hallmark show  --shop URL ORDER_ID
-  hallmark dlq   list [QUEUE] [--limit N]
-  hallmark dlq   replay QUEUE MESSAGE_ID|all";
-
-struct Args {
-    command: String,
-    options: HashMap<String, String>,
-    positional: Vec<String>,
+/// Place an order with a model and follow it from a terminal; see and replay dead letters.
+#[derive(Debug, Parser)]
+#[command(name = "hallmark", version, about)]
+struct Cli {
+    /// Shop API to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "HALLMARK_SHOP_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
+    shop: String,
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn parse_args() -> anyhow::Result<Args> {
-    let mut args = std::env::args().skip(1);
-    let command = args.next().context(USAGE)?;
-    let mut options = HashMap::new();
-    let mut positional = Vec::new();
-    while let Some(arg) = args.next() {
-        match arg.strip_prefix("--") {
-            Some(name) => {
-                let value = args
-                    .next()
-                    .with_context(|| format!("--{name} needs a value"))?;
-                options.insert(name.to_owned(), value);
-            }
-            None => positional.push(arg),
-        }
-    }
-    Ok(Args {
-        command,
-        options,
-        positional,
-    })
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Place a sample order and print every status it reaches until it is priced (or
+    /// rejected, or fails).
+    Demo(Model),
+    /// Place an order and print it as JSON.
+    Place(Model),
+    /// Print an order as JSON.
+    Show {
+        /// The order's id.
+        order_id: Uuid,
+    },
+    /// Dead letters: messages that failed every retry. Reads the broker settings
+    /// (HALLMARK_AMQP_URL, HALLMARK_AMQP_NAMESPACE, HALLMARK_RETRY_DELAYS, …) from the
+    /// environment exactly as the services do; give it the same values.
+    #[command(subcommand)]
+    Dlq(Dlq),
+}
+
+/// The model of an order and what to make it of.
+#[derive(Debug, clap::Args)]
+struct Model {
+    /// The STL file of the piece.
+    #[arg(long)]
+    model: PathBuf,
+    /// gold_585, gold_750, silver_925 or platinum_950.
+    #[arg(long, default_value = "gold_585")]
+    material: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Dlq {
+    /// Without a queue, count the dead letters of every queue; with one (e.g. `mes.pricing`),
+    /// print them as JSON with their reason, leaving them where they are.
+    List {
+        queue: Option<String>,
+        /// Most dead letters printed.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send one dead letter (by message id), or all of a queue's, back to the queue they
+    /// failed in.
+    Replay {
+        queue: String,
+        /// A message id, or `all`.
+        which: String,
+    },
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match run().await {
+    let cli = Cli::parse();
+    match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -73,57 +107,49 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run() -> anyhow::Result<()> {
-    let args = parse_args()?;
-    let shop = args
-        .options
-        .get("shop")
-        .cloned()
-        .unwrap_or_else(|| "http://127.0.0.1:8081".into());
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let shop = cli.shop.trim_end_matches('/');
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    match args.command.as_str() {
-        "demo" => demo(&client, &shop, &args).await,
-        "place" => {
-            let order = place(&client, &shop, &args).await?;
+    match cli.command {
+        Command::Demo(model) => demo(&client, shop, &model).await,
+        Command::Place(model) => {
+            let order = place(&client, shop, &model).await?;
             println!("{}", serde_json::to_string_pretty(&order)?);
             Ok(())
         }
-        "show" => {
-            let id = args.positional.first().context(USAGE)?;
-            let order = show(&client, &shop, id).await?;
+        Command::Show { order_id } => {
+            let order = show(&client, shop, &order_id.to_string()).await?;
             println!("{}", serde_json::to_string_pretty(&order)?);
             Ok(())
         }
-        "dlq" => dlq(&args).await,
-        _ => bail!("{USAGE}"),
+        Command::Dlq(command) => dlq(command).await,
     }
 }
 
-async fn dlq(args: &Args) -> anyhow::Result<()> {
+async fn dlq(command: Dlq) -> anyhow::Result<()> {
     let config = BrokerConfig::from_env()?;
     let broker = Broker::new(config, "hallmark-cli");
-    match args.positional.as_slice() {
-        [list] if list == "list" => {
+    match command {
+        Dlq::List { queue: None, .. } => {
             for (queue, count) in dead_letters::counts(&broker).await? {
                 println!("{queue}\t{count}");
             }
         }
-        [list, queue] if list == "list" => {
-            let limit = match args.options.get("limit") {
-                Some(limit) => limit.parse().context("--limit takes a whole number")?,
-                None => 100,
-            };
-            let letters = dead_letters::list(&broker, dead_letters::queue(queue)?, limit).await?;
+        Dlq::List {
+            queue: Some(queue),
+            limit,
+        } => {
+            let letters = dead_letters::list(&broker, dead_letters::queue(&queue)?, limit).await?;
             println!("{}", serde_json::to_string_pretty(&letters)?);
         }
-        [replay, queue, which] if replay == "replay" => {
+        Dlq::Replay { queue, which } => {
             let selection = match which.as_str() {
                 "all" => Selection::All,
                 id => Selection::MessageId(id.to_owned()),
             };
-            let spec = dead_letters::queue(queue)?;
+            let spec = dead_letters::queue(&queue)?;
             let replayed = dead_letters::replay(&broker, spec, &selection).await?;
             if replayed.is_empty() && selection != Selection::All {
                 bail!("no dead letter with message id {which} in {queue}");
@@ -131,22 +157,15 @@ async fn dlq(args: &Args) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&replayed)?);
             eprintln!("replayed {} message(s) to {queue}", replayed.len());
         }
-        _ => bail!("{USAGE}"),
     }
     Ok(())
 }
 
-async fn place(client: &reqwest::Client, shop: &str, args: &Args) -> anyhow::Result<Value> {
-    let path = args
-        .options
-        .get("model")
-        .context("--model FILE is required")?;
-    let material = args
-        .options
-        .get("material")
-        .map_or("gold_585", String::as_str);
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {path}"))?;
-    let file_name = std::path::Path::new(path)
+async fn place(client: &reqwest::Client, shop: &str, model: &Model) -> anyhow::Result<Value> {
+    let path = &model.model;
+    let material = model.material.as_str();
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file_name = path
         .file_name()
         .map_or("model.stl".into(), |n| n.to_string_lossy().into_owned());
     let order = json!({
@@ -197,9 +216,9 @@ async fn show(client: &reqwest::Client, shop: &str, id: &str) -> anyhow::Result<
     Ok(body)
 }
 
-async fn demo(client: &reqwest::Client, shop: &str, args: &Args) -> anyhow::Result<()> {
+async fn demo(client: &reqwest::Client, shop: &str, model: &Model) -> anyhow::Result<()> {
     let started = Instant::now();
-    let order = place(client, shop, args).await?;
+    let order = place(client, shop, model).await?;
     let id = order["order_id"]
         .as_str()
         .context("no order_id")?
