@@ -26,7 +26,8 @@ use uuid::Uuid;
 use crate::clock::Clock;
 use crate::config::Thresholds;
 use crate::incidents::{self, AlertmanagerMessage, Incident};
-use crate::store::{OrderState, queries};
+use crate::journey::OrderState;
+use crate::store::queries;
 
 #[derive(Clone)]
 pub struct ApiState {

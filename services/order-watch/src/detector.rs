@@ -40,9 +40,10 @@ use uuid::Uuid;
 use crate::clock::Clock;
 use crate::config::Thresholds;
 use crate::incidents::{self, Announcer};
+use crate::journey::{Confirmation, OrderState};
 use crate::metrics::Metrics;
 use crate::records::{AskError, Held, Records};
-use crate::store::{self, Confirmation, OrderState};
+use crate::store;
 
 /// Most orders claimed per round.
 const CLAIM_BATCH: i64 = 1000;
@@ -151,7 +152,7 @@ impl Detector {
         .bind(now + chrono::Duration::from_std(LEASE).unwrap_or_default())
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(OrderState::from_row).collect())
+        Ok(rows.iter().map(store::order_from_row).collect())
     }
 
     /// Asks each system of record about the claimed orders whose stage it owns, all at once.

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::clock::Clock;
-use crate::store::OrderState;
+use crate::journey::OrderState;
 
 /// Whether and how incidents are announced.
 #[derive(Debug, Clone)]

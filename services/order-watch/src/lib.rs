@@ -15,6 +15,7 @@ pub mod config;
 pub mod detector;
 pub mod incidents;
 pub mod ingest;
+pub mod journey;
 pub mod metrics;
 pub mod records;
 pub mod retention;

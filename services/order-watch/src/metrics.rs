@@ -24,7 +24,7 @@ use telemetry::attr;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::ingest::SpanRecord;
+use crate::journey::SpanRecord;
 
 const SECONDS_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,

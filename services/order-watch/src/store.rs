@@ -32,7 +32,7 @@ use uuid::Uuid;
 use crate::clock::Clock;
 use crate::config::Thresholds;
 use crate::incidents::{self, Announcer};
-use crate::ingest::{SpanRecord, activity_of};
+use crate::journey::{Confirmation, OrderState, SpanRecord, activity_of, merge};
 use crate::metrics::Metrics;
 use telemetry::propagation::Activity;
 
@@ -40,8 +40,6 @@ use telemetry::propagation::Activity;
 pub const MAX_BATCH_SPANS: usize = 20_000;
 /// Requests waiting for the writer before ingest answers "busy" (the exporter retries).
 const QUEUE_DEPTH: usize = 256;
-/// A span ending further in the future than this (a skewed clock) counts as ending now + this.
-const MAX_CLOCK_SKEW: chrono::Duration = chrono::Duration::seconds(60);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -285,141 +283,34 @@ async fn insert_spans<'a>(
         .collect())
 }
 
-/// [`OrderState::status_source`] of a status a transition span announced.
-pub const FROM_TELEMETRY: &str = "telemetry";
-
-/// How sure order-watch is that a stuck order is stuck.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Confirmation {
-    /// The system that owns the order's stage holds it where order-watch does.
-    Confirmed,
-    /// That system could not be asked; the order is flagged all the same (fail safe).
-    Unconfirmed,
-}
-
-impl Confirmation {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Confirmed => "confirmed",
-            Self::Unconfirmed => "unconfirmed",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        [Self::Confirmed, Self::Unconfirmed]
-            .into_iter()
-            .find(|c| c.as_str() == text)
-    }
-}
-
-/// An order's journey summary as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OrderState {
-    pub order_id: Uuid,
-    pub first_seen: DateTime<Utc>,
-    /// End of its latest span of any kind.
-    pub last_seen: DateTime<Utc>,
-    /// End of its latest progress span, or when its system of record says it last moved.
-    pub last_progress: DateTime<Utc>,
-    pub status: Option<OrderStatus>,
-    pub status_at: Option<DateTime<Utc>>,
-    /// [`FROM_TELEMETRY`], or the `service.name` whose own record the status was taken from.
-    pub status_source: String,
-    pub stage: Stage,
-    pub terminal: bool,
-    /// Last progress + the stage's threshold; none once terminal.
-    pub deadline: Option<DateTime<Utc>>,
-    /// When the detector looks at the order next (see the migration).
-    pub check_at: Option<DateTime<Utc>>,
-    pub stuck_since: Option<DateTime<Utc>>,
-    /// Set while stuck.
-    pub stuck_confirmation: Option<Confirmation>,
-    /// What the system of record answered when last asked, in words.
-    pub confirmation: Option<String>,
-    pub confirmed_at: Option<DateTime<Utc>>,
-    /// Requests that only read the order since its last progress.
-    pub observations_since_progress: i64,
-    pub span_count: i64,
-    pub error_count: i64,
-    pub max_retries: i64,
-    pub dead_letters: i64,
-    /// Service and name of the latest progress span.
-    pub last_service: String,
-    pub last_span: String,
-}
-
-impl OrderState {
-    /// A new journey whose first span starts at `first_seen`.
-    pub(crate) fn new(order_id: Uuid, first_seen: DateTime<Utc>) -> Self {
-        Self {
-            order_id,
-            first_seen,
-            last_seen: first_seen,
-            last_progress: first_seen,
-            status: None,
-            status_at: None,
-            status_source: FROM_TELEMETRY.to_owned(),
-            stage: Stage::Intake,
-            terminal: false,
-            deadline: None,
-            check_at: None,
-            stuck_since: None,
-            stuck_confirmation: None,
-            confirmation: None,
-            confirmed_at: None,
-            observations_since_progress: 0,
-            span_count: 0,
-            error_count: 0,
-            max_retries: 0,
-            dead_letters: 0,
-            last_service: String::new(),
-            last_span: String::new(),
-        }
-    }
-
-    pub fn from_row(row: &sqlx::postgres::PgRow) -> Self {
-        let status: Option<String> = row.get("status");
-        let stage: String = row.get("stage");
-        let confirmation: Option<String> = row.get("stuck_confirmation");
-        Self {
-            order_id: row.get("order_id"),
-            first_seen: row.get("first_seen"),
-            last_seen: row.get("last_seen"),
-            last_progress: row.get("last_progress"),
-            status: status.and_then(|s| s.parse().ok()),
-            status_at: row.get("status_at"),
-            status_source: row.get("status_source"),
-            stage: stage.parse().unwrap_or(Stage::Intake),
-            terminal: row.get("terminal"),
-            deadline: row.get("deadline"),
-            check_at: row.get("check_at"),
-            stuck_since: row.get("stuck_since"),
-            stuck_confirmation: confirmation.as_deref().and_then(Confirmation::parse),
-            confirmation: row.get("confirmation"),
-            confirmed_at: row.get("confirmed_at"),
-            observations_since_progress: row.get("observations_since_progress"),
-            span_count: row.get("span_count"),
-            error_count: row.get("error_count"),
-            max_retries: row.get("max_retries"),
-            dead_letters: row.get("dead_letters"),
-            last_service: row.get("last_service"),
-            last_span: row.get("last_span"),
-        }
-    }
-
-    /// Sets stage, terminal, deadline and the next check from status and last progress, and
-    /// clears `stuck`: what follows whenever the order is known to have moved.
-    pub fn moved(&mut self, thresholds: &Thresholds) {
-        self.stage = self.status.map_or(Stage::Intake, OrderStatus::stage);
-        self.terminal = self.status.is_some_and(OrderStatus::is_terminal);
-        self.deadline = (!self.terminal).then(|| {
-            self.last_progress
-                + chrono::Duration::from_std(thresholds.for_stage(self.stage)).unwrap_or_default()
-        });
-        self.check_at = self.deadline;
-        self.stuck_since = None;
-        self.stuck_confirmation = None;
-        self.confirmation = None;
+/// An order as its row holds it.
+pub(crate) fn order_from_row(row: &sqlx::postgres::PgRow) -> OrderState {
+    let status: Option<String> = row.get("status");
+    let stage: String = row.get("stage");
+    let confirmation: Option<String> = row.get("stuck_confirmation");
+    OrderState {
+        order_id: row.get("order_id"),
+        first_seen: row.get("first_seen"),
+        last_seen: row.get("last_seen"),
+        last_progress: row.get("last_progress"),
+        status: status.and_then(|s| s.parse().ok()),
+        status_at: row.get("status_at"),
+        status_source: row.get("status_source"),
+        stage: stage.parse().unwrap_or(Stage::Intake),
+        terminal: row.get("terminal"),
+        deadline: row.get("deadline"),
+        check_at: row.get("check_at"),
+        stuck_since: row.get("stuck_since"),
+        stuck_confirmation: confirmation.as_deref().and_then(Confirmation::parse),
+        confirmation: row.get("confirmation"),
+        confirmed_at: row.get("confirmed_at"),
+        observations_since_progress: row.get("observations_since_progress"),
+        span_count: row.get("span_count"),
+        error_count: row.get("error_count"),
+        max_retries: row.get("max_retries"),
+        dead_letters: row.get("dead_letters"),
+        last_service: row.get("last_service"),
+        last_span: row.get("last_span"),
     }
 }
 
@@ -439,75 +330,11 @@ pub(crate) async fn lock_orders(
     Ok(rows
         .iter()
         .map(|row| {
-            let state = OrderState::from_row(row);
+            let state = order_from_row(row);
             (state.order_id, state)
         })
         .collect())
 }
-
-/// Folds an order's new spans into its state. Only progress that did not fail moves the order:
-/// its last progress, status, stage and deadline, and whether it is stuck. Observations are
-/// counted.
-pub fn merge(
-    previous: Option<OrderState>,
-    order_id: Uuid,
-    spans: &[&SpanRecord],
-    now: DateTime<Utc>,
-    thresholds: &Thresholds,
-) -> OrderState {
-    let latest_allowed = now + MAX_CLOCK_SKEW;
-    let earliest = spans
-        .iter()
-        .map(|s| s.start.min(latest_allowed))
-        .min()
-        .unwrap_or(now);
-    let is_new = previous.is_none();
-    let mut state = previous.unwrap_or_else(|| OrderState::new(order_id, earliest));
-    let before = (state.last_progress, state.status);
-    let mut ordered: Vec<&&SpanRecord> = spans.iter().collect();
-    ordered.sort_by_key(|s| s.end);
-    for span in ordered {
-        let end = span.end.min(latest_allowed);
-        state.first_seen = state.first_seen.min(span.start.min(latest_allowed));
-        state.last_seen = state.last_seen.max(end);
-        if span.moves_order() {
-            if end >= state.last_progress {
-                state.last_progress = end;
-                state.last_service = span.service.clone();
-                state.last_span = span.name.clone();
-                state.observations_since_progress = 0;
-            }
-            if let Some(to) = span.status_to {
-                let forward = match state.status {
-                    None => true,
-                    Some(current) => OrderStatus::supersedes(to, current),
-                };
-                if forward {
-                    state.status = Some(to);
-                    state.status_at = Some(end);
-                    state.status_source = FROM_TELEMETRY.to_owned();
-                }
-            }
-        } else if span.kind == SERVER_KIND && end > state.last_progress {
-            state.observations_since_progress += 1;
-        }
-        state.span_count += 1;
-        state.error_count += i64::from(span.is_error());
-        if let Some(retries) = span.attribute_i64(telemetry::attr::RETRY_COUNT) {
-            state.max_retries = state.max_retries.max(retries);
-        }
-        if span.attribute_str(telemetry::attr::DLQ_ROUTE).is_some() {
-            state.dead_letters += 1;
-        }
-    }
-    if is_new || (state.last_progress, state.status) != before {
-        state.moved(thresholds);
-    }
-    state
-}
-
-/// OTLP's SERVER span kind: a request someone made.
-const SERVER_KIND: i16 = 2;
 
 /// Writes each order's whole state (inserting new orders).
 pub(crate) async fn upsert_orders(
@@ -585,7 +412,7 @@ pub mod queries {
             .bind(order_id)
             .fetch_optional(pool)
             .await?;
-        Ok(row.as_ref().map(OrderState::from_row))
+        Ok(row.as_ref().map(order_from_row))
     }
 
     /// One stored span, for a journey.
@@ -686,7 +513,7 @@ pub mod queries {
         .bind(limit)
         .fetch_all(pool)
         .await?;
-        Ok(rows.iter().map(OrderState::from_row).collect())
+        Ok(rows.iter().map(order_from_row).collect())
     }
 
     /// A stretch of an order's life whose spans never arrived.
@@ -723,184 +550,5 @@ pub mod queries {
                 missing_services: row.get("missing_services"),
             })
             .collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    /// A span of `order` ending `end_offset_s` after `base`, moving it to `status_to` when given,
-    /// marked with `activity` when given.
-    fn span(status_to: Option<&str>, end_offset_s: i64, base: DateTime<Utc>) -> SpanRecord {
-        let mut attributes = serde_json::Map::new();
-        if let Some(to) = status_to {
-            attributes.insert("order.status.to".into(), Value::String(to.into()));
-        }
-        SpanRecord {
-            order_id: Uuid::nil(),
-            trace_id: vec![1; 16],
-            span_id: vec![2; 8],
-            parent_span_id: None,
-            service: "mes-api".into(),
-            name: "order priced".into(),
-            kind: 1,
-            start: base + chrono::Duration::seconds(end_offset_s - 1),
-            end: base + chrono::Duration::seconds(end_offset_s),
-            status_code: 0,
-            status_message: String::new(),
-            attributes,
-            links: vec![],
-            status_to: None,
-            activity: Activity::Observation,
-        }
-        .classified()
-    }
-
-    fn marked(mut span: SpanRecord, activity: Activity, kind: i16) -> SpanRecord {
-        span.attributes.insert(
-            telemetry::attr::ORDER_ACTIVITY.into(),
-            Value::String(activity.as_str().into()),
-        );
-        span.kind = kind;
-        span.classified()
-    }
-
-    fn thresholds() -> Thresholds {
-        Thresholds {
-            default: Duration::from_secs(60),
-            per_stage: Default::default(),
-        }
-    }
-
-    #[test]
-    fn the_status_only_moves_forward_and_sets_the_stage_and_deadline() {
-        let now = Utc::now();
-        let late_registered = span(Some("registered"), 5, now);
-        let priced = span(Some("priced"), 3, now);
-        let state = merge(
-            None,
-            Uuid::nil(),
-            &[&late_registered, &priced],
-            now,
-            &thresholds(),
-        );
-        assert_eq!(state.status, Some(OrderStatus::Priced));
-        assert_eq!(state.stage, Stage::CustomerConfirmation);
-        assert_eq!(state.last_progress, now + chrono::Duration::seconds(5));
-        assert_eq!(state.deadline, Some(now + chrono::Duration::seconds(65)));
-        assert_eq!(state.check_at, state.deadline);
-        assert_eq!(state.span_count, 2);
-    }
-
-    #[test]
-    fn a_terminal_order_has_no_deadline_and_progress_unsticks_an_order() {
-        let now = Utc::now();
-        let mut stuck = merge(
-            None,
-            Uuid::nil(),
-            &[&span(Some("pricing"), 0, now)],
-            now,
-            &thresholds(),
-        );
-        stuck.stuck_since = Some(now);
-        stuck.stuck_confirmation = Some(Confirmation::Confirmed);
-        let attempt = marked(span(None, 10, now), Activity::Progress, 1);
-        let moved = merge(Some(stuck), Uuid::nil(), &[&attempt], now, &thresholds());
-        assert_eq!(moved.stuck_since, None);
-        assert_eq!(moved.stuck_confirmation, None);
-        assert_eq!(moved.status, Some(OrderStatus::Pricing));
-        assert_eq!(moved.deadline, Some(now + chrono::Duration::seconds(70)));
-        let done = merge(
-            Some(moved),
-            Uuid::nil(),
-            &[&span(Some("rejected"), 20, now)],
-            now,
-            &thresholds(),
-        );
-        assert!(done.terminal);
-        assert_eq!((done.deadline, done.check_at), (None, None));
-    }
-
-    #[test]
-    fn reads_of_a_stuck_order_are_counted_and_change_neither_its_deadline_nor_its_verdict() {
-        let now = Utc::now();
-        let mut stuck = merge(
-            None,
-            Uuid::nil(),
-            &[&span(Some("registered"), 0, now)],
-            now,
-            &thresholds(),
-        );
-        stuck.stuck_since = stuck.deadline;
-        stuck.stuck_confirmation = Some(Confirmation::Confirmed);
-        stuck.check_at = Some(now + chrono::Duration::seconds(3600));
-        let before = stuck.clone();
-        let read = marked(span(None, 30, now), Activity::Observation, 2);
-        let statement = marked(span(None, 30, now), Activity::Observation, 3);
-        let after = merge(
-            Some(stuck),
-            Uuid::nil(),
-            &[&read, &statement],
-            now,
-            &thresholds(),
-        );
-        assert_eq!(
-            after.observations_since_progress, 1,
-            "one request, not its statement"
-        );
-        assert_eq!(after.last_seen, now + chrono::Duration::seconds(30));
-        assert_eq!(
-            (
-                after.last_progress,
-                after.deadline,
-                after.check_at,
-                after.stuck_since
-            ),
-            (
-                before.last_progress,
-                before.deadline,
-                before.check_at,
-                before.stuck_since
-            )
-        );
-        assert_eq!(
-            after.last_span, before.last_span,
-            "the last progress span is kept"
-        );
-    }
-
-    #[test]
-    fn a_failed_transition_neither_moves_the_status_nor_counts_as_progress() {
-        let now = Utc::now();
-        let state = merge(
-            None,
-            Uuid::nil(),
-            &[&span(Some("priced"), 0, now)],
-            now,
-            &thresholds(),
-        );
-        let mut refused = marked(span(Some("confirmed"), 30, now), Activity::Progress, 1);
-        refused.status_code = 2;
-        let after = merge(
-            Some(state.clone()),
-            Uuid::nil(),
-            &[&refused],
-            now,
-            &thresholds(),
-        );
-        assert_eq!(after.status, Some(OrderStatus::Priced));
-        assert_eq!(after.deadline, state.deadline);
-        assert_eq!(after.error_count, 1);
-    }
-
-    #[test]
-    fn a_span_from_the_future_counts_as_now_plus_the_allowed_skew() {
-        let now = Utc::now();
-        let future = span(Some("created"), 86_400, now);
-        let state = merge(None, Uuid::nil(), &[&future], now, &Thresholds::default());
-        assert_eq!(state.last_seen, now + MAX_CLOCK_SKEW);
-        assert_eq!(state.last_progress, now + MAX_CLOCK_SKEW);
     }
 }

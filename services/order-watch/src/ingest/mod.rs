@@ -19,9 +19,9 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use serde_json::{Map, Value};
 use telemetry::attr;
-use telemetry::propagation::Activity;
 use uuid::Uuid;
 
+use crate::journey::{SpanRecord, activity_of};
 use crate::metrics::Metrics;
 use crate::store::{StoreError, Writer};
 
@@ -71,82 +71,6 @@ pub const OWN_SERVICE: &str = "order-watch";
 const MAX_VALUE_CHARS: usize = 1024;
 /// Most attributes kept per span.
 const MAX_ATTRIBUTES: usize = 128;
-
-/// One span of an order, as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpanRecord {
-    pub order_id: Uuid,
-    pub trace_id: Vec<u8>,
-    pub span_id: Vec<u8>,
-    pub parent_span_id: Option<Vec<u8>>,
-    pub service: String,
-    pub name: String,
-    /// OTLP span kind (1 internal, 2 server, 3 client, 4 producer, 5 consumer).
-    pub kind: i16,
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
-    /// 0 unset, 1 ok, 2 error.
-    pub status_code: i16,
-    pub status_message: String,
-    pub attributes: Map<String, Value>,
-    /// `(trace_id, span_id)` in hex.
-    pub links: Vec<(String, String)>,
-    /// The status an owner moved the order to in this span (`order.status.to`).
-    pub status_to: Option<OrderStatus>,
-    /// What the span's work was to its order ([`activity_of`]).
-    pub activity: Activity,
-}
-
-impl SpanRecord {
-    pub fn attribute_str(&self, key: &str) -> Option<&str> {
-        self.attributes.get(key).and_then(Value::as_str)
-    }
-
-    pub fn attribute_i64(&self, key: &str) -> Option<i64> {
-        self.attributes.get(key).and_then(Value::as_i64)
-    }
-
-    pub fn is_error(&self) -> bool {
-        self.status_code == 2
-    }
-
-    /// Whether the span moved its order: progress that did not fail. Failed work (a refused
-    /// transition, a failed attempt) is part of the journey, and begins one, but does not show
-    /// that the order is moving.
-    pub fn moves_order(&self) -> bool {
-        self.activity == Activity::Progress && !self.is_error()
-    }
-
-    /// Sets [`SpanRecord::status_to`] and [`SpanRecord::activity`] from the attributes, for
-    /// records built by hand.
-    #[cfg(test)]
-    pub(crate) fn classified(mut self) -> Self {
-        self.status_to = self
-            .attribute_str(attr::ORDER_STATUS_TO)
-            .and_then(|s| s.parse().ok());
-        self.activity = activity_of(
-            self.attribute_str(attr::ORDER_ACTIVITY),
-            self.status_to.is_some(),
-        );
-        self
-    }
-}
-
-/// What a span's work was to its order, the one rule for stored and arriving spans alike: what
-/// it says (`order.activity`). A span without the mark, from a producer that does not know it,
-/// is progress when it is a transition (it carries `order.status.to`) and an observation
-/// otherwise.
-pub fn activity_of(marked: Option<&str>, transition: bool) -> Activity {
-    let progress = match marked {
-        Some(mark) => mark == Activity::Progress.as_str(),
-        None => transition,
-    };
-    if progress {
-        Activity::Progress
-    } else {
-        Activity::Observation
-    }
-}
 
 /// What one export request held.
 #[derive(Debug, Default)]
@@ -327,6 +251,7 @@ mod tests {
     use super::*;
     use opentelemetry_proto::tonic::resource::v1::Resource;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status};
+    use telemetry::propagation::Activity;
 
     fn kv(key: &str, value: &str) -> KeyValue {
         KeyValue {
@@ -416,16 +341,6 @@ mod tests {
         assert_eq!(extracted.rejected, 4);
         assert_eq!(extracted.spans.len(), 1);
         assert!(extracted.rejection.unwrap().contains("trace id"));
-    }
-
-    #[test]
-    fn a_span_is_progress_when_it_says_so_or_is_an_unmarked_transition() {
-        use Activity::{Observation, Progress};
-        assert_eq!(activity_of(Some("progress"), false), Progress);
-        assert_eq!(activity_of(Some("observation"), true), Observation);
-        assert_eq!(activity_of(Some("anything"), false), Observation);
-        assert_eq!(activity_of(None, true), Progress);
-        assert_eq!(activity_of(None, false), Observation);
     }
 
     #[test]
