@@ -1045,10 +1045,12 @@ async fn a_publish_the_broker_cannot_route_fails_its_span_with_the_reason() {
         .stop(Duration::from_secs(10))
         .await;
     let names = Names::new(&system.namespace);
-    let connection =
-        lapin::Connection::connect(&system.broker.url, lapin::ConnectionProperties::default())
-            .await
-            .expect("the broker");
+    let connection = lapin::Connection::connect(
+        secrecy::ExposeSecret::expose_secret(&system.broker.url),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("the broker");
     let channel = connection.create_channel().await.expect("a channel");
     channel
         .queue_unbind(

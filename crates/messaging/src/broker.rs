@@ -1,5 +1,6 @@
 //! One AMQP connection per process, reopened on demand, and the back-off every loop uses.
 
+use secrecy::ExposeSecret as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,8 +70,11 @@ impl Broker {
         }
         let properties = ConnectionProperties::default()
             .with_connection_name(self.inner.connection_name.clone().into());
-        let connection =
-            Connection::connect(&self.inner.config.url_with_heartbeat(), properties).await?;
+        let connection = Connection::connect(
+            self.inner.config.url_with_heartbeat().expose_secret(),
+            properties,
+        )
+        .await?;
         let setup = connection.create_channel().await?;
         topology::declare(&setup, &self.inner.config).await?;
         let _ = setup.close(200, "topology declared".into()).await;

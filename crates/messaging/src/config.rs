@@ -2,15 +2,18 @@
 //! topology settings (namespace, retry delays, delivery limit): they declare the same queues, and
 //! RabbitMQ refuses a redeclaration with different arguments.
 
+use secrecy::{ExposeSecret as _, SecretString};
 use std::time::Duration;
 
 /// Where the broker is and how the topology is shaped.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// AMQP URI, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`. A `heartbeat` query parameter is
-    /// added (15 s) when absent so a dead connection is noticed within seconds.
-    /// Env: `HALLMARK_AMQP_URL`.
-    pub url: String,
+    /// AMQP URI, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`: a secret, it holds the password
+    /// (`Debug` does not show it). A `heartbeat` query parameter is added (15 s) when absent so a
+    /// dead connection is noticed within seconds. Env: `HALLMARK_AMQP_URL` (default: the
+    /// development broker's `guest` account on this machine, which RabbitMQ accepts only from
+    /// loopback).
+    pub url: SecretString,
     /// Prefix for every exchange and queue name (`{namespace}.hallmark.orders`). Empty in
     /// production; tests use a unique one each. Env: `HALLMARK_AMQP_NAMESPACE`.
     pub namespace: String,
@@ -37,7 +40,7 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
-            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
             namespace: String::new(),
             retry_delays: vec![
                 Duration::from_secs(1),
@@ -72,7 +75,7 @@ impl BrokerConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         let mut config = Self::default();
         if let Ok(url) = std::env::var("HALLMARK_AMQP_URL") {
-            config.url = url;
+            config.url = SecretString::from(url);
         }
         if let Ok(namespace) = std::env::var("HALLMARK_AMQP_NAMESPACE") {
             config.namespace = namespace;
@@ -122,21 +125,39 @@ impl BrokerConfig {
         Ok(())
     }
 
-    /// The URI with a heartbeat, so a dead peer is detected.
-    pub fn url_with_heartbeat(&self) -> String {
-        if self.url.contains("heartbeat=") {
-            self.url.clone()
-        } else if self.url.contains('?') {
-            format!("{}&heartbeat=15", self.url)
+    /// The URI with a heartbeat, so a dead peer is detected; for connecting only (it exposes
+    /// the password).
+    pub fn url_with_heartbeat(&self) -> SecretString {
+        let url = self.url.expose_secret();
+        SecretString::from(if url.contains("heartbeat=") {
+            url.to_owned()
+        } else if url.contains('?') {
+            format!("{url}&heartbeat=15")
         } else {
-            format!("{}?heartbeat=15", self.url)
-        }
+            format!("{url}?heartbeat=15")
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_broker_password_never_shows_in_debug_output() {
+        let config = BrokerConfig {
+            url: SecretString::from("amqp://hallmark:s3cr3t-pw@broker:5672/%2f"),
+            ..BrokerConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cr3t-pw"), "{shown}");
+        assert!(
+            config
+                .url_with_heartbeat()
+                .expose_secret()
+                .ends_with("?heartbeat=15")
+        );
+    }
 
     #[test]
     fn the_defaults_are_valid() {

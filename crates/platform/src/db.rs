@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use secrecy::{ExposeSecret as _, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, PgPool, Row as _};
 use telemetry::propagation::{Carrier, to_carrier};
@@ -9,11 +10,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::server::CLOSE_TIMEOUT;
 
-/// Connection settings.
+/// Connection settings. `Debug` shows no credential.
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
-    /// `postgres://user@host:port/database`.
-    pub url: String,
+    /// `postgres://user:password@host:port/database`: a secret, it holds the password.
+    pub url: SecretString,
     /// Upper bound of pooled connections.
     pub max_connections: u32,
 }
@@ -21,7 +22,7 @@ pub struct DatabaseConfig {
 impl DatabaseConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
-            url: url.into(),
+            url: SecretString::from(url.into()),
             max_connections: 10,
         }
     }
@@ -35,6 +36,7 @@ pub async fn connect(
 ) -> Result<PgPool, sqlx::Error> {
     let options: PgConnectOptions = config
         .url
+        .expose_secret()
         .parse::<PgConnectOptions>()?
         .log_statements(tracing::log::LevelFilter::Debug)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
@@ -137,4 +139,16 @@ pub async fn migrate_schema(
     let result = migrator.run(&mut *conn).await;
     sqlx::query("RESET search_path").execute(&mut *conn).await?;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_password_never_shows_in_debug_output() {
+        let config = DatabaseConfig::new("postgres://hallmark:s3cr3t-pw@db:5432/shop");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cr3t-pw"), "{shown}");
+    }
 }

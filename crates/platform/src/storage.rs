@@ -7,6 +7,7 @@
 //! order id too. They are `telemetry::spans::client` spans: nothing runs under them, so they need
 //! no `tracing` span; `RUST_LOG` turns them on and off as INFO spans of this module.
 
+use secrecy::{ExposeSecret as _, SecretString};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,7 @@ use telemetry::spans::ClientSpan;
 use crate::env::{self, ConfigError};
 
 /// Which backend, and how to reach it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum StorageConfig {
     /// Objects are files under `root`. Env: `HALLMARK_STORAGE_DIR` (default `.hallmark/objects`).
     Filesystem { root: PathBuf },
@@ -40,8 +41,8 @@ pub enum StorageConfig {
         region: String,
         /// Env: `HALLMARK_S3_ACCESS_KEY_ID`; when unset, the usual `AWS_*` variables apply.
         access_key_id: Option<String>,
-        /// Env: `HALLMARK_S3_SECRET_ACCESS_KEY`.
-        secret_access_key: Option<String>,
+        /// Env: `HALLMARK_S3_SECRET_ACCESS_KEY`. A secret: `Debug` does not show it.
+        secret_access_key: Option<SecretString>,
         /// How long one call keeps retrying transient failures (5xx answers, lost connections)
         /// with back-off before it gives up (and never more than 10 retries). A back-off that has
         /// begun still runs out, so a failing call can take up to about three times this. Shop
@@ -63,7 +64,8 @@ impl StorageConfig {
                 endpoint: env::optional("HALLMARK_S3_ENDPOINT"),
                 region: env::string("HALLMARK_S3_REGION", "us-east-1"),
                 access_key_id: env::optional("HALLMARK_S3_ACCESS_KEY_ID"),
-                secret_access_key: env::optional("HALLMARK_S3_SECRET_ACCESS_KEY"),
+                secret_access_key: env::optional("HALLMARK_S3_SECRET_ACCESS_KEY")
+                    .map(SecretString::from),
                 retry_timeout: env::duration(
                     "HALLMARK_S3_RETRY_TIMEOUT",
                     DEFAULT_S3_RETRY_TIMEOUT,
@@ -138,7 +140,7 @@ impl ObjectStorage {
                     builder = builder.with_access_key_id(key);
                 }
                 if let Some(secret) = secret_access_key {
-                    builder = builder.with_secret_access_key(secret);
+                    builder = builder.with_secret_access_key(secret.expose_secret());
                 }
                 Ok(Self {
                     store: Arc::new(builder.build()?),

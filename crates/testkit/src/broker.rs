@@ -1,5 +1,6 @@
 //! A unique broker namespace per test.
 
+use secrecy::ExposeSecret as _;
 use std::time::Duration;
 
 use messaging::BrokerConfig;
@@ -16,7 +17,7 @@ pub fn amqp_url() -> String {
 /// and everything expires ten minutes after the test stops using it.
 pub fn isolated() -> BrokerConfig {
     BrokerConfig {
-        url: amqp_url(),
+        url: amqp_url().into(),
         namespace: format!("t{}", &Uuid::new_v4().simple().to_string()[..12]),
         retry_delays: vec![Duration::from_millis(100), Duration::from_millis(200)],
         delivery_limit: 5,
@@ -28,7 +29,10 @@ pub fn isolated() -> BrokerConfig {
 /// The same settings as environment variables, for a service started as a process.
 pub fn env(config: &BrokerConfig) -> Vec<(String, String)> {
     vec![
-        ("HALLMARK_AMQP_URL".into(), config.url.clone()),
+        (
+            "HALLMARK_AMQP_URL".into(),
+            config.url.expose_secret().to_owned(),
+        ),
         ("HALLMARK_AMQP_NAMESPACE".into(), config.namespace.clone()),
         (
             "HALLMARK_RETRY_DELAYS".into(),
@@ -87,8 +91,11 @@ async fn delete_namespace(config: &BrokerConfig) {
     use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     use messaging::topology::{Names, QUEUES};
 
-    let Ok(connection) =
-        lapin::Connection::connect(&config.url, lapin::ConnectionProperties::default()).await
+    let Ok(connection) = lapin::Connection::connect(
+        config.url.expose_secret(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
     else {
         return;
     };

@@ -107,7 +107,7 @@ impl S3Server {
             endpoint: Some(self.endpoint.clone()),
             region: REGION.to_owned(),
             access_key_id: Some(ACCESS_KEY_ID.to_owned()),
-            secret_access_key: Some(SECRET_ACCESS_KEY.to_owned()),
+            secret_access_key: Some(SECRET_ACCESS_KEY.into()),
             retry_timeout: RETRY_TIMEOUT,
         }
     }
