@@ -1,12 +1,12 @@
 //! One AMQP connection per process, reopened on demand, and the back-off every loop uses.
 
+use backon::{BackoffBuilder as _, ExponentialBackoff, ExponentialBuilder};
 use secrecy::ExposeSecret as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::{Channel, Connection, ConnectionProperties};
 use platform::server::CLOSE_TIMEOUT;
-use rand::Rng;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -123,39 +123,43 @@ impl Broker {
     }
 }
 
-/// Exponential back-off with full jitter, from 100 ms up to 10 s.
-#[derive(Debug, Clone)]
+/// How reconnecting to the broker and restarting a consumer or relay wait between attempts:
+/// from 50 ms doubling up to 5 s, each delay with up to as much again of jitter (so 50–100 ms
+/// first, 5–10 s at most), for ever. The one back-off type of the code base is `backon`'s.
+pub const RECONNECT: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(50))
+    .with_max_delay(Duration::from_secs(5))
+    .with_jitter()
+    .without_max_times();
+
+/// A back-off in progress: the delays of a policy, started again by [`Backoff::reset`].
+#[derive(Debug)]
 pub struct Backoff {
-    next: Duration,
-    min: Duration,
-    max: Duration,
+    policy: ExponentialBuilder,
+    delays: ExponentialBackoff,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self::new(Duration::from_millis(100), Duration::from_secs(10))
+        Self::new(RECONNECT)
     }
 }
 
 impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
+    pub fn new(policy: ExponentialBuilder) -> Self {
         Self {
-            next: min,
-            min,
-            max,
+            policy,
+            delays: policy.build(),
         }
     }
 
-    /// The next delay (random in `[delay/2, delay]`), doubling the delay for the time after.
+    /// The next delay.
     pub fn next_delay(&mut self) -> Duration {
-        let ceiling = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let ms = ceiling.as_millis().max(1) as u64;
-        Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+        self.delays.next().unwrap_or(Duration::from_secs(10))
     }
 
     pub fn reset(&mut self) {
-        self.next = self.min;
+        self.delays = self.policy.build();
     }
 
     /// Sleeps for the next delay; `false` when cancelled first.
@@ -173,11 +177,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_its_ceiling_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
-        let delays: Vec<_> = (0..6).map(|_| backoff.next_delay()).collect();
-        for (delay, ceiling) in delays.iter().zip([100, 200, 400, 800, 800, 800]) {
-            assert!(delay.as_millis() <= ceiling && delay.as_millis() >= ceiling / 2);
+    fn the_reconnect_back_off_doubles_up_to_its_ceiling_with_jitter_and_resets() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<_> = (0..10).map(|_| backoff.next_delay()).collect();
+        for (delay, base) in delays
+            .iter()
+            .zip([50, 100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000])
+        {
+            let ms = delay.as_millis();
+            assert!(ms >= base && ms <= 2 * base, "{ms} ms against {base} ms");
         }
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));

@@ -13,6 +13,7 @@
 //! An engine that crashes, hangs past its timeout or cannot get the model is retried with
 //! back-off; after the last attempt the order is `failed` with the reason, never left hanging.
 
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -44,6 +45,18 @@ use crate::config::CalcSettings;
 pub(crate) enum Verdict {
     Priced(domain::pricing::Quote),
     Rejected { code: String, message: String },
+}
+
+/// How long a failed calculation waits before attempt `attempt + 1`: `first` after the first
+/// attempt, doubling after each one after it (no jitter: the workers poll for due jobs anyway).
+fn retry_delay(first: Duration, attempt: i32) -> Duration {
+    ExponentialBuilder::new()
+        .with_min_delay(first)
+        .without_max_delay()
+        .without_max_times()
+        .build()
+        .nth(usize::try_from(attempt - 1).unwrap_or(0))
+        .unwrap_or(first)
 }
 
 /// Why a run produced nothing usable; worth another attempt.
@@ -365,7 +378,7 @@ impl Worker {
                 )
             }
             Err(err) if job.attempt < self.settings.max_attempts => {
-                let delay = self.settings.retry_delay * 2u32.pow((job.attempt - 1).max(0) as u32);
+                let delay = retry_delay(self.settings.retry_delay, job.attempt);
                 Span::current().record(attr::ERROR_CODE, run_error_type(err));
                 metrics().record_failure("price", "pricing", run_error_type(err));
                 sqlx::query(
@@ -425,5 +438,17 @@ impl Worker {
         .db("UPDATE calc_jobs")
         .await?;
         tx.commit().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_calculation_waits_the_first_delay_then_double_each_time() {
+        let first = Duration::from_secs(5);
+        let delays: Vec<u64> = (1..=4).map(|a| retry_delay(first, a).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40]);
     }
 }

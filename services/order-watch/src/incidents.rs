@@ -8,6 +8,7 @@
 //! transaction that opens or resolves the incident and sent with retries by whichever replica
 //! claims them, so a crash between the two loses nothing.
 
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -334,9 +335,20 @@ pub async fn send_notifications(
     }
 }
 
-/// Retry delays: 1 s doubling up to 10 minutes.
+/// How a webhook notification that failed is tried again: after 1 s doubling up to 10 minutes,
+/// for ever (a notification is never dropped).
+const RETRY: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_secs(1))
+    .with_max_delay(Duration::from_secs(600))
+    .without_max_times();
+
+/// The wait before the next attempt of a notification tried `attempts` times.
 fn backoff(attempts: i32) -> chrono::Duration {
-    chrono::Duration::seconds(1i64 << attempts.clamp(0, 10)).min(chrono::Duration::minutes(10))
+    let delay = RETRY
+        .build()
+        .nth(usize::try_from(attempts).unwrap_or(0))
+        .unwrap_or(Duration::from_secs(600));
+    chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::minutes(10))
 }
 
 async fn send_due(
@@ -397,4 +409,17 @@ async fn send_due(
     }
     tx.commit().await?;
     Ok(rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_notification_waits_one_second_doubling_up_to_ten_minutes() {
+        let delays: Vec<i64> = [0, 1, 2, 9, 10, 30]
+            .map(|a| backoff(a).num_seconds())
+            .into();
+        assert_eq!(delays, [1, 2, 4, 512, 600, 600]);
+    }
 }

@@ -13,11 +13,13 @@
 //!
 //! Retries follow the policy `opentelemetry-otlp` recommends: a network error, 502, 504, or a
 //! 429 or 503 (after its `Retry-After`, when it gives one in seconds) is tried again up to three
-//! times, 100 ms apart and doubling up to 1.6 s, plus up to 100 ms of jitter, never beyond the
-//! timeout. Any other answer fails the batch at once.
+//! times, after 100 ms doubling up to 1.6 s, each with up to as much again of jitter
+//! ([`RETRY`]), never beyond the timeout. Any other answer fails the batch at once.
 
 use std::io::Write as _;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 
 use bytes::Bytes;
 use opentelemetry_sdk::Resource;
@@ -29,10 +31,13 @@ use super::{encode, setting};
 const DEFAULT_ENDPOINT: &str = "http://localhost:4318";
 const TRACES_PATH: &str = "/v1/traces";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-const RETRIES: u32 = 3;
-const FIRST_DELAY: Duration = Duration::from_millis(100);
-const MAX_DELAY: Duration = Duration::from_millis(1600);
-const MAX_JITTER_MS: u64 = 100;
+/// How an export is tried again: three times, after 100 ms doubling up to 1.6 s, each delay
+/// with up to as much again of jitter so that many exporters do not retry in step.
+pub const RETRY: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_max_delay(Duration::from_millis(1600))
+    .with_jitter()
+    .with_max_times(3);
 /// The longest `Retry-After` taken into account.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
@@ -293,15 +298,6 @@ enum Retry {
     After(Duration),
 }
 
-/// Up to [`MAX_JITTER_MS`] of jitter, so that many exporters do not retry in step.
-fn jitter() -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    Duration::from_millis(u64::from(nanos) % (MAX_JITTER_MS + 1))
-}
-
 impl SpanExporter for HttpSpanExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         if batch.is_empty() {
@@ -309,18 +305,18 @@ impl SpanExporter for HttpSpanExporter {
         }
         let deadline = Instant::now() + self.config.timeout;
         let body = self.body(&batch)?;
-        let mut delay = FIRST_DELAY;
-        let mut attempt = 0;
+        let mut delays = RETRY.build();
         loop {
             let failure = match self.send(&body) {
                 Ok(()) => return Ok(()),
                 Err(failure) => failure,
             };
-            let wait = match failure.retry {
-                _ if attempt >= RETRIES => None,
-                Retry::Never => None,
-                Retry::AfterBackoff => Some(delay + jitter()),
-                Retry::After(asked) => Some(asked + jitter()),
+            // A retry spends a delay of the policy even when the collector says how long to
+            // wait, so the number of retries is the policy's either way.
+            let wait = match (failure.retry, delays.next()) {
+                (_, None) | (Retry::Never, _) => None,
+                (Retry::AfterBackoff, Some(delay)) => Some(delay),
+                (Retry::After(asked), Some(_)) => Some(asked),
             };
             let Some(wait) = wait else {
                 return Err(OTelSdkError::InternalFailure(failure.message));
@@ -330,8 +326,6 @@ impl SpanExporter for HttpSpanExporter {
             }
             // The batch processor exports on a thread of its own, never on a runtime's.
             std::thread::sleep(wait);
-            attempt += 1;
-            delay = (delay * 2).min(MAX_DELAY);
         }
     }
 
