@@ -48,15 +48,18 @@ pub(crate) enum Verdict {
 }
 
 /// How long a failed calculation waits before attempt `attempt + 1`: `first` after the first
-/// attempt, doubling after each one after it (no jitter: the workers poll for due jobs anyway).
+/// attempt, doubling after each one after it (no jitter: the workers poll for due jobs anyway),
+/// in whole milliseconds (the delay is stored as a PostgreSQL interval, which holds no
+/// nanoseconds, and the back-off computes in floating point).
 fn retry_delay(first: Duration, attempt: i32) -> Duration {
-    ExponentialBuilder::new()
+    let delay = ExponentialBuilder::new()
         .with_min_delay(first)
         .without_max_delay()
         .without_max_times()
         .build()
         .nth(usize::try_from(attempt - 1).unwrap_or(0))
-        .unwrap_or(first)
+        .unwrap_or(first);
+    Duration::from_millis(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Why a run produced nothing usable; worth another attempt.
@@ -447,8 +450,8 @@ mod tests {
 
     #[test]
     fn a_failed_calculation_waits_the_first_delay_then_double_each_time() {
-        let first = Duration::from_secs(5);
-        let delays: Vec<u64> = (1..=4).map(|a| retry_delay(first, a).as_secs()).collect();
-        assert_eq!(delays, [5, 10, 20, 40]);
+        let first = Duration::from_millis(200);
+        let delays: Vec<Duration> = (1..=4).map(|a| retry_delay(first, a)).collect();
+        assert_eq!(delays, [200, 400, 800, 1600].map(Duration::from_millis));
     }
 }

@@ -348,7 +348,8 @@ fn backoff(attempts: i32) -> chrono::Duration {
         .build()
         .nth(usize::try_from(attempts).unwrap_or(0))
         .unwrap_or(Duration::from_secs(600));
-    chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::minutes(10))
+    // Whole milliseconds: the back-off computes in floating point.
+    chrono::Duration::milliseconds(i64::try_from(delay.as_millis()).unwrap_or(600_000))
 }
 
 async fn send_due(
@@ -418,8 +419,8 @@ mod tests {
     #[test]
     fn a_failed_notification_waits_one_second_doubling_up_to_ten_minutes() {
         let delays: Vec<i64> = [0, 1, 2, 9, 10, 30]
-            .map(|a| backoff(a).num_seconds())
+            .map(|a| backoff(a).num_milliseconds())
             .into();
-        assert_eq!(delays, [1, 2, 4, 512, 600, 600]);
+        assert_eq!(delays, [1_000, 2_000, 4_000, 512_000, 600_000, 600_000]);
     }
 }
