@@ -302,11 +302,12 @@ impl Stack {
     }
 
     /// Stops `component` the way its supervisor would for a restart (SIGTERM, then SIGKILL after
-    /// 10 s) and starts it again on the same ports and data.
-    pub async fn restart(&mut self, component: Component) {
+    /// 10 s), leaves it down for `down_for`, and starts it again on the same ports and data.
+    pub async fn restart(&mut self, component: Component, down_for: Duration) {
         if let Some(mut process) = self.processes.remove(&component) {
             process.stop(Duration::from_secs(10)).await;
         }
+        tokio::time::sleep(down_for).await;
         if let Err(log) = self.try_launch(component).await {
             panic!("{} did not start again:\n{log}", component.name());
         }

@@ -376,10 +376,16 @@ async fn restarting_the_collector_and_jaeger_under_traffic_loses_no_span_the_exp
             placed
         })
     };
+    // Down for a second: the exporters' batches of that second are refused and retried (three
+    // retries within about 1.5 s); Jaeger's are queued by the collector.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stack.restart(Component::Collector).await;
+    stack
+        .restart(Component::Collector, Duration::from_secs(1))
+        .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stack.restart(Component::Jaeger).await;
+    stack
+        .restart(Component::Jaeger, Duration::from_secs(1))
+        .await;
     let placed = placing.await.expect("orders placed");
     assert!(placed.len() >= 20, "{} orders placed", placed.len());
     let refused = stack.system.otlp.refused();
