@@ -12,16 +12,17 @@
 //! attributes and status descriptions (see [`MaskingExporter`]) and to every log line.
 //! An OTel Collector in front of the backends can mask again, as a second line.
 //!
-//! Text compiled into the program is not searched for patterns in spans (keys are still
-//! checked): a string literal such as `"postgresql"`, `"INSERT orders"` or a status name is part
-//! of the executable, so it cannot hold a customer's data, which only ever arrives at run time.
-//! Most span values are such literals, so this saves most of the searching (see
-//! [`is_compiled_in`]).
+//! What a key or a value is masked to depends on its contents and the masker's rules alone: the
+//! same text is masked the same way whether it is a string literal, a formatted `String` or one
+//! allocation shared by many spans, and whatever was masked before it. Nothing is decided or
+//! remembered by where text lies in memory. Most values are short words, statuses and ids that
+//! cannot hold any pattern, and a look at their bytes (see [`may_hold_contact_data`]) passes them
+//! without a search; that look, not any knowledge of where a value came from, keeps masking
+//! cheap.
 
 use std::borrow::Cow;
 use std::fmt;
-use std::ops::Range;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use opentelemetry::{Key, KeyValue, StringValue, Value, trace::Status};
@@ -327,34 +328,21 @@ impl Masker {
         out
     }
 
-    /// [`Masker::mask_text`] for text made at run time; text compiled into the program (see
-    /// [`is_compiled_in`]) is borrowed as it is.
-    fn mask_run_time_text<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        if is_compiled_in(text) {
-            return Cow::Borrowed(text);
-        }
-        self.mask_text(text)
-    }
-
     /// The value to export for `key`: the mask for a sensitive key, the text with matches
     /// masked for a string, the value unchanged otherwise.
     pub fn mask_value(&self, key: &str, value: &Value) -> Option<Value> {
-        self.mask_value_with(key, value, &mut Seen::default())
-    }
-
-    fn mask_value_with(&self, key: &str, value: &Value, seen: &mut Seen) -> Option<Value> {
-        if seen.is_sensitive(self, key) {
+        if self.is_sensitive_key(key) {
             return Some(Value::from(MASK));
         }
         match value {
-            Value::String(s) => match seen.mask_shared(self, s.as_str()) {
+            Value::String(s) => match self.mask_text(s.as_str()) {
                 Cow::Borrowed(_) => None,
                 Cow::Owned(masked) => Some(Value::from(masked)),
             },
             Value::Array(opentelemetry::Array::String(items)) => {
                 let masked: Vec<StringValue> = items
                     .iter()
-                    .map(|s| StringValue::from(self.mask_run_time_text(s.as_str()).into_owned()))
+                    .map(|s| StringValue::from(self.mask_text(s.as_str()).into_owned()))
                     .collect();
                 (masked != *items).then(|| Value::Array(masked.into()))
             }
@@ -363,9 +351,9 @@ impl Masker {
     }
 
     /// Masks a list of attributes in place.
-    fn mask_attributes(&self, attributes: &mut [KeyValue], seen: &mut Seen) {
+    fn mask_attributes(&self, attributes: &mut [KeyValue]) {
         for kv in attributes.iter_mut() {
-            if let Some(masked) = self.mask_value_with(kv.key.as_str(), &kv.value, seen) {
+            if let Some(masked) = self.mask_value(kv.key.as_str(), &kv.value) {
                 *kv = KeyValue::new(Key::from(kv.key.as_str().to_owned()), masked);
             }
         }
@@ -373,130 +361,25 @@ impl Masker {
 
     /// Masks everything a span carries that could hold personal data.
     pub fn mask_span(&self, span: &mut SpanData) {
-        self.mask_span_with(span, &mut Seen::default());
-    }
-
-    /// [`Masker::mask_span`], with what `seen` remembers of earlier spans.
-    fn mask_span_with(&self, span: &mut SpanData, seen: &mut Seen) {
-        if let Cow::Owned(name) = self.mask_run_time_text(&span.name) {
+        if let Cow::Owned(name) = self.mask_text(&span.name) {
             span.name = Cow::Owned(name);
         }
-        self.mask_attributes(&mut span.attributes, seen);
+        self.mask_attributes(&mut span.attributes);
         for event in span.events.events.iter_mut() {
-            if let Cow::Owned(name) = self.mask_run_time_text(&event.name) {
+            if let Cow::Owned(name) = self.mask_text(&event.name) {
                 event.name = Cow::Owned(name);
             }
-            self.mask_attributes(&mut event.attributes, seen);
+            self.mask_attributes(&mut event.attributes);
         }
         for link in span.links.links.iter_mut() {
-            self.mask_attributes(&mut link.attributes, seen);
+            self.mask_attributes(&mut link.attributes);
         }
         if let Status::Error { description } = &span.status
-            && let Cow::Owned(masked) = self.mask_run_time_text(description)
+            && let Cow::Owned(masked) = self.mask_text(description)
         {
             span.status = Status::error(masked);
         }
     }
-}
-
-/// What masking remembers from span to span, by address, so that what comes over and over is
-/// not worked out again. Answers belong to the [`Masker`] that gave them: keep one `Seen` per
-/// masker.
-///
-/// * Whether a key compiled into the program is sensitive. Spans carry the same few dozen
-///   literal keys (`db.system.name`, `order.id`), and a literal's address holds the same text
-///   for the life of the process. Keys made at run time are always worked out. Only addresses
-///   in the program's image are kept, so the map cannot outgrow the program's literals.
-/// * Which values of the current batch were found clean. One allocation is shared by many
-///   spans: the order id on every span of an order, the database name on every database span.
-///   Within a batch, such text stays where it is, unchanged: spans are only read, and a value
-///   found clean is never replaced, so its allocation lives as long as the batch does. Hence
-///   [`Seen::end_batch`] forgets them. Short text is checked again instead, which costs less
-///   than remembering it.
-#[derive(Debug, Default)]
-struct Seen {
-    keys: rustc_hash::FxHashMap<(usize, usize), bool>,
-    clean: rustc_hash::FxHashSet<(usize, usize)>,
-}
-
-/// Values at least this long are remembered when clean (a UUID has 36 bytes).
-const REMEMBERED_LEN: usize = 24;
-
-impl Seen {
-    fn is_sensitive(&mut self, masker: &Masker, key: &str) -> bool {
-        if !is_compiled_in(key) {
-            return masker.is_sensitive_key(key);
-        }
-        *self
-            .keys
-            .entry((key.as_ptr() as usize, key.len()))
-            .or_insert_with(|| masker.is_sensitive_key(key))
-    }
-
-    /// [`Masker::mask_run_time_text`] for an attribute value, remembering clean ones.
-    fn mask_shared<'a>(&mut self, masker: &Masker, text: &'a str) -> Cow<'a, str> {
-        if text.len() < REMEMBERED_LEN {
-            return masker.mask_run_time_text(text);
-        }
-        let at = (text.as_ptr() as usize, text.len());
-        if self.clean.contains(&at) {
-            return Cow::Borrowed(text);
-        }
-        let masked = masker.mask_run_time_text(text);
-        if matches!(masked, Cow::Borrowed(_)) {
-            self.clean.insert(at);
-        }
-        masked
-    }
-
-    /// Forgets the values of the batch just masked: their allocations may be freed now.
-    fn end_batch(&mut self) {
-        self.clean.clear();
-    }
-}
-
-/// The address ranges of this executable's read-only segments (code and constants), read from
-/// `/proc/self/maps` once; empty where there is no such file, and then nothing counts as
-/// compiled in.
-static IMAGE: LazyLock<Vec<Range<usize>>> = LazyLock::new(|| {
-    let exe = std::fs::read_link("/proc/self/exe");
-    let maps = std::fs::read_to_string("/proc/self/maps");
-    match (exe, maps) {
-        (Ok(exe), Ok(maps)) => read_only_segments(&maps, &exe.to_string_lossy()),
-        _ => Vec::new(),
-    }
-});
-
-/// The read-only mappings of the file `path` in `maps` (the format of `/proc/<pid>/maps`:
-/// `start-end perms offset dev inode path`).
-fn read_only_segments(maps: &str, path: &str) -> Vec<Range<usize>> {
-    maps.lines()
-        .filter_map(|line| {
-            let mut fields = line.splitn(6, ' ');
-            let (range, perms) = (fields.next()?, fields.next()?);
-            let mapped = fields.nth(3)?.trim_start();
-            if mapped != path || perms.as_bytes().get(1) != Some(&b'-') {
-                return None;
-            }
-            let (start, end) = range.split_once('-')?;
-            let start = usize::from_str_radix(start, 16).ok()?;
-            let end = usize::from_str_radix(end, 16).ok()?;
-            Some(start..end)
-        })
-        .collect()
-}
-
-/// Whether `text` lies in the program's read-only image: a string literal, a `&'static str`
-/// constant. Such text was written by a developer, not received from a customer. Text on the
-/// heap (everything formatted, parsed, read from a request, a row or a message) never is, and
-/// neither is anything in writable memory, so a false "yes" is impossible; where the image is
-/// unknown, the answer is "no" and the text is searched as before.
-fn is_compiled_in(text: &str) -> bool {
-    let start = text.as_ptr() as usize;
-    let end = start + text.len();
-    IMAGE
-        .iter()
-        .any(|segment| segment.start <= start && end <= segment.end)
 }
 
 /// A UUID in its hyphenated form, anywhere in a text.
@@ -538,30 +421,19 @@ fn passes_luhn(candidate: &str) -> bool {
 #[derive(Debug)]
 pub struct MaskingExporter<E> {
     masker: Masker,
-    /// What masking remembers across spans. Batches are exported one at a time, so the lock is
-    /// never contended.
-    seen: Mutex<Seen>,
     inner: E,
 }
 
 impl<E> MaskingExporter<E> {
     pub fn new(masker: Masker, inner: E) -> Self {
-        Self {
-            masker,
-            seen: Mutex::default(),
-            inner,
-        }
+        Self { masker, inner }
     }
 }
 
 impl<E: SpanExporter> SpanExporter for MaskingExporter<E> {
     async fn export(&self, mut batch: Vec<SpanData>) -> OTelSdkResult {
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-            for span in &mut batch {
-                self.masker.mask_span_with(span, &mut seen);
-            }
-            seen.end_batch();
+        for span in &mut batch {
+            self.masker.mask_span(span);
         }
         self.inner.export(batch).await
     }
@@ -769,76 +641,109 @@ mod tests {
     }
 
     #[test]
-    fn text_compiled_into_the_program_is_not_searched_but_its_keys_are_checked() {
+    fn a_value_is_masked_the_same_whether_it_is_a_literal_or_made_at_run_time() {
         let masker = Masker::default();
-        const LITERAL: &str = "support@hallmark.example";
-        assert!(is_compiled_in(LITERAL));
-        let at_run_time = LITERAL.to_owned();
-        assert!(!is_compiled_in(&at_run_time));
-        let mut span = span_with("notify", Vec::new(), "");
-        span.name = Cow::Borrowed(LITERAL);
-        span.attributes = vec![
-            KeyValue::new("note", LITERAL),
-            KeyValue::new("note", at_run_time.clone()),
-            KeyValue::new("customer.email", LITERAL),
+        const LITERALS: &[&str] = &[
+            "support@hallmark.example",
+            "call +49 170 1234567",
+            "card 4111 1111 1111 1111",
+            "postgresql",
+            "INSERT orders",
+            "019ad4f2-0012-7345-8123-456789abcdef",
         ];
-        masker.mask_span(&mut span);
-        assert_eq!(span.name, LITERAL);
-        assert_eq!(span.attributes[0].value, Value::from(LITERAL));
-        assert_eq!(span.attributes[1].value, Value::from("[masked:email]"));
-        assert_eq!(span.attributes[2].value, Value::from(MASK));
-        // Text in writable memory is not part of the image, whatever its lifetime.
-        let leaked: &'static str = Box::leak(at_run_time.into_boxed_str());
-        assert!(!is_compiled_in(leaked));
-    }
-
-    #[test]
-    fn literal_keys_are_remembered_and_keys_made_at_run_time_are_checked_each_time() {
-        let masker = Masker::new(&["*.iban".to_owned()], &[]).unwrap();
-        let mut seen = Seen::default();
-        for _ in 0..2 {
-            assert!(seen.is_sensitive(&masker, "customer.email"));
-            assert!(seen.is_sensitive(&masker, "payment.iban"));
-            assert!(!seen.is_sensitive(&masker, "order.id"));
+        for &literal in LITERALS {
+            let owned = literal.to_owned();
+            let leaked: &'static str = Box::leak(literal.to_owned().into_boxed_str());
+            let shared = StringValue::from(Arc::<str>::from(literal));
+            for key in ["note", "customer.email"] {
+                let expected = masker.mask_value(key, &Value::from(literal));
+                assert_eq!(
+                    masker.mask_value(key, &Value::from(owned.clone())),
+                    expected
+                );
+                assert_eq!(masker.mask_value(key, &Value::from(leaked)), expected);
+                assert_eq!(
+                    masker.mask_value(key, &Value::String(shared.clone())),
+                    expected
+                );
+            }
+            assert_eq!(masker.mask_text(literal), masker.mask_text(&owned));
         }
-        assert_eq!(seen.keys.len(), 3);
-        // A key built at run time is answered from its text, and not remembered: its address
-        // could hold another key later.
-        let built = format!("customer.{}", "email");
-        assert!(seen.is_sensitive(&masker, &built));
-        assert!(!seen.is_sensitive(&masker, &format!("order.{}", "id")));
-        assert_eq!(seen.keys.len(), 3);
+        // Span names and status descriptions too: a literal name is searched like any other.
+        let mut from_literals = span_with("notify", Vec::new(), "");
+        from_literals.name = Cow::Borrowed(LITERALS[0]);
+        from_literals.status = Status::error(LITERALS[0]);
+        from_literals.attributes = vec![KeyValue::new("note", LITERALS[0])];
+        let mut made_at_run_time = span_with(
+            LITERALS[0],
+            vec![KeyValue::new("note", LITERALS[0].to_owned())],
+            LITERALS[0],
+        );
+        masker.mask_span(&mut from_literals);
+        masker.mask_span(&mut made_at_run_time);
+        assert_eq!(from_literals.name, "[masked:email]");
+        assert_eq!(from_literals.name, made_at_run_time.name);
+        assert_eq!(from_literals.attributes, made_at_run_time.attributes);
+        assert_eq!(from_literals.status, made_at_run_time.status);
     }
 
     #[test]
-    fn a_value_shared_by_the_spans_of_a_batch_is_searched_once_and_forgotten_after_it() {
+    fn a_key_is_sensitive_the_same_whether_it_is_a_literal_or_made_at_run_time() {
+        let masker = Masker::new(&["*.iban".to_owned()], &[]).unwrap();
+        for (key, sensitive) in [
+            ("customer.email", true),
+            ("payment.iban", true),
+            ("order.id", false),
+        ] {
+            let (prefix, leaf) = key.split_once('.').unwrap();
+            for _ in 0..2 {
+                assert_eq!(masker.is_sensitive_key(key), sensitive, "{key}");
+                assert_eq!(
+                    masker.is_sensitive_key(&format!("{prefix}.{leaf}")),
+                    sensitive,
+                    "{key}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_masked_as_each_of_its_spans_would_be_alone() {
         let masker = Masker::default();
-        let mut seen = Seen::default();
+        let collected = crate::test_support::Collected::default();
+        let exporter = MaskingExporter::new(masker.clone(), collected.clone());
+        // One allocation on several spans, as the order id and the database name are, and text
+        // that repeats with and without personal data in it.
         let order = StringValue::from(Arc::<str>::from("019ad4f2-0012-7345-8123-456789abcdef"));
         let contact = StringValue::from(Arc::<str>::from("write to jane.doe@example.com today"));
-        let mut spans: Vec<SpanData> = (0..3)
-            .map(|_| {
+        let spans: Vec<SpanData> = (0..3)
+            .map(|i| {
                 let attributes = vec![
                     KeyValue::new("order.id", order.clone()),
                     KeyValue::new("note", contact.clone()),
+                    KeyValue::new("db.system.name", "postgresql"),
+                    KeyValue::new("customer.email", format!("customer{i}@example.com")),
                 ];
                 span_with("notify", attributes, "")
             })
             .collect();
-        for span in &mut spans {
-            masker.mask_span_with(span, &mut seen);
+        for _ in 0..2 {
+            exporter.export(spans.clone()).await.unwrap();
         }
-        // Only the clean value is remembered; the other is masked on every span.
-        assert_eq!(seen.clean.len(), 1);
-        for span in &spans {
-            assert_eq!(span.attributes[0].value, Value::String(order.clone()));
-            assert_eq!(
-                span.attributes[1].value,
-                Value::from("write to [masked:email] today")
-            );
+        let exported = collected.spans();
+        assert_eq!(exported.len(), 6);
+        for (exported, original) in exported.iter().zip(spans.iter().cycle()) {
+            let mut alone = original.clone();
+            masker.mask_span(&mut alone);
+            assert_eq!(exported.attributes, alone.attributes);
+            assert_eq!(exported.name, alone.name);
         }
-        seen.end_batch();
-        assert!(seen.clean.is_empty());
+        assert_eq!(exported[5].attributes[0].value, Value::String(order));
+        assert_eq!(
+            exported[5].attributes[1].value,
+            Value::from("write to [masked:email] today")
+        );
+        assert_eq!(exported[5].attributes[3].value, Value::from(MASK));
     }
 
     #[tokio::test]
@@ -864,24 +769,5 @@ mod tests {
             assert_eq!(span.attributes[0].value, Value::from(MASK));
             assert_eq!(span.attributes[1].value, Value::from("web"));
         }
-    }
-
-    #[test]
-    fn only_read_only_mappings_of_the_executable_count_as_its_image() {
-        let maps = "\
-55d0c0a00000-55d0c0a4e000 r--p 00000000 fd:01 1234 /srv/shop api\n\
-55d0c0a4e000-55d0c0f00000 r-xp 0004e000 fd:01 1234 /srv/shop api\n\
-55d0c1000000-55d0c1010000 rw-p 00500000 fd:01 1234 /srv/shop api\n\
-7f0000000000-7f0000100000 r--p 00000000 fd:01 99 /usr/lib/x86_64-linux-gnu/libc.so.6\n\
-7f0000200000-7f0000300000 rw-p 00000000 00:00 0 \n\
-7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]\n";
-        assert_eq!(
-            read_only_segments(maps, "/srv/shop api"),
-            vec![
-                0x55d0c0a00000..0x55d0c0a4e000,
-                0x55d0c0a4e000..0x55d0c0f00000
-            ]
-        );
-        assert!(read_only_segments(maps, "/srv/other").is_empty());
     }
 }
