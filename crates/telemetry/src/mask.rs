@@ -91,31 +91,58 @@ struct Inner {
     built_in_only: bool,
 }
 
-/// Lowercase names grouped by length: a lookup compares with the few names of its length.
-struct Names(Vec<Vec<String>>);
+/// Lowercase names grouped by length: a lookup compares with the few names of its length, and
+/// only when one of them starts with the same letter. Most keys of a span are none of these, and
+/// most lookups end at that one test.
+struct Names {
+    by_length: Vec<Vec<String>>,
+    /// For each length, a bit for the first letter of each name that long (see [`initial`]);
+    /// names of 63 bytes or more share the last entry.
+    initials: [u32; 64],
+}
+
+/// A bit for how `name` starts: its first letter whatever its case, or any other first byte, or
+/// none at all.
+fn initial(name: &str) -> u32 {
+    // Setting bit 5 lowercases an ASCII letter and makes no other byte one.
+    match name.as_bytes().first().map(|&byte| byte | 0x20) {
+        Some(letter @ b'a'..=b'z') => 1 << (letter - b'a'),
+        Some(_) => 1 << 30,
+        None => 1 << 31,
+    }
+}
 
 impl Names {
     fn new(names: Vec<String>) -> Self {
         let mut by_length: Vec<Vec<String>> = Vec::new();
+        let mut initials = [0; 64];
         for name in names {
             if by_length.len() <= name.len() {
                 by_length.resize_with(name.len() + 1, Vec::new);
             }
+            initials[name.len().min(63)] |= initial(&name);
             by_length[name.len()].push(name);
         }
-        Self(by_length)
+        Self {
+            by_length,
+            initials,
+        }
     }
 
     fn contains(&self, name: &str) -> bool {
-        self.0
-            .get(name.len())
-            .is_some_and(|same| same.iter().any(|n| n.eq_ignore_ascii_case(name)))
+        self.initials[name.len().min(63)] & initial(name) != 0
+            && self
+                .by_length
+                .get(name.len())
+                .is_some_and(|same| same.iter().any(|n| n.eq_ignore_ascii_case(name)))
     }
 }
 
 impl fmt::Debug for Names {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.0.iter().flatten()).finish()
+        f.debug_list()
+            .entries(self.by_length.iter().flatten())
+            .finish()
     }
 }
 
@@ -278,7 +305,12 @@ impl Masker {
 
     /// Whether every value under `key` is personal data.
     pub fn is_sensitive_key(&self, key: &str) -> bool {
-        let leaf = key.rsplit_once('.').map_or(key, |(_, leaf)| leaf);
+        // Keys are short and their last segment shorter: a byte loop from the end finds the dot
+        // in a few steps, where `rsplit_once` sets up a word-wise search first.
+        let leaf = match key.bytes().rposition(|b| b == b'.') {
+            Some(dot) => &key[dot + 1..],
+            None => key,
+        };
         self.inner.keys.contains(key) || self.inner.leaves.contains(leaf)
     }
 
@@ -600,6 +632,51 @@ mod tests {
             "pay to [masked:custom]"
         );
         assert!(Masker::new(&[], &["(".into()]).is_err());
+    }
+
+    #[test]
+    fn keys_are_found_whatever_their_case_length_or_first_byte() {
+        let long = format!("x.{}", "y".repeat(70));
+        let masker = Masker::new(
+            &[
+                long.clone(),
+                "*.2fa_code".into(),
+                "*._token".into(),
+                "*.".into(),
+                "card.pan".into(),
+            ],
+            &[],
+        )
+        .unwrap();
+        for key in [
+            "Customer.EMAIL",
+            "shipping.Street",
+            "CARD.PAN",
+            "user.2fa_code",
+            "session._token",
+            // `*.` lists the empty leaf: a key that ends in a dot, or is empty.
+            "odd.",
+            "",
+            long.as_str(),
+            &long.to_uppercase(),
+        ] {
+            assert!(masker.is_sensitive_key(key), "{key}");
+        }
+        let longer = format!("{long}y");
+        for key in [
+            // The same length and first letter as a listed name, or as a listed leaf.
+            "customer.emaij",
+            "shipping.stress",
+            "card.pax",
+            "user.2fa_cods",
+            "session.-token",
+            "odd",
+            &long[..long.len() - 1],
+            longer.as_str(),
+            "db.system.name",
+        ] {
+            assert!(!masker.is_sensitive_key(key), "{key}");
+        }
     }
 
     /// A span as the SDK hands it over, with everything in it made at run time, as data from a
