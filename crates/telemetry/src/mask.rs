@@ -722,8 +722,7 @@ mod tests {
         }
     }
 
-    /// A span as the SDK hands it over, with everything in it made at run time, as data from a
-    /// customer is.
+    /// A span as the SDK hands it over, with the name, attributes and error status given.
     fn span_with(name: &str, attributes: Vec<KeyValue>, status: &str) -> SpanData {
         SpanData {
             span_context: opentelemetry::trace::SpanContext::empty_context(),
