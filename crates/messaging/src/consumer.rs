@@ -19,6 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::metrics::metrics;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use lapin::message::Delivery;
@@ -32,8 +33,9 @@ use opentelemetry::trace::TraceContextExt;
 use sqlx::{PgConnection, PgPool};
 use telemetry::attr;
 use telemetry::db::Traced;
-use telemetry::metrics;
-use telemetry::propagation::{Activity, extract_amqp, order_id as baggage_order_id, with_order};
+use telemetry::propagation::{Activity, order_id as baggage_order_id, with_order};
+
+use crate::headers::extract_amqp;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -418,7 +420,7 @@ async fn process<H: Handler>(shared: &Shared<H>, publisher: &Publisher, delivery
             Err(err) => {
                 let span = Span::current();
                 span.record(attr::ERROR_CODE, err.code());
-                metrics().record_failure("consume", shared.queue, err.code());
+                telemetry::metrics::record_failure("consume", shared.queue, err.code());
                 match err {
                     HandlerError::Transient { code, message } => {
                         retry_or_dead_letter(shared, publisher, &delivery, &incoming, code, &message)

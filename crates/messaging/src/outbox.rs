@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use lapin::types::FieldTable;
 use opentelemetry::trace::SpanKind;
 use opentelemetry::{Context, KeyValue};
+use platform::db::{Carrier, from_carrier};
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool, Row};
 use telemetry::attr::semconv::{
@@ -25,7 +26,9 @@ use telemetry::attr::semconv::{
     MESSAGING_SYSTEM,
 };
 use telemetry::db::Traced;
-use telemetry::propagation::{Activity, Carrier, from_carrier, inject_amqp, with_order};
+use telemetry::propagation::{Activity, with_order};
+
+use crate::headers::inject_amqp;
 use telemetry::{attr, spans};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -437,7 +440,7 @@ pub async fn watch_backlog(pool: PgPool, cancel: CancellationToken) {
     loop {
         match backlog(&pool).await {
             Ok((pending, oldest)) => {
-                let metrics = telemetry::metrics();
+                let metrics = crate::metrics::metrics();
                 metrics
                     .outbox_pending
                     .record(u64::try_from(pending).unwrap_or_default(), &[]);

@@ -23,16 +23,29 @@ use domain::pricing::Quote;
 use domain::{OrderStatus, TransitionError};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
+use platform::db::{Carrier, from_carrier};
 use platform::db::{current_trace, stored_trace};
 use serde::Serialize;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::{PgConnection, PgPool, Row};
 use telemetry::db::Traced;
-use telemetry::propagation::{Carrier, from_carrier};
-use telemetry::{attr, metrics, spans};
+use telemetry::{attr, spans};
 use uuid::Uuid;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Status transitions this service performed (`hallmark.order.status_transitions`). Labels:
+/// `from`, `to`.
+fn status_transitions() -> &'static opentelemetry::metrics::Counter<u64> {
+    static COUNTER: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>> =
+        std::sync::OnceLock::new();
+    COUNTER.get_or_init(|| {
+        telemetry::metrics::meter()
+            .u64_counter("hallmark.order.status_transitions")
+            .with_description("Order status transitions performed by this service")
+            .build()
+    })
+}
 
 /// Creates or upgrades the `orderbook` schema and the `messaging` schema it writes to (outbox,
 /// inbox), each with its own migration history.
@@ -357,7 +370,7 @@ impl OrderBook {
             Event::StatusChanged(event.clone()),
         );
         messaging::enqueue(tx, &envelope).await?;
-        metrics().status_transitions.add(
+        status_transitions().add(
             1,
             &[
                 KeyValue::new("from", from.as_str()),

@@ -2,10 +2,13 @@
 
 use std::time::Duration;
 
+use opentelemetry::Context;
+use opentelemetry::propagation::{Extractor, Injector};
+use otel_fastpath::propagation::{BAGGAGE, TRACEPARENT, TRACESTATE, extract, inject};
 use secrecy::{ExposeSecret as _, SecretString};
+use serde::Deserialize as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, PgPool, Row as _};
-use telemetry::propagation::{Carrier, to_carrier};
 use tokio_util::sync::CancellationToken;
 
 use crate::server::CLOSE_TIMEOUT;
@@ -78,8 +81,7 @@ pub async fn close(pool: &PgPool) {
     }
 }
 
-/// The current span's trace context, to bind as a JSONB `trace` column (see
-/// [`telemetry::propagation::Carrier`]).
+/// The current span's trace context, to bind as a JSONB `trace` column (see [`Carrier`]).
 pub fn current_trace() -> sqlx::types::Json<Carrier> {
     sqlx::types::Json(opentelemetry::Context::map_current(to_carrier))
 }
@@ -92,6 +94,92 @@ pub fn stored_trace(row: &PgRow, column: &str) -> Carrier {
         .flatten()
         .map(|json| json.0)
         .unwrap_or_default()
+}
+
+/// A context stored with a row (outbox rows, jobs, an order's last context) so that the work
+/// that picks the row up later continues, or links to, its trace: the three W3C fields, stored
+/// as a JSON object such as `{"traceparent":"00-…","baggage":"order.id=…"}`. Fields that are
+/// missing, or not text, read as absent; other keys are ignored.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Carrier {
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text_or_none"
+    )]
+    pub traceparent: Option<String>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text_or_none"
+    )]
+    pub tracestate: Option<String>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "text_or_none"
+    )]
+    pub baggage: Option<String>,
+}
+
+/// A carrier field that is not text (a number, `null`, an object) is as good as absent: a
+/// stored context can only ever lose its trace, never fail the row it came with.
+fn text_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(text) => Some(text),
+        _ => None,
+    })
+}
+
+impl Carrier {
+    fn field(&self, key: &str) -> Option<&str> {
+        match key {
+            TRACEPARENT => self.traceparent.as_deref(),
+            TRACESTATE => self.tracestate.as_deref(),
+            BAGGAGE => self.baggage.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+impl Injector for Carrier {
+    /// An empty field is not stored: it says nothing (the SDK's propagator writes an empty
+    /// `tracestate`), and rows stay the same whichever propagator wrote them.
+    fn set(&mut self, key: &str, value: String) {
+        if value.is_empty() {
+            return;
+        }
+        let field = match key {
+            TRACEPARENT => &mut self.traceparent,
+            TRACESTATE => &mut self.tracestate,
+            BAGGAGE => &mut self.baggage,
+            _ => return,
+        };
+        *field = Some(value);
+    }
+}
+
+impl Extractor for Carrier {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.field(key)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        [TRACEPARENT, TRACESTATE, BAGGAGE]
+            .into_iter()
+            .filter(|key| self.field(key).is_some())
+            .collect()
+    }
+}
+
+/// `cx` as a [`Carrier`] to store with a row.
+pub fn to_carrier(cx: &Context) -> Carrier {
+    let mut carrier = Carrier::default();
+    inject(cx, &mut carrier);
+    carrier
+}
+
+/// The context stored by [`to_carrier`].
+pub fn from_carrier(carrier: &Carrier) -> Context {
+    extract(carrier)
 }
 
 /// Whether an error means "try again later" (the server is down or restarting) rather than a
@@ -143,12 +231,49 @@ pub async fn migrate_schema(
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId};
+    use otel_fastpath::propagation::has_span;
+    use telemetry::propagation::{Activity, order_id, with_order};
+    use uuid::Uuid;
+
     use super::*;
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     #[test]
     fn the_database_password_never_shows_in_debug_output() {
         let config = DatabaseConfig::new("postgres://hallmark:s3cr3t-pw@db:5432/shop");
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cr3t-pw"), "{shown}");
+    }
+
+    #[test]
+    fn a_stored_carrier_is_three_text_fields_and_tolerates_what_older_rows_hold() {
+        let order = Uuid::now_v7();
+        let remote = Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            Default::default(),
+        ));
+        let cx = with_order(&remote, order, Activity::Progress);
+        let stored = serde_json::to_value(to_carrier(&cx)).unwrap();
+        assert_eq!(
+            stored,
+            serde_json::json!({ "traceparent": PARENT, "baggage": format!("order.id={order}") })
+        );
+        let read = |json: serde_json::Value| serde_json::from_value::<Carrier>(json).unwrap();
+        // As earlier versions stored it: a map with an empty trace state.
+        let older =
+            read(serde_json::json!({ "traceparent": PARENT, "tracestate": "", "baggage": "" }));
+        assert_eq!(
+            from_carrier(&older).span().span_context().trace_id(),
+            cx.span().span_context().trace_id()
+        );
+        let junk = read(serde_json::json!({ "traceparent": 7, "baggage": null, "other": "x" }));
+        assert_eq!(junk, Carrier::default());
+        assert!(!has_span(&from_carrier(&junk)));
+        assert_eq!(order_id(&from_carrier(&to_carrier(&cx))), Some(order));
     }
 }

@@ -103,7 +103,7 @@ mod tests {
     use crate::mask::Masker;
     use crate::processor::OrderBaggage;
     use crate::propagation::{Activity, with_order};
-    use crate::test_support::Collected;
+    use opentelemetry_sdk::trace::InMemorySpanExporter as Collected;
 
     fn attribute<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
         span.attributes
@@ -122,11 +122,12 @@ mod tests {
             .build();
         spans::install(provider.tracer("test"));
         set_namespace("shop");
-        let dispatch = crate::subscriber(
-            crate::log_filter("info"),
+        let dispatch = otel_fastpath::logging::subscriber(
+            otel_fastpath::logging::log_filter("info", "info"),
             provider.tracer("test"),
             "test",
             Masker::default(),
+            None,
             std::io::sink,
         );
         let order = Uuid::now_v7();
@@ -147,7 +148,7 @@ mod tests {
             );
             request.context().span().span_context().span_id()
         });
-        let spans = collected.spans();
+        let spans = collected.get_finished_spans().unwrap();
         let find = |name: &str| {
             spans
                 .iter()

@@ -70,7 +70,7 @@ mod tests {
     use crate::attributes::ORDER_ACTIVITY;
     use crate::mask::Masker;
     use crate::propagation::{Activity, as_progress, with_order};
-    use crate::test_support::Collected;
+    use opentelemetry_sdk::trace::InMemorySpanExporter as Collected;
 
     #[test]
     fn spans_of_an_order_say_whether_their_work_moves_it_or_only_looks_at_it() {
@@ -81,11 +81,12 @@ mod tests {
             )))
             .build();
         let tracer = provider.tracer("test");
-        let dispatch = crate::subscriber(
-            crate::log_filter("info"),
+        let dispatch = otel_fastpath::logging::subscriber(
+            otel_fastpath::logging::log_filter("info", "info"),
             tracer.clone(),
             "test",
             Masker::default(),
+            None,
             std::io::sink,
         );
         let order = Uuid::now_v7();
@@ -117,7 +118,8 @@ mod tests {
 
         let activity = |name: &str| {
             let span = collected
-                .spans()
+                .get_finished_spans()
+                .unwrap()
                 .into_iter()
                 .find(|s| s.name == name)
                 .unwrap_or_else(|| panic!("no span {name}"));

@@ -166,7 +166,8 @@ mod tests {
     #[test]
     fn spans_are_wanted_as_rust_log_says_for_the_calling_module() {
         let wanted = |directives: &str| {
-            let subscriber = tracing_subscriber::registry().with(crate::log_filter(directives));
+            let subscriber = tracing_subscriber::registry()
+                .with(otel_fastpath::logging::log_filter(directives, "info"));
             tracing::subscriber::with_default(subscriber, || {
                 // Once as the callsite registers, once from its cached interest.
                 let answers = [(); 2].map(|()| crate::spans_enabled!());

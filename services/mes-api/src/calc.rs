@@ -24,12 +24,12 @@ use domain::{Material, OrderStatus};
 use mes_calc::protocol::{self, Output};
 use opentelemetry::KeyValue;
 use orderbook::{Change, OrderBook, TransitionFailure};
+use platform::db::{Carrier, from_carrier};
 use platform::storage::ObjectStorage;
 use sqlx::{PgConnection, PgPool, Row};
 use telemetry::attr;
 use telemetry::db::Traced;
-use telemetry::metrics;
-use telemetry::propagation::{Activity, Carrier, from_carrier, to_env, with_order};
+use telemetry::propagation::{Activity, to_env, with_order};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,20 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::config::CalcSettings;
+
+/// Wall time of one price calculation through the calc engine
+/// (`hallmark.price_calculation.duration`). Labels: `material`, `outcome` (`priced`,
+/// `rejected`, `failed`).
+fn price_calculation() -> &'static opentelemetry::metrics::Histogram<f64> {
+    static DURATION: std::sync::OnceLock<opentelemetry::metrics::Histogram<f64>> =
+        std::sync::OnceLock::new();
+    DURATION.get_or_init(|| {
+        telemetry::metrics::seconds_histogram(
+            "hallmark.price_calculation.duration",
+            "Wall time of one price calculation through the calc engine",
+        )
+    })
+}
 
 /// What one run of the engine produced.
 #[derive(Debug)]
@@ -331,7 +345,7 @@ impl Worker {
             Ok(Verdict::Rejected { .. }) => "rejected",
             Err(_) => "failed",
         };
-        metrics().price_calculation.record(
+        price_calculation().record(
             started.elapsed().as_secs_f64(),
             &[
                 KeyValue::new("material", job.material.as_str()),
@@ -383,7 +397,7 @@ impl Worker {
             Err(err) if job.attempt < self.settings.max_attempts => {
                 let delay = retry_delay(self.settings.retry_delay, job.attempt);
                 Span::current().record(attr::ERROR_CODE, run_error_type(err));
-                metrics().record_failure("price", "pricing", run_error_type(err));
+                telemetry::metrics::record_failure("price", "pricing", run_error_type(err));
                 sqlx::query(
                     "UPDATE calc_jobs SET state = 'pending', not_before = now() + $2, \
                          last_error = $3, lease_until = NULL, updated_at = now() \
@@ -401,7 +415,7 @@ impl Worker {
             }
             Err(err) => {
                 Span::current().record(attr::ERROR_CODE, "calc_engine_failed");
-                metrics().record_failure("price", "pricing", run_error_type(err));
+                telemetry::metrics::record_failure("price", "pricing", run_error_type(err));
                 let message = format!(
                     "the price could not be calculated after {} attempts; the workshop has been notified ({err})",
                     job.attempt

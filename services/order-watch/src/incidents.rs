@@ -374,7 +374,7 @@ async fn send_due(
         let attempts: i32 = row.get("attempts");
         let outcome = client
             .post(url)
-            .headers(telemetry::http::outgoing_headers())
+            .headers(platform::http::outgoing_headers())
             .json(&payload)
             .send()
             .await

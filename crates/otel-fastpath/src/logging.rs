@@ -8,7 +8,8 @@
 //!
 //! Messages are short lowercase sentences without a trailing period; values go into fields, not
 //! into the message. `trace_id`/`span_id` come from the OpenTelemetry context of the event's
-//! span so a log line leads straight to its trace, and `order_id` from that context's baggage.
+//! span so a log line leads straight to its trace, and any field the process names
+//! ([`ContextField`], e.g. an id from the context's baggage) from that context.
 //! Every message and field passes through the same [`Masker`] as the spans.
 
 use std::fmt;
@@ -17,19 +18,20 @@ use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Datelike as _, SecondsFormat, Timelike as _, Utc};
 
-use opentelemetry::Context;
 use opentelemetry::trace::TraceContextExt;
+use opentelemetry::{Context, StringValue};
 use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
 use tracing::span::Id;
 use tracing::{Dispatch, Event, Subscriber};
 use tracing_opentelemetry::get_otel_context;
+use tracing_subscriber::Registry;
+use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::{self, Layer};
+use tracing_subscriber::layer::{self, Layer, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::mask::{MASK, Masker};
-use crate::propagation::order_entry;
 
 /// The log layer: writes each event as one JSON line (see the module docs) to `W`.
 ///
@@ -40,8 +42,13 @@ pub struct JsonLines<W> {
     service: &'static str,
     masker: Masker,
     contexts: SpanContexts,
+    context_field: Option<ContextField>,
     writer: W,
 }
+
+/// A field every log line takes from the OpenTelemetry context it belongs to, when there is
+/// one: its name in the line, and how to read it (e.g. an entry of the context's baggage).
+pub type ContextField = (&'static str, fn(&Context) -> Option<StringValue>);
 
 impl<W> JsonLines<W> {
     /// Lines name the trace of their span once `contexts` is attached to the dispatch this
@@ -51,8 +58,15 @@ impl<W> JsonLines<W> {
             service,
             masker,
             contexts,
+            context_field: None,
             writer,
         }
+    }
+
+    /// Lines also carry `field`, read from their context.
+    pub fn with_context_field(mut self, field: ContextField) -> Self {
+        self.context_field = Some(field);
+        self
     }
 }
 
@@ -259,9 +273,13 @@ where
             line.extend_from_slice(b",\"span_id\":");
             push_hex(&mut line, &span_context.span_id().to_bytes());
         }
-        if let Some((_, order)) = order_entry(&cx) {
-            line.extend_from_slice(b",\"order_id\":");
-            push_str(&mut line, order.as_str());
+        if let Some((name, read)) = self.context_field
+            && let Some(value) = read(&cx)
+        {
+            line.push(b',');
+            push_str(&mut line, name);
+            line.push(b':');
+            push_str(&mut line, value.as_str());
         }
         if !visitor.fields.is_empty() {
             line.extend_from_slice(b",\"fields\":");
@@ -274,11 +292,78 @@ where
     }
 }
 
+/// Which spans and events are made at all.
+pub type Filter = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// The filter `directives` (`RUST_LOG`'s syntax) describe, `default` when they are empty or
+/// invalid. When it only
+/// names targets and levels, as it almost always does, a static per-target filter: `EnvFilter`
+/// also keeps track of every span, on each poll of an instrumented future, for directives about
+/// spans and fields, and is used only when the directives have such parts.
+pub fn log_filter(directives: &str, default: &str) -> Filter {
+    let directives = if directives.trim().is_empty() {
+        default
+    } else {
+        directives
+    };
+    // `Targets` would take a span directive (`[request]=debug`) for a target name.
+    let about_spans = directives.contains(['[', '{']);
+    if !about_spans && let Ok(targets) = directives.parse::<Targets>() {
+        return targets.boxed();
+    }
+    match EnvFilter::try_new(directives) {
+        Ok(filter) => filter.boxed(),
+        Err(_) if directives != default => log_filter(default, default),
+        Err(_) => EnvFilter::new(default).boxed(),
+    }
+}
+
+/// The `tracing` subscriber of every process, as one dispatch: `filter`, spans to OpenTelemetry
+/// through `tracer`, and JSON log lines of `service` to `writer`, masked by `masker`, with
+/// `context_field` when given. Log lines find the trace of their span through the dispatch
+/// ([`SpanContexts`]).
+pub fn subscriber<W>(
+    filter: Filter,
+    tracer: opentelemetry_sdk::trace::SdkTracer,
+    service: &'static str,
+    masker: Masker,
+    context_field: Option<ContextField>,
+    writer: W,
+) -> tracing::Dispatch
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        // Entering a `tracing` span makes its OpenTelemetry context the current one, so that
+        // `Context::current()` is the innermost span, whether it was made as a `tracing` span or
+        // with the OpenTelemetry API directly.
+        .with_context_activation(true);
+    let contexts = SpanContexts::default();
+    let mut log_layer = JsonLines::new(service, masker, contexts.clone(), writer);
+    if let Some(field) = context_field {
+        log_layer = log_layer.with_context_field(field);
+    }
+    let dispatch = tracing::Dispatch::new(
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(otel_layer)
+            .with(log_layer),
+    );
+    contexts.attach(&dispatch);
+    dispatch
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
     use std::sync::{Arc, Mutex};
 
+    use opentelemetry::baggage::BaggageExt as _;
     use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
     use opentelemetry_sdk::trace::SdkTracerProvider;
     use serde_json::Value;
@@ -286,7 +371,14 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::propagation::{Activity, with_order};
+
+    /// The order id in a context's baggage, as a process might log it.
+    fn order_field() -> ContextField {
+        ("order_id", |cx: &Context| {
+            use opentelemetry::baggage::BaggageExt as _;
+            cx.baggage().get("order.id").cloned()
+        })
+    }
 
     /// Log lines written into memory.
     #[derive(Clone, Default)]
@@ -353,21 +445,20 @@ mod tests {
         let lines = Lines::default();
         let writer = lines.clone();
         let provider = SdkTracerProvider::builder().build();
-        let dispatch = crate::subscriber(
-            crate::log_filter("info"),
+        let dispatch = subscriber(
+            log_filter("info", "info"),
             provider.tracer("test"),
             "test-service",
             Masker::default(),
+            Some(order_field()),
             move || writer.clone(),
         );
         let order = Uuid::now_v7();
         let (request_trace, other_trace) = tracing::dispatcher::with_default(&dispatch, || {
             let request = tracing::info_span!("request");
-            let _ = request.set_parent(with_order(
-                &opentelemetry::Context::new(),
-                order,
-                Activity::Progress,
-            ));
+            let _ = request.set_parent(opentelemetry::Context::new().with_baggage(vec![
+                opentelemetry::KeyValue::new("order.id", order.to_string()),
+            ]));
             let other = tracing::info_span!(parent: None, "other");
             request.in_scope(|| {
                 tracing::info!(attempt = 1, "inside the request");
@@ -395,11 +486,12 @@ mod tests {
     fn fields_of_every_type_are_written_as_json_and_masked() {
         let lines = Lines::default();
         let writer = lines.clone();
-        let dispatch = crate::subscriber(
-            crate::log_filter("info"),
+        let dispatch = subscriber(
+            log_filter("info", "info"),
             SdkTracerProvider::builder().build().tracer("test"),
             "test-service",
             Masker::default(),
+            None,
             move || writer.clone(),
         );
         tracing::dispatcher::with_default(&dispatch, || {
@@ -431,5 +523,30 @@ mod tests {
         assert_eq!(lines[0]["message"], "order for [masked:email]");
         assert_eq!(lines[0]["level"], "INFO");
         assert_eq!(lines[0]["service"], "test-service");
+    }
+
+    #[test]
+    fn rust_log_is_honoured_with_span_directives_and_an_invalid_one_gives_the_default() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let debug_enabled = |directives: &str, in_span: bool| {
+            let subscriber = tracing_subscriber::registry().with(log_filter(directives, "info"));
+            tracing::subscriber::with_default(subscriber, || {
+                let span = tracing::warn_span!("request");
+                let _entered = in_span.then(|| span.enter());
+                (
+                    tracing::enabled!(tracing::Level::DEBUG),
+                    tracing::enabled!(tracing::Level::INFO),
+                )
+            })
+        };
+        assert_eq!(
+            debug_enabled("warn,otel_fastpath=debug", false),
+            (true, true)
+        );
+        assert_eq!(debug_enabled("warn", false), (false, false));
+        assert_eq!(debug_enabled("warn,[request]=debug", true), (true, true));
+        assert_eq!(debug_enabled("warn,[request]=debug", false), (false, false));
+        assert_eq!(debug_enabled("not a filter=[", false), (false, true));
+        assert_eq!(debug_enabled("", false), (false, true));
     }
 }
