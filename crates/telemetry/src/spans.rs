@@ -27,9 +27,10 @@ use std::future::Future;
 use std::sync::OnceLock;
 
 use opentelemetry::trace::{
-    FutureExt as _, Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _,
+    FutureExt as _, Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt as _,
+    Tracer as _,
 };
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, ContextGuard, KeyValue};
 use opentelemetry_sdk::trace::{SdkTracer, Span};
 
 use crate::attributes::semconv::{ERROR_TYPE, EXCEPTION_MESSAGE};
@@ -114,6 +115,37 @@ pub fn child(
         .with_attributes(attributes)
         .start_with_context(tracer, parent);
     Some(parent.with_span(span))
+}
+
+/// As [`child`], with links to the spans of `links` (e.g. the one that published a message).
+pub fn child_linked(
+    name: impl Into<Cow<'static, str>>,
+    kind: SpanKind,
+    attributes: Vec<KeyValue>,
+    links: Vec<SpanContext>,
+    parent: &Context,
+) -> Option<Context> {
+    let tracer = TRACER.get()?;
+    let span = tracer
+        .span_builder(name)
+        .with_kind(kind)
+        .with_attributes(attributes)
+        .with_links(
+            links
+                .into_iter()
+                .filter(SpanContext::is_valid)
+                .map(Link::with_context)
+                .collect(),
+        )
+        .start_with_context(tracer, parent);
+    Some(parent.with_span(span))
+}
+
+/// Makes `cx` the current context until the guard is dropped, for synchronous work (and log
+/// lines about a span's work after it ran); without one, nothing changes.
+#[must_use = "the context is current only while the guard lives"]
+pub fn enter(cx: Option<&Context>) -> Option<ContextGuard> {
+    cx.map(|cx| cx.clone().attach())
 }
 
 /// Runs `future` with `cx` as the current context on every poll; without one, as it is.

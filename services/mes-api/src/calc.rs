@@ -22,20 +22,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use domain::{Material, OrderStatus};
 use mes_calc::protocol::{self, Output};
-use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::{Context, KeyValue};
 use orderbook::{Change, OrderBook, TransitionFailure};
 use platform::db::{Carrier, from_carrier};
 use platform::storage::ObjectStorage;
 use sqlx::{PgConnection, PgPool, Row};
-use telemetry::attr;
+use telemetry::attr::semconv::{PROCESS_COMMAND, PROCESS_EXIT_CODE, PROCESS_PID};
 use telemetry::db::Traced;
 use telemetry::propagation::{Activity, to_env, with_order};
+use telemetry::{attr, spans};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::field::Empty;
-use tracing::{Instrument, Span};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::config::CalcSettings;
@@ -111,35 +110,36 @@ impl CalcEngine {
 
     /// Runs the engine on `model` inside a CLIENT span around the process.
     pub async fn run(&self, material: Material, model: Bytes) -> Result<Verdict, RunError> {
-        let span = tracing::info_span!(
-            "calc.engine",
-            otel.name = telemetry::attr::span_names::CALC_ENGINE_RUN,
-            otel.kind = "client",
-            otel.status_code = Empty,
-            error.type = Empty,
-            process.command = "mes-calc",
-            process.pid = Empty,
-            process.exit.code = Empty,
-            { attr::ORDER_MATERIAL } = material.as_str(),
-        );
-        let result = self
-            .run_process(material, model)
-            .instrument(span.clone())
-            .await;
+        let cx = if telemetry::spans_enabled!() {
+            spans::child(
+                attr::span_names::CALC_ENGINE_RUN,
+                SpanKind::Client,
+                vec![
+                    KeyValue::new(PROCESS_COMMAND, "mes-calc"),
+                    KeyValue::new(attr::ORDER_MATERIAL, material.as_str()),
+                ],
+                &Context::current(),
+            )
+        } else {
+            None
+        };
+        let result = spans::under(cx.as_ref(), self.run_process(material, model)).await;
         if let Err(err) = &result {
-            span.record("otel.status_code", "ERROR");
-            span.record("error.type", run_error_type(err));
-            tracing::warn!(parent: &span, error = %err, "calc engine run failed");
+            let _entered = spans::enter(cx.as_ref());
+            if let Some(cx) = &cx {
+                spans::fail(cx, run_error_type(err), err.to_string());
+            }
+            tracing::warn!(error = %err, "calc engine run failed");
         }
+        spans::end_in(cx.as_ref());
         result
     }
 
     async fn run_process(&self, material: Material, model: Bytes) -> Result<Verdict, RunError> {
-        let span = Span::current();
         let mut child = tokio::process::Command::new(&self.binary)
             .arg("--material")
             .arg(material.as_str())
-            .envs(to_env(&span.context()))
+            .envs(Context::map_current(to_env))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -150,7 +150,7 @@ impl CalcEngine {
                 source,
             })?;
         if let Some(pid) = child.id() {
-            span.record("process.pid", pid);
+            spans::record(KeyValue::new(PROCESS_PID, i64::from(pid)));
         }
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let feed = async move {
@@ -166,7 +166,7 @@ impl CalcEngine {
             .await
             .map_err(|_| RunError::Timeout(self.timeout))??;
         if let Some(code) = output.status.code() {
-            span.record("process.exit.code", code);
+            spans::record(KeyValue::new(PROCESS_EXIT_CODE, i64::from(code)));
         }
         let stdout = String::from_utf8_lossy(&output.stdout);
         match output.status.code() {
@@ -258,6 +258,14 @@ pub(crate) struct Worker {
 /// How often an idle worker looks for due jobs (retries become due without a wake-up).
 const POLL: Duration = Duration::from_secs(1);
 
+/// Recording a calculation's outcome while the database is unavailable: 100 ms, doubling, at
+/// most 5 s apart, for as long as the calculation timeout (the lease) allows.
+const SETTLE_RETRY: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_max_delay(Duration::from_secs(5))
+    .with_factor(2.0)
+    .without_max_times();
+
 impl Worker {
     pub async fn run(self, cancel: CancellationToken) {
         while !cancel.is_cancelled() {
@@ -316,19 +324,28 @@ impl Worker {
     }
 
     async fn process(&self, job: Job) {
-        let span = tracing::info_span!(
-            "calc.price",
-            otel.name = telemetry::attr::span_names::PRICE_MODEL,
-            otel.status_code = Empty,
-            { attr::ORDER_MATERIAL } = job.material.as_str(),
-            { attr::RETRY_COUNT } = job.attempt - 1,
-            { attr::ERROR_CODE } = Empty,
-        );
-        let _ = span.set_parent(with_order(
-            &from_carrier(&job.trace),
-            job.order_id,
-            Activity::Progress,
-        ));
+        let parent = with_order(&from_carrier(&job.trace), job.order_id, Activity::Progress);
+        let cx = if telemetry::spans_enabled!() {
+            spans::child(
+                attr::span_names::PRICE_MODEL,
+                SpanKind::Internal,
+                vec![
+                    KeyValue::new(attr::ORDER_MATERIAL, job.material.as_str()),
+                    KeyValue::new(attr::RETRY_COUNT, i64::from(job.attempt - 1)),
+                ],
+                &parent,
+            )
+        } else {
+            None
+        };
+        // Without a span of its own, the work still runs for its order (log lines name it).
+        let current = cx.clone().unwrap_or(parent);
+        spans::under(Some(&current), self.price(job)).await;
+        spans::end_in(cx.as_ref());
+    }
+
+    /// Prices `job`'s model and records the outcome, under the job's span.
+    async fn price(&self, job: Job) {
         let started = Instant::now();
         let outcome = async {
             let model = self
@@ -338,7 +355,6 @@ impl Worker {
                 .map_err(|e| RunError::Model(e.to_string()))?;
             self.engine.run(job.material, model).await
         }
-        .instrument(span.clone())
         .await;
         let label = match &outcome {
             Ok(Verdict::Priced(_)) => "priced",
@@ -354,21 +370,21 @@ impl Worker {
         );
         // A database restarting is waited out (up to the lease) rather than the calculation
         // being thrown away and run again once the lease ends.
-        let mut backoff = Duration::from_millis(100);
-        let mut result = self.settle(&job, &outcome).instrument(span.clone()).await;
+        let mut backoff = SETTLE_RETRY.build();
+        let mut result = self.settle(&job, &outcome).await;
         let give_up = Instant::now() + self.settings.timeout;
         while let Err(err) = &result
             && platform::db::is_unavailable(err)
-            && Instant::now() + backoff < give_up
+            && let Some(delay) = backoff.next()
+            && Instant::now() + delay < give_up
         {
-            tracing::warn!(parent: &span, error = %err, "database unavailable, retrying to record the calc result");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            result = self.settle(&job, &outcome).instrument(span.clone()).await;
+            tracing::warn!(error = %err, "database unavailable, retrying to record the calc result");
+            tokio::time::sleep(delay).await;
+            result = self.settle(&job, &outcome).await;
         }
         if let Err(err) = result {
-            span.record("otel.status_code", "ERROR");
-            tracing::warn!(parent: &span, error = %err, "cannot record a calc result; the job will run again when its lease ends");
+            Context::map_current(|cx| spans::fail(cx, "database", err.to_string()));
+            tracing::warn!(error = %err, "cannot record a calc result; the job will run again when its lease ends");
         }
     }
 
@@ -385,7 +401,7 @@ impl Worker {
                 "done",
             ),
             Ok(Verdict::Rejected { code, message }) => {
-                Span::current().record(attr::ERROR_CODE, code.as_str());
+                spans::record(KeyValue::new(attr::ERROR_CODE, code.clone()));
                 (
                     Some(
                         Change::to(OrderStatus::Rejected)
@@ -396,7 +412,7 @@ impl Worker {
             }
             Err(err) if job.attempt < self.settings.max_attempts => {
                 let delay = retry_delay(self.settings.retry_delay, job.attempt);
-                Span::current().record(attr::ERROR_CODE, run_error_type(err));
+                spans::record(KeyValue::new(attr::ERROR_CODE, run_error_type(err)));
                 telemetry::metrics::record_failure("price", "pricing", run_error_type(err));
                 sqlx::query(
                     "UPDATE calc_jobs SET state = 'pending', not_before = now() + $2, \
@@ -414,7 +430,7 @@ impl Worker {
                 return Ok(());
             }
             Err(err) => {
-                Span::current().record(attr::ERROR_CODE, "calc_engine_failed");
+                spans::record(KeyValue::new(attr::ERROR_CODE, "calc_engine_failed"));
                 telemetry::metrics::record_failure("price", "pricing", run_error_type(err));
                 let message = format!(
                     "the price could not be calculated after {} attempts; the workshop has been notified ({err})",
