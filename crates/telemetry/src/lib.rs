@@ -137,9 +137,7 @@ impl Drop for TelemetryGuard {
 }
 
 fn env_flag(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .map(|v| v.trim().to_ascii_lowercase())
+    settings::optional(name).map(|v| v.trim().to_ascii_lowercase())
 }
 
 fn sdk_disabled() -> bool {
@@ -155,7 +153,7 @@ pub fn resource(service: &ServiceInfo) -> Resource {
     use attributes::semconv::{
         DEPLOYMENT_ENVIRONMENT_NAME, SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION,
     };
-    let environment = std::env::var("HALLMARK_ENV").unwrap_or_else(|_| "development".into());
+    let environment = settings::string("HALLMARK_ENV", "development");
     let mut builder = Resource::builder_empty()
         .with_attributes([
             KeyValue::new(SERVICE_NAME, service.name),
@@ -167,9 +165,7 @@ pub fn resource(service: &ServiceInfo) -> Resource {
             Box::new(TelemetryResourceDetector) as Box<dyn ResourceDetector>,
             Box::new(EnvResourceDetector::new()),
         ]);
-    if let Ok(name) = std::env::var("OTEL_SERVICE_NAME")
-        && !name.trim().is_empty()
-    {
+    if let Some(name) = settings::optional("OTEL_SERVICE_NAME") {
         builder = builder.with_service_name(name);
     }
     builder.build()
@@ -239,10 +235,7 @@ fn init_with(
     spans::install(tracer_provider.tracer(service.name));
     opentelemetry::global::set_tracer_provider(tracer_provider.clone());
 
-    let filter = log_filter(
-        &std::env::var("RUST_LOG").unwrap_or_default(),
-        DEFAULT_FILTER,
-    );
+    let filter = log_filter(&settings::string("RUST_LOG", ""), DEFAULT_FILTER);
     let writer =
         tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || -> Box<dyn std::io::Write> {
             match logs {

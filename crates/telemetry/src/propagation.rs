@@ -138,7 +138,7 @@ pub fn to_env(cx: &Context) -> Vec<(String, String)> {
 pub fn from_env() -> Context {
     let fields: HashMap<String, String> = ENV_FIELDS
         .iter()
-        .filter_map(|(field, variable)| Some(((*field).to_owned(), std::env::var(variable).ok()?)))
+        .filter_map(|(field, variable)| Some(((*field).to_owned(), settings::optional(variable)?)))
         .collect();
     extract(&fields)
 }

@@ -2,7 +2,6 @@
 
 use messaging::BrokerConfig;
 use platform::db::DatabaseConfig;
-use platform::env;
 
 /// Everything CRM needs to run.
 #[derive(Debug, Clone)]
@@ -20,9 +19,9 @@ pub struct Settings {
 impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
-            host: env::string("CRM_HOST", "127.0.0.1"),
-            port: env::parse("CRM_PORT", 8082)?,
-            database: DatabaseConfig::new(env::string(
+            host: settings::string("CRM_HOST", "127.0.0.1"),
+            port: settings::parse("CRM_PORT", 8082)?,
+            database: DatabaseConfig::new(settings::string(
                 "CRM_DATABASE_URL",
                 "postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_crm",
             )),

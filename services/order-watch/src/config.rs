@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use domain::{Stage, System};
 use platform::db::DatabaseConfig;
-use platform::env;
 use serde::Deserialize;
 
 use crate::records::RecordsConfig;
@@ -118,7 +117,7 @@ pub struct Settings {
 
 impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
-        let file = env::optional("ORDER_WATCH_CONFIG").map(PathBuf::from);
+        let file = settings::optional("ORDER_WATCH_CONFIG").map(PathBuf::from);
         let file_config = match &file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -128,28 +127,34 @@ impl Settings {
             }
             None => FileConfig::default(),
         };
-        let thresholds = thresholds(&file_config, env::optional("ORDER_WATCH_STUCK_AFTER"))?;
-        let retention_days: u32 = env::parse(
+        let thresholds = thresholds(&file_config, settings::optional("ORDER_WATCH_STUCK_AFTER"))?;
+        let retention_days: u32 = settings::parse(
             "ORDER_WATCH_RETENTION_DAYS",
             file_config.retention_days.unwrap_or(30),
         )?;
         Ok(Self {
-            host: env::string("ORDER_WATCH_HOST", "127.0.0.1"),
-            http_port: env::parse("ORDER_WATCH_PORT", 8080)?,
-            otlp_grpc_port: env::parse("ORDER_WATCH_OTLP_GRPC_PORT", 14317)?,
-            otlp_http_port: env::parse("ORDER_WATCH_OTLP_HTTP_PORT", 14318)?,
-            database: DatabaseConfig::new(env::string(
+            host: settings::string("ORDER_WATCH_HOST", "127.0.0.1"),
+            http_port: settings::parse("ORDER_WATCH_PORT", 8080)?,
+            otlp_grpc_port: settings::parse("ORDER_WATCH_OTLP_GRPC_PORT", 14317)?,
+            otlp_http_port: settings::parse("ORDER_WATCH_OTLP_HTTP_PORT", 14318)?,
+            database: DatabaseConfig::new(settings::string(
                 "ORDER_WATCH_DATABASE_URL",
                 "postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_order_watch",
             )),
             thresholds,
             retention: Duration::from_secs(u64::from(retention_days) * 24 * 3600),
-            webhook_url: env::optional("ORDER_WATCH_WEBHOOK_URL"),
-            max_request_bytes: env::parse("ORDER_WATCH_MAX_REQUEST_BYTES", 16 * 1024 * 1024)?,
-            detect_interval: env::duration("ORDER_WATCH_DETECT_INTERVAL", Duration::from_secs(1))?,
-            gauge_interval: env::duration("ORDER_WATCH_GAUGE_INTERVAL", Duration::from_secs(15))?,
+            webhook_url: settings::optional("ORDER_WATCH_WEBHOOK_URL"),
+            max_request_bytes: settings::parse("ORDER_WATCH_MAX_REQUEST_BYTES", 16 * 1024 * 1024)?,
+            detect_interval: settings::duration(
+                "ORDER_WATCH_DETECT_INTERVAL",
+                Duration::from_secs(1),
+            )?,
+            gauge_interval: settings::duration(
+                "ORDER_WATCH_GAUGE_INTERVAL",
+                Duration::from_secs(15),
+            )?,
             records: records_config()?,
-            reconfirm_interval: env::duration(
+            reconfirm_interval: settings::duration(
                 "ORDER_WATCH_RECONFIRM_INTERVAL",
                 Duration::from_secs(60),
             )?,
@@ -161,11 +166,11 @@ fn records_config() -> anyhow::Result<RecordsConfig> {
     let mut urls = BTreeMap::new();
     for system in System::ALL {
         let variable = RecordsConfig::variable(system);
-        if let Some(url) = env::optional(variable) {
+        if let Some(url) = settings::optional(variable) {
             urls.insert(system, base_url(variable, &url)?);
         }
     }
-    let timeout = env::duration("ORDER_WATCH_CONFIRM_TIMEOUT", Duration::from_secs(2))?;
+    let timeout = settings::duration("ORDER_WATCH_CONFIRM_TIMEOUT", Duration::from_secs(2))?;
     if timeout.is_zero() || timeout > MAX_CONFIRM_TIMEOUT {
         anyhow::bail!(
             "ORDER_WATCH_CONFIRM_TIMEOUT: must be more than 0 and at most {MAX_CONFIRM_TIMEOUT:?} \

@@ -2,7 +2,6 @@
 
 use messaging::BrokerConfig;
 use platform::db::DatabaseConfig;
-use platform::env;
 use platform::storage::StorageConfig;
 
 /// Everything Shop needs to run.
@@ -28,15 +27,15 @@ pub const DEFAULT_MAX_MODEL_BYTES: usize = 50 * 1024 * 1024;
 impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
-            host: env::string("SHOP_HOST", "127.0.0.1"),
-            port: env::parse("SHOP_PORT", 8081)?,
-            database: DatabaseConfig::new(env::string(
+            host: settings::string("SHOP_HOST", "127.0.0.1"),
+            port: settings::parse("SHOP_PORT", 8081)?,
+            database: DatabaseConfig::new(settings::string(
                 "SHOP_DATABASE_URL",
                 "postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_shop",
             )),
             broker: BrokerConfig::from_env()?,
             storage: StorageConfig::from_env()?,
-            max_model_bytes: env::parse("SHOP_MAX_MODEL_BYTES", DEFAULT_MAX_MODEL_BYTES)?,
+            max_model_bytes: settings::parse("SHOP_MAX_MODEL_BYTES", DEFAULT_MAX_MODEL_BYTES)?,
         })
     }
 }
