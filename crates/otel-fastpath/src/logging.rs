@@ -14,22 +14,17 @@
 
 use std::fmt;
 use std::io::Write as _;
-use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Datelike as _, SecondsFormat, Timelike as _, Utc};
 
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{Context, StringValue};
-use tracing::dispatcher::WeakDispatch;
 use tracing::field::{Field, Visit};
-use tracing::span::Id;
-use tracing::{Dispatch, Event, Subscriber};
-use tracing_opentelemetry::get_otel_context;
+use tracing::{Event, Subscriber};
 use tracing_subscriber::Registry;
 use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{self, Layer, SubscriberExt as _};
-use tracing_subscriber::registry::LookupSpan;
 
 use crate::mask::{MASK, Masker};
 
@@ -41,7 +36,6 @@ use crate::mask::{MASK, Masker};
 pub struct JsonLines<W> {
     service: &'static str,
     masker: Masker,
-    contexts: SpanContexts,
     context_field: Option<ContextField>,
     writer: W,
 }
@@ -51,13 +45,10 @@ pub struct JsonLines<W> {
 pub type ContextField = (&'static str, fn(&Context) -> Option<StringValue>);
 
 impl<W> JsonLines<W> {
-    /// Lines name the trace of their span once `contexts` is attached to the dispatch this
-    /// layer is part of.
-    pub fn new(service: &'static str, masker: Masker, contexts: SpanContexts, writer: W) -> Self {
+    pub fn new(service: &'static str, masker: Masker, writer: W) -> Self {
         Self {
             service,
             masker,
-            contexts,
             context_field: None,
             writer,
         }
@@ -67,28 +58,6 @@ impl<W> JsonLines<W> {
     pub fn with_context_field(mut self, field: ContextField) -> Self {
         self.context_field = Some(field);
         self
-    }
-}
-
-/// Where [`JsonLines`] looks up the OpenTelemetry context of an event's span: the dispatch (the
-/// whole subscriber) the OpenTelemetry layer is part of.
-///
-/// Needed for events with an explicit `parent:` span, and to name the current span: while an
-/// event is being handled `tracing` hands out no dispatch (it guards against re-entry), so the
-/// layer keeps a weak handle to its own dispatch. Until one is attached, such lines carry no
-/// trace ids.
-#[derive(Clone, Default)]
-pub struct SpanContexts(Arc<OnceLock<WeakDispatch>>);
-
-impl SpanContexts {
-    /// Attaches the dispatch; the first one attached stays.
-    pub fn attach(&self, dispatch: &Dispatch) {
-        let _ = self.0.set(dispatch.downgrade());
-    }
-
-    fn of(&self, span: &Id) -> Option<Context> {
-        let dispatch = self.0.get()?.upgrade()?;
-        get_otel_context(span, &dispatch)
     }
 }
 
@@ -226,10 +195,10 @@ impl Visit for FieldVisitor<'_> {
 
 impl<S, W> Layer<S> for JsonLines<W>
 where
-    S: Subscriber + for<'a> LookupSpan<'a>,
+    S: Subscriber,
     W: for<'w> MakeWriter<'w> + 'static,
 {
-    fn on_event(&self, event: &Event<'_>, ctx: layer::Context<'_, S>) {
+    fn on_event(&self, event: &Event<'_>, _: layer::Context<'_, S>) {
         let mut visitor = FieldVisitor {
             masker: &self.masker,
             message: None,
@@ -249,24 +218,14 @@ where
         push_str(&mut line, meta.target());
         line.extend_from_slice(b",\"message\":");
         push_str(&mut line, visitor.message.as_deref().unwrap_or_default());
-        // The context the event belongs to: its explicit parent's, else the current one (the
-        // innermost span of either kind, see `crate::spans`). The span is named when it is a
-        // `tracing` span; spans made directly have no name to read back.
-        let cx = match event.parent() {
-            Some(parent) => self.contexts.of(parent).unwrap_or_default(),
-            None if event.is_contextual() => Context::current(),
-            None => Context::new(),
+        // The context the event belongs to: the current one, unless the event names a parent
+        // of its own (a `tracing` span, which is no OpenTelemetry span) or none.
+        let cx = if event.is_contextual() {
+            Context::current()
+        } else {
+            Context::new()
         };
         let span_context = cx.span().span_context().clone();
-        if let Some(span) = ctx.event_span(event)
-            && (event.parent().is_some()
-                || self.contexts.of(&span.id()).is_some_and(|own| {
-                    own.span().span_context().span_id() == span_context.span_id()
-                }))
-        {
-            line.extend_from_slice(b",\"span\":");
-            push_str(&mut line, span.name());
-        }
         if span_context.is_valid() {
             line.extend_from_slice(b",\"trace_id\":");
             push_hex(&mut line, &span_context.trace_id().to_bytes());
@@ -318,13 +277,12 @@ pub fn log_filter(directives: &str, default: &str) -> Filter {
     }
 }
 
-/// The `tracing` subscriber of every process, as one dispatch: `filter`, spans to OpenTelemetry
-/// through `tracer`, and JSON log lines of `service` to `writer`, masked by `masker`, with
-/// `context_field` when given. Log lines find the trace of their span through the dispatch
-/// ([`SpanContexts`]).
+/// The `tracing` subscriber of every process, as one dispatch: `filter`, and JSON log lines of
+/// `service` to `writer`, masked by `masker`, with `context_field` when given. `tracing` is for
+/// log lines only: spans are made with the OpenTelemetry API, and a log line names the trace of
+/// the current OpenTelemetry context.
 pub fn subscriber<W>(
     filter: Filter,
-    tracer: opentelemetry_sdk::trace::SdkTracer,
     service: &'static str,
     masker: Masker,
     context_field: Option<ContextField>,
@@ -333,29 +291,11 @@ pub fn subscriber<W>(
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let otel_layer = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_location(false)
-        .with_threads(false)
-        .with_target(false)
-        .with_tracked_inactivity(false)
-        // Entering a `tracing` span makes its OpenTelemetry context the current one, so that
-        // `Context::current()` is the innermost span, whether it was made as a `tracing` span or
-        // with the OpenTelemetry API directly.
-        .with_context_activation(true);
-    let contexts = SpanContexts::default();
-    let mut log_layer = JsonLines::new(service, masker, contexts.clone(), writer);
+    let mut log_layer = JsonLines::new(service, masker, writer);
     if let Some(field) = context_field {
         log_layer = log_layer.with_context_field(field);
     }
-    let dispatch = tracing::Dispatch::new(
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(otel_layer)
-            .with(log_layer),
-    );
-    contexts.attach(&dispatch);
-    dispatch
+    tracing::Dispatch::new(tracing_subscriber::registry().with(filter).with(log_layer))
 }
 
 #[cfg(test)]
@@ -364,10 +304,9 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use opentelemetry::baggage::BaggageExt as _;
-    use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+    use opentelemetry::trace::{TraceContextExt as _, Tracer as _, TracerProvider as _};
     use opentelemetry_sdk::trace::SdkTracerProvider;
     use serde_json::Value;
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     use uuid::Uuid;
 
     use super::*;
@@ -404,10 +343,6 @@ mod tests {
         }
     }
 
-    fn trace_id(span: &tracing::Span) -> String {
-        span.context().span().span_context().trace_id().to_string()
-    }
-
     #[test]
     fn timestamps_are_written_as_chrono_writes_them() {
         use chrono::{NaiveDate, TimeZone as _};
@@ -441,45 +376,44 @@ mod tests {
     }
 
     #[test]
-    fn a_log_line_names_the_trace_and_order_of_the_span_it_belongs_to() {
+    fn a_log_line_names_the_trace_and_order_of_the_context_it_is_written_in() {
         let lines = Lines::default();
         let writer = lines.clone();
         let provider = SdkTracerProvider::builder().build();
+        let tracer = provider.tracer("test");
         let dispatch = subscriber(
             log_filter("info", "info"),
-            provider.tracer("test"),
             "test-service",
             Masker::default(),
             Some(order_field()),
             move || writer.clone(),
         );
         let order = Uuid::now_v7();
-        let (request_trace, other_trace) = tracing::dispatcher::with_default(&dispatch, || {
-            let request = tracing::info_span!("request");
-            let _ = request.set_parent(opentelemetry::Context::new().with_baggage(vec![
-                opentelemetry::KeyValue::new("order.id", order.to_string()),
-            ]));
-            let other = tracing::info_span!(parent: None, "other");
-            request.in_scope(|| {
+        let request = Context::new()
+            .with_baggage(vec![opentelemetry::KeyValue::new(
+                "order.id",
+                order.to_string(),
+            )])
+            .with_span(tracer.start("request"));
+        let request_trace = request.span().span_context().trace_id().to_string();
+        tracing::dispatcher::with_default(&dispatch, || {
+            {
+                let _entered = request.clone().attach();
                 tracing::info!(attempt = 1, "inside the request");
-                tracing::warn!(parent: &other, "about the other span");
-            });
+                let other = tracing::info_span!(parent: None, "other");
+                tracing::warn!(parent: &other, "about a span of its own");
+            }
             tracing::info!("outside any span");
-            (trace_id(&request), trace_id(&other))
         });
 
         let lines = lines.parsed();
         assert_eq!(lines.len(), 3, "{lines:#?}");
         assert_eq!(lines[0]["message"], "inside the request");
-        assert_eq!(lines[0]["span"], "request");
         assert_eq!(lines[0]["trace_id"], request_trace.as_str());
         assert_eq!(lines[0]["order_id"], order.to_string().as_str());
         assert_eq!(lines[0]["fields"]["attempt"], 1);
-        assert_eq!(lines[1]["span"], "other");
-        assert_eq!(lines[1]["trace_id"], other_trace.as_str());
-        assert!(lines[1].get("order_id").is_none());
-        assert!(lines[2].get("trace_id").is_none() && lines[2].get("span").is_none());
-        assert_ne!(request_trace, other_trace);
+        assert!(lines[1].get("trace_id").is_none() && lines[1].get("order_id").is_none());
+        assert!(lines[2].get("trace_id").is_none() && lines[2].get("order_id").is_none());
     }
 
     #[test]
@@ -488,7 +422,6 @@ mod tests {
         let writer = lines.clone();
         let dispatch = subscriber(
             log_filter("info", "info"),
-            SdkTracerProvider::builder().build().tracer("test"),
             "test-service",
             Masker::default(),
             None,

@@ -243,14 +243,7 @@ fn init_with(
                 LogTarget::Stderr => Box::new(std::io::stderr()),
             }
         });
-    let dispatch = subscriber(
-        filter,
-        tracer_provider.tracer(service.name),
-        service.name,
-        masker,
-        Some(ORDER_ID_FIELD),
-        writer,
-    );
+    let dispatch = subscriber(filter, service.name, masker, Some(ORDER_ID_FIELD), writer);
     dispatch
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInitialized)?;

@@ -1,13 +1,11 @@
-//! Spans made with the OpenTelemetry tracer directly rather than as `tracing` spans, and the one
-//! rule for which span is current.
+//! The one way Hallmark code makes spans: with the OpenTelemetry tracer directly. `tracing` is
+//! for log lines only; its spans are not exported.
 //!
-//! **The current span is the one of [`Context::current`].** Spans made here are current while
-//! the future they cover runs: run it [`under`] the context [`child`] returned. The `tracing`
-//! spans left (a message's CONSUMER span, MES's calculation spans) make their context current
-//! on every entry too (`init` turns on the OpenTelemetry layer's context activation), so
-//! whichever kind a span is, work under it finds it in [`Context::current`]: child spans,
-//! database and storage spans, log lines, and the attributes code records on the span it runs
-//! under ([`record`]).
+//! **The current span is the one of [`Context::current`].** A span made here is current while
+//! the work it covers runs: a future run [`under`] the context [`child`] returned (its context is
+//! attached on every poll), or synchronous work while [`enter`]'s guard lives. Work under it finds
+//! it there: child spans, database and storage spans, log lines (their trace and order ids), and
+//! the attributes code records on the span it runs under ([`record`], [`fail`]).
 //!
 //! Why not `tracing` spans: on the hot path of an order (the HTTP request, `order create`,
 //! the outbox relay's publish spans, status transitions), a `tracing` span cost the registry
