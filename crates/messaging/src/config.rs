@@ -11,9 +11,9 @@ use std::time::Duration;
 pub struct BrokerConfig {
     /// AMQP URI, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`: a secret, it holds the password
     /// (`Debug` does not show it). A `heartbeat` query parameter is added (15 s) when absent so a
-    /// dead connection is noticed within seconds. Env: `HALLMARK_AMQP_URL` (default: the
-    /// development broker's `guest` account on this machine, which RabbitMQ accepts only from
-    /// loopback).
+    /// dead connection is noticed within seconds. Env: `HALLMARK_AMQP_URL` (required unless
+    /// `HALLMARK_ENV` is `development` or `test`, where it defaults to the development broker's
+    /// `guest` account on this machine, which RabbitMQ accepts only from loopback).
     pub url: SecretString,
     /// Prefix for every exchange and queue name (`{namespace}.hallmark.orders`). Empty in
     /// production; tests use a unique one each. Env: `HALLMARK_AMQP_NAMESPACE`.
@@ -67,9 +67,10 @@ impl BrokerConfig {
     /// Defaults overridden by the `HALLMARK_AMQP_*` variables documented on each field.
     pub fn from_env() -> Result<Self, ConfigError> {
         let mut config = Self::default();
-        if let Some(url) = settings::optional("HALLMARK_AMQP_URL") {
-            config.url = SecretString::from(url);
-        }
+        config.url = SecretString::from(settings::credential(
+            "HALLMARK_AMQP_URL",
+            config.url.expose_secret(),
+        )?);
         config.namespace = settings::string("HALLMARK_AMQP_NAMESPACE", &config.namespace);
         if let Some(delays) = settings::optional("HALLMARK_RETRY_DELAYS") {
             config.retry_delays = delays

@@ -34,6 +34,41 @@ fn present(value: Option<String>) -> Option<String> {
     value.filter(|value| !value.trim().is_empty())
 }
 
+/// Where development defaults apply: `HALLMARK_ENV` unset or one of these. Anywhere else a
+/// credential must be given ([`credential`]).
+const DEVELOPMENT: &[&str] = &["development", "test"];
+
+/// A setting that holds a credential (a URL with a password): the variable's value, or in
+/// development (see [`DEVELOPMENT`]) `development_default`, a local account such as RabbitMQ's
+/// `guest` or the development database's user. In any other environment an unset variable is
+/// an error: a development credential is never used silently in production.
+pub fn credential(variable: &str, development_default: &str) -> Result<String, ConfigError> {
+    credential_value(
+        variable,
+        optional(variable),
+        &string("HALLMARK_ENV", "development"),
+        development_default,
+    )
+}
+
+fn credential_value(
+    variable: &str,
+    value: Option<String>,
+    environment: &str,
+    development_default: &str,
+) -> Result<String, ConfigError> {
+    match present(value) {
+        Some(value) => Ok(value),
+        None if DEVELOPMENT.contains(&environment.trim()) => Ok(development_default.to_owned()),
+        None => Err(ConfigError {
+            variable: variable.to_owned(),
+            message: format!(
+                "must be set in `{environment}` (HALLMARK_ENV): the development default is for development only"
+            ),
+        }),
+    }
+}
+
 /// The variable parsed as `T`, or `default` when unset.
 pub fn parse<T: FromStr>(variable: &str, default: T) -> Result<T, ConfigError>
 where
@@ -102,6 +137,25 @@ mod tests {
         assert_eq!(
             duration_value("WAIT", Some("1m 30s".into()), Duration::ZERO).unwrap(),
             Duration::from_secs(90)
+        );
+    }
+
+    #[test]
+    fn a_credential_has_a_development_default_only_in_development() {
+        let local = "amqp://guest:guest@127.0.0.1:5672/%2f";
+        for environment in ["development", "test"] {
+            assert_eq!(
+                credential_value("HALLMARK_AMQP_URL", None, environment, local).unwrap(),
+                local
+            );
+        }
+        let err = credential_value("HALLMARK_AMQP_URL", None, "production", local).unwrap_err();
+        assert_eq!(err.variable, "HALLMARK_AMQP_URL");
+        assert!(!err.to_string().contains("guest"), "{err}");
+        let given = "amqp://shop:s3cret@broker:5672/%2f";
+        assert_eq!(
+            credential_value("HALLMARK_AMQP_URL", Some(given.into()), "production", local).unwrap(),
+            given
         );
     }
 

@@ -14,7 +14,7 @@ pub struct Settings {
     pub host: String,
     /// Port to listen on; 0 picks a free one. Env: `MES_PORT` (default 8083).
     pub port: u16,
-    /// Env: `MES_DATABASE_URL` (default `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_mes`).
+    /// Env: `MES_DATABASE_URL` (required unless `HALLMARK_ENV` is `development` or `test`, where it defaults to `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_mes`).
     pub database: DatabaseConfig,
     /// Env: `HALLMARK_AMQP_*` (see `messaging::BrokerConfig`).
     pub broker: BrokerConfig,
@@ -46,10 +46,10 @@ impl Settings {
         Ok(Self {
             host: settings::string("MES_HOST", "127.0.0.1"),
             port: settings::parse("MES_PORT", 8083)?,
-            database: DatabaseConfig::new(settings::string(
+            database: DatabaseConfig::new(settings::credential(
                 "MES_DATABASE_URL",
                 "postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_mes",
-            )),
+            )?),
             broker: BrokerConfig::from_env()?,
             storage: StorageConfig::from_env()?,
             calc: CalcSettings {

@@ -85,7 +85,8 @@ pub struct Settings {
     pub otlp_grpc_port: u16,
     /// OTLP/HTTP. Env: `ORDER_WATCH_OTLP_HTTP_PORT` (default 14318; 4318 is the collector's).
     pub otlp_http_port: u16,
-    /// Env: `ORDER_WATCH_DATABASE_URL` (default
+    /// Env: `ORDER_WATCH_DATABASE_URL` (required unless `HALLMARK_ENV` is `development` or
+    /// `test`, where it defaults to
     /// `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_order_watch`).
     pub database: DatabaseConfig,
     pub thresholds: Thresholds,
@@ -137,10 +138,10 @@ impl Settings {
             http_port: settings::parse("ORDER_WATCH_PORT", 8080)?,
             otlp_grpc_port: settings::parse("ORDER_WATCH_OTLP_GRPC_PORT", 14317)?,
             otlp_http_port: settings::parse("ORDER_WATCH_OTLP_HTTP_PORT", 14318)?,
-            database: DatabaseConfig::new(settings::string(
+            database: DatabaseConfig::new(settings::credential(
                 "ORDER_WATCH_DATABASE_URL",
                 "postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_order_watch",
-            )),
+            )?),
             thresholds,
             retention: Duration::from_secs(u64::from(retention_days) * 24 * 3600),
             webhook_url: settings::optional("ORDER_WATCH_WEBHOOK_URL"),
