@@ -18,6 +18,7 @@ use domain::{Stage, System};
 use platform::db::DatabaseConfig;
 use serde::Deserialize;
 
+use crate::auth::AuthConfig;
 use crate::records::RecordsConfig;
 
 /// How long each stage may stay silent before its order is stuck.
@@ -114,6 +115,9 @@ pub struct Settings {
     /// spans were lost as well is not left stuck. Env: `ORDER_WATCH_RECONFIRM_INTERVAL`
     /// (default `1m`).
     pub reconfirm_interval: Duration,
+    /// Who may use the API and UI: the OIDC provider whose tokens are accepted (see
+    /// [`AuthConfig::from_env`]: `ORDER_WATCH_OIDC_*`).
+    pub auth: AuthConfig,
 }
 
 impl Settings {
@@ -159,6 +163,7 @@ impl Settings {
                 "ORDER_WATCH_RECONFIRM_INTERVAL",
                 Duration::from_secs(60),
             )?,
+            auth: AuthConfig::from_env()?,
         })
     }
 }
