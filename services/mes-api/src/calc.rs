@@ -429,6 +429,7 @@ impl Worker {
                 }
                 Err(TransitionFailure::NotFound(_)) => final_state = "cancelled",
                 Err(TransitionFailure::Database(err)) => return Err(err),
+                Err(TransitionFailure::Corrupt(err)) => return Err(err.into()),
             }
         }
         sqlx::query(
