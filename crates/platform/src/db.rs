@@ -6,9 +6,9 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize as _;
 use serde::de::DeserializeOwned;
 use sqlx::error::BoxDynError;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgTypeInfo, PgValueRef};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgTypeInfo, PgValueRef};
 use sqlx::types::JsonValue;
-use sqlx::{ConnectOptions, Decode, PgPool, Postgres, Row as _, Type, ValueRef as _};
+use sqlx::{ConnectOptions, Decode, PgPool, Postgres, Type, ValueRef as _};
 use telemetry::propagation::{Carrier, to_carrier};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -87,16 +87,6 @@ pub async fn close(pool: &PgPool) {
 /// [`telemetry::propagation::Carrier`]).
 pub fn current_trace() -> sqlx::types::Json<Carrier> {
     sqlx::types::Json(opentelemetry::Context::map_current(to_carrier))
-}
-
-/// The trace context stored in `row`'s `column` by [`current_trace`]. A missing, `NULL` or
-/// malformed value is an empty context: a stored context can lose its trace, never its row.
-pub fn stored_trace(row: &PgRow, column: &str) -> Carrier {
-    row.try_get::<Option<sqlx::types::Json<Carrier>>, _>(column)
-        .ok()
-        .flatten()
-        .map(|json| json.0)
-        .unwrap_or_default()
 }
 
 /// The trace context [`current_trace`] stored, as a typed row reads it back. A `NULL` or
