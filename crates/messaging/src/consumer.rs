@@ -121,6 +121,23 @@ impl From<sqlx::Error> for HandlerError {
     }
 }
 
+/// A stored order that does not read fails the message like any other failure: it is retried,
+/// then dead-lettered, and can be replayed once the row is repaired.
+impl From<platform::db::Corrupt> for HandlerError {
+    fn from(err: platform::db::Corrupt) -> Self {
+        Self::transient("corrupt_record", err.to_string())
+    }
+}
+
+impl From<platform::db::ReadError> for HandlerError {
+    fn from(err: platform::db::ReadError) -> Self {
+        match err {
+            platform::db::ReadError::Database(err) => err.into(),
+            platform::db::ReadError::Corrupt(err) => err.into(),
+        }
+    }
+}
+
 /// Applies one message inside the inbox transaction.
 pub trait Handler: Send + Sync + 'static {
     fn handle(
@@ -671,4 +688,22 @@ async fn mark_dead_lettered<H: Handler>(
         .on_dead_letter(&mut tx, incoming, code, message)
         .await?;
     tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use platform::db::{Corrupt, ReadError};
+
+    #[test]
+    fn a_stored_order_that_does_not_read_fails_the_message_naming_the_order() {
+        let order = Uuid::now_v7();
+        let corrupt = Corrupt::new(order, "status", "teleported", "unknown status");
+        let err = HandlerError::from(ReadError::from(corrupt));
+        assert_eq!(err.code(), "corrupt_record");
+        let HandlerError::Transient { message, .. } = err else {
+            panic!("retried like any failure, then dead-lettered: {err:?}");
+        };
+        assert!(message.contains(&order.to_string()), "{message}");
+    }
 }

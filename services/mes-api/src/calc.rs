@@ -25,9 +25,9 @@ use mes_calc::protocol::{self, Output};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::{Context, KeyValue};
 use orderbook::{Change, OrderBook, TransitionFailure};
-use platform::db::{Carrier, from_carrier};
-use platform::storage::ObjectStorage;
-use sqlx::{PgConnection, PgPool, Row};
+use platform::db::{Carrier, Corrupt, ReadError, StoredTrace, from_carrier, parse_column};
+use platform::storage::{ObjectStorage, StorageError};
+use sqlx::{PgConnection, PgPool};
 use telemetry::attr::semconv::{PROCESS_COMMAND, PROCESS_EXIT_CODE, PROCESS_PID};
 use telemetry::db::Traced;
 use telemetry::propagation::{Activity, to_env, with_order};
@@ -91,7 +91,7 @@ pub(crate) enum RunError {
     #[error("the calc engine answered something unreadable: {0}")]
     BadOutput(String),
     #[error("cannot read the model: {0}")]
-    Model(String),
+    Model(#[source] StorageError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -245,6 +245,30 @@ struct Job {
     trace: Carrier,
 }
 
+/// A job's row as a worker claims it, with what MES stored of its order.
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    order_id: Uuid,
+    attempts: i32,
+    trace: StoredTrace,
+    material: String,
+    model_key: String,
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = Corrupt;
+
+    fn try_from(row: JobRow) -> Result<Self, Corrupt> {
+        Ok(Self {
+            order_id: row.order_id,
+            attempt: row.attempts,
+            material: parse_column(row.order_id, "material", &row.material)?,
+            model_key: row.model_key,
+            trace: row.trace.0,
+        })
+    }
+}
+
 /// Claims due jobs and runs them until cancelled.
 pub(crate) struct Worker {
     pub pool: PgPool,
@@ -292,9 +316,12 @@ impl Worker {
     /// Takes the next due job. Not traced: it is the worker polling (once a second when idle),
     /// under no order until it returns one, and would be a root trace of its own each time;
     /// the job's work is traced from its `price model` span on, in the order's trace.
-    async fn claim(&self) -> Result<Option<Job>, sqlx::Error> {
+    ///
+    /// A job whose order's material does not read is claimed all the same: the error names the
+    /// order, and the job is tried again when its lease ends, until the row is repaired.
+    async fn claim(&self) -> Result<Option<Job>, ReadError> {
         let lease = self.settings.timeout + Duration::from_secs(30);
-        let row = sqlx::query(
+        let row: Option<JobRow> = sqlx::query_as(
             "UPDATE calc_jobs j SET state = 'running', attempts = attempts + 1, \
                  lease_until = now() + $1, updated_at = now() \
              FROM orders o \
@@ -308,19 +335,7 @@ impl Worker {
         .bind(lease)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let material: String = row.get("material");
-        Ok(Some(Job {
-            order_id: row.get("order_id"),
-            attempt: row.get("attempts"),
-            material: material
-                .parse()
-                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-            model_key: row.get("model_key"),
-            trace: platform::db::stored_trace(&row, "trace"),
-        }))
+        Ok(row.map(Job::try_from).transpose()?)
     }
 
     async fn process(&self, job: Job) {
@@ -352,7 +367,7 @@ impl Worker {
                 .storage
                 .get(&job.model_key)
                 .await
-                .map_err(|e| RunError::Model(e.to_string()))?;
+                .map_err(RunError::Model)?;
             self.engine.run(job.material, model).await
         }
         .await;
@@ -459,6 +474,7 @@ impl Worker {
                 }
                 Err(TransitionFailure::NotFound(_)) => final_state = "cancelled",
                 Err(TransitionFailure::Database(err)) => return Err(err),
+                Err(TransitionFailure::Corrupt(err)) => return Err(err.into()),
             }
         }
         sqlx::query(
@@ -483,5 +499,26 @@ mod tests {
         let first = Duration::from_millis(200);
         let delays: Vec<Duration> = (1..=4).map(|a| retry_delay(first, a)).collect();
         assert_eq!(delays, [200, 400, 800, 1600].map(Duration::from_millis));
+    }
+
+    #[test]
+    fn a_claimed_job_whose_material_does_not_read_is_an_error_naming_the_order() {
+        let order_id = Uuid::now_v7();
+        let row = |material: &str| JobRow {
+            order_id,
+            attempts: 1,
+            trace: StoredTrace::default(),
+            material: material.into(),
+            model_key: format!("models/{order_id}/ring.stl"),
+        };
+        assert_eq!(
+            Job::try_from(row("gold_750")).unwrap().material,
+            Material::Gold750
+        );
+        let Err(err) = Job::try_from(row("unobtainium")) else {
+            panic!("an unknown material read");
+        };
+        assert_eq!((err.order_id, err.column), (order_id, "material"));
+        assert!(err.to_string().contains("\"unobtainium\""), "{err}");
     }
 }

@@ -210,5 +210,6 @@ async fn fail_order(
         Ok(_) | Err(orderbook::TransitionFailure::Illegal(_)) => Ok(()),
         Err(orderbook::TransitionFailure::NotFound(_)) => Ok(()),
         Err(orderbook::TransitionFailure::Database(err)) => Err(err),
+        Err(orderbook::TransitionFailure::Corrupt(err)) => Err(err.into()),
     }
 }
