@@ -3,6 +3,7 @@
 //! RabbitMQ refuses a redeclaration with different arguments.
 
 use secrecy::{ExposeSecret as _, SecretString};
+use settings::ConfigError;
 use std::time::Duration;
 
 /// Where the broker is and how the topology is shaped.
@@ -10,9 +11,9 @@ use std::time::Duration;
 pub struct BrokerConfig {
     /// AMQP URI, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`: a secret, it holds the password
     /// (`Debug` does not show it). A `heartbeat` query parameter is added (15 s) when absent so a
-    /// dead connection is noticed within seconds. Env: `HALLMARK_AMQP_URL` (default: the
-    /// development broker's `guest` account on this machine, which RabbitMQ accepts only from
-    /// loopback).
+    /// dead connection is noticed within seconds. Env: `HALLMARK_AMQP_URL` (required unless
+    /// `HALLMARK_ENV` is `development` or `test`, where it defaults to the development broker's
+    /// `guest` account on this machine, which RabbitMQ accepts only from loopback).
     pub url: SecretString,
     /// Prefix for every exchange and queue name (`{namespace}.hallmark.orders`). Empty in
     /// production; tests use a unique one each. Env: `HALLMARK_AMQP_NAMESPACE`.
@@ -55,17 +56,9 @@ impl Default for BrokerConfig {
     }
 }
 
-/// A broker setting that does not parse.
-#[derive(Debug, thiserror::Error)]
-#[error("{variable}: {message}")]
-pub struct ConfigError {
-    pub variable: &'static str,
-    pub message: String,
-}
-
-fn parse_duration(variable: &'static str, text: &str) -> Result<Duration, ConfigError> {
+fn parse_duration(variable: &str, text: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(text.trim()).map_err(|e| ConfigError {
-        variable,
+        variable: variable.to_owned(),
         message: format!("`{text}` is not a duration like `500ms` or `10s` ({e})"),
     })
 }
@@ -74,36 +67,26 @@ impl BrokerConfig {
     /// Defaults overridden by the `HALLMARK_AMQP_*` variables documented on each field.
     pub fn from_env() -> Result<Self, ConfigError> {
         let mut config = Self::default();
-        if let Ok(url) = std::env::var("HALLMARK_AMQP_URL") {
-            config.url = SecretString::from(url);
-        }
-        if let Ok(namespace) = std::env::var("HALLMARK_AMQP_NAMESPACE") {
-            config.namespace = namespace;
-        }
-        if let Ok(delays) = std::env::var("HALLMARK_RETRY_DELAYS") {
+        config.url = SecretString::from(settings::credential(
+            "HALLMARK_AMQP_URL",
+            config.url.expose_secret(),
+        )?);
+        config.namespace = settings::string("HALLMARK_AMQP_NAMESPACE", &config.namespace);
+        if let Some(delays) = settings::optional("HALLMARK_RETRY_DELAYS") {
             config.retry_delays = delays
                 .split(',')
                 .filter(|d| !d.trim().is_empty())
                 .map(|d| parse_duration("HALLMARK_RETRY_DELAYS", d))
                 .collect::<Result<_, _>>()?;
         }
-        if let Ok(limit) = std::env::var("HALLMARK_DELIVERY_LIMIT") {
-            config.delivery_limit = limit.trim().parse().map_err(|_| ConfigError {
-                variable: "HALLMARK_DELIVERY_LIMIT",
-                message: format!("`{limit}` is not a positive whole number"),
-            })?;
-        }
-        if let Ok(expiry) = std::env::var("HALLMARK_AMQP_EPHEMERAL")
-            && !expiry.trim().is_empty()
-        {
+        config.delivery_limit = settings::parse("HALLMARK_DELIVERY_LIMIT", config.delivery_limit)?;
+        if let Some(expiry) = settings::optional("HALLMARK_AMQP_EPHEMERAL") {
             config.ephemeral = Some(parse_duration("HALLMARK_AMQP_EPHEMERAL", &expiry)?);
         }
-        if let Ok(retention) = std::env::var("HALLMARK_OUTBOX_RETENTION") {
-            config.outbox_retention = parse_duration("HALLMARK_OUTBOX_RETENTION", &retention)?;
-        }
-        if let Ok(retention) = std::env::var("HALLMARK_INBOX_RETENTION") {
-            config.inbox_retention = parse_duration("HALLMARK_INBOX_RETENTION", &retention)?;
-        }
+        config.outbox_retention =
+            settings::duration("HALLMARK_OUTBOX_RETENTION", config.outbox_retention)?;
+        config.inbox_retention =
+            settings::duration("HALLMARK_INBOX_RETENTION", config.inbox_retention)?;
         config.validate()?;
         Ok(config)
     }
@@ -114,7 +97,7 @@ impl BrokerConfig {
         let longest_retry: Duration = self.retry_delays.iter().sum();
         if self.inbox_retention <= longest_retry {
             return Err(ConfigError {
-                variable: "HALLMARK_INBOX_RETENTION",
+                variable: "HALLMARK_INBOX_RETENTION".to_owned(),
                 message: format!(
                     "{} is not longer than the retries ({}): a redelivered message would be applied again",
                     humantime::format_duration(self.inbox_retention),

@@ -19,6 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::metrics::metrics;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use lapin::message::Delivery;
@@ -28,18 +29,22 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use opentelemetry::Context;
 use opentelemetry::KeyValue;
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanKind, TraceContextExt};
 use sqlx::{PgConnection, PgPool};
-use telemetry::attr;
+use telemetry::attr::semconv::{
+    MESSAGING_DESTINATION_NAME, MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+    MESSAGING_MESSAGE_BODY_SIZE, MESSAGING_MESSAGE_ID, MESSAGING_OPERATION_NAME,
+    MESSAGING_OPERATION_TYPE, MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
+    MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG, MESSAGING_SYSTEM,
+};
 use telemetry::db::Traced;
-use telemetry::metrics;
-use telemetry::propagation::{Activity, extract_amqp, order_id as baggage_order_id, with_order};
+use telemetry::propagation::{Activity, order_id as baggage_order_id, with_order};
+use telemetry::{attr, spans};
+
+use crate::headers::extract_amqp;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::field::Empty;
-use tracing::{Instrument, Span};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use domain::events::Envelope;
@@ -112,6 +117,23 @@ impl From<sqlx::Error> for HandlerError {
             Self::Unavailable(err.to_string())
         } else {
             Self::transient("database_error", err.to_string())
+        }
+    }
+}
+
+/// A stored order that does not read fails the message like any other failure: it is retried,
+/// then dead-lettered, and can be replayed once the row is repaired.
+impl From<platform::db::Corrupt> for HandlerError {
+    fn from(err: platform::db::Corrupt) -> Self {
+        Self::transient("corrupt_record", err.to_string())
+    }
+}
+
+impl From<platform::db::ReadError> for HandlerError {
+    fn from(err: platform::db::ReadError) -> Self {
+        match err {
+            platform::db::ReadError::Database(err) => err.into(),
+            platform::db::ReadError::Corrupt(err) => err.into(),
         }
     }
 }
@@ -319,37 +341,43 @@ async fn process<H: Handler>(shared: &Shared<H>, publisher: &Publisher, delivery
     // A retried message comes back through the requeue exchange; describe where it was first sent.
     let origin = Origin::of(&delivery, &headers);
 
-    let span = tracing::info_span!(
-        "messaging.process",
-        otel.name = %format_args!("process {}", origin.exchange),
-        otel.kind = "consumer",
-        otel.status_code = Empty,
-        error.type = Empty,
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
-        messaging.destination.name = origin.exchange.as_str(),
-        messaging.destination.subscription.name = shared.queue,
-        messaging.rabbitmq.destination.routing_key = origin.routing_key.as_str(),
-        messaging.rabbitmq.message.delivery_tag = delivery.delivery_tag,
-        messaging.message.id = %message_id,
-        messaging.message.body.size = delivery.data.len(),
-        { attr::MESSAGE_TYPE } = Empty,
-        { attr::QUEUE_WAIT_MS } = queue_wait.map(|w| w.as_millis() as i64),
-        { attr::RETRY_COUNT } = retry_count,
-        { attr::MESSAGE_DUPLICATE } = Empty,
-        { attr::DLQ_ROUTE } = Empty,
-        { attr::ERROR_CODE } = Empty,
-    );
     let parent = match order_id {
         Some(order) => with_order(&creation, order, Activity::Progress),
         None => creation.clone(),
     };
-    let _ = span.set_parent(parent);
-    let creation_span = creation.span().span_context().clone();
-    if creation_span.is_valid() {
-        span.add_link(creation_span);
-    }
+    let cx = if telemetry::spans_enabled!() {
+        let mut attributes = Vec::with_capacity(14);
+        attributes.extend([
+            KeyValue::new(MESSAGING_SYSTEM, "rabbitmq"),
+            KeyValue::new(MESSAGING_OPERATION_TYPE, "process"),
+            KeyValue::new(MESSAGING_OPERATION_NAME, "process"),
+            KeyValue::new(MESSAGING_DESTINATION_NAME, origin.exchange.clone()),
+            KeyValue::new(MESSAGING_DESTINATION_SUBSCRIPTION_NAME, shared.queue),
+            KeyValue::new(
+                MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
+                origin.routing_key.clone(),
+            ),
+            KeyValue::new(
+                MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG,
+                delivery.delivery_tag as i64,
+            ),
+            KeyValue::new(MESSAGING_MESSAGE_ID, message_id.clone()),
+            KeyValue::new(MESSAGING_MESSAGE_BODY_SIZE, delivery.data.len() as i64),
+            KeyValue::new(attr::RETRY_COUNT, i64::from(retry_count)),
+        ]);
+        if let Some(wait) = queue_wait {
+            attributes.push(KeyValue::new(attr::QUEUE_WAIT_MS, wait.as_millis() as i64));
+        }
+        spans::child_linked(
+            format!("process {}", origin.exchange),
+            SpanKind::Consumer,
+            attributes,
+            vec![creation.span().span_context().clone()],
+            &parent,
+        )
+    } else {
+        None
+    };
     if let Some(wait) = queue_wait {
         metrics()
             .queue_wait
@@ -371,7 +399,7 @@ async fn process<H: Handler>(shared: &Shared<H>, publisher: &Publisher, delivery
                 .await;
             }
         };
-        Span::current().record(attr::MESSAGE_TYPE, envelope.kind.as_str());
+        spans::record(KeyValue::new(attr::MESSAGE_TYPE, envelope.kind.clone()));
         let incoming = Incoming {
             envelope,
             queue: shared.queue,
@@ -407,7 +435,7 @@ async fn process<H: Handler>(shared: &Shared<H>, publisher: &Publisher, delivery
                     }
                     Outcome::Applied
                 } else {
-                    Span::current().record(attr::MESSAGE_DUPLICATE, true);
+                    spans::record(KeyValue::new(attr::MESSAGE_DUPLICATE, true));
                     metrics()
                         .duplicates_skipped
                         .add(1, &[KeyValue::new("queue", shared.queue)]);
@@ -416,26 +444,37 @@ async fn process<H: Handler>(shared: &Shared<H>, publisher: &Publisher, delivery
                 }
             }
             Err(err) => {
-                let span = Span::current();
-                span.record(attr::ERROR_CODE, err.code());
-                metrics().record_failure("consume", shared.queue, err.code());
+                spans::record(KeyValue::new(attr::ERROR_CODE, err.code()));
+                telemetry::metrics::record_failure("consume", shared.queue, err.code());
                 match err {
                     HandlerError::Transient { code, message } => {
-                        retry_or_dead_letter(shared, publisher, &delivery, &incoming, code, &message)
-                            .await
+                        retry_or_dead_letter(
+                            shared, publisher, &delivery, &incoming, code, &message,
+                        )
+                        .await
                     }
                     HandlerError::Permanent { code, message } => {
-                        dead_letter(shared, publisher, &delivery, Some(&incoming), code, &message)
-                            .await
+                        dead_letter(
+                            shared,
+                            publisher,
+                            &delivery,
+                            Some(&incoming),
+                            code,
+                            &message,
+                        )
+                        .await
                     }
                     HandlerError::Unavailable(_) => unreachable!("waited out above"),
                 }
             }
         }
-    }
-    .instrument(span.clone())
-    .await;
-    tracing::debug!(parent: &span, outcome = ?outcome, elapsed_ms = started.elapsed().as_millis() as u64, "delivery handled");
+    };
+    // Without a span of its own, the work still runs for its order (log lines name it).
+    let current = cx.clone().unwrap_or(parent);
+    let outcome = spans::under(Some(&current), outcome).await;
+    let _entered = spans::enter(Some(&current));
+    tracing::debug!(outcome = ?outcome, elapsed_ms = started.elapsed().as_millis() as u64, "delivery handled");
+    spans::end_in(cx.as_ref());
 }
 
 /// Runs the handler in the inbox transaction. `Ok(false)` for a duplicate, which is counted on
@@ -576,11 +615,9 @@ async fn dead_letter<H: Handler>(
     let exchange = names.dead_letter_exchange();
     let queue = names.queue(shared.queue);
     let route = format!("{exchange} -> {}", names.dead_letter_queue(shared.queue));
-    let span = Span::current();
-    span.record(attr::DLQ_ROUTE, route.as_str());
-    span.record(attr::ERROR_CODE, code);
-    span.record("otel.status_code", "ERROR");
-    span.record("error.type", code);
+    spans::record(KeyValue::new(attr::DLQ_ROUTE, route.clone()));
+    spans::record(KeyValue::new(attr::ERROR_CODE, code.to_owned()));
+    Context::map_current(|cx| spans::fail(cx, code, ""));
 
     let [original_exchange, original_routing_key] =
         Origin::of(delivery, &headers_of(delivery)).headers();
@@ -651,4 +688,22 @@ async fn mark_dead_lettered<H: Handler>(
         .on_dead_letter(&mut tx, incoming, code, message)
         .await?;
     tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use platform::db::{Corrupt, ReadError};
+
+    #[test]
+    fn a_stored_order_that_does_not_read_fails_the_message_naming_the_order() {
+        let order = Uuid::now_v7();
+        let corrupt = Corrupt::new(order, "status", "teleported", "unknown status");
+        let err = HandlerError::from(ReadError::from(corrupt));
+        assert_eq!(err.code(), "corrupt_record");
+        let HandlerError::Transient { message, .. } = err else {
+            panic!("retried like any failure, then dead-lettered: {err:?}");
+        };
+        assert!(message.contains(&order.to_string()), "{message}");
+    }
 }

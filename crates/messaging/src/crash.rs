@@ -26,7 +26,7 @@ static ARMED: OnceLock<Option<(String, String)>> = OnceLock::new();
 fn armed() -> Option<&'static (String, String)> {
     ARMED
         .get_or_init(|| {
-            let value = std::env::var(ENV).ok()?;
+            let value = settings::optional(ENV)?;
             let (point, subject) = value.split_once('@')?;
             Some((point.trim().to_owned(), subject.trim().to_owned()))
         })

@@ -17,6 +17,8 @@ pub mod config;
 pub mod consumer;
 pub mod crash;
 pub mod dead_letters;
+pub mod headers;
+mod metrics;
 pub mod outbox;
 pub mod publisher;
 pub mod retention;

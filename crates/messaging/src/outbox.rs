@@ -17,15 +17,18 @@ use chrono::{DateTime, Utc};
 use lapin::types::FieldTable;
 use opentelemetry::trace::SpanKind;
 use opentelemetry::{Context, KeyValue};
+use platform::db::{Carrier, StoredTrace, from_carrier};
 use sqlx::postgres::PgListener;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use telemetry::attr::semconv::{
     MESSAGING_DESTINATION_NAME, MESSAGING_MESSAGE_BODY_SIZE, MESSAGING_MESSAGE_ID,
     MESSAGING_OPERATION_NAME, MESSAGING_OPERATION_TYPE, MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
     MESSAGING_SYSTEM,
 };
 use telemetry::db::Traced;
-use telemetry::propagation::{Activity, Carrier, from_carrier, inject_amqp, with_order};
+use telemetry::propagation::{Activity, with_order};
+
+use crate::headers::inject_amqp;
 use telemetry::{attr, spans};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -158,6 +161,35 @@ struct Claimed {
     trace: Carrier,
 }
 
+/// An unpublished outbox row as the relay claims it.
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    id: i64,
+    message_id: Uuid,
+    routing_key: String,
+    kind: String,
+    order_id: Uuid,
+    body: Vec<u8>,
+    trace: StoredTrace,
+}
+
+impl From<OutboxRow> for Claimed {
+    fn from(row: OutboxRow) -> Self {
+        Self {
+            id: row.id,
+            message: Published {
+                message_id: row.message_id,
+                kind: row.kind,
+                routing_key: row.routing_key,
+                order_id: row.order_id,
+                sent_at: Utc::now(),
+            },
+            body: row.body,
+            trace: row.trace.0,
+        }
+    }
+}
+
 impl<H: PublishHook> OutboxRelay<H> {
     pub fn new(pool: PgPool, broker: Broker, hook: H, config: RelayConfig) -> Self {
         Self {
@@ -251,7 +283,7 @@ impl<H: PublishHook> OutboxRelay<H> {
     /// Claims, publishes and marks one batch; returns how many rows were published.
     async fn publish_batch(&self, publisher: &Publisher) -> Result<usize, RelayError> {
         let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(
+        let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT id, message_id, routing_key, kind, order_id, body, trace \
              FROM messaging.outbox WHERE published_at IS NULL \
              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
@@ -263,21 +295,7 @@ impl<H: PublishHook> OutboxRelay<H> {
             tx.commit().await?;
             return Ok(0);
         }
-        let mut claimed: Vec<Claimed> = rows
-            .into_iter()
-            .map(|row| Claimed {
-                id: row.get("id"),
-                message: Published {
-                    message_id: row.get("message_id"),
-                    kind: row.get("kind"),
-                    routing_key: row.get("routing_key"),
-                    order_id: row.get("order_id"),
-                    sent_at: Utc::now(),
-                },
-                body: row.get("body"),
-                trace: platform::db::stored_trace(&row, "trace"),
-            })
-            .collect();
+        let mut claimed: Vec<Claimed> = rows.into_iter().map(Claimed::from).collect();
 
         let exchange = self.broker.names().orders_exchange();
         // Each row's PRODUCER span covers everything the relay does for it, the hook's work
@@ -437,7 +455,7 @@ pub async fn watch_backlog(pool: PgPool, cancel: CancellationToken) {
     loop {
         match backlog(&pool).await {
             Ok((pending, oldest)) => {
-                let metrics = telemetry::metrics();
+                let metrics = crate::metrics::metrics();
                 metrics
                     .outbox_pending
                     .record(u64::try_from(pending).unwrap_or_default(), &[]);
@@ -456,16 +474,21 @@ pub async fn watch_backlog(pool: PgPool, cancel: CancellationToken) {
 
 /// Rows waiting to be published and the age of the oldest, for the backlog gauges.
 pub async fn backlog(pool: &PgPool) -> Result<(i64, Option<Duration>), sqlx::Error> {
-    let row = sqlx::query(
+    #[derive(sqlx::FromRow)]
+    struct Backlog {
+        pending: i64,
+        /// Seconds; `NULL` when nothing is waiting.
+        oldest: Option<f64>,
+    }
+    let backlog: Backlog = sqlx::query_as(
         "SELECT count(*) AS pending, \
                 EXTRACT(EPOCH FROM (now() - min(created_at)))::float8 AS oldest \
          FROM messaging.outbox WHERE published_at IS NULL",
     )
     .fetch_one(pool)
     .await?;
-    let oldest: Option<f64> = row.get("oldest");
     Ok((
-        row.get("pending"),
-        oldest.map(|s| Duration::from_secs_f64(s.max(0.0))),
+        backlog.pending,
+        backlog.oldest.map(|s| Duration::from_secs_f64(s.max(0.0))),
     ))
 }

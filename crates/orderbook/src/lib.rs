@@ -23,16 +23,31 @@ use domain::pricing::Quote;
 use domain::{OrderStatus, TransitionError};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
-use platform::db::{current_trace, stored_trace};
+use platform::db::{
+    Carrier, Corrupt, ReadError, StoredTrace, current_trace, from_carrier, json_column,
+    parse_column,
+};
 use serde::Serialize;
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use telemetry::db::Traced;
-use telemetry::propagation::{Carrier, from_carrier};
-use telemetry::{attr, metrics, spans};
+use telemetry::{attr, spans};
 use uuid::Uuid;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Status transitions this service performed (`hallmark.order.status_transitions`). Labels:
+/// `from`, `to`.
+fn status_transitions() -> &'static opentelemetry::metrics::Counter<u64> {
+    static COUNTER: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>> =
+        std::sync::OnceLock::new();
+    COUNTER.get_or_init(|| {
+        telemetry::metrics::meter()
+            .u64_counter("hallmark.order.status_transitions")
+            .with_description("Order status transitions performed by this service")
+            .build()
+    })
+}
 
 /// Creates or upgrades the `orderbook` schema and the `messaging` schema it writes to (outbox,
 /// inbox), each with its own migration history.
@@ -87,6 +102,18 @@ pub enum TransitionFailure {
     Illegal(#[from] TransitionError),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// The order's row holds a value that does not read.
+    #[error(transparent)]
+    Corrupt(#[from] Corrupt),
+}
+
+impl From<ReadError> for TransitionFailure {
+    fn from(err: ReadError) -> Self {
+        match err {
+            ReadError::Database(err) => err.into(),
+            ReadError::Corrupt(err) => err.into(),
+        }
+    }
 }
 
 /// A move an owner wants to make.
@@ -192,16 +219,16 @@ impl OrderBook {
         &self,
         conn: &mut PgConnection,
         order_id: Uuid,
-    ) -> Result<Option<Current>, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT status, idempotency_key, price, reason, trace, updated_at \
+    ) -> Result<Option<Current>, ReadError> {
+        let row: Option<OrderRow> = sqlx::query_as(
+            "SELECT order_id, status, idempotency_key, price, reason, trace, updated_at \
              FROM orderbook.orders WHERE order_id = $1",
         )
         .bind(order_id)
         .fetch_optional(&mut *conn)
         .db("SELECT orders")
         .await?;
-        row.map(|row| current_from_row(&row)).transpose()
+        Ok(row.map(Current::try_from).transpose()?)
     }
 
     /// The order's history in the order the moves happened (by their time; moves recorded at
@@ -210,34 +237,19 @@ impl OrderBook {
         &self,
         conn: &mut PgConnection,
         order_id: Uuid,
-    ) -> Result<Vec<HistoryEntry>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT from_status, to_status, source, reason_code, reason, occurred_at \
+    ) -> Result<Vec<HistoryEntry>, ReadError> {
+        let rows: Vec<HistoryRow> = sqlx::query_as(
+            "SELECT order_id, from_status, to_status, source, reason_code, reason, occurred_at \
              FROM orderbook.history WHERE order_id = $1 ORDER BY occurred_at, id",
         )
         .bind(order_id)
         .fetch_all(&mut *conn)
         .db("SELECT history")
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(HistoryEntry {
-                    from: row
-                        .get::<Option<String>, _>("from_status")
-                        .and_then(|s| s.parse().ok()),
-                    status: parse_status(row.get("to_status"))?,
-                    source: row.get("source"),
-                    reason: match (
-                        row.get::<Option<String>, _>("reason_code"),
-                        row.get::<Option<String>, _>("reason"),
-                    ) {
-                        (Some(code), Some(message)) => Some(Reason { code, message }),
-                        _ => None,
-                    },
-                    at: row.get("occurred_at"),
-                })
-            })
-            .collect()
+        Ok(rows
+            .into_iter()
+            .map(HistoryEntry::try_from)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Makes an owner's move: checks it, writes it and announces it, in the caller's transaction.
@@ -298,6 +310,7 @@ impl OrderBook {
                 TransitionFailure::NotFound(_) => "order_not_found",
                 TransitionFailure::Illegal(_) => "illegal_transition",
                 TransitionFailure::Database(_) => "database_unavailable",
+                TransitionFailure::Corrupt(_) => "corrupt_record",
             };
             let span = span.span();
             span.set_attribute(KeyValue::new(attr::ERROR_CODE, code));
@@ -357,7 +370,7 @@ impl OrderBook {
             Event::StatusChanged(event.clone()),
         );
         messaging::enqueue(tx, &envelope).await?;
-        metrics().status_transitions.add(
+        status_transitions().add(
             1,
             &[
                 KeyValue::new("from", from.as_str()),
@@ -393,7 +406,7 @@ impl OrderBook {
         tx: &mut PgConnection,
         envelope: &Envelope,
         change: &StatusChanged,
-    ) -> Result<Observed, sqlx::Error> {
+    ) -> Result<Observed, ReadError> {
         let Some(Locked { status, .. }) = self.lock(tx, envelope.order_id).await? else {
             return Ok(Observed::Unknown);
         };
@@ -459,23 +472,16 @@ impl OrderBook {
         &self,
         tx: &mut PgConnection,
         order_id: Uuid,
-    ) -> Result<Option<Locked>, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT status, idempotency_key FROM orderbook.orders \
+    ) -> Result<Option<Locked>, ReadError> {
+        let row: Option<LockedRow> = sqlx::query_as(
+            "SELECT order_id, status, idempotency_key FROM orderbook.orders \
              WHERE order_id = $1 FOR UPDATE",
         )
         .bind(order_id)
         .fetch_optional(&mut *tx)
         .db("SELECT orders")
         .await?;
-        row.map(|row| {
-            Ok(Locked {
-                order_id,
-                status: parse_status(row.get("status"))?,
-                idempotency_key: row.get("idempotency_key"),
-            })
-        })
-        .transpose()
+        Ok(row.map(Locked::try_from).transpose()?)
     }
 
     /// Sets the status; a price or reason that comes with it is kept, earlier ones stay otherwise.
@@ -553,22 +559,103 @@ impl Current {
     }
 }
 
-fn parse_status(text: String) -> Result<OrderStatus, sqlx::Error> {
-    text.parse()
-        .map_err(|err| sqlx::Error::Decode(Box::new(err)))
+/// An order's row as [`OrderBook::get`] reads it.
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    order_id: Uuid,
+    status: String,
+    idempotency_key: Option<String>,
+    /// A [`Quote`], once priced.
+    price: Option<serde_json::Value>,
+    /// A [`Reason`], once rejected, failed or cancelled.
+    reason: Option<serde_json::Value>,
+    trace: StoredTrace,
+    updated_at: DateTime<Utc>,
 }
 
-fn current_from_row(row: &sqlx::postgres::PgRow) -> Result<Current, sqlx::Error> {
-    let price: Option<serde_json::Value> = row.get("price");
-    let reason: Option<serde_json::Value> = row.get("reason");
-    Ok(Current {
-        status: parse_status(row.get("status"))?,
-        idempotency_key: row.get("idempotency_key"),
-        price: price.and_then(|p| serde_json::from_value(p).ok()),
-        reason: reason.and_then(|r| serde_json::from_value(r).ok()),
-        updated_at: row.get("updated_at"),
-        trace: stored_trace(row, "trace"),
-    })
+impl TryFrom<OrderRow> for Current {
+    type Error = Corrupt;
+
+    fn try_from(row: OrderRow) -> Result<Self, Corrupt> {
+        let id = row.order_id;
+        Ok(Self {
+            status: parse_column(id, "status", &row.status)?,
+            idempotency_key: row.idempotency_key,
+            price: row
+                .price
+                .map(|price| json_column(id, "price", price))
+                .transpose()?,
+            reason: row
+                .reason
+                .map(|reason| json_column(id, "reason", reason))
+                .transpose()?,
+            updated_at: row.updated_at,
+            trace: row.trace.0,
+        })
+    }
+}
+
+/// What [`OrderBook::lock`] reads of an order's row.
+#[derive(sqlx::FromRow)]
+struct LockedRow {
+    order_id: Uuid,
+    status: String,
+    idempotency_key: Option<String>,
+}
+
+impl TryFrom<LockedRow> for Locked {
+    type Error = Corrupt;
+
+    fn try_from(row: LockedRow) -> Result<Self, Corrupt> {
+        Ok(Self {
+            order_id: row.order_id,
+            status: parse_column(row.order_id, "status", &row.status)?,
+            idempotency_key: row.idempotency_key,
+        })
+    }
+}
+
+/// A row of `orderbook.history`.
+#[derive(sqlx::FromRow)]
+struct HistoryRow {
+    order_id: Uuid,
+    from_status: Option<String>,
+    to_status: String,
+    source: String,
+    reason_code: Option<String>,
+    reason: Option<String>,
+    occurred_at: DateTime<Utc>,
+}
+
+impl TryFrom<HistoryRow> for HistoryEntry {
+    type Error = Corrupt;
+
+    fn try_from(row: HistoryRow) -> Result<Self, Corrupt> {
+        let id = row.order_id;
+        // Written from one `Reason`: both columns or neither.
+        let reason = match (row.reason_code, row.reason) {
+            (Some(code), Some(message)) => Some(Reason { code, message }),
+            (None, None) => None,
+            (code, message) => {
+                return Err(Corrupt::new(
+                    id,
+                    "reason",
+                    format!("code {code:?}, message {message:?}"),
+                    "a reason needs both its code and its message",
+                ));
+            }
+        };
+        Ok(Self {
+            from: row
+                .from_status
+                .map(|from| parse_column(id, "from_status", &from))
+                .transpose()?,
+            status: parse_column(id, "to_status", &row.to_status)?,
+            source: row.source,
+            reason,
+            at: row.occurred_at,
+        })
+    }
 }
 
 impl From<TransitionFailure> for platform::error::ApiError {
@@ -579,6 +666,7 @@ impl From<TransitionFailure> for platform::error::ApiError {
                 Self::conflict("illegal_transition", err.to_string())
             }
             TransitionFailure::Database(err) => err.into(),
+            TransitionFailure::Corrupt(err) => err.into(),
         }
     }
 }

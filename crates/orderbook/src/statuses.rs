@@ -8,7 +8,9 @@
 use axum::Router;
 use axum::extract::{FromRef, Query, State};
 use axum::routing::get;
+use chrono::{DateTime, Utc};
 use domain::held::{HeldStatus, HeldStatuses, MAX_IDS, STATUSES_PATH};
+use platform::db::{Corrupt, parse_column};
 use platform::error::ApiError;
 use serde::Deserialize;
 use sqlx::PgPool;
@@ -67,7 +69,7 @@ async fn statuses(
     Query(query): Query<IdsQuery>,
 ) -> Result<axum::Json<HeldStatuses>, ApiError> {
     let ids = parse_ids(query.ids.as_deref())?;
-    let rows: Vec<(Uuid, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+    let rows: Vec<HeldRow> = sqlx::query_as(
         "SELECT order_id, status, updated_at FROM orderbook.orders WHERE order_id = ANY($1)",
     )
     .bind(&ids)
@@ -76,18 +78,29 @@ async fn statuses(
     .await?;
     let orders = rows
         .into_iter()
-        .map(|(order_id, status, updated_at)| {
-            let status = status.parse().map_err(|err| {
-                ApiError::Internal(anyhow::anyhow!("order {order_id} holds {err}"))
-            })?;
-            Ok(HeldStatus {
-                order_id,
-                status,
-                updated_at,
-            })
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+        .map(HeldStatus::try_from)
+        .collect::<Result<Vec<_>, Corrupt>>()?;
     Ok(axum::Json(HeldStatuses { orders }))
+}
+
+/// What the listing reads of an order's row.
+#[derive(sqlx::FromRow)]
+struct HeldRow {
+    order_id: Uuid,
+    status: String,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<HeldRow> for HeldStatus {
+    type Error = Corrupt;
+
+    fn try_from(row: HeldRow) -> Result<Self, Corrupt> {
+        Ok(Self {
+            order_id: row.order_id,
+            status: parse_column(row.order_id, "status", &row.status)?,
+            updated_at: row.updated_at,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -154,6 +154,23 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// A stored value that does not read is our fault, not the client's: a 500 whose body shows none
+/// of it, while the log and the span get the order, the column and the value.
+impl From<crate::db::Corrupt> for ApiError {
+    fn from(err: crate::db::Corrupt) -> Self {
+        Self::Internal(err.into())
+    }
+}
+
+impl From<crate::db::ReadError> for ApiError {
+    fn from(err: crate::db::ReadError) -> Self {
+        match err {
+            crate::db::ReadError::Database(err) => err.into(),
+            crate::db::ReadError::Corrupt(err) => err.into(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let message = self.to_string();
@@ -172,5 +189,33 @@ impl IntoResponse for ApiError {
             Self::Unavailable { code, cause } => unavailable(code, &cause),
             Self::Internal(err) => internal_error(&format!("{err:#}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Corrupt;
+
+    #[tokio::test]
+    async fn a_corrupt_row_is_a_500_whose_body_shows_neither_the_order_nor_the_value() {
+        let order = uuid::Uuid::now_v7();
+        let err = ApiError::from(Corrupt::new(
+            order,
+            "status",
+            "teleported",
+            "unknown status",
+        ));
+        let response = err.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(body.contains(INTERNAL_MESSAGE), "{body}");
+        assert!(
+            !body.contains("teleported") && !body.contains(&order.to_string()),
+            "{body}"
+        );
     }
 }

@@ -130,8 +130,8 @@ pub fn with_standard_routes<S: Clone + Send + Sync + 'static>(
 ) -> Router<S> {
     use axum::routing::get;
     api.route("/health", get(|| async { "ok" }))
-        .route("/metrics", get(telemetry::metrics::metrics_handler))
+        .route("/metrics", get(crate::http::metrics))
         .fallback(crate::error::not_found)
-        .layer(axum::middleware::from_fn(telemetry::http::trace_requests))
+        .layer(axum::middleware::from_fn(crate::http::trace_requests))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
 }

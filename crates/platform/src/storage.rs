@@ -23,7 +23,7 @@ use telemetry::attr::semconv::{AWS_S3_BUCKET, AWS_S3_KEY};
 use telemetry::attr::{STORAGE_BACKEND, STORAGE_SIZE_BYTES};
 use telemetry::spans::ClientSpan;
 
-use crate::env::{self, ConfigError};
+use settings::ConfigError;
 
 /// Which backend, and how to reach it.
 #[derive(Debug, Clone)]
@@ -58,21 +58,24 @@ pub const DEFAULT_S3_RETRY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl StorageConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
-        match env::optional("HALLMARK_S3_BUCKET") {
+        match settings::optional("HALLMARK_S3_BUCKET") {
             Some(bucket) => Ok(Self::S3 {
                 bucket,
-                endpoint: env::optional("HALLMARK_S3_ENDPOINT"),
-                region: env::string("HALLMARK_S3_REGION", "us-east-1"),
-                access_key_id: env::optional("HALLMARK_S3_ACCESS_KEY_ID"),
-                secret_access_key: env::optional("HALLMARK_S3_SECRET_ACCESS_KEY")
+                endpoint: settings::optional("HALLMARK_S3_ENDPOINT"),
+                region: settings::string("HALLMARK_S3_REGION", "us-east-1"),
+                access_key_id: settings::optional("HALLMARK_S3_ACCESS_KEY_ID"),
+                secret_access_key: settings::optional("HALLMARK_S3_SECRET_ACCESS_KEY")
                     .map(SecretString::from),
-                retry_timeout: env::duration(
+                retry_timeout: settings::duration(
                     "HALLMARK_S3_RETRY_TIMEOUT",
                     DEFAULT_S3_RETRY_TIMEOUT,
                 )?,
             }),
             None => Ok(Self::Filesystem {
-                root: PathBuf::from(env::string("HALLMARK_STORAGE_DIR", ".hallmark/objects")),
+                root: PathBuf::from(settings::string(
+                    "HALLMARK_STORAGE_DIR",
+                    ".hallmark/objects",
+                )),
             }),
         }
     }

@@ -15,7 +15,7 @@
 //! for all rounds and the flush at shutdown, so the export thread's work counts even when it
 //! runs on another core. Metrics export is off; the loop writes no log lines.
 //!
-//! This isolates what `tracing`, `tracing-opentelemetry` and the SDK cost per span; the Shop
+//! This isolates what the span API, the SDK and the export pipeline cost per span; the Shop
 //! overhead benchmark (`services/shop-api/benches/overhead.rs`) measures a whole request.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -23,8 +23,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 
 use telemetry::db::Traced as _;
-use tracing::Instrument as _;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use telemetry::spans;
 use uuid::Uuid;
 
 /// In a child process: `on` or `off`.
@@ -171,13 +170,18 @@ fn measure(on: bool) -> anyhow::Result<()> {
 }
 
 async fn one_order() {
-    let order = tracing::info_span!("order.create", otel.name = "order create");
-    let _ = order.set_parent(telemetry::propagation::with_order(
+    let parent = telemetry::propagation::with_order(
         &opentelemetry::Context::new(),
         Uuid::now_v7(),
         telemetry::propagation::Activity::Progress,
-    ));
-    async {
+    );
+    let order = spans::child(
+        "order create",
+        opentelemetry::trace::SpanKind::Internal,
+        Vec::new(),
+        &parent,
+    );
+    spans::under(order.as_ref(), async {
         for _ in 1..SPANS_PER_ORDER {
             let query = async {
                 tokio::task::yield_now().await;
@@ -185,7 +189,7 @@ async fn one_order() {
             };
             let _ = query.db("INSERT orders").await;
         }
-    }
-    .instrument(order)
+    })
     .await;
+    spans::end_in(order.as_ref());
 }

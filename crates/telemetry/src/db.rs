@@ -93,8 +93,6 @@ mod tests {
     use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, TracerProvider as _};
     use opentelemetry::{Context, Value};
     use opentelemetry_sdk::trace::{SdkTracerProvider, SimpleSpanProcessor, SpanData};
-    use tracing::Instrument as _;
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     use uuid::Uuid;
 
     use super::*;
@@ -103,7 +101,7 @@ mod tests {
     use crate::mask::Masker;
     use crate::processor::OrderBaggage;
     use crate::propagation::{Activity, with_order};
-    use crate::test_support::Collected;
+    use opentelemetry_sdk::trace::InMemorySpanExporter as Collected;
 
     fn attribute<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
         span.attributes
@@ -122,11 +120,11 @@ mod tests {
             .build();
         spans::install(provider.tracer("test"));
         set_namespace("shop");
-        let dispatch = crate::subscriber(
-            crate::log_filter("info"),
-            provider.tracer("test"),
+        let dispatch = otel_fastpath::logging::subscriber(
+            otel_fastpath::logging::log_filter("info", "info"),
             "test",
             Masker::default(),
+            None,
             std::io::sink,
         );
         let order = Uuid::now_v7();
@@ -134,20 +132,22 @@ mod tests {
             .build()
             .unwrap();
         let caller = tracing::dispatcher::with_default(&dispatch, || {
-            let request = tracing::info_span!("request");
-            let _ = request.set_parent(with_order(&Context::new(), order, Activity::Progress));
-            runtime.block_on(
-                async {
-                    let _ = async { Ok::<_, String>(1) }.db("SELECT orders").await;
-                    let _ = async { Err::<(), _>("deadlock detected".to_owned()) }
-                        .db("UPDATE orders")
-                        .await;
-                }
-                .instrument(request.clone()),
+            let request = spans::child(
+                "request",
+                SpanKind::Server,
+                Vec::new(),
+                &with_order(&Context::new(), order, Activity::Progress),
             );
-            request.context().span().span_context().span_id()
+            runtime.block_on(spans::under(request.as_ref(), async {
+                let _ = async { Ok::<_, String>(1) }.db("SELECT orders").await;
+                let _ = async { Err::<(), _>("deadlock detected".to_owned()) }
+                    .db("UPDATE orders")
+                    .await;
+            }));
+            spans::end_in(request.as_ref());
+            request.unwrap().span().span_context().span_id()
         });
-        let spans = collected.spans();
+        let spans = collected.get_finished_spans().unwrap();
         let find = |name: &str| {
             spans
                 .iter()

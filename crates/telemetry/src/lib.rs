@@ -26,17 +26,10 @@
 
 pub mod attributes;
 pub mod db;
-pub mod export;
-pub mod http;
-pub mod logging;
-pub mod mask;
 pub mod metrics;
-pub mod otlp;
 pub mod processor;
 pub mod propagation;
 pub mod spans;
-#[cfg(test)]
-mod test_support;
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -49,13 +42,12 @@ use opentelemetry_sdk::resource::{
     EnvResourceDetector, ResourceDetector, TelemetryResourceDetector,
 };
 use opentelemetry_sdk::trace::{BatchSpanProcessor, SdkTracerProvider};
-use tracing_subscriber::filter::Targets;
-use tracing_subscriber::layer::SubscriberExt;
+use otel_fastpath::logging::{ContextField, log_filter, subscriber};
+use otel_fastpath::{export, otlp};
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 pub use attributes as attr;
-pub use metrics::metrics;
+pub use otel_fastpath::mask;
 /// For [`spans_enabled!`], which expands in the caller's crate.
 #[doc(hidden)]
 pub use tracing as __tracing;
@@ -145,9 +137,7 @@ impl Drop for TelemetryGuard {
 }
 
 fn env_flag(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .map(|v| v.trim().to_ascii_lowercase())
+    settings::optional(name).map(|v| v.trim().to_ascii_lowercase())
 }
 
 fn sdk_disabled() -> bool {
@@ -163,7 +153,7 @@ pub fn resource(service: &ServiceInfo) -> Resource {
     use attributes::semconv::{
         DEPLOYMENT_ENVIRONMENT_NAME, SERVICE_INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION,
     };
-    let environment = std::env::var("HALLMARK_ENV").unwrap_or_else(|_| "development".into());
+    let environment = settings::string("HALLMARK_ENV", "development");
     let mut builder = Resource::builder_empty()
         .with_attributes([
             KeyValue::new(SERVICE_NAME, service.name),
@@ -175,9 +165,7 @@ pub fn resource(service: &ServiceInfo) -> Resource {
             Box::new(TelemetryResourceDetector) as Box<dyn ResourceDetector>,
             Box::new(EnvResourceDetector::new()),
         ]);
-    if let Ok(name) = std::env::var("OTEL_SERVICE_NAME")
-        && !name.trim().is_empty()
-    {
+    if let Some(name) = settings::optional("OTEL_SERVICE_NAME") {
         builder = builder.with_service_name(name);
     }
     builder.build()
@@ -206,7 +194,7 @@ fn init_with(
     logs: LogTarget,
     shutdown_budget: Duration,
 ) -> Result<TelemetryGuard, TelemetryError> {
-    propagation::install_propagator();
+    otel_fastpath::propagation::install_global();
     let masker = mask::Masker::from_env()?;
     let resource = resource(&service);
 
@@ -247,7 +235,7 @@ fn init_with(
     spans::install(tracer_provider.tracer(service.name));
     opentelemetry::global::set_tracer_provider(tracer_provider.clone());
 
-    let filter = log_filter(&std::env::var("RUST_LOG").unwrap_or_default());
+    let filter = log_filter(&settings::string("RUST_LOG", ""), DEFAULT_FILTER);
     let writer =
         tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || -> Box<dyn std::io::Write> {
             match logs {
@@ -255,13 +243,7 @@ fn init_with(
                 LogTarget::Stderr => Box::new(std::io::stderr()),
             }
         });
-    let dispatch = subscriber(
-        filter,
-        tracer_provider.tracer(service.name),
-        service.name,
-        masker,
-        writer,
-    );
+    let dispatch = subscriber(filter, service.name, masker, Some(ORDER_ID_FIELD), writer);
     dispatch
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInitialized)?;
@@ -274,64 +256,10 @@ fn init_with(
     })
 }
 
-/// Which spans and events are made at all.
-pub(crate) type Filter = Box<dyn Layer<Registry> + Send + Sync>;
-
-/// The filter `RUST_LOG` describes ([`DEFAULT_FILTER`] when it is empty or invalid). When it only
-/// names targets and levels, as it almost always does, a static per-target filter: `EnvFilter`
-/// also keeps track of every span, on each poll of an instrumented future, for directives about
-/// spans and fields, and is used only when the directives have such parts.
-pub(crate) fn log_filter(directives: &str) -> Filter {
-    let directives = if directives.trim().is_empty() {
-        DEFAULT_FILTER
-    } else {
-        directives
-    };
-    // `Targets` would take a span directive (`[request]=debug`) for a target name.
-    let about_spans = directives.contains(['[', '{']);
-    if !about_spans && let Ok(targets) = directives.parse::<Targets>() {
-        return targets.boxed();
-    }
-    match EnvFilter::try_new(directives) {
-        Ok(filter) => filter.boxed(),
-        Err(_) => log_filter(DEFAULT_FILTER),
-    }
-}
-
-/// The `tracing` subscriber of every process, as one dispatch: `filter`, spans to OpenTelemetry
-/// through `tracer`, and JSON log lines of `service` to `writer`, masked by `masker`. Log lines
-/// find the trace of their span through the dispatch ([`logging::SpanContexts`]).
-pub(crate) fn subscriber<W>(
-    filter: Filter,
-    tracer: opentelemetry_sdk::trace::SdkTracer,
-    service: &'static str,
-    masker: mask::Masker,
-    writer: W,
-) -> tracing::Dispatch
-where
-    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
-{
-    let otel_layer = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_location(false)
-        .with_threads(false)
-        .with_target(false)
-        .with_tracked_inactivity(false)
-        // Entering a `tracing` span makes its OpenTelemetry context the current one, so that
-        // `Context::current()` is the innermost span of either kind (see `spans`). The spans on
-        // an order's hot path are not `tracing` spans, so this costs only the few that are.
-        .with_context_activation(true);
-    let contexts = logging::SpanContexts::default();
-    let log_layer = logging::JsonLines::new(service, masker, contexts.clone(), writer);
-    let dispatch = tracing::Dispatch::new(
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(otel_layer)
-            .with(log_layer),
-    );
-    contexts.attach(&dispatch);
-    dispatch
-}
+/// Every log line in an order's work names the order (`"order_id":"…"`).
+const ORDER_ID_FIELD: ContextField = ("order_id", |cx| {
+    propagation::order_entry(cx).map(|(_, id)| id)
+});
 
 /// How long [`TelemetryGuard::shutdown`] of a service may take at most when the collector is
 /// down.
@@ -359,28 +287,6 @@ mod tests {
             std::thread::sleep(Duration::from_secs(30));
             Ok(())
         }
-    }
-
-    #[test]
-    fn rust_log_is_honoured_with_span_directives_and_an_invalid_one_gives_the_default() {
-        use tracing_subscriber::layer::SubscriberExt as _;
-        let debug_enabled = |directives: &str, in_span: bool| {
-            let subscriber = tracing_subscriber::registry().with(log_filter(directives));
-            tracing::subscriber::with_default(subscriber, || {
-                let span = tracing::warn_span!("request");
-                let _entered = in_span.then(|| span.enter());
-                (
-                    tracing::enabled!(tracing::Level::DEBUG),
-                    tracing::enabled!(tracing::Level::INFO),
-                )
-            })
-        };
-        assert_eq!(debug_enabled("warn,telemetry=debug", false), (true, true));
-        assert_eq!(debug_enabled("warn", false), (false, false));
-        assert_eq!(debug_enabled("warn,[request]=debug", true), (true, true));
-        assert_eq!(debug_enabled("warn,[request]=debug", false), (false, false));
-        assert_eq!(debug_enabled("not a filter=[", false), (false, true));
-        assert_eq!(debug_enabled("", false), (false, true));
     }
 
     #[test]

@@ -63,14 +63,12 @@ impl<P: SpanProcessor> SpanProcessor for OrderBaggage<P> {
 mod tests {
     use opentelemetry::trace::{SpanKind, TraceContextExt as _, Tracer as _, TracerProvider as _};
     use opentelemetry_sdk::trace::{SdkTracerProvider, SimpleSpanProcessor};
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     use uuid::Uuid;
 
     use super::*;
     use crate::attributes::ORDER_ACTIVITY;
-    use crate::mask::Masker;
     use crate::propagation::{Activity, as_progress, with_order};
-    use crate::test_support::Collected;
+    use opentelemetry_sdk::trace::InMemorySpanExporter as Collected;
 
     #[test]
     fn spans_of_an_order_say_whether_their_work_moves_it_or_only_looks_at_it() {
@@ -81,13 +79,6 @@ mod tests {
             )))
             .build();
         let tracer = provider.tracer("test");
-        let dispatch = crate::subscriber(
-            crate::log_filter("info"),
-            tracer.clone(),
-            "test",
-            Masker::default(),
-            std::io::sink,
-        );
         let order = Uuid::now_v7();
         let request = with_order(&Context::new(), order, Activity::Observation);
         let read = tracer.start_with_context("GET /api/orders/{order_id}", &request);
@@ -97,27 +88,33 @@ mod tests {
         let moved = tracer.start_with_context("order confirmed", &transition);
         let statement = tracer.start_with_context("UPDATE orders", &transition.with_span(moved));
         drop(statement);
-        // A message's processing is a `tracing` span whose parent says it is progress; the
-        // statements under it find the mark through the context it makes current.
-        tracing::dispatcher::with_default(&dispatch, || {
-            let process = tracing::info_span!("process", otel.kind = "consumer");
-            let _ = process.set_parent(with_order(&Context::new(), order, Activity::Progress));
-            process.in_scope(|| {
-                let _ = Context::map_current(|cx| {
-                    tracer
-                        .span_builder("INSERT inbox")
-                        .with_kind(SpanKind::Client)
-                        .start_with_context(&tracer, cx)
-                });
+        // A message's processing is a span whose parent says it is progress; the statements
+        // under it find the mark through the context current while it runs.
+        let process = with_order(&Context::new(), order, Activity::Progress);
+        let process = process.with_span(
+            tracer
+                .span_builder("process")
+                .with_kind(SpanKind::Consumer)
+                .start_with_context(&tracer, &process),
+        );
+        {
+            let _entered = process.clone().attach();
+            let _ = Context::map_current(|cx| {
+                tracer
+                    .span_builder("INSERT inbox")
+                    .with_kind(SpanKind::Client)
+                    .start_with_context(&tracer, cx)
             });
-        });
+        }
+        process.span().end();
         request.span().end();
         let _ = tracer.start("housekeeping");
         provider.force_flush().unwrap();
 
         let activity = |name: &str| {
             let span = collected
-                .spans()
+                .get_finished_spans()
+                .unwrap()
                 .into_iter()
                 .find(|s| s.name == name)
                 .unwrap_or_else(|| panic!("no span {name}"));

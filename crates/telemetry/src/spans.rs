@@ -1,13 +1,11 @@
-//! Spans made with the OpenTelemetry tracer directly rather than as `tracing` spans, and the one
-//! rule for which span is current.
+//! The one way Hallmark code makes spans: with the OpenTelemetry tracer directly. `tracing` is
+//! for log lines only; its spans are not exported.
 //!
-//! **The current span is the one of [`Context::current`].** Spans made here are current while
-//! the future they cover runs: run it [`under`] the context [`child`] returned. The `tracing`
-//! spans left (a message's CONSUMER span, MES's calculation spans) make their context current
-//! on every entry too (`init` turns on the OpenTelemetry layer's context activation), so
-//! whichever kind a span is, work under it finds it in [`Context::current`]: child spans,
-//! database and storage spans, log lines, and the attributes code records on the span it runs
-//! under ([`record`]).
+//! **The current span is the one of [`Context::current`].** A span made here is current while
+//! the work it covers runs: a future run [`under`] the context [`child`] returned (its context is
+//! attached on every poll), or synchronous work while [`enter`]'s guard lives. Work under it finds
+//! it there: child spans, database and storage spans, log lines (their trace and order ids), and
+//! the attributes code records on the span it runs under ([`record`], [`fail`]).
 //!
 //! Why not `tracing` spans: on the hot path of an order (the HTTP request, `order create`,
 //! the outbox relay's publish spans, status transitions), a `tracing` span cost the registry
@@ -27,9 +25,10 @@ use std::future::Future;
 use std::sync::OnceLock;
 
 use opentelemetry::trace::{
-    FutureExt as _, Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _,
+    FutureExt as _, Link, Span as _, SpanContext, SpanKind, Status, TraceContextExt as _,
+    Tracer as _,
 };
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, ContextGuard, KeyValue};
 use opentelemetry_sdk::trace::{SdkTracer, Span};
 
 use crate::attributes::semconv::{ERROR_TYPE, EXCEPTION_MESSAGE};
@@ -116,6 +115,37 @@ pub fn child(
     Some(parent.with_span(span))
 }
 
+/// As [`child`], with links to the spans of `links` (e.g. the one that published a message).
+pub fn child_linked(
+    name: impl Into<Cow<'static, str>>,
+    kind: SpanKind,
+    attributes: Vec<KeyValue>,
+    links: Vec<SpanContext>,
+    parent: &Context,
+) -> Option<Context> {
+    let tracer = TRACER.get()?;
+    let span = tracer
+        .span_builder(name)
+        .with_kind(kind)
+        .with_attributes(attributes)
+        .with_links(
+            links
+                .into_iter()
+                .filter(SpanContext::is_valid)
+                .map(Link::with_context)
+                .collect(),
+        )
+        .start_with_context(tracer, parent);
+    Some(parent.with_span(span))
+}
+
+/// Makes `cx` the current context until the guard is dropped, for synchronous work (and log
+/// lines about a span's work after it ran); without one, nothing changes.
+#[must_use = "the context is current only while the guard lives"]
+pub fn enter(cx: Option<&Context>) -> Option<ContextGuard> {
+    cx.map(|cx| cx.clone().attach())
+}
+
 /// Runs `future` with `cx` as the current context on every poll; without one, as it is.
 pub async fn under<F: Future>(cx: Option<&Context>, future: F) -> F::Output {
     match cx {
@@ -166,7 +196,8 @@ mod tests {
     #[test]
     fn spans_are_wanted_as_rust_log_says_for_the_calling_module() {
         let wanted = |directives: &str| {
-            let subscriber = tracing_subscriber::registry().with(crate::log_filter(directives));
+            let subscriber = tracing_subscriber::registry()
+                .with(otel_fastpath::logging::log_filter(directives, "info"));
             tracing::subscriber::with_default(subscriber, || {
                 // Once as the callsite registers, once from its cached interest.
                 let answers = [(); 2].map(|()| crate::spans_enabled!());

@@ -2,7 +2,6 @@
 
 use messaging::BrokerConfig;
 use platform::db::DatabaseConfig;
-use platform::env;
 
 /// Everything CRM needs to run.
 #[derive(Debug, Clone)]
@@ -11,7 +10,7 @@ pub struct Settings {
     pub host: String,
     /// Port to listen on; 0 picks a free one. Env: `CRM_PORT` (default 8082).
     pub port: u16,
-    /// Env: `CRM_DATABASE_URL` (default `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_crm`).
+    /// Env: `CRM_DATABASE_URL` (required unless `HALLMARK_ENV` is `development` or `test`, where it defaults to `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_crm`).
     pub database: DatabaseConfig,
     /// Env: `HALLMARK_AMQP_*` (see `messaging::BrokerConfig`).
     pub broker: BrokerConfig,
@@ -20,12 +19,12 @@ pub struct Settings {
 impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
-            host: env::string("CRM_HOST", "127.0.0.1"),
-            port: env::parse("CRM_PORT", 8082)?,
-            database: DatabaseConfig::new(env::string(
+            host: settings::string("CRM_HOST", "127.0.0.1"),
+            port: settings::parse("CRM_PORT", 8082)?,
+            database: DatabaseConfig::new(settings::credential(
                 "CRM_DATABASE_URL",
                 "postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_crm",
-            )),
+            )?),
             broker: BrokerConfig::from_env()?,
         })
     }

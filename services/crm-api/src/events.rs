@@ -5,12 +5,12 @@ use chrono::Utc;
 use domain::OrderStatus;
 use domain::events::{Envelope, Event, OrderCreated, PricingRequested};
 use messaging::{Handler, HandlerError, Incoming};
+use opentelemetry::KeyValue;
 use orderbook::{Change, Observed, OrderBook};
 use sqlx::PgConnection;
 use telemetry::attr;
 use telemetry::db::Traced;
-use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use telemetry::spans;
 
 use crate::SERVICE_NAME;
 
@@ -49,18 +49,20 @@ impl Registrar {
         envelope: &Envelope,
         created: &OrderCreated,
     ) -> Result<(), HandlerError> {
-        let span = Span::current();
-        span.set_attribute(attr::ORDER_SOURCE, created.source.as_str());
-        span.set_attribute(
+        spans::record(KeyValue::new(attr::ORDER_SOURCE, created.source.as_str()));
+        spans::record(KeyValue::new(
             attr::ORDER_IDEMPOTENCY_KEY,
             envelope.idempotency_key.clone(),
-        );
-        span.set_attribute(attr::CUSTOMER_ID, created.customer.id.to_string());
+        ));
+        spans::record(KeyValue::new(
+            attr::CUSTOMER_ID,
+            created.customer.id.to_string(),
+        ));
         if let Some(external) = &created.external_id {
-            span.set_attribute(attr::ORDER_EXTERNAL_ID, external.clone());
+            spans::record(KeyValue::new(attr::ORDER_EXTERNAL_ID, external.clone()));
         }
         if let Some(partner) = &created.partner_id {
-            span.set_attribute(attr::PARTNER_ID, partner.clone());
+            spans::record(KeyValue::new(attr::PARTNER_ID, partner.clone()));
         }
 
         sqlx::query(

@@ -9,10 +9,10 @@ use domain::events::Reason;
 use domain::pricing::Quote;
 use domain::{OrderStatus, Stage};
 use orderbook::{Change, HistoryEntry};
+use platform::db::{Corrupt, json_column, parse_column};
 use platform::error::ApiError;
 use platform::extract::OrderId;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use telemetry::db::Traced;
 use uuid::Uuid;
 
@@ -53,6 +53,46 @@ struct OrderSummary {
     updated_at: DateTime<Utc>,
 }
 
+/// A row of the order list: CRM's order joined with its status in the order book.
+#[derive(sqlx::FromRow)]
+struct SummaryRow {
+    id: Uuid,
+    customer_name: String,
+    material: String,
+    external_id: Option<String>,
+    partner_id: Option<String>,
+    created_at: DateTime<Utc>,
+    status: String,
+    /// A [`Quote`], once priced.
+    price: Option<serde_json::Value>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<SummaryRow> for OrderSummary {
+    type Error = Corrupt;
+
+    fn try_from(row: SummaryRow) -> Result<Self, Corrupt> {
+        let status: OrderStatus = parse_column(row.id, "status", &row.status)?;
+        let price: Option<Quote> = row
+            .price
+            .map(|price| json_column(row.id, "price", price))
+            .transpose()?;
+        Ok(Self {
+            order_id: row.id,
+            status,
+            stage: status.stage(),
+            customer_name: row.customer_name,
+            material: row.material,
+            external_order_id: row.external_id,
+            partner_id: row.partner_id,
+            total: price.as_ref().map(|p| p.total_cents as f64 / 100.0),
+            currency: price.map(|p| p.currency),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct Page {
     orders: Vec<OrderSummary>,
@@ -72,10 +112,6 @@ fn parse_status(text: &str) -> Result<OrderStatus, ApiError> {
     })
 }
 
-fn quote(value: Option<serde_json::Value>) -> Option<Quote> {
-    value.and_then(|v| serde_json::from_value(v).ok())
-}
-
 /// `GET /api/orders`: newest first, cursor-paged.
 async fn list(
     State(state): State<AppState>,
@@ -90,7 +126,7 @@ async fn list(
         ));
     }
     // UUIDv7 ids sort by creation time, so the id is the cursor.
-    let rows = sqlx::query(
+    let rows: Vec<SummaryRow> = sqlx::query_as(
         "SELECT o.id, o.customer_name, o.material, o.external_id, o.partner_id, o.created_at, \
                 b.status, b.price, b.updated_at \
          FROM orders o JOIN orderbook.orders b ON b.order_id = o.id \
@@ -104,25 +140,9 @@ async fn list(
     .db("SELECT orders")
     .await?;
     let mut orders = rows
-        .iter()
-        .map(|row| {
-            let status = parse_status(row.get::<&str, _>("status"))?;
-            let price = quote(row.get("price"));
-            Ok(OrderSummary {
-                order_id: row.get("id"),
-                status,
-                stage: status.stage(),
-                customer_name: row.get("customer_name"),
-                material: row.get("material"),
-                external_order_id: row.get("external_id"),
-                partner_id: row.get("partner_id"),
-                total: price.as_ref().map(|p| p.total_cents as f64 / 100.0),
-                currency: price.map(|p| p.currency),
-                created_at: row.get("created_at"),
-                updated_at: row.get("updated_at"),
-            })
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+        .into_iter()
+        .map(OrderSummary::try_from)
+        .collect::<Result<Vec<_>, Corrupt>>()?;
     let next = if orders.len() as i64 > limit {
         orders.truncate(limit as usize);
         orders.last().map(|o| o.order_id)
@@ -162,6 +182,25 @@ struct OrderDetail {
     updated_at: DateTime<Utc>,
 }
 
+/// CRM's own row of an order, for its details.
+#[derive(sqlx::FromRow)]
+struct DetailRow {
+    customer_id: Uuid,
+    customer_name: String,
+    customer_email: String,
+    customer_phone: Option<String>,
+    source: String,
+    partner_id: Option<String>,
+    external_id: Option<String>,
+    material: String,
+    size: Option<String>,
+    comment: Option<String>,
+    model_key: String,
+    model_file_name: String,
+    tracking_number: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
 async fn load(state: &AppState, order_id: Uuid) -> Result<OrderDetail, ApiError> {
     let mut conn = state.pool.acquire().await?;
     let current = state
@@ -169,36 +208,41 @@ async fn load(state: &AppState, order_id: Uuid) -> Result<OrderDetail, ApiError>
         .get(&mut conn, order_id)
         .await?
         .ok_or_else(|| ApiError::order_not_found(order_id))?;
-    let row = sqlx::query("SELECT * FROM orders WHERE id = $1")
-        .bind(order_id)
-        .fetch_optional(&mut *conn)
-        .db("SELECT orders")
-        .await?
-        .ok_or_else(|| ApiError::order_not_found(order_id))?;
+    let row: DetailRow = sqlx::query_as(
+        "SELECT customer_id, customer_name, customer_email, customer_phone, source, partner_id, \
+             external_id, material, size, comment, model_key, model_file_name, \
+             tracking_number, created_at \
+         FROM orders WHERE id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut *conn)
+    .db("SELECT orders")
+    .await?
+    .ok_or_else(|| ApiError::order_not_found(order_id))?;
     let history = state.orderbook.history(&mut conn, order_id).await?;
     Ok(OrderDetail {
         order_id,
         status: current.status,
         stage: current.status.stage(),
         customer: CustomerView {
-            id: row.get("customer_id"),
-            name: row.get("customer_name"),
-            email: row.get("customer_email"),
-            phone: row.get("customer_phone"),
+            id: row.customer_id,
+            name: row.customer_name,
+            email: row.customer_email,
+            phone: row.customer_phone,
         },
-        source: row.get("source"),
-        partner_id: row.get("partner_id"),
-        external_order_id: row.get("external_id"),
-        material: row.get("material"),
-        size: row.get("size"),
-        comment: row.get("comment"),
-        model_key: row.get("model_key"),
-        model_file_name: row.get("model_file_name"),
+        source: row.source,
+        partner_id: row.partner_id,
+        external_order_id: row.external_id,
+        material: row.material,
+        size: row.size,
+        comment: row.comment,
+        model_key: row.model_key,
+        model_file_name: row.model_file_name,
         price: current.price,
         reason: current.reason,
-        tracking_number: row.get("tracking_number"),
+        tracking_number: row.tracking_number,
         history,
-        created_at: row.get("created_at"),
+        created_at: row.created_at,
         updated_at: current.updated_at,
     })
 }
@@ -277,4 +321,58 @@ async fn step(
 ) -> Result<(), ApiError> {
     state.orderbook.decide(tx, order_id, Change::to(to)).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(status: &str, price: Option<serde_json::Value>) -> SummaryRow {
+        SummaryRow {
+            id: Uuid::now_v7(),
+            customer_name: "Ada".into(),
+            material: "gold_750".into(),
+            external_id: None,
+            partner_id: None,
+            created_at: Utc::now(),
+            status: status.into(),
+            price,
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_listed_order_reads_its_status_and_price() {
+        let price = serde_json::json!({
+            "volume_mm3": 8000.0, "metal_weight_g": 123.2, "metal_cents": 100, "labour_cents": 50,
+            "total_cents": 12345, "currency": "EUR"
+        });
+        let summary = OrderSummary::try_from(row("priced", Some(price))).unwrap();
+        assert_eq!(summary.stage, Stage::CustomerConfirmation);
+        assert_eq!(
+            (summary.total, summary.currency.as_deref()),
+            (Some(123.45), Some("EUR"))
+        );
+    }
+
+    #[test]
+    fn a_listed_order_with_a_status_no_release_knows_is_an_error_naming_it() {
+        let row = row("teleported", None);
+        let order = row.id;
+        let err = OrderSummary::try_from(row).unwrap_err();
+        assert_eq!((err.order_id, err.column), (order, "status"));
+        assert_eq!(
+            err.to_string(),
+            format!("order {order} holds a malformed status: \"teleported\"")
+        );
+    }
+
+    #[test]
+    fn a_listed_order_with_a_malformed_price_is_an_error_not_an_order_without_one() {
+        let row = row("priced", Some(serde_json::json!({"total": "a lot"})));
+        let order = row.id;
+        let err = OrderSummary::try_from(row).unwrap_err();
+        assert_eq!((err.order_id, err.column), (order, "price"));
+        assert!(err.value.contains("a lot"), "{err}");
+    }
 }

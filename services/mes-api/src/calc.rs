@@ -22,23 +22,36 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use domain::{Material, OrderStatus};
 use mes_calc::protocol::{self, Output};
-use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::{Context, KeyValue};
 use orderbook::{Change, OrderBook, TransitionFailure};
-use platform::storage::ObjectStorage;
-use sqlx::{PgConnection, PgPool, Row};
-use telemetry::attr;
+use platform::db::{Carrier, Corrupt, ReadError, StoredTrace, from_carrier, parse_column};
+use platform::storage::{ObjectStorage, StorageError};
+use sqlx::{PgConnection, PgPool};
+use telemetry::attr::semconv::{PROCESS_COMMAND, PROCESS_EXIT_CODE, PROCESS_PID};
 use telemetry::db::Traced;
-use telemetry::metrics;
-use telemetry::propagation::{Activity, Carrier, from_carrier, to_env, with_order};
+use telemetry::propagation::{Activity, to_env, with_order};
+use telemetry::{attr, spans};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::field::Empty;
-use tracing::{Instrument, Span};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::config::CalcSettings;
+
+/// Wall time of one price calculation through the calc engine
+/// (`hallmark.price_calculation.duration`). Labels: `material`, `outcome` (`priced`,
+/// `rejected`, `failed`).
+fn price_calculation() -> &'static opentelemetry::metrics::Histogram<f64> {
+    static DURATION: std::sync::OnceLock<opentelemetry::metrics::Histogram<f64>> =
+        std::sync::OnceLock::new();
+    DURATION.get_or_init(|| {
+        telemetry::metrics::seconds_histogram(
+            "hallmark.price_calculation.duration",
+            "Wall time of one price calculation through the calc engine",
+        )
+    })
+}
 
 /// What one run of the engine produced.
 #[derive(Debug)]
@@ -78,7 +91,7 @@ pub(crate) enum RunError {
     #[error("the calc engine answered something unreadable: {0}")]
     BadOutput(String),
     #[error("cannot read the model: {0}")]
-    Model(String),
+    Model(#[source] StorageError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -97,35 +110,36 @@ impl CalcEngine {
 
     /// Runs the engine on `model` inside a CLIENT span around the process.
     pub async fn run(&self, material: Material, model: Bytes) -> Result<Verdict, RunError> {
-        let span = tracing::info_span!(
-            "calc.engine",
-            otel.name = telemetry::attr::span_names::CALC_ENGINE_RUN,
-            otel.kind = "client",
-            otel.status_code = Empty,
-            error.type = Empty,
-            process.command = "mes-calc",
-            process.pid = Empty,
-            process.exit.code = Empty,
-            { attr::ORDER_MATERIAL } = material.as_str(),
-        );
-        let result = self
-            .run_process(material, model)
-            .instrument(span.clone())
-            .await;
+        let cx = if telemetry::spans_enabled!() {
+            spans::child(
+                attr::span_names::CALC_ENGINE_RUN,
+                SpanKind::Client,
+                vec![
+                    KeyValue::new(PROCESS_COMMAND, "mes-calc"),
+                    KeyValue::new(attr::ORDER_MATERIAL, material.as_str()),
+                ],
+                &Context::current(),
+            )
+        } else {
+            None
+        };
+        let result = spans::under(cx.as_ref(), self.run_process(material, model)).await;
         if let Err(err) = &result {
-            span.record("otel.status_code", "ERROR");
-            span.record("error.type", run_error_type(err));
-            tracing::warn!(parent: &span, error = %err, "calc engine run failed");
+            let _entered = spans::enter(cx.as_ref());
+            if let Some(cx) = &cx {
+                spans::fail(cx, run_error_type(err), err.to_string());
+            }
+            tracing::warn!(error = %err, "calc engine run failed");
         }
+        spans::end_in(cx.as_ref());
         result
     }
 
     async fn run_process(&self, material: Material, model: Bytes) -> Result<Verdict, RunError> {
-        let span = Span::current();
         let mut child = tokio::process::Command::new(&self.binary)
             .arg("--material")
             .arg(material.as_str())
-            .envs(to_env(&span.context()))
+            .envs(Context::map_current(to_env))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -136,7 +150,7 @@ impl CalcEngine {
                 source,
             })?;
         if let Some(pid) = child.id() {
-            span.record("process.pid", pid);
+            spans::record(KeyValue::new(PROCESS_PID, i64::from(pid)));
         }
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let feed = async move {
@@ -152,7 +166,7 @@ impl CalcEngine {
             .await
             .map_err(|_| RunError::Timeout(self.timeout))??;
         if let Some(code) = output.status.code() {
-            span.record("process.exit.code", code);
+            spans::record(KeyValue::new(PROCESS_EXIT_CODE, i64::from(code)));
         }
         let stdout = String::from_utf8_lossy(&output.stdout);
         match output.status.code() {
@@ -231,6 +245,30 @@ struct Job {
     trace: Carrier,
 }
 
+/// A job's row as a worker claims it, with what MES stored of its order.
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    order_id: Uuid,
+    attempts: i32,
+    trace: StoredTrace,
+    material: String,
+    model_key: String,
+}
+
+impl TryFrom<JobRow> for Job {
+    type Error = Corrupt;
+
+    fn try_from(row: JobRow) -> Result<Self, Corrupt> {
+        Ok(Self {
+            order_id: row.order_id,
+            attempt: row.attempts,
+            material: parse_column(row.order_id, "material", &row.material)?,
+            model_key: row.model_key,
+            trace: row.trace.0,
+        })
+    }
+}
+
 /// Claims due jobs and runs them until cancelled.
 pub(crate) struct Worker {
     pub pool: PgPool,
@@ -243,6 +281,14 @@ pub(crate) struct Worker {
 
 /// How often an idle worker looks for due jobs (retries become due without a wake-up).
 const POLL: Duration = Duration::from_secs(1);
+
+/// Recording a calculation's outcome while the database is unavailable: 100 ms, doubling, at
+/// most 5 s apart, for as long as the calculation timeout (the lease) allows.
+const SETTLE_RETRY: ExponentialBuilder = ExponentialBuilder::new()
+    .with_min_delay(Duration::from_millis(100))
+    .with_max_delay(Duration::from_secs(5))
+    .with_factor(2.0)
+    .without_max_times();
 
 impl Worker {
     pub async fn run(self, cancel: CancellationToken) {
@@ -270,9 +316,12 @@ impl Worker {
     /// Takes the next due job. Not traced: it is the worker polling (once a second when idle),
     /// under no order until it returns one, and would be a root trace of its own each time;
     /// the job's work is traced from its `price model` span on, in the order's trace.
-    async fn claim(&self) -> Result<Option<Job>, sqlx::Error> {
+    ///
+    /// A job whose order's material does not read is claimed all the same: the error names the
+    /// order, and the job is tried again when its lease ends, until the row is repaired.
+    async fn claim(&self) -> Result<Option<Job>, ReadError> {
         let lease = self.settings.timeout + Duration::from_secs(30);
-        let row = sqlx::query(
+        let row: Option<JobRow> = sqlx::query_as(
             "UPDATE calc_jobs j SET state = 'running', attempts = attempts + 1, \
                  lease_until = now() + $1, updated_at = now() \
              FROM orders o \
@@ -286,52 +335,48 @@ impl Worker {
         .bind(lease)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let material: String = row.get("material");
-        Ok(Some(Job {
-            order_id: row.get("order_id"),
-            attempt: row.get("attempts"),
-            material: material
-                .parse()
-                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-            model_key: row.get("model_key"),
-            trace: platform::db::stored_trace(&row, "trace"),
-        }))
+        Ok(row.map(Job::try_from).transpose()?)
     }
 
     async fn process(&self, job: Job) {
-        let span = tracing::info_span!(
-            "calc.price",
-            otel.name = telemetry::attr::span_names::PRICE_MODEL,
-            otel.status_code = Empty,
-            { attr::ORDER_MATERIAL } = job.material.as_str(),
-            { attr::RETRY_COUNT } = job.attempt - 1,
-            { attr::ERROR_CODE } = Empty,
-        );
-        let _ = span.set_parent(with_order(
-            &from_carrier(&job.trace),
-            job.order_id,
-            Activity::Progress,
-        ));
+        let parent = with_order(&from_carrier(&job.trace), job.order_id, Activity::Progress);
+        let cx = if telemetry::spans_enabled!() {
+            spans::child(
+                attr::span_names::PRICE_MODEL,
+                SpanKind::Internal,
+                vec![
+                    KeyValue::new(attr::ORDER_MATERIAL, job.material.as_str()),
+                    KeyValue::new(attr::RETRY_COUNT, i64::from(job.attempt - 1)),
+                ],
+                &parent,
+            )
+        } else {
+            None
+        };
+        // Without a span of its own, the work still runs for its order (log lines name it).
+        let current = cx.clone().unwrap_or(parent);
+        spans::under(Some(&current), self.price(job)).await;
+        spans::end_in(cx.as_ref());
+    }
+
+    /// Prices `job`'s model and records the outcome, under the job's span.
+    async fn price(&self, job: Job) {
         let started = Instant::now();
         let outcome = async {
             let model = self
                 .storage
                 .get(&job.model_key)
                 .await
-                .map_err(|e| RunError::Model(e.to_string()))?;
+                .map_err(RunError::Model)?;
             self.engine.run(job.material, model).await
         }
-        .instrument(span.clone())
         .await;
         let label = match &outcome {
             Ok(Verdict::Priced(_)) => "priced",
             Ok(Verdict::Rejected { .. }) => "rejected",
             Err(_) => "failed",
         };
-        metrics().price_calculation.record(
+        price_calculation().record(
             started.elapsed().as_secs_f64(),
             &[
                 KeyValue::new("material", job.material.as_str()),
@@ -340,21 +385,21 @@ impl Worker {
         );
         // A database restarting is waited out (up to the lease) rather than the calculation
         // being thrown away and run again once the lease ends.
-        let mut backoff = Duration::from_millis(100);
-        let mut result = self.settle(&job, &outcome).instrument(span.clone()).await;
+        let mut backoff = SETTLE_RETRY.build();
+        let mut result = self.settle(&job, &outcome).await;
         let give_up = Instant::now() + self.settings.timeout;
         while let Err(err) = &result
             && platform::db::is_unavailable(err)
-            && Instant::now() + backoff < give_up
+            && let Some(delay) = backoff.next()
+            && Instant::now() + delay < give_up
         {
-            tracing::warn!(parent: &span, error = %err, "database unavailable, retrying to record the calc result");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            result = self.settle(&job, &outcome).instrument(span.clone()).await;
+            tracing::warn!(error = %err, "database unavailable, retrying to record the calc result");
+            tokio::time::sleep(delay).await;
+            result = self.settle(&job, &outcome).await;
         }
         if let Err(err) = result {
-            span.record("otel.status_code", "ERROR");
-            tracing::warn!(parent: &span, error = %err, "cannot record a calc result; the job will run again when its lease ends");
+            Context::map_current(|cx| spans::fail(cx, "database", err.to_string()));
+            tracing::warn!(error = %err, "cannot record a calc result; the job will run again when its lease ends");
         }
     }
 
@@ -371,7 +416,7 @@ impl Worker {
                 "done",
             ),
             Ok(Verdict::Rejected { code, message }) => {
-                Span::current().record(attr::ERROR_CODE, code.as_str());
+                spans::record(KeyValue::new(attr::ERROR_CODE, code.clone()));
                 (
                     Some(
                         Change::to(OrderStatus::Rejected)
@@ -382,8 +427,8 @@ impl Worker {
             }
             Err(err) if job.attempt < self.settings.max_attempts => {
                 let delay = retry_delay(self.settings.retry_delay, job.attempt);
-                Span::current().record(attr::ERROR_CODE, run_error_type(err));
-                metrics().record_failure("price", "pricing", run_error_type(err));
+                spans::record(KeyValue::new(attr::ERROR_CODE, run_error_type(err)));
+                telemetry::metrics::record_failure("price", "pricing", run_error_type(err));
                 sqlx::query(
                     "UPDATE calc_jobs SET state = 'pending', not_before = now() + $2, \
                          last_error = $3, lease_until = NULL, updated_at = now() \
@@ -400,8 +445,8 @@ impl Worker {
                 return Ok(());
             }
             Err(err) => {
-                Span::current().record(attr::ERROR_CODE, "calc_engine_failed");
-                metrics().record_failure("price", "pricing", run_error_type(err));
+                spans::record(KeyValue::new(attr::ERROR_CODE, "calc_engine_failed"));
+                telemetry::metrics::record_failure("price", "pricing", run_error_type(err));
                 let message = format!(
                     "the price could not be calculated after {} attempts; the workshop has been notified ({err})",
                     job.attempt
@@ -429,6 +474,7 @@ impl Worker {
                 }
                 Err(TransitionFailure::NotFound(_)) => final_state = "cancelled",
                 Err(TransitionFailure::Database(err)) => return Err(err),
+                Err(TransitionFailure::Corrupt(err)) => return Err(err.into()),
             }
         }
         sqlx::query(
@@ -453,5 +499,26 @@ mod tests {
         let first = Duration::from_millis(200);
         let delays: Vec<Duration> = (1..=4).map(|a| retry_delay(first, a)).collect();
         assert_eq!(delays, [200, 400, 800, 1600].map(Duration::from_millis));
+    }
+
+    #[test]
+    fn a_claimed_job_whose_material_does_not_read_is_an_error_naming_the_order() {
+        let order_id = Uuid::now_v7();
+        let row = |material: &str| JobRow {
+            order_id,
+            attempts: 1,
+            trace: StoredTrace::default(),
+            material: material.into(),
+            model_key: format!("models/{order_id}/ring.stl"),
+        };
+        assert_eq!(
+            Job::try_from(row("gold_750")).unwrap().material,
+            Material::Gold750
+        );
+        let Err(err) = Job::try_from(row("unobtainium")) else {
+            panic!("an unknown material read");
+        };
+        assert_eq!((err.order_id, err.column), (order_id, "material"));
+        assert!(err.to_string().contains("\"unobtainium\""), "{err}");
     }
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use messaging::BrokerConfig;
 use platform::db::DatabaseConfig;
-use platform::env;
 use platform::storage::StorageConfig;
 
 /// Everything MES needs to run.
@@ -15,7 +14,7 @@ pub struct Settings {
     pub host: String,
     /// Port to listen on; 0 picks a free one. Env: `MES_PORT` (default 8083).
     pub port: u16,
-    /// Env: `MES_DATABASE_URL` (default `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_mes`).
+    /// Env: `MES_DATABASE_URL` (required unless `HALLMARK_ENV` is `development` or `test`, where it defaults to `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_mes`).
     pub database: DatabaseConfig,
     /// Env: `HALLMARK_AMQP_*` (see `messaging::BrokerConfig`).
     pub broker: BrokerConfig,
@@ -45,23 +44,23 @@ pub struct CalcSettings {
 impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
-            host: env::string("MES_HOST", "127.0.0.1"),
-            port: env::parse("MES_PORT", 8083)?,
-            database: DatabaseConfig::new(env::string(
+            host: settings::string("MES_HOST", "127.0.0.1"),
+            port: settings::parse("MES_PORT", 8083)?,
+            database: DatabaseConfig::new(settings::credential(
                 "MES_DATABASE_URL",
                 "postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_mes",
-            )),
+            )?),
             broker: BrokerConfig::from_env()?,
             storage: StorageConfig::from_env()?,
             calc: CalcSettings {
-                binary: match env::optional("MES_CALC_BIN") {
+                binary: match settings::optional("MES_CALC_BIN") {
                     Some(path) => PathBuf::from(path),
                     None => default_calc_binary()?,
                 },
-                timeout: env::duration("MES_CALC_TIMEOUT", Duration::from_secs(120))?,
-                workers: env::parse("MES_CALC_WORKERS", 2)?,
-                max_attempts: env::parse("MES_CALC_MAX_ATTEMPTS", 3)?,
-                retry_delay: env::duration("MES_CALC_RETRY_DELAY", Duration::from_secs(5))?,
+                timeout: settings::duration("MES_CALC_TIMEOUT", Duration::from_secs(120))?,
+                workers: settings::parse("MES_CALC_WORKERS", 2)?,
+                max_attempts: settings::parse("MES_CALC_MAX_ATTEMPTS", 3)?,
+                retry_delay: settings::duration("MES_CALC_RETRY_DELAY", Duration::from_secs(5))?,
             },
         })
     }

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use domain::OrderStatus;
 use domain::events::{Envelope, Event, PricingRequested};
 use messaging::{Handler, HandlerError, Incoming};
+use opentelemetry::KeyValue;
 use orderbook::{Change, Observed, OrderBook};
 use sqlx::PgConnection;
 use telemetry::attr;
 use telemetry::db::Traced;
+use telemetry::spans;
 use tokio::sync::Notify;
-use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::calc;
 
@@ -53,7 +53,10 @@ impl PricingIntake {
         envelope: &Envelope,
         request: &PricingRequested,
     ) -> Result<(), HandlerError> {
-        Span::current().set_attribute(attr::ORDER_MATERIAL, request.material.as_str());
+        spans::record(KeyValue::new(
+            attr::ORDER_MATERIAL,
+            request.material.as_str(),
+        ));
         sqlx::query(
             "INSERT INTO orders (id, material, model_key, model_size_bytes, model_sha256) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
@@ -207,5 +210,6 @@ async fn fail_order(
         Ok(_) | Err(orderbook::TransitionFailure::Illegal(_)) => Ok(()),
         Err(orderbook::TransitionFailure::NotFound(_)) => Ok(()),
         Err(orderbook::TransitionFailure::Database(err)) => Err(err),
+        Err(orderbook::TransitionFailure::Corrupt(err)) => Err(err.into()),
     }
 }

@@ -11,7 +11,6 @@ use orderbook::{Change, HistoryEntry};
 use platform::error::ApiError;
 use platform::extract::{Json, OrderId};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use telemetry::db::Traced;
 use uuid::Uuid;
 
@@ -45,6 +44,17 @@ struct OrderView {
     updated_at: DateTime<Utc>,
 }
 
+/// MES's row of an order with its price calculation, if one was queued.
+#[derive(sqlx::FromRow)]
+struct ProductionRow {
+    material: String,
+    model_key: String,
+    created_at: DateTime<Utc>,
+    calc_state: Option<String>,
+    calc_attempts: Option<i32>,
+    calc_last_error: Option<String>,
+}
+
 async fn load(state: &AppState, order_id: Uuid) -> Result<OrderView, ApiError> {
     let mut conn = state.pool.acquire().await?;
     let current = state
@@ -52,8 +62,9 @@ async fn load(state: &AppState, order_id: Uuid) -> Result<OrderView, ApiError> {
         .get(&mut conn, order_id)
         .await?
         .ok_or_else(|| ApiError::order_not_found(order_id))?;
-    let row = sqlx::query(
-        "SELECT o.material, o.model_key, o.created_at, j.state, j.attempts, j.last_error \
+    let row: ProductionRow = sqlx::query_as(
+        "SELECT o.material, o.model_key, o.created_at, j.state AS calc_state, \
+             j.attempts AS calc_attempts, j.last_error AS calc_last_error \
          FROM orders o LEFT JOIN calc_jobs j ON j.order_id = o.id WHERE o.id = $1",
     )
     .bind(order_id)
@@ -62,22 +73,26 @@ async fn load(state: &AppState, order_id: Uuid) -> Result<OrderView, ApiError> {
     .await?
     .ok_or_else(|| ApiError::order_not_found(order_id))?;
     let history = state.orderbook.history(&mut conn, order_id).await?;
-    let calculation = row.get::<Option<String>, _>("state").map(|state| CalcView {
-        state,
-        attempts: row.get::<Option<i32>, _>("attempts").unwrap_or_default(),
-        last_error: row.get("last_error"),
-    });
+    // `state` and `attempts` are NOT NULL: both are NULL only when the order has no job.
+    let calculation = row
+        .calc_state
+        .zip(row.calc_attempts)
+        .map(|(state, attempts)| CalcView {
+            state,
+            attempts,
+            last_error: row.calc_last_error,
+        });
     Ok(OrderView {
         order_id,
         status: current.status,
         stage: current.status.stage(),
-        material: row.get("material"),
-        model_key: row.get("model_key"),
+        material: row.material,
+        model_key: row.model_key,
         price: current.price,
         reason: current.reason,
         calculation,
         history,
-        created_at: row.get("created_at"),
+        created_at: row.created_at,
         updated_at: current.updated_at,
     })
 }

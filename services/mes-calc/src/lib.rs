@@ -35,20 +35,34 @@ pub mod protocol {
 use domain::Material;
 use domain::pricing::PriceList;
 use protocol::Output;
+use telemetry::spans;
+
+/// Runs `work` in an INTERNAL span `name` under the current span.
+fn in_span<T>(name: &'static str, work: impl FnOnce() -> T) -> T {
+    let cx = if telemetry::spans_enabled!() {
+        spans::child(
+            name,
+            opentelemetry::trace::SpanKind::Internal,
+            Vec::new(),
+            &opentelemetry::Context::current(),
+        )
+    } else {
+        None
+    };
+    let entered = spans::enter(cx.as_ref());
+    let output = work();
+    drop(entered);
+    spans::end_in(cx.as_ref());
+    output
+}
 
 /// Analyses the model and prices it with `prices`.
 pub fn calculate(material: Material, model: &[u8], prices: &PriceList) -> Output {
-    let mesh = {
-        let _span = tracing::info_span!("calc.analyze", otel.name = "analyze mesh").entered();
-        domain::stl::analyze_bytes(model)
-    };
+    let mesh = in_span("analyze mesh", || domain::stl::analyze_bytes(model));
     match mesh {
         Ok(mesh) => {
-            let _span = tracing::info_span!("calc.quote", otel.name = "quote").entered();
-            Output::Priced {
-                quote: prices.quote(material, &mesh),
-                mesh,
-            }
+            let quote = in_span("quote", || prices.quote(material, &mesh));
+            Output::Priced { quote, mesh }
         }
         Err(err) => Output::Rejected {
             code: err.code().to_owned(),

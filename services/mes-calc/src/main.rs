@@ -4,7 +4,9 @@ use std::process::ExitCode;
 use domain::Material;
 use domain::pricing::PriceList;
 use mes_calc::protocol::{EXIT_PRICED, EXIT_REJECTED, EXIT_USAGE, Output};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::SpanKind;
+use telemetry::{attr, propagation, spans};
 
 const USAGE: &str =
     "usage: mes-calc --material <gold_585|gold_750|silver_925|platinum_950> < model.stl";
@@ -44,19 +46,26 @@ async fn main() -> ExitCode {
 }
 
 fn run(material: Material) -> ExitCode {
-    let span = tracing::info_span!(
-        "calc.run",
-        otel.name = "calculate price",
-        otel.kind = "server",
-        order.material = material.as_str(),
-        hallmark.error.code = tracing::field::Empty,
-    );
-    // Every run is work on pricing an order.
-    let _ = span.set_parent(telemetry::propagation::as_progress(
-        &telemetry::propagation::from_env(),
-    ));
-    let _entered = span.enter();
+    // Every run is work on pricing an order, for the MES process that started it.
+    let parent = propagation::as_progress(&propagation::from_env());
+    let cx = if telemetry::spans_enabled!() {
+        spans::child(
+            "calculate price",
+            SpanKind::Server,
+            vec![KeyValue::new(attr::ORDER_MATERIAL, material.as_str())],
+            &parent,
+        )
+    } else {
+        None
+    };
+    let entered = spans::enter(cx.as_ref());
+    let code = calculate(material);
+    drop(entered);
+    spans::end_in(cx.as_ref());
+    code
+}
 
+fn calculate(material: Material) -> ExitCode {
     let mut model = Vec::new();
     if let Err(err) = std::io::stdin().read_to_end(&mut model) {
         tracing::error!(error = %err, "cannot read the model from stdin");
@@ -69,7 +78,7 @@ fn run(material: Material) -> ExitCode {
             EXIT_PRICED
         }
         Output::Rejected { code, message } => {
-            span.record("hallmark.error.code", code.as_str());
+            spans::record(KeyValue::new(attr::ERROR_CODE, code.clone()));
             tracing::info!(code = %code, reason = %message, "model rejected");
             EXIT_REJECTED
         }

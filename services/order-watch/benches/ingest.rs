@@ -299,6 +299,7 @@ impl OrderWatch {
                 timeout: Duration::from_secs(2),
             },
             reconfirm_interval: Duration::from_secs(60),
+            auth: order_watch::auth::AuthConfig::Open,
         };
         let cancel = CancellationToken::new();
         let app = runtime

@@ -6,7 +6,10 @@
 //! * `GET /api/incidents?open=true`: incidents, newest first.
 //! * `POST /api/alerts`: Alertmanager's webhook; its alerts become incidents.
 //! * `GET /api/config`: the stuck thresholds per stage and the retention.
+//! * `GET /api/me`: who is asking, with their role.
 //! * `GET /`: the UI.
+//!
+//! Every route but Alertmanager's webhook needs the `support` role (see [`crate::auth`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::auth::{self, Authenticator, Principal, Role};
 use crate::clock::Clock;
 use crate::config::Thresholds;
 use crate::incidents::{self, AlertmanagerMessage, Incident};
@@ -37,14 +41,26 @@ pub struct ApiState {
     pub retention_days: u64,
 }
 
-pub fn router() -> Router<ApiState> {
-    Router::new()
+/// The routes, each behind the role it needs (see [`crate::auth`]); Alertmanager's webhook is
+/// a machine endpoint.
+pub fn router(authenticator: Arc<Authenticator>) -> Router<ApiState> {
+    let read = Router::new()
         .route("/", get(ui))
         .route("/api/orders/stuck", get(stuck))
         .route("/api/orders/{order_id}/journey", get(journey))
         .route("/api/incidents", get(list_incidents))
-        .route("/api/alerts", post(alerts))
         .route("/api/config", get(config))
+        .route("/api/me", get(me))
+        .route_layer(axum::middleware::from_fn_with_state(
+            (authenticator, Role::Support),
+            auth::require,
+        ));
+    read.route("/api/alerts", post(alerts))
+}
+
+/// `GET /api/me`: who the request is from, as order-watch sees them.
+async fn me(axum::Extension(principal): axum::Extension<Principal>) -> axum::Json<Principal> {
+    axum::Json(principal)
 }
 
 async fn ui() -> Html<&'static str> {

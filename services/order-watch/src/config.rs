@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use domain::{Stage, System};
 use platform::db::DatabaseConfig;
-use platform::env;
 use serde::Deserialize;
 
+use crate::auth::AuthConfig;
 use crate::records::RecordsConfig;
 
 /// How long each stage may stay silent before its order is stuck.
@@ -86,7 +86,8 @@ pub struct Settings {
     pub otlp_grpc_port: u16,
     /// OTLP/HTTP. Env: `ORDER_WATCH_OTLP_HTTP_PORT` (default 14318; 4318 is the collector's).
     pub otlp_http_port: u16,
-    /// Env: `ORDER_WATCH_DATABASE_URL` (default
+    /// Env: `ORDER_WATCH_DATABASE_URL` (required unless `HALLMARK_ENV` is `development` or
+    /// `test`, where it defaults to
     /// `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_order_watch`).
     pub database: DatabaseConfig,
     pub thresholds: Thresholds,
@@ -114,11 +115,14 @@ pub struct Settings {
     /// spans were lost as well is not left stuck. Env: `ORDER_WATCH_RECONFIRM_INTERVAL`
     /// (default `1m`).
     pub reconfirm_interval: Duration,
+    /// Who may use the API and UI: the OIDC provider whose tokens are accepted (see
+    /// [`AuthConfig::from_env`]: `ORDER_WATCH_OIDC_*`).
+    pub auth: AuthConfig,
 }
 
 impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
-        let file = env::optional("ORDER_WATCH_CONFIG").map(PathBuf::from);
+        let file = settings::optional("ORDER_WATCH_CONFIG").map(PathBuf::from);
         let file_config = match &file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -128,31 +132,38 @@ impl Settings {
             }
             None => FileConfig::default(),
         };
-        let thresholds = thresholds(&file_config, env::optional("ORDER_WATCH_STUCK_AFTER"))?;
-        let retention_days: u32 = env::parse(
+        let thresholds = thresholds(&file_config, settings::optional("ORDER_WATCH_STUCK_AFTER"))?;
+        let retention_days: u32 = settings::parse(
             "ORDER_WATCH_RETENTION_DAYS",
             file_config.retention_days.unwrap_or(30),
         )?;
         Ok(Self {
-            host: env::string("ORDER_WATCH_HOST", "127.0.0.1"),
-            http_port: env::parse("ORDER_WATCH_PORT", 8080)?,
-            otlp_grpc_port: env::parse("ORDER_WATCH_OTLP_GRPC_PORT", 14317)?,
-            otlp_http_port: env::parse("ORDER_WATCH_OTLP_HTTP_PORT", 14318)?,
-            database: DatabaseConfig::new(env::string(
+            host: settings::string("ORDER_WATCH_HOST", "127.0.0.1"),
+            http_port: settings::parse("ORDER_WATCH_PORT", 8080)?,
+            otlp_grpc_port: settings::parse("ORDER_WATCH_OTLP_GRPC_PORT", 14317)?,
+            otlp_http_port: settings::parse("ORDER_WATCH_OTLP_HTTP_PORT", 14318)?,
+            database: DatabaseConfig::new(settings::credential(
                 "ORDER_WATCH_DATABASE_URL",
                 "postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_order_watch",
-            )),
+            )?),
             thresholds,
             retention: Duration::from_secs(u64::from(retention_days) * 24 * 3600),
-            webhook_url: env::optional("ORDER_WATCH_WEBHOOK_URL"),
-            max_request_bytes: env::parse("ORDER_WATCH_MAX_REQUEST_BYTES", 16 * 1024 * 1024)?,
-            detect_interval: env::duration("ORDER_WATCH_DETECT_INTERVAL", Duration::from_secs(1))?,
-            gauge_interval: env::duration("ORDER_WATCH_GAUGE_INTERVAL", Duration::from_secs(15))?,
+            webhook_url: settings::optional("ORDER_WATCH_WEBHOOK_URL"),
+            max_request_bytes: settings::parse("ORDER_WATCH_MAX_REQUEST_BYTES", 16 * 1024 * 1024)?,
+            detect_interval: settings::duration(
+                "ORDER_WATCH_DETECT_INTERVAL",
+                Duration::from_secs(1),
+            )?,
+            gauge_interval: settings::duration(
+                "ORDER_WATCH_GAUGE_INTERVAL",
+                Duration::from_secs(15),
+            )?,
             records: records_config()?,
-            reconfirm_interval: env::duration(
+            reconfirm_interval: settings::duration(
                 "ORDER_WATCH_RECONFIRM_INTERVAL",
                 Duration::from_secs(60),
             )?,
+            auth: AuthConfig::from_env()?,
         })
     }
 }
@@ -161,11 +172,11 @@ fn records_config() -> anyhow::Result<RecordsConfig> {
     let mut urls = BTreeMap::new();
     for system in System::ALL {
         let variable = RecordsConfig::variable(system);
-        if let Some(url) = env::optional(variable) {
+        if let Some(url) = settings::optional(variable) {
             urls.insert(system, base_url(variable, &url)?);
         }
     }
-    let timeout = env::duration("ORDER_WATCH_CONFIRM_TIMEOUT", Duration::from_secs(2))?;
+    let timeout = settings::duration("ORDER_WATCH_CONFIRM_TIMEOUT", Duration::from_secs(2))?;
     if timeout.is_zero() || timeout > MAX_CONFIRM_TIMEOUT {
         anyhow::bail!(
             "ORDER_WATCH_CONFIRM_TIMEOUT: must be more than 0 and at most {MAX_CONFIRM_TIMEOUT:?} \

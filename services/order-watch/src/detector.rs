@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use domain::{OrderStatus, System};
 use futures::future::join_all;
+use platform::db::ReadError;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -74,6 +75,8 @@ pub struct Round {
     pub stuck: usize,
     /// Telemetry gaps recorded.
     pub gaps: usize,
+    /// Claimed orders left out because their stored journey does not read.
+    pub unreadable: usize,
 }
 
 /// What the system of record's answer means for one order.
@@ -122,25 +125,35 @@ impl Detector {
 
     /// One round: claims the due orders, asks their systems of record and applies what they
     /// said.
-    pub async fn detect_once(&self) -> Result<Round, sqlx::Error> {
-        let claimed = self.claim().await?;
-        if claimed.is_empty() {
-            return Ok(Round::default());
-        }
-        let answers = self.ask(&claimed).await;
-        let verdicts: Vec<(OrderState, Verdict)> = claimed
-            .into_iter()
-            .map(|order| {
-                let verdict = verdict(&order, &answers);
-                (order, verdict)
-            })
-            .collect();
-        self.apply(verdicts).await
+    pub async fn detect_once(&self) -> Result<Round, ReadError> {
+        let (claimed, unreadable) = self.claim().await?;
+        let mut round = if claimed.is_empty() {
+            Round::default()
+        } else {
+            let answers = self.ask(&claimed).await;
+            let verdicts: Vec<(OrderState, Verdict)> = claimed
+                .into_iter()
+                .map(|order| {
+                    let verdict = verdict(&order, &answers);
+                    (order, verdict)
+                })
+                .collect();
+            self.apply(verdicts).await?
+        };
+        round.claimed += unreadable;
+        round.unreadable = unreadable;
+        Ok(round)
     }
 
-    async fn claim(&self) -> Result<Vec<OrderState>, sqlx::Error> {
+    /// Claims the due orders; returns those that read and how many did not.
+    ///
+    /// An order whose stored journey does not read (a status or stage no release knows) is
+    /// logged as an error naming it and left out of the round: judging it would mean guessing,
+    /// and failing the round would hold back every order claimed with it. It keeps its lease,
+    /// so it is reported again every [`LEASE`] until its row is repaired.
+    async fn claim(&self) -> Result<(Vec<OrderState>, usize), sqlx::Error> {
         let now = self.clock.now();
-        let rows = sqlx::query(
+        let rows: Vec<store::OrderRow> = sqlx::query_as(
             "WITH due AS ( \
                  SELECT order_id FROM orders WHERE check_at <= $1 \
                  ORDER BY check_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
@@ -152,7 +165,19 @@ impl Detector {
         .bind(now + chrono::Duration::from_std(LEASE).unwrap_or_default())
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(store::order_from_row).collect())
+        let mut orders = Vec::with_capacity(rows.len());
+        let mut unreadable = 0;
+        for row in rows {
+            match OrderState::try_from(row) {
+                Ok(order) => orders.push(order),
+                Err(err) => {
+                    unreadable += 1;
+                    tracing::error!(order_id = %err.order_id, error = %err,
+                        "stored journey does not read; the order is left out of stuck detection");
+                }
+            }
+        }
+        Ok((orders, unreadable))
     }
 
     /// Asks each system of record about the claimed orders whose stage it owns, all at once.
@@ -178,7 +203,7 @@ impl Detector {
         asked.into_iter().collect()
     }
 
-    async fn apply(&self, verdicts: Vec<(OrderState, Verdict)>) -> Result<Round, sqlx::Error> {
+    async fn apply(&self, verdicts: Vec<(OrderState, Verdict)>) -> Result<Round, ReadError> {
         let now = self.clock.now();
         let ids: Vec<Uuid> = verdicts.iter().map(|(o, _)| o.order_id).collect();
         let mut tx = self.pool.begin().await?;

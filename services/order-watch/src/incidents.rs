@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -148,8 +148,15 @@ pub async fn resolve_recovered(
     resolution: &str,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
+    /// An incident this resolved.
+    #[derive(sqlx::FromRow)]
+    struct Resolved {
+        id: Uuid,
+        order_id: Uuid,
+        opened_at: DateTime<Utc>,
+    }
     let ids: Vec<Uuid> = orders.iter().map(|o| o.order_id).collect();
-    let rows = sqlx::query(
+    let rows: Vec<Resolved> = sqlx::query_as(
         "UPDATE incidents SET resolved_at = $2, resolution = $3 \
          WHERE kind = 'stuck_order' AND resolved_at IS NULL AND order_id = ANY($1) \
          RETURNING id, order_id, opened_at",
@@ -161,14 +168,13 @@ pub async fn resolve_recovered(
     .await?;
     let mut alerts = Vec::new();
     for row in rows {
-        let order_id: Uuid = row.get("order_id");
-        tracing::info!(order_id = %order_id, resolution, "incident resolved");
-        if let Some(order) = orders.iter().find(|o| o.order_id == order_id) {
+        tracing::info!(order_id = %row.order_id, resolution, "incident resolved");
+        if let Some(order) = orders.iter().find(|o| o.order_id == row.order_id) {
             alerts.push(alert(
-                row.get("id"),
+                row.id,
                 "resolved",
                 order,
-                row.get("opened_at"),
+                row.opened_at,
                 Some(now),
                 announcer,
             ));
@@ -180,8 +186,8 @@ pub async fn resolve_recovered(
     Ok(())
 }
 
-/// An incident as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+/// An incident as the API shows it, which is its row.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Incident {
     pub id: Uuid,
     pub kind: String,
@@ -203,30 +209,16 @@ pub async fn list(
     open_only: bool,
     limit: i64,
 ) -> Result<Vec<Incident>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT * FROM incidents WHERE (NOT $1 OR resolved_at IS NULL) \
+    sqlx::query_as(
+        "SELECT id, kind, order_id, fingerprint, stage, status, summary, labels, opened_at, \
+             resolved_at, resolution \
+         FROM incidents WHERE (NOT $1 OR resolved_at IS NULL) \
          ORDER BY opened_at DESC LIMIT $2",
     )
     .bind(open_only)
     .bind(limit)
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|row| Incident {
-            id: row.get("id"),
-            kind: row.get("kind"),
-            order_id: row.get("order_id"),
-            fingerprint: row.get("fingerprint"),
-            stage: row.get("stage"),
-            status: row.get("status"),
-            summary: row.get("summary"),
-            labels: row.get("labels"),
-            opened_at: row.get("opened_at"),
-            resolved_at: row.get("resolved_at"),
-            resolution: row.get("resolution"),
-        })
-        .collect())
+    .await
 }
 
 /// An alert in an Alertmanager webhook message (only the fields order-watch uses).
@@ -352,6 +344,23 @@ fn backoff(attempts: i32) -> chrono::Duration {
     chrono::Duration::milliseconds(i64::try_from(delay.as_millis()).unwrap_or(600_000))
 }
 
+/// A notification due for (another) attempt.
+#[derive(sqlx::FromRow)]
+struct DueNotification {
+    id: i64,
+    payload: Value,
+    attempts: i32,
+}
+
+/// Why a notification did not reach the webhook; its message is kept as `last_error`.
+#[derive(Debug, thiserror::Error)]
+enum Undelivered {
+    #[error(transparent)]
+    Unreachable(reqwest::Error),
+    #[error("the webhook answered {0}")]
+    Refused(reqwest::StatusCode),
+}
+
 async fn send_due(
     pool: &PgPool,
     client: &reqwest::Client,
@@ -360,7 +369,7 @@ async fn send_due(
 ) -> Result<usize, sqlx::Error> {
     let now = clock.now();
     let mut tx = pool.begin().await?;
-    let rows = sqlx::query(
+    let rows: Vec<DueNotification> = sqlx::query_as(
         "SELECT id, payload, attempts FROM notifications \
          WHERE delivered_at IS NULL AND next_attempt_at <= $1 \
          ORDER BY id LIMIT 20 FOR UPDATE SKIP LOCKED",
@@ -369,21 +378,19 @@ async fn send_due(
     .fetch_all(&mut *tx)
     .await?;
     for row in &rows {
-        let id: i64 = row.get("id");
-        let payload: Value = row.get("payload");
-        let attempts: i32 = row.get("attempts");
+        let (id, attempts) = (row.id, row.attempts);
         let outcome = client
             .post(url)
-            .headers(telemetry::http::outgoing_headers())
-            .json(&payload)
+            .headers(platform::http::outgoing_headers())
+            .json(&row.payload)
             .send()
             .await
-            .map_err(|e| e.to_string())
+            .map_err(Undelivered::Unreachable)
             .and_then(|r| {
                 if r.status().is_success() {
                     Ok(())
                 } else {
-                    Err(format!("the webhook answered {}", r.status()))
+                    Err(Undelivered::Refused(r.status()))
                 }
             });
         match outcome {
@@ -401,7 +408,7 @@ async fn send_due(
                          next_attempt_at = $3 WHERE id = $1",
                 )
                 .bind(id)
-                .bind(error)
+                .bind(error.to_string())
                 .bind(now + backoff(attempts))
                 .execute(&mut *tx)
                 .await?;

@@ -10,6 +10,7 @@
 //! records a telemetry gap instead and pages nobody. See `docs/order-watch.md`.
 
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod detector;

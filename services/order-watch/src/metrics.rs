@@ -19,7 +19,8 @@ use chrono::Utc;
 use domain::Stage;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
-use sqlx::{PgPool, Row};
+use platform::db::parse_column;
+use sqlx::PgPool;
 use telemetry::attr;
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +30,34 @@ use crate::journey::SpanRecord;
 const SECONDS_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
+
+/// One stage's counts, as the gauges' query groups open orders.
+#[derive(sqlx::FromRow)]
+struct StageCounts {
+    stage: String,
+    open: i64,
+    stuck: i64,
+    unconfirmed: i64,
+    silent: i64,
+}
+
+/// Reports open orders whose stored `stage` does not read, naming one of them. They are left out
+/// of the gauges rather than failing the refresh: one bad row must not freeze the gauges the
+/// stuck-order alerts watch.
+async fn unreadable_stage(pool: &PgPool, stage: &str) -> Result<(), sqlx::Error> {
+    let example: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT order_id FROM orders WHERE NOT terminal AND stage = $1 LIMIT 1")
+            .bind(stage)
+            .fetch_optional(pool)
+            .await?;
+    if let Some(order_id) = example
+        && let Err(err) = parse_column::<Stage>(order_id, "stage", stage)
+    {
+        tracing::error!(order_id = %order_id, error = %err,
+            "stored stage does not read; its orders are left out of the order gauges");
+    }
+    Ok(())
+}
 
 /// Open and stuck orders per stage, and the share without progress for a day.
 #[derive(Debug, Default, Clone)]
@@ -277,7 +306,7 @@ impl Metrics {
     /// Recomputes the per-stage snapshot now.
     pub async fn refresh(&self, pool: &PgPool, clock: &Clock) -> Result<(), sqlx::Error> {
         let day_ago = clock.now() - chrono::Duration::hours(24);
-        let rows = sqlx::query(
+        let rows: Vec<StageCounts> = sqlx::query_as(
             "SELECT stage, count(*) AS open, \
                  count(*) FILTER (WHERE stuck_confirmation = 'confirmed') AS stuck, \
                  count(*) FILTER (WHERE stuck_confirmation = 'unconfirmed') AS unconfirmed, \
@@ -290,19 +319,19 @@ impl Metrics {
         let mut snapshot = Snapshot::default();
         let (mut open_total, mut silent_total) = (0u64, 0u64);
         for row in rows {
-            let Ok(stage) = row.get::<String, _>("stage").parse::<Stage>() else {
-                continue;
+            let stage = match row.stage.parse::<Stage>() {
+                Ok(stage) => stage,
+                Err(_) => {
+                    unreadable_stage(pool, &row.stage).await?;
+                    continue;
+                }
             };
-            let open = row.get::<i64, _>("open") as u64;
+            let open = row.open as u64;
             open_total += open;
-            silent_total += row.get::<i64, _>("silent") as u64;
+            silent_total += row.silent as u64;
             snapshot.open.insert(stage, open);
-            snapshot
-                .stuck
-                .insert(stage, row.get::<i64, _>("stuck") as u64);
-            snapshot
-                .unconfirmed
-                .insert(stage, row.get::<i64, _>("unconfirmed") as u64);
+            snapshot.stuck.insert(stage, row.stuck as u64);
+            snapshot.unconfirmed.insert(stage, row.unconfirmed as u64);
         }
         snapshot.silent_24h_ratio = if open_total == 0 {
             0.0

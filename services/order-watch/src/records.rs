@@ -102,7 +102,7 @@ impl Records {
         let mut response = self
             .client
             .get(url)
-            .headers(telemetry::http::outgoing_headers())
+            .headers(platform::http::outgoing_headers())
             .send()
             .await
             .map_err(failed)?;

@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
+use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::detector::Detector;
@@ -190,8 +191,12 @@ impl Application {
             thresholds,
             retention_days: settings.retention.as_secs() / 86_400,
         };
+        let authenticator = Arc::new(Authenticator::new(settings.auth.clone()));
+        let prepared = authenticator.clone();
+        tasks.spawn(async move { prepared.prepare().await });
         let router =
-            platform::server::with_standard_routes(api::router(), 1024 * 1024).with_state(state);
+            platform::server::with_standard_routes(api::router(authenticator), 1024 * 1024)
+                .with_state(state);
         tracing::info!(
             api = ports.api,
             otlp_http = ports.otlp_http,

@@ -21,10 +21,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use domain::{OrderStatus, Stage};
+use domain::OrderStatus;
+use platform::db::{Corrupt, ReadError, parse_column};
 use serde_json::Value;
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -41,10 +42,16 @@ pub const MAX_BATCH_SPANS: usize = 20_000;
 /// Requests waiting for the writer before ingest answers "busy" (the exporter retries).
 const QUEUE_DEPTH: usize = 256;
 
+/// Why spans were not stored. Cloned to every request of a failed batch, so the causes are
+/// shared.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("the database is unavailable: {0}")]
-    Database(String),
+    Database(#[source] Arc<sqlx::Error>),
+    /// An order of the batch has a stored journey that does not read; the batch is refused
+    /// (and retried by the exporter) rather than merged into a journey read wrong.
+    #[error(transparent)]
+    Corrupt(Arc<Corrupt>),
     #[error("order-watch is at capacity; retry shortly")]
     Busy,
     #[error("order-watch is shutting down")]
@@ -53,7 +60,16 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
-        Self::Database(err.to_string())
+        Self::Database(Arc::new(err))
+    }
+}
+
+impl From<ReadError> for StoreError {
+    fn from(err: ReadError) -> Self {
+        match err {
+            ReadError::Database(err) => err.into(),
+            ReadError::Corrupt(err) => Self::Corrupt(Arc::new(err)),
+        }
     }
 }
 
@@ -241,7 +257,7 @@ async fn insert_spans<'a>(
                 .collect::<Vec<_>>(),
         )
     });
-    let rows = sqlx::query(
+    let rows: Vec<SpanKey> = sqlx::query_as(
         "INSERT INTO spans (order_id, trace_id, span_id, parent_span_id, service, name, kind, \
              start_time, end_time, status_code, status_message, attributes, links) \
          SELECT * FROM UNNEST($1::uuid[], $2::bytea[], $3::bytea[], $4::bytea[], $5::text[], \
@@ -268,13 +284,15 @@ async fn insert_spans<'a>(
     if rows.len() == spans.len() {
         return Ok(spans.to_vec());
     }
-    let stored: Vec<(Uuid, Vec<u8>, Vec<u8>)> = rows
+    let new: HashSet<(Uuid, &[u8], &[u8])> = rows
         .iter()
-        .map(|row| (row.get("order_id"), row.get("trace_id"), row.get("span_id")))
-        .collect();
-    let new: HashSet<(Uuid, &[u8], &[u8])> = stored
-        .iter()
-        .map(|(order, trace, span)| (*order, trace.as_slice(), span.as_slice()))
+        .map(|row| {
+            (
+                row.order_id,
+                row.trace_id.as_slice(),
+                row.span_id.as_slice(),
+            )
+        })
         .collect();
     Ok(spans
         .iter()
@@ -283,56 +301,112 @@ async fn insert_spans<'a>(
         .collect())
 }
 
-/// An order as its row holds it.
-pub(crate) fn order_from_row(row: &sqlx::postgres::PgRow) -> OrderState {
-    let status: Option<String> = row.get("status");
-    let stage: String = row.get("stage");
-    let confirmation: Option<String> = row.get("stuck_confirmation");
-    OrderState {
-        order_id: row.get("order_id"),
-        first_seen: row.get("first_seen"),
-        last_seen: row.get("last_seen"),
-        last_progress: row.get("last_progress"),
-        status: status.and_then(|s| s.parse().ok()),
-        status_at: row.get("status_at"),
-        status_source: row.get("status_source"),
-        stage: stage.parse().unwrap_or(Stage::Intake),
-        terminal: row.get("terminal"),
-        deadline: row.get("deadline"),
-        check_at: row.get("check_at"),
-        stuck_since: row.get("stuck_since"),
-        stuck_confirmation: confirmation.as_deref().and_then(Confirmation::parse),
-        confirmation: row.get("confirmation"),
-        confirmed_at: row.get("confirmed_at"),
-        observations_since_progress: row.get("observations_since_progress"),
-        span_count: row.get("span_count"),
-        error_count: row.get("error_count"),
-        max_retries: row.get("max_retries"),
-        dead_letters: row.get("dead_letters"),
-        last_service: row.get("last_service"),
-        last_span: row.get("last_span"),
+/// The key of a stored span, as the insert returns those that were new.
+#[derive(sqlx::FromRow)]
+struct SpanKey {
+    order_id: Uuid,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+}
+
+/// A row of `orders`: an order's journey summary with its status, stage and confirmation as
+/// stored text, read into an [`OrderState`] with [`TryFrom`].
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct OrderRow {
+    order_id: Uuid,
+    first_seen: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+    last_progress: DateTime<Utc>,
+    status: Option<String>,
+    status_at: Option<DateTime<Utc>>,
+    status_source: String,
+    stage: String,
+    terminal: bool,
+    deadline: Option<DateTime<Utc>>,
+    check_at: Option<DateTime<Utc>>,
+    stuck_since: Option<DateTime<Utc>>,
+    stuck_confirmation: Option<String>,
+    confirmation: Option<String>,
+    confirmed_at: Option<DateTime<Utc>>,
+    observations_since_progress: i64,
+    span_count: i64,
+    error_count: i64,
+    max_retries: i64,
+    dead_letters: i64,
+    last_service: String,
+    last_span: String,
+}
+
+impl TryFrom<OrderRow> for OrderState {
+    type Error = Corrupt;
+
+    fn try_from(row: OrderRow) -> Result<Self, Corrupt> {
+        let id = row.order_id;
+        let stuck_confirmation = row
+            .stuck_confirmation
+            .map(|text| {
+                Confirmation::parse(&text).ok_or_else(|| {
+                    Corrupt::new(
+                        id,
+                        "stuck_confirmation",
+                        &text,
+                        "neither `confirmed` nor `unconfirmed`",
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            order_id: id,
+            first_seen: row.first_seen,
+            last_seen: row.last_seen,
+            last_progress: row.last_progress,
+            status: row
+                .status
+                .map(|status| parse_column(id, "status", &status))
+                .transpose()?,
+            status_at: row.status_at,
+            status_source: row.status_source,
+            stage: parse_column(id, "stage", &row.stage)?,
+            terminal: row.terminal,
+            deadline: row.deadline,
+            check_at: row.check_at,
+            stuck_since: row.stuck_since,
+            stuck_confirmation,
+            confirmation: row.confirmation,
+            confirmed_at: row.confirmed_at,
+            observations_since_progress: row.observations_since_progress,
+            span_count: row.span_count,
+            error_count: row.error_count,
+            max_retries: row.max_retries,
+            dead_letters: row.dead_letters,
+            last_service: row.last_service,
+            last_span: row.last_span,
+        })
     }
+}
+
+/// Reads `rows` into orders; the first that does not read fails them all.
+pub(crate) fn orders_from_rows(rows: Vec<OrderRow>) -> Result<Vec<OrderState>, Corrupt> {
+    rows.into_iter().map(OrderState::try_from).collect()
 }
 
 /// Locks the rows of `ids` that exist, in id order, and reads them.
 pub(crate) async fn lock_orders(
     tx: &mut PgConnection,
     ids: &[Uuid],
-) -> Result<BTreeMap<Uuid, OrderState>, sqlx::Error> {
+) -> Result<BTreeMap<Uuid, OrderState>, ReadError> {
     if ids.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let rows =
-        sqlx::query("SELECT * FROM orders WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE")
-            .bind(ids)
-            .fetch_all(&mut *tx)
-            .await?;
-    Ok(rows
-        .iter()
-        .map(|row| {
-            let state = order_from_row(row);
-            (state.order_id, state)
-        })
+    let rows: Vec<OrderRow> = sqlx::query_as(
+        "SELECT * FROM orders WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(orders_from_rows(rows)?
+        .into_iter()
+        .map(|state| (state.order_id, state))
         .collect())
 }
 
@@ -407,12 +481,12 @@ pub(crate) async fn upsert_orders(
 pub mod queries {
     use super::*;
 
-    pub async fn order(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderState>, sqlx::Error> {
-        let row = sqlx::query("SELECT * FROM orders WHERE order_id = $1")
+    pub async fn order(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderState>, ReadError> {
+        let row: Option<OrderRow> = sqlx::query_as("SELECT * FROM orders WHERE order_id = $1")
             .bind(order_id)
             .fetch_optional(pool)
             .await?;
-        Ok(row.as_ref().map(order_from_row))
+        Ok(row.map(OrderState::try_from).transpose()?)
     }
 
     /// One stored span, for a journey.
@@ -456,9 +530,58 @@ pub mod queries {
         }
     }
 
+    /// A row of `spans`, as a journey shows it.
+    #[derive(sqlx::FromRow)]
+    struct SpanRow {
+        trace_id: Vec<u8>,
+        span_id: Vec<u8>,
+        parent_span_id: Option<Vec<u8>>,
+        service: String,
+        name: String,
+        kind: i16,
+        start_time: DateTime<Utc>,
+        end_time: DateTime<Utc>,
+        status_code: i16,
+        status_message: String,
+        attributes: Value,
+        links: Value,
+    }
+
+    impl From<SpanRow> for StoredSpan {
+        fn from(row: SpanRow) -> Self {
+            let (start, end) = (row.start_time, row.end_time);
+            // The same rule as at ingest: a status that does not parse is no transition.
+            let activity = activity_of(
+                row.attributes
+                    .get(telemetry::attr::ORDER_ACTIVITY)
+                    .and_then(Value::as_str),
+                row.attributes
+                    .get(telemetry::attr::ORDER_STATUS_TO)
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| s.parse::<OrderStatus>().is_ok()),
+            );
+            Self {
+                trace_id: hex::encode(row.trace_id),
+                span_id: hex::encode(row.span_id),
+                parent_span_id: row.parent_span_id.map(hex::encode),
+                service: row.service,
+                name: row.name,
+                kind: kind_name(row.kind),
+                start,
+                end,
+                duration_ms: (end - start).num_microseconds().unwrap_or_default() as f64 / 1000.0,
+                status: status_name(row.status_code),
+                status_message: row.status_message,
+                activity: activity.as_str(),
+                attributes: row.attributes,
+                links: row.links,
+            }
+        }
+    }
+
     /// Every span of an order, in time order.
     pub async fn spans(pool: &PgPool, order_id: Uuid) -> Result<Vec<StoredSpan>, sqlx::Error> {
-        let rows = sqlx::query(
+        let rows: Vec<SpanRow> = sqlx::query_as(
             "SELECT trace_id, span_id, parent_span_id, service, name, kind, start_time, end_time, \
                  status_code, status_message, attributes, links \
              FROM spans WHERE order_id = $1 ORDER BY start_time, end_time",
@@ -466,58 +589,22 @@ pub mod queries {
         .bind(order_id)
         .fetch_all(pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let start: DateTime<Utc> = row.get("start_time");
-                let end: DateTime<Utc> = row.get("end_time");
-                let status_code: i16 = row.get("status_code");
-                let attributes: Value = row.get("attributes");
-                let activity = activity_of(
-                    attributes
-                        .get(telemetry::attr::ORDER_ACTIVITY)
-                        .and_then(Value::as_str),
-                    attributes
-                        .get(telemetry::attr::ORDER_STATUS_TO)
-                        .and_then(Value::as_str)
-                        .is_some_and(|s| s.parse::<OrderStatus>().is_ok()),
-                );
-                StoredSpan {
-                    trace_id: hex::encode(row.get::<Vec<u8>, _>("trace_id")),
-                    span_id: hex::encode(row.get::<Vec<u8>, _>("span_id")),
-                    parent_span_id: row
-                        .get::<Option<Vec<u8>>, _>("parent_span_id")
-                        .map(hex::encode),
-                    service: row.get("service"),
-                    name: row.get("name"),
-                    kind: kind_name(row.get("kind")),
-                    start,
-                    end,
-                    duration_ms: (end - start).num_microseconds().unwrap_or_default() as f64
-                        / 1000.0,
-                    status: status_name(status_code),
-                    status_message: row.get("status_message"),
-                    activity: activity.as_str(),
-                    attributes,
-                    links: row.get("links"),
-                }
-            })
-            .collect())
+        Ok(rows.into_iter().map(StoredSpan::from).collect())
     }
 
     /// Orders stuck right now, longest without progress first.
-    pub async fn stuck(pool: &PgPool, limit: i64) -> Result<Vec<OrderState>, sqlx::Error> {
-        let rows = sqlx::query(
+    pub async fn stuck(pool: &PgPool, limit: i64) -> Result<Vec<OrderState>, ReadError> {
+        let rows: Vec<OrderRow> = sqlx::query_as(
             "SELECT * FROM orders WHERE stuck_since IS NOT NULL ORDER BY last_progress LIMIT $1",
         )
         .bind(limit)
         .fetch_all(pool)
         .await?;
-        Ok(rows.iter().map(order_from_row).collect())
+        Ok(orders_from_rows(rows)?)
     }
 
     /// A stretch of an order's life whose spans never arrived.
-    #[derive(Debug, Clone, serde::Serialize)]
+    #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
     pub struct Gap {
         pub detected_at: DateTime<Utc>,
         /// The system of record that held the order further along.
@@ -532,23 +619,102 @@ pub mod queries {
 
     /// The order's telemetry gaps, oldest first.
     pub async fn gaps(pool: &PgPool, order_id: Uuid) -> Result<Vec<Gap>, sqlx::Error> {
-        let rows = sqlx::query(
+        sqlx::query_as(
             "SELECT detected_at, source, from_status, to_status, status_at, missing_services \
              FROM telemetry_gaps WHERE order_id = $1 ORDER BY detected_at, id",
         )
         .bind(order_id)
         .fetch_all(pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|row| Gap {
-                detected_at: row.get("detected_at"),
-                source: row.get("source"),
-                from_status: row.get("from_status"),
-                to_status: row.get("to_status"),
-                status_at: row.get("status_at"),
-                missing_services: row.get("missing_services"),
-            })
-            .collect())
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::Stage;
+
+    /// The row of a stuck order waiting for its price.
+    fn row() -> OrderRow {
+        let now = Utc::now();
+        OrderRow {
+            order_id: Uuid::now_v7(),
+            first_seen: now,
+            last_seen: now,
+            last_progress: now,
+            status: Some("pricing".into()),
+            status_at: Some(now),
+            status_source: "telemetry".into(),
+            stage: "pricing".into(),
+            terminal: false,
+            deadline: Some(now),
+            check_at: Some(now),
+            stuck_since: Some(now),
+            stuck_confirmation: Some("confirmed".into()),
+            confirmation: Some("confirmed: mes-api holds it pricing".into()),
+            confirmed_at: Some(now),
+            observations_since_progress: 2,
+            span_count: 7,
+            error_count: 1,
+            max_retries: 0,
+            dead_letters: 0,
+            last_service: "mes-api".into(),
+            last_span: "order pricing".into(),
+        }
+    }
+
+    #[test]
+    fn an_order_row_reads_its_status_stage_and_confirmation() {
+        let state = OrderState::try_from(row()).unwrap();
+        assert_eq!(state.status, Some(OrderStatus::Pricing));
+        assert_eq!(state.stage, Stage::Pricing);
+        assert_eq!(state.stuck_confirmation, Some(Confirmation::Confirmed));
+        let without_status = OrderState::try_from(OrderRow {
+            status: None,
+            stage: "intake".into(),
+            ..row()
+        })
+        .unwrap();
+        assert_eq!(
+            (without_status.status, without_status.stage),
+            (None, Stage::Intake)
+        );
+    }
+
+    #[test]
+    fn a_stored_status_stage_or_confirmation_no_release_knows_is_an_error_naming_the_order() {
+        let teleported = || Some("teleported".to_owned());
+        let cases = [
+            (
+                "status",
+                OrderRow {
+                    status: teleported(),
+                    ..row()
+                },
+            ),
+            (
+                "stage",
+                OrderRow {
+                    stage: "teleported".into(),
+                    ..row()
+                },
+            ),
+            (
+                "stuck_confirmation",
+                OrderRow {
+                    stuck_confirmation: teleported(),
+                    ..row()
+                },
+            ),
+        ];
+        for (column, row) in cases {
+            let order = row.order_id;
+            let err = OrderState::try_from(row).unwrap_err();
+            assert_eq!((err.order_id, err.column), (order, column));
+            assert_eq!(
+                err.to_string(),
+                format!("order {order} holds a malformed {column}: \"teleported\"")
+            );
+        }
     }
 }

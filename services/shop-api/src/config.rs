@@ -2,7 +2,6 @@
 
 use messaging::BrokerConfig;
 use platform::db::DatabaseConfig;
-use platform::env;
 use platform::storage::StorageConfig;
 
 /// Everything Shop needs to run.
@@ -12,7 +11,7 @@ pub struct Settings {
     pub host: String,
     /// Port to listen on; 0 picks a free one. Env: `SHOP_PORT` (default 8081).
     pub port: u16,
-    /// Env: `SHOP_DATABASE_URL` (default `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_shop`).
+    /// Env: `SHOP_DATABASE_URL` (required unless `HALLMARK_ENV` is `development` or `test`, where it defaults to `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_shop`).
     pub database: DatabaseConfig,
     /// Env: `HALLMARK_AMQP_*` (see `messaging::BrokerConfig`).
     pub broker: BrokerConfig,
@@ -28,15 +27,15 @@ pub const DEFAULT_MAX_MODEL_BYTES: usize = 50 * 1024 * 1024;
 impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
-            host: env::string("SHOP_HOST", "127.0.0.1"),
-            port: env::parse("SHOP_PORT", 8081)?,
-            database: DatabaseConfig::new(env::string(
+            host: settings::string("SHOP_HOST", "127.0.0.1"),
+            port: settings::parse("SHOP_PORT", 8081)?,
+            database: DatabaseConfig::new(settings::credential(
                 "SHOP_DATABASE_URL",
                 "postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_shop",
-            )),
+            )?),
             broker: BrokerConfig::from_env()?,
             storage: StorageConfig::from_env()?,
-            max_model_bytes: env::parse("SHOP_MAX_MODEL_BYTES", DEFAULT_MAX_MODEL_BYTES)?,
+            max_model_bytes: settings::parse("SHOP_MAX_MODEL_BYTES", DEFAULT_MAX_MODEL_BYTES)?,
         })
     }
 }

@@ -31,7 +31,7 @@ impl PublishHook for SubmitOnPublish {
         if message.kind != ORDER_CREATED {
             return Ok(None);
         }
-        self.orderbook.lock(tx, message.order_id).await
+        Ok(self.orderbook.lock(tx, message.order_id).await?)
     }
 
     async fn on_published(
@@ -61,6 +61,7 @@ impl PublishHook for SubmitOnPublish {
             // order is not looked up again, so it cannot be missing.)
             Err(TransitionFailure::Illegal(_) | TransitionFailure::NotFound(_)) => Ok(()),
             Err(TransitionFailure::Database(err)) => Err(err),
+            Err(TransitionFailure::Corrupt(err)) => Err(err.into()),
         }
     }
 }

@@ -198,6 +198,7 @@ fn settings(database: &TestDatabase, webhook: &Webhook, records: &StandInRecords
         gauge_interval: Duration::from_secs(3600),
         records: records.config(CONFIRM_TIMEOUT),
         reconfirm_interval: RECONFIRM_INTERVAL,
+        auth: order_watch::auth::AuthConfig::Open,
     }
 }
 

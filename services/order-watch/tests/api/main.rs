@@ -3,3 +3,4 @@ mod detection;
 mod helpers;
 mod ingest;
 mod journey;
+mod unreadable;

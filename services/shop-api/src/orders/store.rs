@@ -7,7 +7,7 @@ use domain::{OrderStatus, Stage};
 use opentelemetry::KeyValue;
 use orderbook::HistoryEntry;
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use telemetry::db::Traced;
 use telemetry::{attr, spans};
 use uuid::Uuid;
@@ -17,7 +17,9 @@ use crate::startup::AppState;
 use platform::error::ApiError;
 
 /// Who holds an idempotency key already.
+#[derive(sqlx::FromRow)]
 pub(crate) struct KeyOwner {
+    #[sqlx(rename = "id")]
     pub order_id: Uuid,
     pub request_hash: String,
 }
@@ -34,7 +36,7 @@ pub(crate) async fn find_by_key(
     scope: &str,
     key: &str,
 ) -> Result<Option<KeyOwner>, sqlx::Error> {
-    let row = sqlx::query(
+    sqlx::query_as(
         "SELECT id, request_hash FROM orders \
          WHERE idempotency_scope = $1 AND idempotency_key = $2",
     )
@@ -42,11 +44,7 @@ pub(crate) async fn find_by_key(
     .bind(key)
     .fetch_optional(pool)
     .db("SELECT orders")
-    .await?;
-    Ok(row.map(|row| KeyOwner {
-        order_id: row.get("id"),
-        request_hash: row.get("request_hash"),
-    }))
+    .await
 }
 
 /// Stores the model, then the customer, the order, its first status and the `order.created`
@@ -259,16 +257,36 @@ pub(crate) struct OrderView {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Shop's own row of an order, for the order view.
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    material: String,
+    size: Option<String>,
+    comment: Option<String>,
+    external_id: Option<String>,
+    partner_id: Option<String>,
+    source: String,
+    customer_id: Uuid,
+    model_file_name: String,
+    model_size_bytes: i64,
+    model_sha256: String,
+    created_at: DateTime<Utc>,
+}
+
 pub(crate) async fn load(state: &AppState, order_id: Uuid) -> Result<Option<OrderView>, ApiError> {
     let mut conn = state.pool.acquire().await?;
     let Some(current) = state.orderbook.get(&mut conn, order_id).await? else {
         return Ok(None);
     };
-    let Some(row) = sqlx::query("SELECT * FROM orders WHERE id = $1")
-        .bind(order_id)
-        .fetch_optional(&mut *conn)
-        .db("SELECT orders")
-        .await?
+    let Some(row) = sqlx::query_as::<_, OrderRow>(
+        "SELECT material, size, comment, external_id, partner_id, source, customer_id, \
+             model_file_name, model_size_bytes, model_sha256, created_at \
+         FROM orders WHERE id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(&mut *conn)
+    .db("SELECT orders")
+    .await?
     else {
         return Ok(None);
     };
@@ -280,23 +298,23 @@ pub(crate) async fn load(state: &AppState, order_id: Uuid) -> Result<Option<Orde
         order_id,
         status: current.status,
         stage: current.status.stage(),
-        material: row.get("material"),
-        size: row.get("size"),
-        comment: row.get("comment"),
-        external_order_id: row.get("external_id"),
-        partner_id: row.get("partner_id"),
-        source: row.get("source"),
-        customer_id: row.get("customer_id"),
+        material: row.material,
+        size: row.size,
+        comment: row.comment,
+        external_order_id: row.external_id,
+        partner_id: row.partner_id,
+        source: row.source,
+        customer_id: row.customer_id,
         model: ModelView {
-            file_name: row.get("model_file_name"),
-            size_bytes: row.get("model_size_bytes"),
-            sha256: row.get("model_sha256"),
+            file_name: row.model_file_name,
+            size_bytes: row.model_size_bytes,
+            sha256: row.model_sha256,
         },
         price: current.price.map(PriceView::from),
         rejection_code: rejection.as_ref().map(|r| r.code.clone()),
         rejection_reason: rejection.map(|r| r.message),
         history,
-        created_at: row.get("created_at"),
+        created_at: row.created_at,
         updated_at: current.updated_at,
     }))
 }

@@ -35,3 +35,21 @@ async fn a_customer_can_cancel_before_production() {
     let order: Value = response.json().await.unwrap();
     assert_eq!(order["status"], "cancelled");
 }
+
+#[tokio::test]
+async fn an_order_whose_stored_price_does_not_read_is_a_500_not_an_order_without_a_price() {
+    let app = spawn_app().await;
+    let created: Value = app.place_ring(None).await.json().await.unwrap();
+    let id: Uuid = created["order_id"].as_str().unwrap().parse().unwrap();
+    sqlx::query(
+        r#"UPDATE orderbook.orders SET price = '{"total_cents": "a lot"}' WHERE order_id = $1"#,
+    )
+    .bind(id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let (status, code, message) = error_code(app.get_order(&id.to_string()).await).await;
+    assert_eq!((status, code.as_str()), (500, "internal"));
+    assert!(!message.contains("a lot"), "{message}");
+}

@@ -1,9 +1,9 @@
-//! What encoding a batch of spans for OTLP costs: `telemetry::otlp::encode` against the
+//! What encoding a batch of spans for OTLP costs: `otel_fastpath::otlp::encode` against the
 //! `opentelemetry-proto` transform plus `prost` that `opentelemetry-otlp` runs (a benchmark
 //! binary, not a test).
 //!
 //! ```text
-//! cargo bench -p telemetry --bench otlp_encode
+//! cargo bench -p otel-fastpath --bench otlp_encode
 //! ```
 //!
 //! A batch of 512 database spans as Shop makes them (six attributes, one of them the order id),
@@ -23,8 +23,8 @@ use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
+use otel_fastpath::otlp::encode::export_request;
 use prost::Message as _;
-use telemetry::otlp::encode::export_request;
 
 const SPANS: u64 = 512;
 const REPEATS: u32 = 200;
@@ -53,7 +53,7 @@ fn main() {
     });
     assert_eq!(ours.1, upstream.1, "both encodings have the same size");
     println!(
-        "{SPANS} spans, {} bytes per batch: telemetry::otlp::encode {:.2} µs per span, \
+        "{SPANS} spans, {} bytes per batch: otel_fastpath::otlp::encode {:.2} µs per span, \
          opentelemetry-proto + prost {:.2} µs per span (upstream time includes cloning the batch)",
         ours.1, ours.0, upstream.0
     );

@@ -19,7 +19,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
-use crate::attributes::semconv::ERROR_TYPE;
+use opentelemetry_semantic_conventions::attribute::ERROR_TYPE;
 
 /// A span exporter that counts each batch's spans as exported or failed, then passes the result
 /// on unchanged.

@@ -3,8 +3,9 @@
 //! With `http/protobuf`, the default protocol, spans are encoded straight from the SDK's
 //! `SpanData` into the protobuf body ([`encode`]) and posted by [`http::HttpSpanExporter`]:
 //! `opentelemetry-otlp` first turns every span into a tree of protobuf structs with a `String`
-//! for each attribute key and value, which was a third of what tracing cost Shop per order
-//! (docs/benchmarks.md). With `grpc` (or any other protocol) `opentelemetry-otlp` exports.
+//! for each attribute key and value, which was a third of what tracing cost a service per
+//! request. With `grpc` (or any other protocol), and always with the `reference` feature,
+//! `opentelemetry-otlp` exports.
 
 pub mod encode;
 pub mod http;
@@ -47,7 +48,7 @@ impl OtlpSpanExporter {
             ],
         )
         .map_or("http/protobuf".to_owned(), |(_, p)| p.to_ascii_lowercase());
-        if protocol == "http/protobuf" {
+        if protocol == "http/protobuf" && cfg!(not(feature = "reference")) {
             let config = http::HttpConfig::from_env().map_err(|e| e.to_string())?;
             return http::HttpSpanExporter::new(config)
                 .map(Self::Http)

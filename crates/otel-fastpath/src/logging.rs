@@ -8,28 +8,25 @@
 //!
 //! Messages are short lowercase sentences without a trailing period; values go into fields, not
 //! into the message. `trace_id`/`span_id` come from the OpenTelemetry context of the event's
-//! span so a log line leads straight to its trace, and `order_id` from that context's baggage.
+//! span so a log line leads straight to its trace, and any field the process names
+//! ([`ContextField`], e.g. an id from the context's baggage) from that context.
 //! Every message and field passes through the same [`Masker`] as the spans.
 
 use std::fmt;
 use std::io::Write as _;
-use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Datelike as _, SecondsFormat, Timelike as _, Utc};
 
-use opentelemetry::Context;
 use opentelemetry::trace::TraceContextExt;
-use tracing::dispatcher::WeakDispatch;
+use opentelemetry::{Context, StringValue};
 use tracing::field::{Field, Visit};
-use tracing::span::Id;
-use tracing::{Dispatch, Event, Subscriber};
-use tracing_opentelemetry::get_otel_context;
+use tracing::{Event, Subscriber};
+use tracing_subscriber::Registry;
+use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::{self, Layer};
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::layer::{self, Layer, SubscriberExt as _};
 
 use crate::mask::{MASK, Masker};
-use crate::propagation::order_entry;
 
 /// The log layer: writes each event as one JSON line (see the module docs) to `W`.
 ///
@@ -39,42 +36,28 @@ use crate::propagation::order_entry;
 pub struct JsonLines<W> {
     service: &'static str,
     masker: Masker,
-    contexts: SpanContexts,
+    context_field: Option<ContextField>,
     writer: W,
 }
 
+/// A field every log line takes from the OpenTelemetry context it belongs to, when there is
+/// one: its name in the line, and how to read it (e.g. an entry of the context's baggage).
+pub type ContextField = (&'static str, fn(&Context) -> Option<StringValue>);
+
 impl<W> JsonLines<W> {
-    /// Lines name the trace of their span once `contexts` is attached to the dispatch this
-    /// layer is part of.
-    pub fn new(service: &'static str, masker: Masker, contexts: SpanContexts, writer: W) -> Self {
+    pub fn new(service: &'static str, masker: Masker, writer: W) -> Self {
         Self {
             service,
             masker,
-            contexts,
+            context_field: None,
             writer,
         }
     }
-}
 
-/// Where [`JsonLines`] looks up the OpenTelemetry context of an event's span: the dispatch (the
-/// whole subscriber) the OpenTelemetry layer is part of.
-///
-/// Needed for events with an explicit `parent:` span, and to name the current span: while an
-/// event is being handled `tracing` hands out no dispatch (it guards against re-entry), so the
-/// layer keeps a weak handle to its own dispatch. Until one is attached, such lines carry no
-/// trace ids.
-#[derive(Clone, Default)]
-pub struct SpanContexts(Arc<OnceLock<WeakDispatch>>);
-
-impl SpanContexts {
-    /// Attaches the dispatch; the first one attached stays.
-    pub fn attach(&self, dispatch: &Dispatch) {
-        let _ = self.0.set(dispatch.downgrade());
-    }
-
-    fn of(&self, span: &Id) -> Option<Context> {
-        let dispatch = self.0.get()?.upgrade()?;
-        get_otel_context(span, &dispatch)
+    /// Lines also carry `field`, read from their context.
+    pub fn with_context_field(mut self, field: ContextField) -> Self {
+        self.context_field = Some(field);
+        self
     }
 }
 
@@ -212,10 +195,10 @@ impl Visit for FieldVisitor<'_> {
 
 impl<S, W> Layer<S> for JsonLines<W>
 where
-    S: Subscriber + for<'a> LookupSpan<'a>,
+    S: Subscriber,
     W: for<'w> MakeWriter<'w> + 'static,
 {
-    fn on_event(&self, event: &Event<'_>, ctx: layer::Context<'_, S>) {
+    fn on_event(&self, event: &Event<'_>, _: layer::Context<'_, S>) {
         let mut visitor = FieldVisitor {
             masker: &self.masker,
             message: None,
@@ -235,33 +218,27 @@ where
         push_str(&mut line, meta.target());
         line.extend_from_slice(b",\"message\":");
         push_str(&mut line, visitor.message.as_deref().unwrap_or_default());
-        // The context the event belongs to: its explicit parent's, else the current one (the
-        // innermost span of either kind, see `crate::spans`). The span is named when it is a
-        // `tracing` span; spans made directly have no name to read back.
-        let cx = match event.parent() {
-            Some(parent) => self.contexts.of(parent).unwrap_or_default(),
-            None if event.is_contextual() => Context::current(),
-            None => Context::new(),
+        // The context the event belongs to: the current one, unless the event names a parent
+        // of its own (a `tracing` span, which is no OpenTelemetry span) or none.
+        let cx = if event.is_contextual() {
+            Context::current()
+        } else {
+            Context::new()
         };
         let span_context = cx.span().span_context().clone();
-        if let Some(span) = ctx.event_span(event)
-            && (event.parent().is_some()
-                || self.contexts.of(&span.id()).is_some_and(|own| {
-                    own.span().span_context().span_id() == span_context.span_id()
-                }))
-        {
-            line.extend_from_slice(b",\"span\":");
-            push_str(&mut line, span.name());
-        }
         if span_context.is_valid() {
             line.extend_from_slice(b",\"trace_id\":");
             push_hex(&mut line, &span_context.trace_id().to_bytes());
             line.extend_from_slice(b",\"span_id\":");
             push_hex(&mut line, &span_context.span_id().to_bytes());
         }
-        if let Some((_, order)) = order_entry(&cx) {
-            line.extend_from_slice(b",\"order_id\":");
-            push_str(&mut line, order.as_str());
+        if let Some((name, read)) = self.context_field
+            && let Some(value) = read(&cx)
+        {
+            line.push(b',');
+            push_str(&mut line, name);
+            line.push(b':');
+            push_str(&mut line, value.as_str());
         }
         if !visitor.fields.is_empty() {
             line.extend_from_slice(b",\"fields\":");
@@ -274,19 +251,73 @@ where
     }
 }
 
+/// Which spans and events are made at all.
+pub type Filter = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// The filter `directives` (`RUST_LOG`'s syntax) describe, `default` when they are empty or
+/// invalid. When it only
+/// names targets and levels, as it almost always does, a static per-target filter: `EnvFilter`
+/// also keeps track of every span, on each poll of an instrumented future, for directives about
+/// spans and fields, and is used only when the directives have such parts.
+pub fn log_filter(directives: &str, default: &str) -> Filter {
+    let directives = if directives.trim().is_empty() {
+        default
+    } else {
+        directives
+    };
+    // `Targets` would take a span directive (`[request]=debug`) for a target name.
+    let about_spans = directives.contains(['[', '{']);
+    if !about_spans && let Ok(targets) = directives.parse::<Targets>() {
+        return targets.boxed();
+    }
+    match EnvFilter::try_new(directives) {
+        Ok(filter) => filter.boxed(),
+        Err(_) if directives != default => log_filter(default, default),
+        Err(_) => EnvFilter::new(default).boxed(),
+    }
+}
+
+/// The `tracing` subscriber of every process, as one dispatch: `filter`, and JSON log lines of
+/// `service` to `writer`, masked by `masker`, with `context_field` when given. `tracing` is for
+/// log lines only: spans are made with the OpenTelemetry API, and a log line names the trace of
+/// the current OpenTelemetry context.
+pub fn subscriber<W>(
+    filter: Filter,
+    service: &'static str,
+    masker: Masker,
+    context_field: Option<ContextField>,
+    writer: W,
+) -> tracing::Dispatch
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let mut log_layer = JsonLines::new(service, masker, writer);
+    if let Some(field) = context_field {
+        log_layer = log_layer.with_context_field(field);
+    }
+    tracing::Dispatch::new(tracing_subscriber::registry().with(filter).with(log_layer))
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
     use std::sync::{Arc, Mutex};
 
-    use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+    use opentelemetry::baggage::BaggageExt as _;
+    use opentelemetry::trace::{TraceContextExt as _, Tracer as _, TracerProvider as _};
     use opentelemetry_sdk::trace::SdkTracerProvider;
     use serde_json::Value;
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     use uuid::Uuid;
 
     use super::*;
-    use crate::propagation::{Activity, with_order};
+
+    /// The order id in a context's baggage, as a process might log it.
+    fn order_field() -> ContextField {
+        ("order_id", |cx: &Context| {
+            use opentelemetry::baggage::BaggageExt as _;
+            cx.baggage().get("order.id").cloned()
+        })
+    }
 
     /// Log lines written into memory.
     #[derive(Clone, Default)]
@@ -310,10 +341,6 @@ mod tests {
                 .map(|line| serde_json::from_str(line).unwrap())
                 .collect()
         }
-    }
-
-    fn trace_id(span: &tracing::Span) -> String {
-        span.context().span().span_context().trace_id().to_string()
     }
 
     #[test]
@@ -349,57 +376,55 @@ mod tests {
     }
 
     #[test]
-    fn a_log_line_names_the_trace_and_order_of_the_span_it_belongs_to() {
+    fn a_log_line_names_the_trace_and_order_of_the_context_it_is_written_in() {
         let lines = Lines::default();
         let writer = lines.clone();
         let provider = SdkTracerProvider::builder().build();
-        let dispatch = crate::subscriber(
-            crate::log_filter("info"),
-            provider.tracer("test"),
+        let tracer = provider.tracer("test");
+        let dispatch = subscriber(
+            log_filter("info", "info"),
             "test-service",
             Masker::default(),
+            Some(order_field()),
             move || writer.clone(),
         );
         let order = Uuid::now_v7();
-        let (request_trace, other_trace) = tracing::dispatcher::with_default(&dispatch, || {
-            let request = tracing::info_span!("request");
-            let _ = request.set_parent(with_order(
-                &opentelemetry::Context::new(),
-                order,
-                Activity::Progress,
-            ));
-            let other = tracing::info_span!(parent: None, "other");
-            request.in_scope(|| {
+        let request = Context::new()
+            .with_baggage(vec![opentelemetry::KeyValue::new(
+                "order.id",
+                order.to_string(),
+            )])
+            .with_span(tracer.start("request"));
+        let request_trace = request.span().span_context().trace_id().to_string();
+        tracing::dispatcher::with_default(&dispatch, || {
+            {
+                let _entered = request.clone().attach();
                 tracing::info!(attempt = 1, "inside the request");
-                tracing::warn!(parent: &other, "about the other span");
-            });
+                let other = tracing::info_span!(parent: None, "other");
+                tracing::warn!(parent: &other, "about a span of its own");
+            }
             tracing::info!("outside any span");
-            (trace_id(&request), trace_id(&other))
         });
 
         let lines = lines.parsed();
         assert_eq!(lines.len(), 3, "{lines:#?}");
         assert_eq!(lines[0]["message"], "inside the request");
-        assert_eq!(lines[0]["span"], "request");
         assert_eq!(lines[0]["trace_id"], request_trace.as_str());
         assert_eq!(lines[0]["order_id"], order.to_string().as_str());
         assert_eq!(lines[0]["fields"]["attempt"], 1);
-        assert_eq!(lines[1]["span"], "other");
-        assert_eq!(lines[1]["trace_id"], other_trace.as_str());
-        assert!(lines[1].get("order_id").is_none());
-        assert!(lines[2].get("trace_id").is_none() && lines[2].get("span").is_none());
-        assert_ne!(request_trace, other_trace);
+        assert!(lines[1].get("trace_id").is_none() && lines[1].get("order_id").is_none());
+        assert!(lines[2].get("trace_id").is_none() && lines[2].get("order_id").is_none());
     }
 
     #[test]
     fn fields_of_every_type_are_written_as_json_and_masked() {
         let lines = Lines::default();
         let writer = lines.clone();
-        let dispatch = crate::subscriber(
-            crate::log_filter("info"),
-            SdkTracerProvider::builder().build().tracer("test"),
+        let dispatch = subscriber(
+            log_filter("info", "info"),
             "test-service",
             Masker::default(),
+            None,
             move || writer.clone(),
         );
         tracing::dispatcher::with_default(&dispatch, || {
@@ -431,5 +456,30 @@ mod tests {
         assert_eq!(lines[0]["message"], "order for [masked:email]");
         assert_eq!(lines[0]["level"], "INFO");
         assert_eq!(lines[0]["service"], "test-service");
+    }
+
+    #[test]
+    fn rust_log_is_honoured_with_span_directives_and_an_invalid_one_gives_the_default() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let debug_enabled = |directives: &str, in_span: bool| {
+            let subscriber = tracing_subscriber::registry().with(log_filter(directives, "info"));
+            tracing::subscriber::with_default(subscriber, || {
+                let span = tracing::warn_span!("request");
+                let _entered = in_span.then(|| span.enter());
+                (
+                    tracing::enabled!(tracing::Level::DEBUG),
+                    tracing::enabled!(tracing::Level::INFO),
+                )
+            })
+        };
+        assert_eq!(
+            debug_enabled("warn,otel_fastpath=debug", false),
+            (true, true)
+        );
+        assert_eq!(debug_enabled("warn", false), (false, false));
+        assert_eq!(debug_enabled("warn,[request]=debug", true), (true, true));
+        assert_eq!(debug_enabled("warn,[request]=debug", false), (false, false));
+        assert_eq!(debug_enabled("not a filter=[", false), (false, true));
+        assert_eq!(debug_enabled("", false), (false, true));
     }
 }

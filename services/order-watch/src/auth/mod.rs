@@ -1,0 +1,459 @@
+//! Who is asking: OIDC bearer tokens checked against the identity provider's keys, and the
+//! role each route needs.
+//!
+//! Roles, each including the ones before it (a developer may do what support may):
+//! * `support`: read journeys, stuck orders, incidents, configuration and metrics;
+//! * `developer`: also change configuration;
+//! * `admin`: everything.
+//!
+//! A token is accepted when its signature checks against one of the provider's asymmetric keys
+//! (the one its `kid` names, with the algorithm that key is for: `alg: none` and HMAC tokens
+//! are refused, so the public key can never serve as a shared secret), its `iss` is the
+//! configured issuer, its `aud` contains the configured audience, and it is within `exp` and
+//! `nbf` (give or take the leeway). Anything else is a 401 that says only that the token is not
+//! valid (the reason goes to the log); a valid token without the role is a 403.
+//!
+//! The machines' endpoints are not behind tokens: `/health`, `/metrics` and the OTLP receivers
+//! are for scrapers and exporters, which reach them over the network the deployment allows
+//! (loopback by default), and so is Alertmanager's webhook (`POST /api/alerts`) for now.
+
+pub mod config;
+pub mod keys;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::Value;
+
+pub use config::{AuthConfig, OidcConfig};
+use keys::{Key, KeySet};
+
+/// What a person may do, from least to most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Support,
+    Developer,
+    Admin,
+}
+
+impl Role {
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "support" => Some(Self::Support),
+            "developer" => Some(Self::Developer),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// The person a request is from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Principal {
+    /// The token's `sub`.
+    pub subject: String,
+    /// What to call them: `preferred_username`, else `name`, else the subject.
+    pub name: String,
+    /// Their highest role, if they hold any of ours.
+    pub role: Option<Role>,
+}
+
+impl Principal {
+    /// The principal of an open order-watch (see [`AuthConfig::Open`]): may do everything.
+    fn anonymous() -> Self {
+        Self {
+            subject: String::new(),
+            name: "anonymous".to_owned(),
+            role: Some(Role::Admin),
+        }
+    }
+
+    pub fn may(&self, needed: Role) -> bool {
+        self.role.is_some_and(|role| role >= needed)
+    }
+}
+
+/// Why a token was refused. The variant goes to the log; the caller learns only that its token
+/// is not valid.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Rejection {
+    #[error("no bearer token")]
+    Missing,
+    #[error("not a JWT")]
+    Malformed,
+    #[error("signed with an algorithm that is not an asymmetric signature")]
+    Algorithm,
+    #[error("no key id")]
+    NoKeyId,
+    #[error("signed with a key the identity provider does not list")]
+    UnknownKey,
+    #[error("the signature does not match")]
+    Signature,
+    #[error("expired")]
+    Expired,
+    #[error("not valid yet")]
+    NotYetValid,
+    #[error("issued by another issuer")]
+    Issuer,
+    #[error("meant for another audience")]
+    Audience,
+    #[error("claims missing or malformed")]
+    Claims,
+}
+
+/// Checks requests' tokens; one per process.
+pub struct Authenticator {
+    mode: Mode,
+}
+
+enum Mode {
+    Open,
+    Oidc {
+        config: OidcConfig,
+        keys: Box<KeySet>,
+    },
+}
+
+impl Authenticator {
+    pub fn new(config: AuthConfig) -> Self {
+        let mode = match config {
+            AuthConfig::Open => Mode::Open,
+            AuthConfig::Oidc(config) => Mode::Oidc {
+                keys: Box::new(KeySet::new(&config.issuer)),
+                config,
+            },
+        };
+        Self { mode }
+    }
+
+    /// Fetches the provider's keys ahead of the first request; a provider that cannot be
+    /// reached is logged, not fatal (keys are fetched again when a token needs them).
+    pub async fn prepare(&self) {
+        match &self.mode {
+            Mode::Open => tracing::warn!(
+                "order-watch answers anyone: no identity provider is configured (ORDER_WATCH_OIDC_ISSUER), which only development and tests allow"
+            ),
+            Mode::Oidc { config, keys } => match keys.refresh().await {
+                Ok(count) => {
+                    tracing::info!(issuer = %config.issuer, keys = count, "identity provider's keys fetched")
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "identity provider's keys not fetched yet")
+                }
+            },
+        }
+    }
+
+    /// The principal the request's bearer token names.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Rejection> {
+        let Mode::Oidc { config, keys } = &self.mode else {
+            return Ok(Principal::anonymous());
+        };
+        let token = bearer(headers).ok_or(Rejection::Missing)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
+        if !is_asymmetric(header.alg) {
+            return Err(Rejection::Algorithm);
+        }
+        let kid = header.kid.as_deref().ok_or(Rejection::NoKeyId)?;
+        let key = keys.get(kid).await.ok_or(Rejection::UnknownKey)?;
+        check(token, header.alg, &key, config)
+    }
+}
+
+/// The token of an `Authorization: Bearer …` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn is_asymmetric(algorithm: Algorithm) -> bool {
+    use jsonwebtoken::AlgorithmFamily;
+    !matches!(algorithm.family(), AlgorithmFamily::Hmac)
+}
+
+/// Checks `token`, signed with `algorithm` by `key`, against `config`: the part of
+/// [`Authenticator::authenticate`] that needs no network.
+pub fn check(
+    token: &str,
+    algorithm: Algorithm,
+    key: &Key,
+    config: &OidcConfig,
+) -> Result<Principal, Rejection> {
+    if key.algorithm.is_some_and(|meant| meant != algorithm) {
+        return Err(Rejection::Algorithm);
+    }
+    let mut validation = Validation::new(algorithm);
+    validation.set_issuer(&[&config.issuer]);
+    validation.set_audience(&[&config.audience]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+    validation.validate_nbf = true;
+    validation.leeway = config.leeway.as_secs();
+    let data = jsonwebtoken::decode::<Value>(token, &key.key, &validation).map_err(|err| {
+        use jsonwebtoken::errors::ErrorKind;
+        match err.kind() {
+            ErrorKind::ExpiredSignature => Rejection::Expired,
+            ErrorKind::ImmatureSignature => Rejection::NotYetValid,
+            ErrorKind::InvalidIssuer => Rejection::Issuer,
+            ErrorKind::InvalidAudience => Rejection::Audience,
+            ErrorKind::InvalidSignature => Rejection::Signature,
+            ErrorKind::InvalidAlgorithm => Rejection::Algorithm,
+            ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
+                Rejection::Claims
+            }
+            _ => Rejection::Malformed,
+        }
+    })?;
+    Ok(principal(&data.claims, &config.roles_claim))
+}
+
+fn principal(claims: &Value, roles_claim: &str) -> Principal {
+    let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+    let subject = text("sub").unwrap_or_default();
+    let name = text("preferred_username")
+        .or_else(|| text("name"))
+        .unwrap_or_else(|| subject.clone());
+    let roles = roles_claim
+        .split('.')
+        .try_fold(claims, |value, part| value.get(part))
+        .and_then(Value::as_array);
+    let role = roles
+        .into_iter()
+        .flatten()
+        .filter_map(|role| Role::parse(role.as_str()?))
+        .max();
+    Principal {
+        subject,
+        name,
+        role,
+    }
+}
+
+/// Axum middleware: lets a request through when its token names a principal with `needed`
+/// (the principal goes into the request's extensions), answers 401 or 403 otherwise.
+pub async fn require(
+    State((authenticator, needed)): State<(Arc<Authenticator>, Role)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match authenticator.authenticate(request.headers()).await {
+        Ok(principal) if principal.may(needed) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Ok(principal) => {
+            tracing::info!(user = %principal.name, needed = ?needed, "request refused: role missing");
+            let mut response = platform::error::error_response(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "your role does not allow this",
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
+            );
+            response
+        }
+        Err(rejection) => {
+            tracing::info!(reason = %rejection, "request refused: not authenticated");
+            let mut response = platform::error::error_response(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "sign in: a valid bearer token from the identity provider is needed",
+            );
+            let challenge = if rejection == Rejection::Missing {
+                "Bearer realm=\"order-watch\""
+            } else {
+                "Bearer realm=\"order-watch\", error=\"invalid_token\""
+            };
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+            response.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use jsonwebtoken::jwk::JwkSet;
+    use jsonwebtoken::{EncodingKey, Header};
+    use p256::pkcs8::{EncodePrivateKey as _, LineEnding};
+    use serde_json::json;
+
+    use super::*;
+
+    const ISSUER: &str = "https://sso.example.com/realms/hallmark";
+
+    fn config() -> OidcConfig {
+        OidcConfig {
+            issuer: ISSUER.to_owned(),
+            audience: "order-watch".to_owned(),
+            roles_claim: "realm_access.roles".to_owned(),
+            leeway: Duration::ZERO,
+        }
+    }
+
+    /// A provider's signing key: the private half to sign test tokens, the public half as the
+    /// provider would list it.
+    struct Provider {
+        signing: EncodingKey,
+        public: p256::PublicKey,
+    }
+
+    impl Provider {
+        fn new() -> Self {
+            let secret = p256::SecretKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+            let pem = secret.to_pkcs8_pem(LineEnding::LF).unwrap();
+            Self {
+                signing: EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+                public: secret.public_key(),
+            }
+        }
+
+        /// The key as order-watch keeps it after reading the provider's JWKS.
+        fn key(&self, kid: &str) -> Key {
+            let mut jwk: Value = serde_json::from_str(&self.public.to_jwk_string()).unwrap();
+            jwk["kid"] = json!(kid);
+            jwk["alg"] = json!("ES256");
+            jwk["use"] = json!("sig");
+            let set: JwkSet = serde_json::from_value(json!({ "keys": [jwk] })).unwrap();
+            keys::usable_keys(&set).remove(kid).unwrap()
+        }
+
+        fn sign(&self, claims: &Value) -> String {
+            let mut header = Header::new(Algorithm::ES256);
+            header.kid = Some("k1".to_owned());
+            jsonwebtoken::encode(&header, claims, &self.signing).unwrap()
+        }
+    }
+
+    fn now() -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+
+    fn claims(role: &str) -> Value {
+        json!({
+            "iss": ISSUER,
+            "aud": ["order-watch", "account"],
+            "sub": "f3a1",
+            "preferred_username": "dana",
+            "exp": now() + 300,
+            "iat": now(),
+            "realm_access": { "roles": ["offline_access", role] },
+        })
+    }
+
+    fn checked(provider: &Provider, claims: &Value) -> Result<Principal, Rejection> {
+        let token = provider.sign(claims);
+        check(&token, Algorithm::ES256, &provider.key("k1"), &config())
+    }
+
+    #[test]
+    fn a_valid_token_names_the_person_and_their_highest_role() {
+        let provider = Provider::new();
+        let principal = checked(&provider, &claims("developer")).unwrap();
+        assert_eq!(principal.name, "dana");
+        assert_eq!(principal.subject, "f3a1");
+        assert_eq!(principal.role, Some(Role::Developer));
+        assert!(principal.may(Role::Support) && principal.may(Role::Developer));
+        assert!(!principal.may(Role::Admin));
+    }
+
+    #[test]
+    fn a_token_without_any_of_our_roles_authenticates_but_may_nothing() {
+        let provider = Provider::new();
+        let principal = checked(&provider, &claims("offline_access")).unwrap();
+        assert_eq!(principal.role, None);
+        assert!(!principal.may(Role::Support));
+    }
+
+    #[test]
+    fn expired_not_yet_valid_foreign_and_misaddressed_tokens_are_refused() {
+        let provider = Provider::new();
+        let with = |field: &str, value: Value| {
+            let mut claims = claims("admin");
+            claims[field] = value;
+            checked(&provider, &claims)
+        };
+        assert_eq!(with("exp", json!(now() - 5)), Err(Rejection::Expired));
+        assert_eq!(with("nbf", json!(now() + 60)), Err(Rejection::NotYetValid));
+        assert_eq!(
+            with("iss", json!("https://sso.example.com/realms/other")),
+            Err(Rejection::Issuer)
+        );
+        assert_eq!(with("aud", json!("account")), Err(Rejection::Audience));
+        let mut no_expiry = claims("admin");
+        no_expiry.as_object_mut().unwrap().remove("exp");
+        assert_eq!(checked(&provider, &no_expiry), Err(Rejection::Claims));
+    }
+
+    #[test]
+    fn a_token_signed_by_another_key_or_tampered_with_is_refused() {
+        let provider = Provider::new();
+        let stranger = Provider::new();
+        let token = stranger.sign(&claims("admin"));
+        assert_eq!(
+            check(&token, Algorithm::ES256, &provider.key("k1"), &config()),
+            Err(Rejection::Signature)
+        );
+        // The payload of a support token swapped for one that says admin.
+        let token = provider.sign(&claims("support"));
+        let parts: Vec<&str> = token.split('.').collect();
+        let forged = {
+            use base64::Engine as _;
+            let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            engine.encode(serde_json::to_vec(&claims("admin")).unwrap())
+        };
+        let tampered = format!("{}.{forged}.{}", parts[0], parts[2]);
+        assert_eq!(
+            check(&tampered, Algorithm::ES256, &provider.key("k1"), &config()),
+            Err(Rejection::Signature)
+        );
+    }
+
+    #[test]
+    fn a_key_is_used_only_with_the_algorithm_it_is_listed_for() {
+        let provider = Provider::new();
+        let token = provider.sign(&claims("admin"));
+        assert_eq!(
+            check(&token, Algorithm::ES384, &provider.key("k1"), &config()),
+            Err(Rejection::Algorithm)
+        );
+    }
+
+    #[test]
+    fn symmetric_keys_in_a_key_set_are_never_used() {
+        let set: JwkSet = serde_json::from_value(json!({ "keys": [
+            { "kty": "oct", "kid": "shared", "alg": "HS256", "k": "c2VjcmV0" },
+        ]}))
+        .unwrap();
+        assert!(keys::usable_keys(&set).is_empty());
+        assert!(!is_asymmetric(Algorithm::HS256));
+    }
+
+    #[test]
+    fn only_a_bearer_authorization_header_carries_a_token() {
+        let headers = |value: &str| {
+            let mut map = HeaderMap::new();
+            map.insert(header::AUTHORIZATION, value.parse().unwrap());
+            map
+        };
+        assert_eq!(bearer(&headers("Bearer abc.def.ghi")), Some("abc.def.ghi"));
+        assert_eq!(bearer(&headers("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(&headers("Basic dXNlcjpwdw==")), None);
+        assert_eq!(bearer(&headers("Bearer ")), None);
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
+}
