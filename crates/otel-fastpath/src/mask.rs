@@ -319,22 +319,6 @@ impl Masker {
         })
     }
 
-    /// Reads `HALLMARK_MASK_KEYS` (comma-separated) and `HALLMARK_MASK_PATTERNS`
-    /// (regular expressions separated by `;;`) on top of the defaults.
-    pub fn from_env() -> Result<Self, MaskConfigError> {
-        let keys: Vec<String> = std::env::var("HALLMARK_MASK_KEYS")
-            .unwrap_or_default()
-            .split(',')
-            .map(str::to_owned)
-            .collect();
-        let patterns: Vec<String> = std::env::var("HALLMARK_MASK_PATTERNS")
-            .unwrap_or_default()
-            .split(";;")
-            .map(str::to_owned)
-            .collect();
-        Self::new(&keys, &patterns)
-    }
-
     /// Whether every value under `key` is personal data.
     pub fn is_sensitive_key(&self, key: &str) -> bool {
         // Keys are short and their last segment shorter: a byte loop from the end finds the dot

@@ -171,6 +171,22 @@ pub fn resource(service: &ServiceInfo) -> Resource {
     builder.build()
 }
 
+/// The masking rules: the defaults, and on top `HALLMARK_MASK_KEYS` (comma-separated keys,
+/// `*.leaf` for a last segment) and `HALLMARK_MASK_PATTERNS` (regular expressions separated
+/// by `;;`).
+fn masker_from_env() -> Result<mask::Masker, mask::MaskConfigError> {
+    let list = |variable: &str, separator: &str| -> Vec<String> {
+        settings::string(variable, "")
+            .split(separator)
+            .map(str::to_owned)
+            .collect()
+    };
+    mask::Masker::new(
+        &list("HALLMARK_MASK_KEYS", ","),
+        &list("HALLMARK_MASK_PATTERNS", ";;"),
+    )
+}
+
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LogTarget {
@@ -195,7 +211,7 @@ fn init_with(
     shutdown_budget: Duration,
 ) -> Result<TelemetryGuard, TelemetryError> {
     otel_fastpath::propagation::install_global();
-    let masker = mask::Masker::from_env()?;
+    let masker = masker_from_env()?;
     let resource = resource(&service);
 
     // Metrics first: the batch span processor takes its self-diagnostic counter (dropped spans)
