@@ -12,6 +12,7 @@ use domain::held::{HeldStatus, HeldStatuses, STATUSES_PATH};
 use domain::{OrderStatus, System};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
+use order_watch::auth::AuthConfig;
 use order_watch::clock::Clock;
 use order_watch::config::Thresholds;
 use order_watch::records::RecordsConfig;
@@ -180,7 +181,12 @@ pub const CONFIRM_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often order-watch asks again about a stuck order here.
 pub const RECONFIRM_INTERVAL: Duration = Duration::from_secs(600);
 
-fn settings(database: &TestDatabase, webhook: &Webhook, records: &StandInRecords) -> Settings {
+fn settings(
+    database: &TestDatabase,
+    webhook: &Webhook,
+    records: &StandInRecords,
+    auth: AuthConfig,
+) -> Settings {
     Settings {
         host: "127.0.0.1".into(),
         http_port: 0,
@@ -198,19 +204,25 @@ fn settings(database: &TestDatabase, webhook: &Webhook, records: &StandInRecords
         gauge_interval: Duration::from_secs(3600),
         records: records.config(CONFIRM_TIMEOUT),
         reconfirm_interval: RECONFIRM_INTERVAL,
-        auth: order_watch::auth::AuthConfig::Open,
+        auth,
     }
 }
 
 /// order-watch on free ports with a fresh database, a manual clock, a webhook receiver and
 /// stand-in systems of record that know no order until told.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with_auth(AuthConfig::Open).await
+}
+
+/// As [`spawn_app`], answering only whom `auth` lets in.
+pub async fn spawn_app_with_auth(auth: AuthConfig) -> TestApp {
     let database = Arc::new(TestDatabase::create("watch").await);
-    spawn_on(
+    spawn_with(
         database,
         Clock::manual(Utc::now()),
         Webhook::start().await,
         StandInRecords::start().await,
+        auth,
     )
     .await
 }
@@ -223,8 +235,18 @@ pub async fn spawn_on(
     webhook: Webhook,
     records: StandInRecords,
 ) -> TestApp {
+    spawn_with(database, clock, webhook, records, AuthConfig::Open).await
+}
+
+async fn spawn_with(
+    database: Arc<TestDatabase>,
+    clock: Clock,
+    webhook: Webhook,
+    records: StandInRecords,
+    auth: AuthConfig,
+) -> TestApp {
     let cancel = CancellationToken::new();
-    let settings = settings(&database, &webhook, &records);
+    let settings = settings(&database, &webhook, &records, auth);
     let app = Application::build(settings, clock.clone(), cancel.clone())
         .await
         .expect("order-watch builds");
