@@ -13,6 +13,13 @@
 #   HALLMARK_PROMTOOL      promtool (rule checks and rule unit tests)
 #   HALLMARK_ALERTMANAGER  Alertmanager
 #   HALLMARK_AMTOOL        amtool (configuration checks)
+#
+# Keycloak, the stand-in for the corporate identity provider (docs/security.md), is no Go program:
+# `ensure_keycloak` fetches its server distribution (the version in deploy/keycloak/VERSION, the
+# one place it is pinned) with Maven, once, showing how much has arrived, and unpacks it into
+# $HALLMARK_TOOLS_DIR/keycloak-<version>/. It runs on the Temurin 25 JDK (scripts/keycloak.sh).
+# After it:
+#   HALLMARK_KEYCLOAK_HOME the unpacked distribution (bin/kc.sh)
 
 HALLMARK_TOOLS_DIR="${HALLMARK_TOOLS_DIR:-$HOME/.cache/hallmark/tools}"
 
@@ -62,4 +69,58 @@ ensure_tools() {
   HALLMARK_ALERTMANAGER=$(build_tool alertmanager alertmanager github.com/prometheus/alertmanager/cmd/alertmanager)
   HALLMARK_AMTOOL=$(build_tool alertmanager amtool github.com/prometheus/alertmanager/cmd/amtool)
   export HALLMARK_JAEGER HALLMARK_PROMETHEUS HALLMARK_PROMTOOL HALLMARK_ALERTMANAGER HALLMARK_AMTOOL
+}
+
+# Fetches the Keycloak server distribution of the version in deploy/keycloak/VERSION into
+# $HALLMARK_TOOLS_DIR/keycloak-<version>/ unless it is there, and exports HALLMARK_KEYCLOAK_HOME.
+# Maven fetches it (strict checksums) into a scratch local repository that is deleted once the
+# archive is unpacked, so the archive is not kept twice; while it runs a line shows how many
+# megabytes have arrived.
+ensure_keycloak() {
+  local version
+  version=$(tr -d '[:space:]' <deploy/keycloak/VERSION 2>/dev/null || true)
+  [ -n "$version" ] || die "deploy/keycloak/VERSION is missing or empty"
+  local dir="$HALLMARK_TOOLS_DIR/keycloak-$version"
+  if [ ! -x "$dir/bin/kc.sh" ]; then
+    command -v mvn >/dev/null 2>&1 || die "Maven is needed to fetch Keycloak; install it (maven)"
+    mkdir -p "$HALLMARK_TOOLS_DIR"
+    local work log
+    work=$(mktemp -d "$dir.partial.XXXXXX")
+    log="$work/fetch.log"
+    say "fetching Keycloak $version (once; about 200 MB, cached in $dir)"
+    local started tty=
+    started=$(date +%s)
+    [ -t 2 ] && tty=1
+    mvn -q -B -C -Dmaven.repo.local="$work/repository" \
+      org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy \
+      -Dartifact="org.keycloak:keycloak-quarkus-dist:$version:tar.gz" \
+      -DoutputDirectory="$work" >"$log" 2>&1 &
+    local mvn_pid=$! ticks=0 size
+    while kill -0 "$mvn_pid" 2>/dev/null; do
+      sleep 1
+      ticks=$((ticks + 1))
+      size=$(du -sm "$work/repository" 2>/dev/null | cut -f1)
+      if [ -n "$tty" ]; then
+        printf '\r    Keycloak: %s MB fetched' "${size:-0}" >&2
+      elif [ $((ticks % 15)) = 0 ]; then
+        printf '    Keycloak: %s MB fetched\n' "${size:-0}" >&2
+      fi
+    done
+    [ -n "$tty" ] && printf '\n' >&2
+    local archive="$work/keycloak-quarkus-dist-$version.tar.gz"
+    if ! wait "$mvn_pid" || [ ! -s "$archive" ]; then
+      tail -n 30 "$log" >&2
+      die "fetching Keycloak $version with Maven failed (log: $log); check the network or Maven's settings (mirror, proxy), or pick a published version in deploy/keycloak/VERSION"
+    fi
+    mkdir "$work/dist"
+    tar -xzf "$archive" -C "$work/dist" --strip-components=1 \
+      || die "unpacking $archive failed"
+    [ -x "$work/dist/bin/kc.sh" ] || die "$archive holds no bin/kc.sh"
+    # Another run may have fetched it meanwhile: keep theirs.
+    mv -T "$work/dist" "$dir" 2>/dev/null || [ -x "$dir/bin/kc.sh" ] || die "cannot move Keycloak into $dir"
+    rm -rf "$work"
+    say "Keycloak $version fetched in $(( $(date +%s) - started )) s"
+  fi
+  HALLMARK_KEYCLOAK_HOME=$dir
+  export HALLMARK_KEYCLOAK_HOME
 }

@@ -9,16 +9,19 @@
 //! * [`faults`]: broker connections cut, RabbitMQ stopped, PostgreSQL restarted.
 //! * [`process`]: the services as real child processes (what `cargo build` produced).
 //! * [`fixtures`]: the shared STL models.
+//! * [`oidc`]: tokens of the demo users from the identity provider (Keycloak in `scripts/test`).
 //!
 //! Where the servers are: `HALLMARK_TEST_DATABASE_URL` (default
 //! `postgres://hallmark:hallmark@127.0.0.1:5432/postgres`) and `HALLMARK_TEST_AMQP_URL` (default
-//! `amqp://guest:guest@127.0.0.1:5672/%2f`). `scripts/test` starts both when they are not running.
+//! `amqp://guest:guest@127.0.0.1:5672/%2f`). `scripts/test` starts both when they are not running,
+//! and Keycloak for `HALLMARK_TEST_OIDC_ISSUER` and `HALLMARK_TEST_OIDC_OTHER_ISSUER`.
 
 pub mod broker;
 pub mod database;
 pub mod faults;
 pub mod fixtures;
 pub mod measure;
+pub mod oidc;
 pub mod otlp;
 pub mod process;
 pub mod s3;
