@@ -1,3 +1,4 @@
+mod auth;
 mod confirmation;
 mod detection;
 mod helpers;

@@ -1,0 +1,213 @@
+//! Who may use order-watch, against a running Keycloak (the realm in `deploy/keycloak/`,
+//! started by `scripts/test`): every refusal a forged or misdirected token deserves.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use order_watch::auth::{AuthConfig, OidcConfig};
+use serde_json::{Value, json};
+use testkit::oidc::Issuer;
+
+use crate::helpers::{TestApp, spawn_app_with_auth};
+
+const CLI: &str = "hallmark-cli";
+
+fn issuer() -> Issuer {
+    Issuer::required()
+}
+
+fn oidc(issuer: &str) -> AuthConfig {
+    AuthConfig::Oidc(OidcConfig {
+        issuer: issuer.to_owned(),
+        audience: "order-watch".to_owned(),
+        roles_claim: "realm_access.roles".to_owned(),
+        leeway: Duration::from_secs(5),
+    })
+}
+
+async fn app() -> (TestApp, Issuer) {
+    let issuer = issuer();
+    (spawn_app_with_auth(oidc(issuer.url())).await, issuer)
+}
+
+async fn me(app: &TestApp, token: Option<&str>) -> (u16, Value, Option<String>) {
+    let mut request = reqwest::Client::new().get(app.api("/api/me"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (
+        status,
+        response.json().await.unwrap_or(Value::Null),
+        challenge,
+    )
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn parts(token: &str) -> (Value, Value, String) {
+    let mut pieces = token.split('.');
+    let mut json = || {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(pieces.next().unwrap())
+            .unwrap();
+        serde_json::from_slice::<Value>(&bytes).unwrap()
+    };
+    let (header, payload) = (json(), json());
+    (header, payload, pieces.next().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn each_role_is_let_in_as_itself_and_the_answer_says_who_is_logged_in() {
+    let (app, issuer) = app().await;
+    for user in ["support", "developer", "admin"] {
+        let token = issuer.password_token(CLI, user, user).await.unwrap();
+        let (status, body, _) = me(&app, Some(&token)).await;
+        assert_eq!(status, 200, "{user}: {body}");
+        assert_eq!(body["name"], user);
+        assert_eq!(body["role"], user);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_token_the_api_and_the_ui_ask_for_one_and_health_answers_anyway() {
+    let (app, _) = app().await;
+    let (status, body, challenge) = me(&app, None).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "unauthenticated");
+    assert_eq!(challenge.as_deref(), Some("Bearer realm=\"order-watch\""));
+    for path in ["/", "/api/orders/stuck", "/api/incidents", "/api/config"] {
+        let response = reqwest::get(app.api(path)).await.unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+    }
+    assert_eq!(
+        reqwest::get(app.api("/health")).await.unwrap().status(),
+        200
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn forged_tampered_and_foreign_tokens_are_refused() {
+    let (app, issuer) = app().await;
+    let real = issuer
+        .password_token(CLI, "support", "support")
+        .await
+        .unwrap();
+    let (header, payload, signature) = parts(&real);
+
+    // The payload changed to claim admin, the signature kept.
+    let mut promoted = payload.clone();
+    promoted["realm_access"]["roles"] = json!(["admin"]);
+    let tampered = format!(
+        "{}.{}.{signature}",
+        b64(&serde_json::to_vec(&header).unwrap()),
+        b64(&serde_json::to_vec(&promoted).unwrap())
+    );
+    // No signature at all.
+    let mut none_header = header.clone();
+    none_header["alg"] = json!("none");
+    let unsigned = format!(
+        "{}.{}.",
+        b64(&serde_json::to_vec(&none_header).unwrap()),
+        b64(&serde_json::to_vec(&payload).unwrap())
+    );
+    // HS256 with the provider's public key as the shared secret (algorithm confusion).
+    let keys: Value = reqwest::get(format!("{}/protocol/openid-connect/certs", issuer.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let public = serde_json::to_vec(&keys["keys"][0]).unwrap();
+    let mut hs_header = Header::new(Algorithm::HS256);
+    hs_header.kid = header["kid"].as_str().map(str::to_owned);
+    let confused =
+        jsonwebtoken::encode(&hs_header, &payload, &EncodingKey::from_secret(&public)).unwrap();
+    // Signed by a key of our own under a key id the provider never issued.
+    let stranger = {
+        use p256::pkcs8::{EncodePrivateKey as _, LineEnding};
+        let secret = p256::SecretKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+        let pem = secret.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("made-up-key".to_owned());
+        jsonwebtoken::encode(
+            &header,
+            &payload,
+            &EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    };
+    // A token of the same user from another realm of the same server.
+    let other = Issuer::other_required()
+        .password_token(CLI, "developer", "developer")
+        .await
+        .unwrap();
+
+    for (what, token) in [
+        ("tampered", tampered.as_str()),
+        ("alg none", unsigned.as_str()),
+        ("HS256 with the public key", confused.as_str()),
+        ("unknown key id", stranger.as_str()),
+        ("another realm", other.as_str()),
+        ("not a JWT", "garbage"),
+    ] {
+        let (status, body, challenge) = me(&app, Some(token)).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        assert_eq!(
+            challenge.as_deref(),
+            Some("Bearer realm=\"order-watch\", error=\"invalid_token\""),
+            "{what}"
+        );
+        assert!(
+            !body.to_string().contains("signature") && !body.to_string().contains("kid"),
+            "{what}: the answer says no more than that the token is not valid: {body}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_for_another_audience_is_refused() {
+    let issuer = issuer();
+    let AuthConfig::Oidc(mut config) = oidc(issuer.url()) else {
+        unreachable!()
+    };
+    config.audience = "some-other-service".to_owned();
+    let app = spawn_app_with_auth(AuthConfig::Oidc(config)).await;
+    let token = issuer.password_token(CLI, "admin", "admin").await.unwrap();
+    assert_eq!(me(&app, Some(&token)).await.0, 401);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_identity_provider_that_cannot_be_reached_lets_nobody_in_and_breaks_no_machine_endpoint()
+{
+    let issuer = issuer();
+    let token = issuer.password_token(CLI, "admin", "admin").await.unwrap();
+    // Nothing listens there: order-watch can never fetch a key to check the token with.
+    let app = spawn_app_with_auth(oidc("http://127.0.0.1:9/realms/hallmark")).await;
+    assert_eq!(me(&app, Some(&token)).await.0, 401);
+    assert_eq!(
+        reqwest::get(app.api("/health")).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(app.api("/metrics")).await.unwrap().status(),
+        200
+    );
+    let export = app
+        .export(&testkit::otlp::build::request("shop-api", Vec::new()))
+        .await;
+    assert!(export.status().is_success(), "{}", export.status());
+    app.stop().await;
+}
