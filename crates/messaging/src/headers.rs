@@ -44,21 +44,17 @@ pub fn inject_amqp(cx: &Context, headers: &mut FieldTable) {
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId};
+    use opentelemetry::trace::TraceContextExt as _;
     use telemetry::propagation::{Activity, order_id, with_order};
     use uuid::Uuid;
 
     use super::*;
 
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
     #[test]
     fn a_context_and_its_order_survive_message_headers() {
-        let remote = Context::new().with_remote_span_context(SpanContext::new(
-            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-            TraceFlags::SAMPLED,
-            true,
-            Default::default(),
-        ));
+        let remote = otel_fastpath::propagation::remote_parent(PARENT);
         let order = Uuid::now_v7();
         let cx = with_order(&remote, order, Activity::Progress);
         let mut table = FieldTable::default();

@@ -68,6 +68,14 @@ pub fn inject(cx: &Context, injector: &mut dyn Injector) {
     propagator().inject_context(cx, injector);
 }
 
+/// The context a `traceparent` header names, as a receiver continues it (a context without a
+/// parent when the header is not valid).
+pub fn remote_parent(traceparent: &str) -> Context {
+    let carrier =
+        std::collections::HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
+    extract(&carrier)
+}
+
 /// Whether `cx` holds a valid (possibly remote) span to continue or link to.
 pub fn has_span(cx: &Context) -> bool {
     cx.span().span_context().is_valid()

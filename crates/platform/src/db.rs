@@ -340,7 +340,7 @@ pub async fn migrate_schema(
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId};
+    use opentelemetry::trace::TraceContextExt as _;
     use otel_fastpath::propagation::has_span;
     use telemetry::propagation::{Activity, order_id, with_order};
     use uuid::Uuid;
@@ -359,13 +359,7 @@ mod tests {
     #[test]
     fn a_stored_carrier_is_three_text_fields_and_tolerates_what_older_rows_hold() {
         let order = Uuid::now_v7();
-        let remote = Context::new().with_remote_span_context(SpanContext::new(
-            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-            TraceFlags::SAMPLED,
-            true,
-            Default::default(),
-        ));
+        let remote = otel_fastpath::propagation::remote_parent(PARENT);
         let cx = with_order(&remote, order, Activity::Progress);
         let stored = serde_json::to_value(to_carrier(&cx)).unwrap();
         assert_eq!(

@@ -146,7 +146,6 @@ pub fn from_env() -> Context {
 #[cfg(test)]
 mod tests {
     use opentelemetry::KeyValue;
-    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId};
 
     use super::*;
 
@@ -154,13 +153,7 @@ mod tests {
 
     #[test]
     fn a_context_and_its_order_survive_a_child_process_environment() {
-        let remote = Context::new().with_remote_span_context(SpanContext::new(
-            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-            TraceFlags::SAMPLED,
-            true,
-            Default::default(),
-        ));
+        let remote = otel_fastpath::propagation::remote_parent(PARENT);
         let order = Uuid::now_v7();
         let cx = with_order(&remote, order, Activity::Progress);
         let env = to_env(&cx);

@@ -106,13 +106,7 @@ pub fn child(
     attributes: Vec<KeyValue>,
     parent: &Context,
 ) -> Option<Context> {
-    let tracer = TRACER.get()?;
-    let span = tracer
-        .span_builder(name)
-        .with_kind(kind)
-        .with_attributes(attributes)
-        .start_with_context(tracer, parent);
-    Some(parent.with_span(span))
+    child_linked(name, kind, attributes, Vec::new(), parent)
 }
 
 /// As [`child`], with links to the spans of `links` (e.g. the one that published a message).
