@@ -6,10 +6,13 @@
 //! * `GET /api/incidents?open=true`: incidents, newest first.
 //! * `POST /api/alerts`: Alertmanager's webhook; its alerts become incidents.
 //! * `GET /api/config`: the stuck thresholds per stage and the retention.
+//! * `PATCH /api/config` (developer): change the thresholds at run time (a JSON merge patch).
+//! * `GET /api/config/changes`: who changed the configuration, when, from what to what.
 //! * `GET /api/me`: who is asking, with their role.
 //! * `GET /`: the UI.
 //!
-//! Every route but Alertmanager's webhook needs the `support` role (see [`crate::auth`]).
+//! Every route but Alertmanager's webhook needs the `support` role, and changing the
+//! configuration `developer` (see [`crate::auth`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::response::Html;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use chrono::{DateTime, Utc};
 use platform::error::ApiError;
 use platform::extract::{Json, OrderId};
@@ -31,13 +34,16 @@ use crate::clock::Clock;
 use crate::config::Thresholds;
 use crate::incidents::{self, AlertmanagerMessage, Incident};
 use crate::journey::OrderState;
+use crate::runtime_config::{self, LiveThresholds};
 use crate::store::queries;
 
 #[derive(Clone)]
 pub struct ApiState {
     pub pool: PgPool,
     pub clock: Clock,
-    pub thresholds: Arc<Thresholds>,
+    pub thresholds: LiveThresholds,
+    /// Wakes the detector when a change moved deadlines.
+    pub detector: Arc<tokio::sync::Notify>,
     pub retention_days: u64,
 }
 
@@ -50,12 +56,19 @@ pub fn router(authenticator: Arc<Authenticator>) -> Router<ApiState> {
         .route("/api/orders/{order_id}/journey", get(journey))
         .route("/api/incidents", get(list_incidents))
         .route("/api/config", get(config))
+        .route("/api/config/changes", get(config_changes))
         .route("/api/me", get(me))
         .route_layer(axum::middleware::from_fn_with_state(
-            (authenticator, Role::Support),
+            (authenticator.clone(), Role::Support),
             auth::require,
         ));
-    read.route("/api/alerts", post(alerts))
+    let configure = Router::new()
+        .route("/api/config", patch(change_config))
+        .route_layer(axum::middleware::from_fn_with_state(
+            (authenticator, Role::Developer),
+            auth::require,
+        ));
+    read.merge(configure).route("/api/alerts", post(alerts))
 }
 
 /// `GET /api/me`: who the request is from, as order-watch sees them.
@@ -209,7 +222,7 @@ async fn journey(
     let mut traces: Vec<TraceSummary> = traces.into_values().collect();
     traces.sort_by_key(|t| t.start);
     Ok(axum::Json(Journey {
-        summary: summary(order, state.clock.now(), &state.thresholds),
+        summary: summary(order, state.clock.now(), &state.thresholds.get()),
         traces,
         joins,
         gaps,
@@ -241,11 +254,12 @@ async fn stuck(
     Query(query): Query<Limit>,
 ) -> Result<axum::Json<Vec<Summary>>, ApiError> {
     let now = state.clock.now();
+    let thresholds = state.thresholds.get();
     let orders = queries::stuck(&state.pool, limit(&query)?).await?;
     Ok(axum::Json(
         orders
             .into_iter()
-            .map(|o| summary(o, now, &state.thresholds))
+            .map(|o| summary(o, now, &thresholds))
             .collect(),
     ))
 }
@@ -274,15 +288,55 @@ async fn alerts(
 
 /// `GET /api/config`.
 async fn config(State(state): State<ApiState>) -> axum::Json<Value> {
-    let thresholds: BTreeMap<&str, u64> = state
-        .thresholds
+    axum::Json(config_view(&state.thresholds.get(), state.retention_days))
+}
+
+fn config_view(thresholds: &Thresholds, retention_days: u64) -> Value {
+    let per_stage: BTreeMap<&str, u64> = thresholds
         .all()
         .into_iter()
         .map(|(stage, d)| (stage.as_str(), d.as_secs()))
         .collect();
-    axum::Json(serde_json::json!({
-        "stuck_after_seconds": thresholds,
-        "default_stuck_after_seconds": state.thresholds.default.as_secs(),
-        "retention_days": state.retention_days,
-    }))
+    serde_json::json!({
+        "stuck_after_seconds": per_stage,
+        "default_stuck_after_seconds": thresholds.default.as_secs(),
+        "retention_days": retention_days,
+    })
+}
+
+/// `PATCH /api/config`: a JSON merge patch of what `GET /api/config` shows (the thresholds; see
+/// [`runtime_config::apply_patch`]). Applied at once, stored, and audited under the caller's
+/// name; answers the configuration now in force.
+async fn change_config(
+    State(state): State<ApiState>,
+    axum::Extension(principal): axum::Extension<Principal>,
+    Json(patch): Json<Value>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let next = runtime_config::apply_patch(&state.thresholds.get(), &patch)
+        .map_err(|err| ApiError::unprocessable("invalid_config", err.to_string()))?;
+    let who = format!("{} ({})", principal.name, principal.subject);
+    let change = runtime_config::change(
+        &state.pool,
+        &state.thresholds,
+        next,
+        &who,
+        state.clock.now(),
+    )
+    .await?;
+    state.detector.notify_one();
+    tracing::info!(change = change.id, by = %who, "configuration changed");
+    Ok(axum::Json(config_view(
+        &state.thresholds.get(),
+        state.retention_days,
+    )))
+}
+
+/// `GET /api/config/changes?limit=N`: who changed what and when, newest first.
+async fn config_changes(
+    State(state): State<ApiState>,
+    Query(query): Query<Limit>,
+) -> Result<axum::Json<Vec<runtime_config::Change>>, ApiError> {
+    Ok(axum::Json(
+        runtime_config::changes(&state.pool, limit(&query)?).await?,
+    ))
 }

@@ -39,11 +39,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::clock::Clock;
-use crate::config::Thresholds;
 use crate::incidents::{self, Announcer};
 use crate::journey::{Confirmation, OrderState};
 use crate::metrics::Metrics;
 use crate::records::{AskError, Held, Records};
+use crate::runtime_config::LiveThresholds;
 use crate::store;
 
 /// Most orders claimed per round.
@@ -57,7 +57,7 @@ pub struct Detector {
     pub announcer: Announcer,
     pub metrics: Arc<Metrics>,
     pub records: Arc<Records>,
-    pub thresholds: Arc<Thresholds>,
+    pub thresholds: LiveThresholds,
     /// Longest sleep between checks.
     pub interval: Duration,
     /// How often a stuck order's system of record is asked again.
@@ -254,7 +254,7 @@ impl Detector {
                     order.last_progress = order.last_progress.max(since);
                     order.observations_since_progress = 0;
                     order.confirmed_at = Some(now);
-                    order.moved(&self.thresholds);
+                    order.moved(&self.thresholds.get());
                     if was_stuck {
                         recovered
                             .push((order.clone(), gaps.last().expect("just pushed").describe()));
@@ -424,7 +424,7 @@ mod tests {
             status,
             ..OrderState::new(Uuid::now_v7(), now)
         };
-        state.moved(&Thresholds::default());
+        state.moved(&crate::config::Thresholds::default());
         state
     }
 

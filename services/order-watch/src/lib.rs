@@ -20,6 +20,7 @@ pub mod journey;
 pub mod metrics;
 pub mod records;
 pub mod retention;
+pub mod runtime_config;
 pub mod startup;
 pub mod store;
 

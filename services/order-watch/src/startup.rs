@@ -20,6 +20,7 @@ use crate::ingest::{self, Ingest};
 use crate::metrics::Metrics;
 use crate::records::Records;
 use crate::retention;
+use crate::runtime_config::{self, LiveThresholds};
 use crate::store::{Writer, WriterContext};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -93,7 +94,12 @@ impl Application {
             clock,
             cancel,
         } = self;
-        let thresholds = Arc::new(settings.thresholds.clone());
+        // A change made at run time outlives restarts: stored thresholds win over the file.
+        let thresholds = LiveThresholds::new(
+            runtime_config::load(&pool)
+                .await?
+                .unwrap_or_else(|| settings.thresholds.clone()),
+        );
         let metrics = Arc::new(Metrics::new(&opentelemetry::global::meter("order-watch")));
         let announcer = Announcer {
             enabled: settings.webhook_url.is_some(),
@@ -139,7 +145,7 @@ impl Application {
                 thresholds: thresholds.clone(),
                 interval: settings.detect_interval,
                 reconfirm_interval: settings.reconfirm_interval,
-                wake,
+                wake: wake.clone(),
             }
             .run(cancel.clone()),
         );
@@ -189,6 +195,7 @@ impl Application {
             pool: pool.clone(),
             clock,
             thresholds,
+            detector: wake,
             retention_days: settings.retention.as_secs() / 86_400,
         };
         let authenticator = Arc::new(Authenticator::new(settings.auth.clone()));

@@ -211,3 +211,53 @@ async fn an_identity_provider_that_cannot_be_reached_lets_nobody_in_and_breaks_n
     assert!(export.status().is_success(), "{}", export.status());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn only_a_developer_or_an_admin_may_change_the_configuration_and_the_audit_names_them() {
+    let (app, issuer) = app().await;
+    let change = |token: String, seconds: u64| {
+        reqwest::Client::new()
+            .patch(app.api("/api/config"))
+            .bearer_auth(token)
+            .json(&json!({ "stuck_after_seconds": { "pricing": seconds } }))
+            .send()
+    };
+    let support = issuer
+        .password_token(CLI, "support", "support")
+        .await
+        .unwrap();
+    let refused = change(support.clone(), 60).await.unwrap();
+    assert_eq!(refused.status(), 403);
+    assert_eq!(
+        refused.headers()["www-authenticate"],
+        "Bearer error=\"insufficient_scope\""
+    );
+    let developer = issuer
+        .password_token(CLI, "developer", "developer")
+        .await
+        .unwrap();
+    assert_eq!(change(developer, 60).await.unwrap().status(), 200);
+    let admin = issuer.password_token(CLI, "admin", "admin").await.unwrap();
+    assert_eq!(change(admin, 90).await.unwrap().status(), 200);
+
+    // Support reads who changed what.
+    let changes: Value = reqwest::Client::new()
+        .get(app.api("/api/config/changes"))
+        .bearer_auth(support)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let by: Vec<&str> = changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["changed_by"].as_str().unwrap())
+        .collect();
+    assert_eq!(by.len(), 2, "{changes}");
+    assert!(by[0].starts_with("admin ("), "{by:?}");
+    assert!(by[1].starts_with("developer ("), "{by:?}");
+    app.stop().await;
+}

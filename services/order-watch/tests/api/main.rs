@@ -1,4 +1,5 @@
 mod auth;
+mod config;
 mod confirmation;
 mod detection;
 mod helpers;
