@@ -9,6 +9,7 @@
 //! * [`faults`]: broker connections cut, RabbitMQ stopped, PostgreSQL restarted.
 //! * [`process`]: the services as real child processes (what `cargo build` produced).
 //! * [`fixtures`]: the shared STL models.
+//! * [`measure`]: what the benchmarks measure and report with (CPU time, memory, percentiles).
 //!
 //! Where the servers are: `HALLMARK_TEST_DATABASE_URL` (default
 //! `postgres://hallmark:hallmark@127.0.0.1:5432/postgres`) and `HALLMARK_TEST_AMQP_URL` (default
