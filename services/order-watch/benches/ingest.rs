@@ -62,7 +62,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 use telemetry::attr::{self, semconv};
 use testkit::database::TestDatabase;
-use testkit::measure::{cpu_time, percentile};
+use testkit::measure::{
+    Memory, cpu_time, load_average, memory, mib, percentile, process_cpu, this_process_cpu,
+    thousands,
+};
 use testkit::otlp::build::{int, string};
 use tokio::runtime::Handle;
 use tokio::task::JoinSet;
@@ -1285,7 +1288,7 @@ async fn measure_ingest(
 }
 
 // ---------------------------------------------------------------------------------------------
-// CPU time and memory.
+// CPU time.
 // ---------------------------------------------------------------------------------------------
 
 /// CPU time (user + system) of this process so far, read from `/proc`.
@@ -1309,7 +1312,7 @@ impl ProcessCpu {
             }
         }
         Ok(Self {
-            total: cpu_time("/proc/self/stat").context("cannot read /proc/self/stat")?,
+            total: this_process_cpu().context("cannot read /proc/self/stat")?,
             load_generator,
         })
     }
@@ -1367,7 +1370,7 @@ impl PostgresCpu {
         .await?;
         Ok(pids
             .into_iter()
-            .filter_map(|pid| Some((pid as u32, cpu_time(&format!("/proc/{pid}/stat"))?)))
+            .filter_map(|pid| Some((pid as u32, process_cpu(pid as u32)?)))
             .collect())
     }
 
@@ -1391,43 +1394,6 @@ impl PostgresCpu {
             })
             .sum())
     }
-}
-
-/// Resident memory of this process, now and at its peak, in bytes.
-#[derive(Debug, Clone, Copy)]
-struct Memory {
-    resident: u64,
-    peak: u64,
-}
-
-fn memory() -> anyhow::Result<Memory> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let field = |name: &str| -> anyhow::Result<u64> {
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .with_context(|| format!("no {name} in /proc/self/status"))?;
-        let kib: u64 = line[name.len()..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()?;
-        Ok(kib * 1024)
-    };
-    Ok(Memory {
-        resident: field("VmRSS:")?,
-        peak: field("VmHWM:")?,
-    })
-}
-
-/// The first three fields of `/proc/loadavg`.
-fn load_average() -> anyhow::Result<String> {
-    let text = std::fs::read_to_string("/proc/loadavg")?;
-    Ok(text
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" "))
 }
 
 /// What the database holds once the open orders are loaded.
@@ -1629,22 +1595,6 @@ struct Report {
     /// After start-up, after the throughput runs, with the open orders loaded, at the end.
     memory: [Memory; 4],
     detection: [Detection; 2],
-}
-
-fn thousands(value: u64) -> String {
-    let digits = value.to_string();
-    let mut out = String::new();
-    for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.0} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 fn print_report(report: &Report) {
