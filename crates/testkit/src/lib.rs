@@ -9,6 +9,7 @@
 //! * [`faults`]: broker connections cut, RabbitMQ stopped, PostgreSQL restarted.
 //! * [`process`]: the services as real child processes (what `cargo build` produced).
 //! * [`fixtures`]: the shared STL models.
+//! * [`journeys`]: realistic spans of many orders' journeys, as the services export them.
 //! * [`measure`]: what the benchmarks measure and report with (CPU time, memory, percentiles).
 //!
 //! Where the servers are: `HALLMARK_TEST_DATABASE_URL` (default
@@ -19,6 +20,7 @@ pub mod broker;
 pub mod database;
 pub mod faults;
 pub mod fixtures;
+pub mod journeys;
 pub mod measure;
 pub mod otlp;
 pub mod process;
