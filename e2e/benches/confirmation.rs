@@ -32,7 +32,7 @@ use chrono::{DateTime, Utc};
 use e2e::System;
 use e2e::watch::Watch;
 use serde_json::Value;
-use testkit::measure::{cpu_time, percentile};
+use testkit::measure::{percentile, process_cpu, this_thread_cpu};
 use uuid::Uuid;
 
 /// The machine stages' threshold: the orders fall due this long after their last progress,
@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
 
 /// CPU time (user + system) of process `pid` so far.
 fn cpu_of(pid: u32) -> anyhow::Result<Duration> {
-    cpu_time(&format!("/proc/{pid}/stat")).context("the process's CPU time")
+    process_cpu(pid).context("the process's CPU time")
 }
 
 fn pid_of(process: &testkit::process::ServiceProcess) -> anyhow::Result<u32> {
@@ -257,7 +257,7 @@ fn time_asking(mes: String, ids: Vec<Uuid>) -> anyhow::Result<Duration> {
             for _ in 0..50 {
                 records.ask(domain::System::Mes, &ids).await?;
             }
-            let before = cpu_time("/proc/thread-self/stat").context("thread CPU time")?;
+            let before = this_thread_cpu().context("thread CPU time")?;
             for _ in 0..ASKS {
                 let held = records.ask(domain::System::Mes, &ids).await?;
                 ensure!(
@@ -267,7 +267,7 @@ fn time_asking(mes: String, ids: Vec<Uuid>) -> anyhow::Result<Duration> {
                     ids.len()
                 );
             }
-            let after = cpu_time("/proc/thread-self/stat").context("thread CPU time")?;
+            let after = this_thread_cpu().context("thread CPU time")?;
             Ok((after - before) / ASKS)
         })
     })

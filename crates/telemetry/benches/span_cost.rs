@@ -22,8 +22,10 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 
+use anyhow::Context as _;
 use telemetry::db::Traced as _;
 use telemetry::spans;
+use testkit::measure::this_process_cpu;
 use uuid::Uuid;
 
 /// In a child process: `on` or `off`.
@@ -122,25 +124,6 @@ fn answer(mut stream: TcpStream) -> Option<()> {
     }
 }
 
-/// User plus system CPU time of this process so far, in seconds (`/proc/self/stat`, in clock
-/// ticks of 1/100 s).
-fn cpu_seconds() -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .ok_or_else(|| anyhow::anyhow!("a /proc stat line"))?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks = |index: usize| -> anyhow::Result<f64> {
-        Ok(fields
-            .get(index)
-            .ok_or_else(|| anyhow::anyhow!("a /proc stat field"))?
-            .parse::<f64>()?)
-    };
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
-}
-
 /// Prints the process's CPU time per span over all rounds and the final flush, in µs.
 fn measure(on: bool) -> anyhow::Result<()> {
     let telemetry = on
@@ -154,7 +137,7 @@ fn measure(on: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let before = cpu_seconds()?;
+    let before = this_process_cpu().context("this process's CPU time")?;
     runtime.block_on(async {
         for _ in 0..ROUNDS * ORDERS {
             one_order().await;
@@ -164,7 +147,8 @@ fn measure(on: bool) -> anyhow::Result<()> {
     if let Some(telemetry) = telemetry {
         telemetry.shutdown();
     }
-    let micros = (cpu_seconds()? - before) * 1e6 / (ROUNDS * ORDERS * SPANS_PER_ORDER) as f64;
+    let cpu = this_process_cpu().context("this process's CPU time")? - before;
+    let micros = cpu.as_secs_f64() * 1e6 / (ROUNDS * ORDERS * SPANS_PER_ORDER) as f64;
     println!("{RESULT}{micros}");
     Ok(())
 }

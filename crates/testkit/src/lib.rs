@@ -9,6 +9,8 @@
 //! * [`faults`]: broker connections cut, RabbitMQ stopped, PostgreSQL restarted.
 //! * [`process`]: the services as real child processes (what `cargo build` produced).
 //! * [`fixtures`]: the shared STL models.
+//! * [`journeys`]: realistic spans of many orders' journeys, as the services export them.
+//! * [`measure`]: what the benchmarks measure and report with (CPU time, memory, percentiles).
 //! * [`oidc`]: tokens of the demo users from the identity provider (Keycloak in `scripts/test`).
 //!
 //! Where the servers are: `HALLMARK_TEST_DATABASE_URL` (default
@@ -20,6 +22,7 @@ pub mod broker;
 pub mod database;
 pub mod faults;
 pub mod fixtures;
+pub mod journeys;
 pub mod measure;
 pub mod oidc;
 pub mod otlp;

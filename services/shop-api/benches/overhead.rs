@@ -72,6 +72,7 @@ use axum::http::header::CONTENT_TYPE;
 use bytes::Bytes;
 use shop_api::{Application, SERVICE, Settings};
 use testkit::database::TestDatabase;
+use testkit::measure::{median, median_interval, percentile, process_cpu};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -474,20 +475,20 @@ impl Server {
         orders: usize,
         load: impl Future<Output = anyhow::Result<Vec<Duration>>>,
     ) -> anyhow::Result<Measurement> {
-        let cpu_before = cpu_seconds(self.pid)?;
+        let cpu_before = process_cpu(self.pid).context("the server's CPU time")?;
         let started = Instant::now();
         let latencies = load.await?;
         let answered = started.elapsed();
         self.relayed().await?;
         let elapsed = started.elapsed();
-        let cpu = cpu_seconds(self.pid)? - cpu_before;
+        let cpu = process_cpu(self.pid).context("the server's CPU time")? - cpu_before;
         Ok(Measurement {
             telemetry: self.telemetry,
             orders_per_second: orders as f64 / elapsed.as_secs_f64(),
             answered_per_second: orders as f64 / answered.as_secs_f64(),
             relay_tail: elapsed - answered,
             latencies,
-            cpu_ms_per_order: cpu * 1000.0 / orders as f64,
+            cpu_ms_per_order: cpu.as_secs_f64() * 1000.0 / orders as f64,
         })
     }
 
@@ -615,13 +616,6 @@ impl SpanCounts {
             dropped: queue_full + failed,
         })
     }
-}
-
-/// User plus system CPU time of process `pid` so far, in seconds.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    testkit::measure::cpu_time(&format!("/proc/{pid}/stat"))
-        .map(|cpu| cpu.as_secs_f64())
-        .context("a /proc stat line")
 }
 
 /// A multipart order for the model, with a customer of its own (orders of one customer would
@@ -787,48 +781,6 @@ fn counter_total(metrics: &str, name: &str, label: &str) -> f64 {
         .fold(0.0, |total, value| total + value)
 }
 
-fn percentile(sorted: &[Duration], quantile: f64) -> Duration {
-    let rank = (quantile * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    if values.len().is_multiple_of(2) {
-        (values[middle - 1] + values[middle]) / 2.0
-    } else {
-        values[middle]
-    }
-}
-
-/// A 95 % interval for the median of `values`, one per round (the rounds' paired results): a
-/// percentile bootstrap, resampling the rounds with replacement 2,000 times with a fixed seed,
-/// so the same table always gives the same interval. Rounds next to each other share the
-/// machine's drift, so the interval is, if anything, too narrow.
-fn median_interval(values: &[f64]) -> (f64, f64) {
-    const RESAMPLES: usize = 2_000;
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut medians: Vec<f64> = (0..RESAMPLES)
-        .map(|_| {
-            let sample = (0..values.len())
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(6_364_136_223_846_793_005)
-                        .wrapping_add(1_442_695_040_888_963_407);
-                    values[(state >> 33) as usize % values.len()]
-                })
-                .collect();
-            median(sample)
-        })
-        .collect();
-    medians.sort_by(f64::total_cmp);
-    (
-        medians[RESAMPLES / 40],
-        medians[RESAMPLES - 1 - RESAMPLES / 40],
-    )
-}
-
 /// Whether the target is met, judged on the whole interval: "met" or "not met" only when the
 /// rounds agree, "undecided" when the interval reaches both sides.
 fn verdict(interval: (f64, f64), meets: impl Fn(f64) -> bool) -> &'static str {
@@ -853,14 +805,14 @@ struct Summary {
 }
 
 impl Measurement {
-    fn latency_ms(&self, quantile: f64) -> f64 {
+    fn latency_ms(&self, percent: usize) -> f64 {
         let mut sorted = self.latencies.clone();
         sorted.sort();
-        ms(percentile(&sorted, quantile))
+        ms(percentile(&sorted, percent))
     }
 
     fn p99_ms(&self) -> f64 {
-        self.latency_ms(0.99)
+        self.latency_ms(99)
     }
 }
 
@@ -883,8 +835,8 @@ fn summarize(rounds: &[Measurement], telemetry: Telemetry) -> Summary {
     latencies.sort();
     Summary {
         orders_per_second: median(mine.iter().map(|r| r.orders_per_second).collect()),
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
+        p50: percentile(&latencies, 50),
+        p99: percentile(&latencies, 99),
         median_round_p99_ms: median(mine.iter().map(|r| r.p99_ms()).collect()),
         cpu_ms_per_order: median(mine.iter().map(|r| r.cpu_ms_per_order).collect()),
     }
@@ -1007,8 +959,8 @@ fn report_paced(settings: &BenchSettings, measurements: &[Measurement], rate: f6
             out,
             "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             index + 1,
-            off.latency_ms(0.50),
-            on.latency_ms(0.50),
+            off.latency_ms(50),
+            on.latency_ms(50),
             off.p99_ms(),
             on.p99_ms(),
             off.cpu_ms_per_order,
