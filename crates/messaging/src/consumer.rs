@@ -84,8 +84,8 @@ pub enum HandlerError {
     /// This service's database is down or restarting: not the message's fault. The consumer
     /// holds the message and tries again with back-off until the database is back, without
     /// spending the message's retries.
-    #[error("{0}")]
-    Unavailable(String),
+    #[error("the database is unavailable")]
+    Unavailable(#[source] sqlx::Error),
 }
 
 impl HandlerError {
@@ -114,7 +114,7 @@ impl HandlerError {
 impl From<sqlx::Error> for HandlerError {
     fn from(err: sqlx::Error) -> Self {
         if platform::db::is_unavailable(&err) {
-            Self::Unavailable(err.to_string())
+            Self::Unavailable(err)
         } else {
             Self::transient("database_error", err.to_string())
         }
@@ -411,7 +411,7 @@ async fn process<H: Handler>(shared: &Shared<H>, publisher: &Publisher, delivery
         let applied = loop {
             match apply(shared, &incoming).await {
                 Err(HandlerError::Unavailable(err)) => {
-                    tracing::warn!(error = %err, "database unavailable, holding the message");
+                    tracing::warn!(error = %platform::error::causes(&err), "database unavailable, holding the message");
                     if !backoff.wait(&shared.cancel).await {
                         return requeue(&delivery).await;
                     }

@@ -159,7 +159,10 @@ impl Handler for Recorder {
     async fn handle(&self, tx: &mut PgConnection, message: &Incoming) -> Result<(), HandlerError> {
         if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
             return Err(if self.database_down {
-                HandlerError::Unavailable("connection refused".into())
+                HandlerError::Unavailable(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "connection refused",
+                )))
             } else {
                 HandlerError::transient("flaky", "the test says no")
             });

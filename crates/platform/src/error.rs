@@ -66,6 +66,18 @@ pub fn internal_error(err: &dyn std::fmt::Display) -> Response {
     )
 }
 
+/// `err` and every cause under it, as `error: cause: cause`, for the log and the span.
+pub fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The answer for a request that matched no route.
 pub async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -105,8 +117,12 @@ pub enum ApiError {
     #[error("the upload is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
     /// A dependency (database, object storage, broker) is down; the client may retry.
-    #[error("{code}: {cause}")]
-    Unavailable { code: &'static str, cause: String },
+    #[error("{code}")]
+    Unavailable {
+        code: &'static str,
+        #[source]
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -146,7 +162,7 @@ impl From<sqlx::Error> for ApiError {
         if crate::db::is_unavailable(&err) {
             Self::Unavailable {
                 code: "database_unavailable",
-                cause: err.to_string(),
+                cause: Box::new(err),
             }
         } else {
             Self::Internal(err.into())
@@ -186,7 +202,7 @@ impl IntoResponse for ApiError {
             Self::TooLarge { .. } => {
                 error_response(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &message)
             }
-            Self::Unavailable { code, cause } => unavailable(code, &cause),
+            Self::Unavailable { code, cause } => unavailable(code, &causes(&*cause)),
             Self::Internal(err) => internal_error(&format!("{err:#}")),
         }
     }

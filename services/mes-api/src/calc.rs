@@ -88,8 +88,13 @@ pub(crate) enum RunError {
     Timeout(Duration),
     #[error("the calc engine exited with {status}: {stderr}")]
     Crashed { status: String, stderr: String },
-    #[error("the calc engine answered something unreadable: {0}")]
-    BadOutput(String),
+    #[error("the calc engine answered something unreadable: {output}")]
+    BadOutput {
+        /// The end of what it printed.
+        output: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("cannot read the model: {0}")]
     Model(#[source] StorageError),
     #[error(transparent)]
@@ -176,7 +181,10 @@ impl CalcEngine {
                     Ok(Output::Rejected { code, message }) => {
                         Ok(Verdict::Rejected { code, message })
                     }
-                    Err(err) => Err(RunError::BadOutput(format!("{err}: {}", tail(&stdout)))),
+                    Err(source) => Err(RunError::BadOutput {
+                        output: tail(&stdout),
+                        source,
+                    }),
                 }
             }
             _ => Err(RunError::Crashed {
@@ -192,7 +200,7 @@ fn run_error_type(err: &RunError) -> &'static str {
         RunError::Spawn { .. } => "spawn_failed",
         RunError::Timeout(_) => "timeout",
         RunError::Crashed { .. } => "crashed",
-        RunError::BadOutput(_) => "bad_output",
+        RunError::BadOutput { .. } => "bad_output",
         RunError::Model(_) => "model_unavailable",
         RunError::Io(_) => "io",
     }

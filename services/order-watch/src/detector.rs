@@ -308,7 +308,10 @@ fn verdict(order: &OrderState, answers: &BTreeMap<System, Result<Held, AskError>
         Some(Err(err)) => {
             return Verdict::Stuck {
                 confirmation: Confirmation::Unconfirmed,
-                detail: format!("not confirmed: {system} could not be asked: {err}"),
+                detail: format!(
+                    "not confirmed: {system} could not be asked: {}",
+                    platform::error::causes(err)
+                ),
             };
         }
         None => {

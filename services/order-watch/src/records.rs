@@ -4,6 +4,7 @@
 //! contract in [`domain::held`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -46,12 +47,14 @@ pub enum AskError {
     NotConfigured(&'static str),
     #[error("it did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("it cannot be reached ({0})")]
-    Unreachable(String),
+    #[error("it cannot be reached")]
+    Unreachable(#[source] Arc<reqwest::Error>),
     #[error("it answered HTTP {0}")]
     Refused(u16),
-    #[error("its answer is not a status listing ({0})")]
-    Malformed(String),
+    #[error("its answer is longer than {MAX_ANSWER_BYTES} bytes")]
+    TooLong,
+    #[error("its answer is not a status listing")]
+    Malformed(#[source] Arc<serde_json::Error>),
 }
 
 /// The client order-watch asks the systems of record with.
@@ -96,7 +99,7 @@ impl Records {
             if err.is_timeout() {
                 AskError::Timeout(self.config.timeout)
             } else {
-                AskError::Unreachable(err.without_url().to_string())
+                AskError::Unreachable(Arc::new(err.without_url()))
             }
         };
         let mut response = self
@@ -112,12 +115,10 @@ impl Records {
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(failed)? {
             if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(AskError::Malformed(format!(
-                    "longer than {MAX_ANSWER_BYTES} bytes"
-                )));
+                return Err(AskError::TooLong);
             }
             body.extend_from_slice(&chunk);
         }
-        serde_json::from_slice(&body).map_err(|err| AskError::Malformed(err.to_string()))
+        serde_json::from_slice(&body).map_err(|err| AskError::Malformed(Arc::new(err)))
     }
 }

@@ -35,7 +35,10 @@ impl TraceService for Ingest {
             Err(IngestError::Busy) => Err(Status::resource_exhausted(
                 "order-watch is at capacity; retry",
             )),
-            Err(IngestError::Unavailable(message)) => Err(Status::unavailable(message)),
+            Err(IngestError::Unavailable(err)) => {
+                tracing::warn!(error = %platform::error::causes(&err), "spans not stored; the exporter will retry");
+                Err(Status::unavailable(super::UNAVAILABLE_MESSAGE))
+            }
         }
     }
 }

@@ -151,12 +151,15 @@ async fn traces(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes) -
             RESOURCE_EXHAUSTED,
             "order-watch is at capacity; retry".into(),
         ),
-        Err(IngestError::Unavailable(message)) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            encoding,
-            UNAVAILABLE,
-            message,
-        ),
+        Err(IngestError::Unavailable(err)) => {
+            tracing::warn!(error = %platform::error::causes(&err), "spans not stored; the exporter will retry");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                encoding,
+                UNAVAILABLE,
+                super::UNAVAILABLE_MESSAGE.into(),
+            )
+        }
     }
 }
 

@@ -34,11 +34,16 @@ pub struct Ingest {
     pub max_request_bytes: usize,
 }
 
+/// What an exporter is told when its spans could not be stored: to retry, and nothing of why
+/// (the cause is logged).
+pub const UNAVAILABLE_MESSAGE: &str = "order-watch cannot store spans right now; retry";
+
 /// Why a request was not taken; both are worth a retry by the exporter.
 #[derive(Debug)]
 pub enum IngestError {
     Busy,
-    Unavailable(String),
+    /// The spans could not be stored; the cause goes to the log, not to the exporter.
+    Unavailable(StoreError),
 }
 
 impl Ingest {
@@ -52,7 +57,7 @@ impl Ingest {
         match self.writer.write(extracted.spans).await {
             Ok(_) => {}
             Err(StoreError::Busy) => return Err(IngestError::Busy),
-            Err(err) => return Err(IngestError::Unavailable(err.to_string())),
+            Err(err) => return Err(IngestError::Unavailable(err)),
         }
         self.metrics
             .record_ingest(accepted, extracted.ignored, extracted.rejected);

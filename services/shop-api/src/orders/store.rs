@@ -64,7 +64,7 @@ pub(crate) async fn create(
         .await
         .map_err(|err| ApiError::Unavailable {
             code: "storage_unavailable",
-            cause: err.to_string(),
+            cause: Box::new(err),
         })?;
     let result = write(state, order_id, key, scope, upload, &model_key).await;
     if !matches!(result, Ok(Created::New(_)))
