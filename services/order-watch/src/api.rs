@@ -8,7 +8,10 @@
 //! * `GET /api/config`: the stuck thresholds per stage and the retention.
 //! * `PATCH /api/config` (developer): change the thresholds at run time (a JSON merge patch).
 //! * `GET /api/config/changes`: who changed the configuration, when, from what to what.
-//! * `GET /api/me`: who is asking, with their role.
+//! * `GET /api/me`: who is asking, with their role (and, for a browser's session, the CSRF token
+//!   its changes carry).
+//! * `GET /login`, `GET /auth/callback`, `POST /logout`: the UI's login (see
+//!   [`crate::auth::session`]).
 //! * `GET /`: the UI.
 //!
 //! Every route but Alertmanager's webhook needs the `support` role, and changing the
@@ -65,10 +68,12 @@ pub fn router(authenticator: Arc<Authenticator>) -> Router<ApiState> {
     let configure = Router::new()
         .route("/api/config", patch(change_config))
         .route_layer(axum::middleware::from_fn_with_state(
-            (authenticator, Role::Developer),
+            (authenticator.clone(), Role::Developer),
             auth::require,
         ));
-    read.merge(configure).route("/api/alerts", post(alerts))
+    read.merge(configure)
+        .merge(authenticator.login_routes())
+        .route("/api/alerts", post(alerts))
 }
 
 /// `GET /api/me`: who the request is from, as order-watch sees them.

@@ -21,6 +21,13 @@ pub struct OidcConfig {
     /// How far clocks may disagree when `exp` and `nbf` are checked. Env:
     /// `ORDER_WATCH_OIDC_LEEWAY` (default `30s`).
     pub leeway: Duration,
+    /// The client the UI logs in as (authorization code with PKCE). Env:
+    /// `ORDER_WATCH_OIDC_CLIENT_ID` (default `order-watch`).
+    pub client_id: String,
+    /// Where browsers reach order-watch, for the login's redirect URI (e.g.
+    /// `https://watch.example.com`). Env: `ORDER_WATCH_PUBLIC_URL` (default: the host each
+    /// request names, over http).
+    pub public_url: Option<String>,
 }
 
 /// How order-watch authenticates people.
@@ -45,6 +52,8 @@ impl AuthConfig {
                 audience: settings::string("ORDER_WATCH_OIDC_AUDIENCE", "order-watch"),
                 roles_claim: settings::string("ORDER_WATCH_OIDC_ROLES_CLAIM", "realm_access.roles"),
                 leeway: settings::duration("ORDER_WATCH_OIDC_LEEWAY", Duration::from_secs(30))?,
+                client_id: settings::string("ORDER_WATCH_OIDC_CLIENT_ID", "order-watch"),
+                public_url: settings::optional("ORDER_WATCH_PUBLIC_URL"),
             })
         })
     }
@@ -80,6 +89,8 @@ mod tests {
             audience: "order-watch".into(),
             roles_claim: "realm_access.roles".into(),
             leeway: Duration::from_secs(30),
+            client_id: "order-watch".into(),
+            public_url: None,
         })
     }
 

@@ -45,9 +45,14 @@ pub enum FetchError {
     },
 }
 
-#[derive(Deserialize)]
-struct Discovery {
-    jwks_uri: String,
+/// What OIDC discovery says about the provider.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Discovery {
+    pub jwks_uri: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    #[serde(default)]
+    pub end_session_endpoint: Option<String>,
 }
 
 pub struct KeySet {
@@ -57,6 +62,7 @@ pub struct KeySet {
     /// When the last fetch was attempted; held while a fetch runs so that concurrent requests
     /// with an unknown key wait for one fetch instead of each starting their own.
     last_fetch: Mutex<Option<Instant>>,
+    discovery: RwLock<Option<Discovery>>,
 }
 
 impl KeySet {
@@ -69,6 +75,7 @@ impl KeySet {
                 .expect("a TLS backend for the HTTP client"),
             keys: RwLock::new(HashMap::new()),
             last_fetch: Mutex::new(None),
+            discovery: RwLock::new(None),
         }
     }
 
@@ -111,10 +118,30 @@ impl KeySet {
     }
 
     async fn fetch(&self) -> Result<HashMap<String, Key>, FetchError> {
-        let discovery_url = format!("{}/.well-known/openid-configuration", self.issuer);
-        let discovery: Discovery = self.get_json(&discovery_url).await?;
+        let discovery = self.discover().await?;
         let set: JwkSet = self.get_json(&discovery.jwks_uri).await?;
         Ok(usable_keys(&set))
+    }
+
+    /// The provider's endpoints, from discovery (fetched again every time until it answers,
+    /// then kept).
+    pub async fn discovery(&self) -> Result<Discovery, FetchError> {
+        if let Some(discovery) = self.discovery.read().await.clone() {
+            return Ok(discovery);
+        }
+        self.discover().await
+    }
+
+    async fn discover(&self) -> Result<Discovery, FetchError> {
+        let discovery_url = format!("{}/.well-known/openid-configuration", self.issuer);
+        let discovery: Discovery = self.get_json(&discovery_url).await?;
+        *self.discovery.write().await = Some(discovery.clone());
+        Ok(discovery)
+    }
+
+    /// The HTTP client that talks to the provider.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, FetchError> {

@@ -19,13 +19,14 @@
 
 pub mod config;
 pub mod keys;
+pub mod session;
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::Value;
 
@@ -61,6 +62,10 @@ pub struct Principal {
     pub name: String,
     /// Their highest role, if they hold any of ours.
     pub role: Option<Role>,
+    /// For a browser logged in with a session cookie: the token its state-changing requests
+    /// carry in `X-CSRF-Token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
 }
 
 impl Principal {
@@ -70,6 +75,7 @@ impl Principal {
             subject: String::new(),
             name: "anonymous".to_owned(),
             role: Some(Role::Admin),
+            csrf_token: None,
         }
     }
 
@@ -104,6 +110,8 @@ pub enum Rejection {
     Audience,
     #[error("claims missing or malformed")]
     Claims,
+    #[error("a state-changing request with the session cookie but without its CSRF token")]
+    Csrf,
 }
 
 /// Checks requests' tokens; one per process.
@@ -113,20 +121,24 @@ pub struct Authenticator {
 
 enum Mode {
     Open,
-    Oidc {
-        config: OidcConfig,
-        keys: Box<KeySet>,
-    },
+    Oidc(Box<Oidc>),
+}
+
+struct Oidc {
+    config: OidcConfig,
+    keys: KeySet,
+    sessions: session::Store,
 }
 
 impl Authenticator {
     pub fn new(config: AuthConfig) -> Self {
         let mode = match config {
             AuthConfig::Open => Mode::Open,
-            AuthConfig::Oidc(config) => Mode::Oidc {
-                keys: Box::new(KeySet::new(&config.issuer)),
+            AuthConfig::Oidc(config) => Mode::Oidc(Box::new(Oidc {
+                keys: KeySet::new(&config.issuer),
+                sessions: session::Store::default(),
                 config,
-            },
+            })),
         };
         Self { mode }
     }
@@ -138,9 +150,9 @@ impl Authenticator {
             Mode::Open => tracing::warn!(
                 "order-watch answers anyone: no identity provider is configured (ORDER_WATCH_OIDC_ISSUER), which only development and tests allow"
             ),
-            Mode::Oidc { config, keys } => match keys.refresh().await {
+            Mode::Oidc(oidc) => match oidc.keys.refresh().await {
                 Ok(count) => {
-                    tracing::info!(issuer = %config.issuer, keys = count, "identity provider's keys fetched")
+                    tracing::info!(issuer = %oidc.config.issuer, keys = count, "identity provider's keys fetched")
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "identity provider's keys not fetched yet")
@@ -149,20 +161,276 @@ impl Authenticator {
         }
     }
 
-    /// The principal the request's bearer token names.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Rejection> {
-        let Mode::Oidc { config, keys } = &self.mode else {
+    /// The principal a request comes from: its bearer token's, else its session cookie's.
+    pub async fn authenticate(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<Principal, Rejection> {
+        let Mode::Oidc(oidc) = &self.mode else {
             return Ok(Principal::anonymous());
         };
-        let token = bearer(headers).ok_or(Rejection::Missing)?;
+        if let Some(token) = bearer(headers) {
+            return oidc.verify(token).await;
+        }
+        let id = session::cookie(headers, session::COOKIE).ok_or(Rejection::Missing)?;
+        let session = oidc.session(id).await.ok_or(Rejection::Missing)?;
+        let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let csrf = headers
+            .get(session::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if !safe && csrf != Some(session.csrf.as_str()) {
+            return Err(Rejection::Csrf);
+        }
+        Ok(Principal {
+            csrf_token: Some(session.csrf),
+            ..session.principal
+        })
+    }
+
+    /// The routes of the UI's login (`/login`, `/auth/callback`, `/logout`), which anyone may
+    /// call; without an identity provider there is nothing to log in to.
+    pub fn login_routes<S: Clone + Send + Sync + 'static>(self: &Arc<Self>) -> axum::Router<S> {
+        use axum::routing::{get, post};
+        axum::Router::new()
+            .route("/login", get(login))
+            .route("/auth/callback", get(callback))
+            .route("/logout", post(logout))
+            .with_state(self.clone())
+    }
+}
+
+impl Oidc {
+    /// Checks a bearer token (see the module's rules).
+    async fn verify(&self, token: &str) -> Result<Principal, Rejection> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Rejection::Malformed)?;
         if !is_asymmetric(header.alg) {
             return Err(Rejection::Algorithm);
         }
         let kid = header.kid.as_deref().ok_or(Rejection::NoKeyId)?;
-        let key = keys.get(kid).await.ok_or(Rejection::UnknownKey)?;
-        check(token, header.alg, &key, config)
+        let key = self.keys.get(kid).await.ok_or(Rejection::UnknownKey)?;
+        check(token, header.alg, &key, &self.config)
     }
+
+    /// The session `id`, refreshed when its access token is about to expire; `None` when there
+    /// is no such session or it could not be kept alive.
+    async fn session(&self, id: &str) -> Option<session::Session> {
+        let current = self.sessions.get(id).await?;
+        if !current.needs_refresh() {
+            return Some(current);
+        }
+        let refreshed = match &current.refresh_token {
+            Some(refresh_token) => self
+                .token(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh_token),
+                    ("client_id", &self.config.client_id),
+                ])
+                .await
+                .ok(),
+            None => None,
+        };
+        let Some(tokens) = refreshed else {
+            self.sessions.close(id).await;
+            return None;
+        };
+        let Ok(principal) = self.verify(&tokens.access_token).await else {
+            self.sessions.close(id).await;
+            return None;
+        };
+        let session = session::Session {
+            principal,
+            expires: tokens.expires(),
+            refresh_token: tokens.refresh_token.or(current.refresh_token),
+            access_token: tokens.access_token,
+            csrf: current.csrf,
+        };
+        self.sessions.replace(id, session.clone()).await;
+        Some(session)
+    }
+
+    /// Asks the provider's token endpoint with `form`.
+    async fn token(&self, form: &[(&str, &str)]) -> Result<session::Tokens, LoginError> {
+        let discovery = self.keys.discovery().await.map_err(LoginError::Provider)?;
+        let response = self
+            .keys
+            .http()
+            .post(&discovery.token_endpoint)
+            .form(form)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(LoginError::Token)?;
+        response.json().await.map_err(LoginError::Token)
+    }
+}
+
+/// Why a login could not finish.
+#[derive(Debug, thiserror::Error)]
+enum LoginError {
+    #[error("the identity provider cannot be reached")]
+    Provider(#[source] keys::FetchError),
+    #[error("the identity provider did not exchange the code")]
+    Token(#[source] reqwest::Error),
+}
+
+#[derive(serde::Deserialize)]
+struct LoginQuery {
+    next: Option<String>,
+}
+
+/// `GET /login`: off to the identity provider, with a fresh `state` and PKCE challenge.
+async fn login(
+    State(authenticator): State<Arc<Authenticator>>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<LoginQuery>,
+) -> Response {
+    let Mode::Oidc(oidc) = &authenticator.mode else {
+        return Redirect::to("/").into_response();
+    };
+    let discovery = match oidc.keys.discovery().await {
+        Ok(discovery) => discovery,
+        Err(err) => return platform::error::unavailable("identity_provider_unavailable", &err),
+    };
+    let redirect_uri = format!("{}/auth/callback", public_url(&oidc.config, &headers));
+    let verifier = session::random_token();
+    let challenge = session::challenge(&verifier);
+    let state = oidc
+        .sessions
+        .begin(
+            verifier,
+            redirect_uri.clone(),
+            session::safe_next(query.next.as_deref()),
+        )
+        .await;
+    let mut url = match reqwest::Url::parse(&discovery.authorization_endpoint) {
+        Ok(url) => url,
+        Err(err) => return platform::error::internal_error(&err),
+    };
+    url.query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &oidc.config.client_id)
+        .append_pair("redirect_uri", &redirect_uri)
+        .append_pair("scope", "openid")
+        .append_pair("state", &state)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    Redirect::to(url.as_str()).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// `GET /auth/callback`: the provider's answer; opens a session and goes where the login was
+/// asked from.
+async fn callback(
+    State(authenticator): State<Arc<Authenticator>>,
+    axum::extract::Query(query): axum::extract::Query<CallbackQuery>,
+) -> Response {
+    let Mode::Oidc(oidc) = &authenticator.mode else {
+        return Redirect::to("/").into_response();
+    };
+    let refused = |message: &str| {
+        platform::error::error_response(StatusCode::BAD_REQUEST, "login_failed", message)
+    };
+    if let Some(error) = &query.error {
+        tracing::info!(error = %error, "the identity provider refused the login");
+        return refused("the identity provider did not log you in; try again from /login");
+    }
+    let (Some(code), Some(state)) = (&query.code, &query.state) else {
+        return refused("a login answer needs a code and a state");
+    };
+    let Some(pending) = oidc.sessions.finish(state).await else {
+        return refused("this login is unknown or too old; start again from /login");
+    };
+    let tokens = match oidc
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", &pending.redirect_uri),
+            ("client_id", &oidc.config.client_id),
+            ("code_verifier", &pending.verifier),
+        ])
+        .await
+    {
+        Ok(tokens) => tokens,
+        Err(err) => {
+            tracing::warn!(error = %platform::error::causes(&err), "login not finished");
+            return refused("the login could not be finished; try again from /login");
+        }
+    };
+    let principal = match oidc.verify(&tokens.access_token).await {
+        Ok(principal) => principal,
+        Err(rejection) => {
+            tracing::warn!(reason = %rejection, "the identity provider's token was refused");
+            return refused("the identity provider's answer was not valid");
+        }
+    };
+    tracing::info!(user = %principal.name, "logged in");
+    let secure = pending.redirect_uri.starts_with("https://");
+    let id = oidc
+        .sessions
+        .open(session::Session {
+            principal,
+            expires: tokens.expires(),
+            refresh_token: tokens.refresh_token,
+            access_token: tokens.access_token,
+            csrf: session::random_token(),
+        })
+        .await;
+    let cookie = format!(
+        "{}={id}; Path=/; HttpOnly; SameSite=Lax{}",
+        session::COOKIE,
+        if secure { "; Secure" } else { "" }
+    );
+    let mut response = Redirect::to(&pending.next).into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// `POST /logout`: ends the session (it needs its CSRF token).
+async fn logout(State(authenticator): State<Arc<Authenticator>>, headers: HeaderMap) -> Response {
+    if let Mode::Oidc(oidc) = &authenticator.mode
+        && let Some(id) = session::cookie(&headers, session::COOKIE)
+        && let Some(session) = oidc.sessions.get(id).await
+    {
+        let csrf = headers
+            .get(session::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if csrf != Some(session.csrf.as_str()) {
+            return platform::error::error_response(
+                StatusCode::FORBIDDEN,
+                "csrf",
+                "log out from order-watch's page",
+            );
+        }
+        oidc.sessions.close(id).await;
+        tracing::info!(user = %session.principal.name, "logged out");
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("order_watch_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"),
+    );
+    response
+}
+
+/// Where browsers reach order-watch: the configured public URL, else the request's own host.
+fn public_url(config: &OidcConfig, headers: &HeaderMap) -> String {
+    if let Some(url) = &config.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    format!("http://{host}")
 }
 
 /// The token of an `Authorization: Bearer …` header.
@@ -234,7 +502,18 @@ fn principal(claims: &Value, roles_claim: &str) -> Principal {
         subject,
         name,
         role,
+        csrf_token: None,
     }
+}
+
+/// Whether the request is a browser asking for a page (it gets sent to log in, not a 401).
+fn wants_page(request: &Request) -> bool {
+    request.method() == Method::GET
+        && request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/html"))
 }
 
 /// Axum middleware: lets a request through when its token names a principal with `needed`
@@ -244,7 +523,10 @@ pub async fn require(
     mut request: Request,
     next: Next,
 ) -> Response {
-    match authenticator.authenticate(request.headers()).await {
+    match authenticator
+        .authenticate(request.method(), request.headers())
+        .await
+    {
         Ok(principal) if principal.may(needed) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
@@ -261,6 +543,25 @@ pub async fn require(
                 HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
             );
             response
+        }
+        Err(Rejection::Csrf) => {
+            tracing::info!("request refused: no CSRF token with the session cookie");
+            platform::error::error_response(
+                StatusCode::FORBIDDEN,
+                "csrf",
+                "a change made with the session cookie needs the X-CSRF-Token header",
+            )
+        }
+        Err(Rejection::Missing) if wants_page(&request) => {
+            let next = request
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
+            let mut login = reqwest::Url::parse("http://x/login").expect("a valid URL");
+            login.query_pairs_mut().append_pair("next", &next);
+            let target = format!("/login?{}", login.query().unwrap_or_default());
+            Redirect::to(&target).into_response()
         }
         Err(rejection) => {
             tracing::info!(reason = %rejection, "request refused: not authenticated");
@@ -302,6 +603,8 @@ mod tests {
             audience: "order-watch".to_owned(),
             roles_claim: "realm_access.roles".to_owned(),
             leeway: Duration::ZERO,
+            client_id: "order-watch".to_owned(),
+            public_url: None,
         }
     }
 

@@ -23,6 +23,8 @@ fn oidc(issuer: &str) -> AuthConfig {
         audience: "order-watch".to_owned(),
         roles_claim: "realm_access.roles".to_owned(),
         leeway: Duration::from_secs(5),
+        client_id: "order-watch".to_owned(),
+        public_url: None,
     })
 }
 
@@ -259,5 +261,156 @@ async fn only_a_developer_or_an_admin_may_change_the_configuration_and_the_audit
     assert_eq!(by.len(), 2, "{changes}");
     assert!(by[0].starts_with("admin ("), "{by:?}");
     assert!(by[1].starts_with("developer ("), "{by:?}");
+    app.stop().await;
+}
+
+/// A browser's cookies, kept by hand: Keycloak's are `Secure` even over plain HTTP on
+/// loopback, which a browser accepts there and an HTTP client's cookie store may not.
+#[derive(Default)]
+struct Jar(std::collections::BTreeMap<String, String>);
+
+impl Jar {
+    fn take(&mut self, response: &reqwest::Response) {
+        for value in response.headers().get_all("set-cookie") {
+            let pair = value.to_str().unwrap().split(';').next().unwrap();
+            if let Some((name, value)) = pair.split_once('=') {
+                self.0.insert(name.trim().to_owned(), value.to_owned());
+            }
+        }
+    }
+
+    fn header(&self) -> String {
+        self.0
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+fn location(response: &reqwest::Response) -> String {
+    response.headers()["location"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_browser_logs_in_through_the_identity_provider_and_its_session_is_safe_from_other_sites()
+{
+    let (app, _) = app().await;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut watch = Jar::default();
+    let mut provider = Jar::default();
+
+    // The page sends a browser that is not logged in to log in, and back to the page after.
+    let page = browser
+        .get(app.api("/"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 303, "{page:?}");
+    assert_eq!(location(&page), "/login?next=%2F");
+    let login = browser.get(app.api("/login?next=/")).send().await.unwrap();
+    assert_eq!(login.status(), 303);
+    let authorize = location(&login);
+    assert!(
+        authorize.contains("code_challenge_method=S256"),
+        "{authorize}"
+    );
+    assert!(authorize.contains("client_id=order-watch"), "{authorize}");
+
+    // The provider's login form, filled in as the developer.
+    let form = browser.get(&authorize).send().await.unwrap();
+    provider.take(&form);
+    let html = form.text().await.unwrap();
+    let action = html
+        .split("action=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a login form")
+        .replace("&amp;", "&");
+    let answer = browser
+        .post(&action)
+        .header("cookie", provider.header())
+        .form(&[("username", "developer"), ("password", "developer")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 302, "the provider sends the browser back");
+    let callback = location(&answer);
+    assert!(
+        callback.starts_with(&app.api("/auth/callback?")),
+        "{callback}"
+    );
+
+    let landed = browser.get(&callback).send().await.unwrap();
+    assert_eq!(landed.status(), 303);
+    assert_eq!(location(&landed), "/");
+    let set_cookie = landed.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"),
+        "{set_cookie}"
+    );
+    watch.take(&landed);
+
+    // The same answer again is refused: a login state is good once.
+    let replayed = browser.get(&callback).send().await.unwrap();
+    assert_eq!(replayed.status(), 400);
+
+    // Logged in: the page and the API answer, and say who is there.
+    let page = browser
+        .get(app.api("/"))
+        .header("accept", "text/html")
+        .header("cookie", watch.header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let me: Value = browser
+        .get(app.api("/api/me"))
+        .header("cookie", watch.header())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["name"], "developer");
+    assert_eq!(me["role"], "developer");
+    let csrf = me["csrf_token"].as_str().expect("a CSRF token").to_owned();
+
+    // A change with the cookie alone (what another site could make a browser send) is refused.
+    let change = |csrf: Option<&str>| {
+        let mut request = browser
+            .patch(app.api("/api/config"))
+            .header("cookie", watch.header())
+            .json(&json!({ "stuck_after_seconds": { "pricing": 600 } }));
+        if let Some(csrf) = csrf {
+            request = request.header("x-csrf-token", csrf);
+        }
+        request.send()
+    };
+    assert_eq!(change(None).await.unwrap().status(), 403);
+    assert_eq!(change(Some("guessed")).await.unwrap().status(), 403);
+    assert_eq!(change(Some(&csrf)).await.unwrap().status(), 200);
+
+    // Logging out ends the session.
+    let out = browser
+        .post(app.api("/logout"))
+        .header("cookie", watch.header())
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    let after = browser
+        .get(app.api("/api/me"))
+        .header("cookie", watch.header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 401);
     app.stop().await;
 }
