@@ -247,7 +247,11 @@ impl Metrics {
             }
         }
         for (service, count, failures) in per_service {
-            let service = [KeyValue::new("service", service.to_owned())];
+            // A caller's own `service.name` is a label only when it is one of ours.
+            let service = [KeyValue::new(
+                "service",
+                crate::ingest::service_label(service),
+            )];
             self.spans.add(count, &service);
             if failures > 0 {
                 self.failed_spans.add(failures, &service);
@@ -291,11 +295,13 @@ impl Metrics {
     pub fn record_without_journey(&self, spans: &[&SpanRecord]) {
         let mut per_service: BTreeMap<&str, u64> = BTreeMap::new();
         for span in spans {
-            *per_service.entry(span.service.as_str()).or_default() += 1;
+            *per_service
+                .entry(crate::ingest::service_label(&span.service))
+                .or_default() += 1;
         }
         for (service, count) in per_service {
             self.without_journey
-                .add(count, &[KeyValue::new("service", service.to_owned())]);
+                .add(count, &[KeyValue::new("service", service)]);
         }
     }
 

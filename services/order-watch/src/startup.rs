@@ -125,6 +125,8 @@ impl Application {
             writer,
             metrics: metrics.clone(),
             max_request_bytes: settings.max_request_bytes,
+            clock: clock.clone(),
+            retention: settings.retention,
         };
         for system in domain::System::ALL {
             if !settings.records.urls.contains_key(&system) {

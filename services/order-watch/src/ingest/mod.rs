@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod http;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use domain::OrderStatus;
@@ -32,6 +33,9 @@ pub struct Ingest {
     pub metrics: Arc<Metrics>,
     /// Largest request accepted, decompressed.
     pub max_request_bytes: usize,
+    /// Spans are taken when they start within the retention before now (this clock's).
+    pub clock: crate::clock::Clock,
+    pub retention: Duration,
 }
 
 /// What an exporter is told when its spans could not be stored: to retry, and nothing of why
@@ -52,7 +56,7 @@ impl Ingest {
         &self,
         request: ExportTraceServiceRequest,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
-        let extracted = extract(&request);
+        let extracted = extract(&request, Window::around(self.clock.now(), self.retention));
         let accepted = extracted.spans.len() as u64;
         match self.writer.write(extracted.spans).await {
             Ok(_) => {}
@@ -98,15 +102,44 @@ impl Extracted {
     }
 }
 
+/// `text` as it can be stored and shown: at most `max` characters (cut with `…`), and no NUL,
+/// which PostgreSQL refuses in text and JSON (it becomes U+FFFD); other control characters are
+/// kept, escaped by JSON.
+pub fn clean(text: &str, max: usize) -> String {
+    let mut chars = text.chars();
+    let mut out: String = chars
+        .by_ref()
+        .take(max)
+        .map(|c| if c == '\0' { '\u{FFFD}' } else { c })
+        .collect();
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// Longest span name, status message, attribute key or service name kept.
+const MAX_NAME_CHARS: usize = 256;
+
+/// The services whose names become metric labels as they are; any other `service.name` a
+/// caller sends is counted as `other`, so that no caller can make series without end.
+pub const KNOWN_SERVICES: [&str; 4] = ["shop-api", "crm-api", "mes-api", "mes-calc"];
+
+/// `service` as a metric label: itself when known, else `other`.
+pub fn service_label(service: &str) -> &'static str {
+    KNOWN_SERVICES
+        .into_iter()
+        .find(|known| *known == service)
+        .unwrap_or("other")
+}
+
+/// How far in the future a span may start (clocks disagree a little; an hour ahead is a
+/// broken clock or a forgery, and would keep its order from ever looking stuck).
+pub const MAX_FUTURE: Duration = Duration::from_secs(10 * 60);
+
 fn value_to_json(value: &AnyValue) -> Value {
     match &value.value {
-        Some(any_value::Value::StringValue(s)) => {
-            if s.chars().count() > MAX_VALUE_CHARS {
-                Value::String(s.chars().take(MAX_VALUE_CHARS).chain(['…']).collect())
-            } else {
-                Value::String(s.clone())
-            }
-        }
+        Some(any_value::Value::StringValue(s)) => Value::String(clean(s, MAX_VALUE_CHARS)),
         Some(any_value::Value::BoolValue(b)) => Value::Bool(*b),
         Some(any_value::Value::IntValue(i)) => Value::from(*i),
         Some(any_value::Value::DoubleValue(d)) => Value::from(*d),
@@ -129,7 +162,7 @@ fn attributes(list: &[KeyValue]) -> Map<String, Value> {
         .take(MAX_ATTRIBUTES)
         .map(|kv| {
             let value = kv.value.as_ref().map(value_to_json).unwrap_or(Value::Null);
-            (kv.key.clone(), value)
+            (clean(&kv.key, MAX_NAME_CHARS), value)
         })
         .collect()
 }
@@ -142,7 +175,7 @@ fn span_attributes(list: &[KeyValue]) -> Map<String, Value> {
         .take(MAX_ATTRIBUTES)
         .map(|kv| {
             let value = kv.value.as_ref().map(value_to_json).unwrap_or(Value::Null);
-            (kv.key.clone(), value)
+            (clean(&kv.key, MAX_NAME_CHARS), value)
         })
         .collect()
 }
@@ -169,15 +202,45 @@ fn valid_id(bytes: &[u8], len: usize) -> bool {
     bytes.len() == len && bytes.iter().any(|b| *b != 0)
 }
 
-fn convert(span: &Span, service: &str, order_id: Uuid) -> Result<SpanRecord, String> {
+/// The time window a span's start must fall in to be taken.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub oldest: DateTime<Utc>,
+    pub newest: DateTime<Utc>,
+}
+
+impl Window {
+    /// From now back as far as journeys are kept, and [`MAX_FUTURE`] ahead.
+    pub fn around(now: DateTime<Utc>, retention: Duration) -> Self {
+        let span = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        Self {
+            oldest: now - span(retention),
+            newest: now + span(MAX_FUTURE),
+        }
+    }
+}
+
+fn convert(
+    span: &Span,
+    service: &str,
+    order_id: Uuid,
+    window: Window,
+) -> Result<SpanRecord, String> {
+    let name = clean(&span.name, MAX_NAME_CHARS);
     if !valid_id(&span.trace_id, 16) {
-        return Err(format!("span `{}` has an invalid trace id", span.name));
+        return Err(format!("span `{name}` has an invalid trace id"));
     }
     if !valid_id(&span.span_id, 8) {
-        return Err(format!("span `{}` has an invalid span id", span.name));
+        return Err(format!("span `{name}` has an invalid span id"));
     }
     let start = time(span.start_time_unix_nano)
-        .ok_or_else(|| format!("span `{}` has no start time", span.name))?;
+        .ok_or_else(|| format!("span `{name}` has no start time"))?;
+    if start < window.oldest || start > window.newest {
+        return Err(format!(
+            "span `{name}` starts at {start}, outside what order-watch takes ({} to {})",
+            window.oldest, window.newest
+        ));
+    }
     let end = time(span.end_time_unix_nano).unwrap_or(start).max(start);
     let parent = valid_id(&span.parent_span_id, 8).then(|| span.parent_span_id.clone());
     // Read once here, from the list as it came, rather than from the map on every use.
@@ -187,17 +250,16 @@ fn convert(span: &Span, service: &str, order_id: Uuid) -> Result<SpanRecord, Str
         string_attribute(&span.attributes, attr::ORDER_ACTIVITY),
         status_to.is_some(),
     );
-    let (status_code, status_message) = span
-        .status
-        .as_ref()
-        .map_or((0, String::new()), |s| (s.code as i16, s.message.clone()));
+    let (status_code, status_message) = span.status.as_ref().map_or((0, String::new()), |s| {
+        (s.code as i16, clean(&s.message, MAX_VALUE_CHARS))
+    });
     Ok(SpanRecord {
         order_id,
         trace_id: span.trace_id.clone(),
         span_id: span.span_id.clone(),
         parent_span_id: parent,
         service: service.to_owned(),
-        name: span.name.clone(),
+        name,
         kind: span.kind as i16,
         start,
         end,
@@ -216,14 +278,18 @@ fn convert(span: &Span, service: &str, order_id: Uuid) -> Result<SpanRecord, Str
 }
 
 /// Picks the spans of orders out of an export request.
-pub fn extract(request: &ExportTraceServiceRequest) -> Extracted {
+pub fn extract(request: &ExportTraceServiceRequest, window: Window) -> Extracted {
     let mut out = Extracted::default();
     for resource_spans in &request.resource_spans {
-        let service = resource_spans
-            .resource
-            .as_ref()
-            .and_then(|r| string_attribute(&r.attributes, "service.name"))
-            .unwrap_or("unknown_service");
+        let service = clean(
+            resource_spans
+                .resource
+                .as_ref()
+                .and_then(|r| string_attribute(&r.attributes, "service.name"))
+                .unwrap_or("unknown_service"),
+            MAX_NAME_CHARS,
+        );
+        let service = service.as_str();
         for scope_spans in &resource_spans.scope_spans {
             for span in &scope_spans.spans {
                 let Some(order) = string_attribute(&span.attributes, attr::ORDER_ID) else {
@@ -241,7 +307,7 @@ pub fn extract(request: &ExportTraceServiceRequest) -> Extracted {
                     ));
                     continue;
                 };
-                match convert(span, service, order_id) {
+                match convert(span, service, order_id, window) {
                     Ok(record) => out.spans.push(record),
                     Err(why) => out.reject(why),
                 }
@@ -285,6 +351,15 @@ mod tests {
         }
     }
 
+    /// The test spans start in November 2023: a window around then.
+    fn take(request: &ExportTraceServiceRequest) -> Extracted {
+        let then = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        extract(
+            request,
+            Window::around(then, Duration::from_secs(30 * 86_400)),
+        )
+    }
+
     fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
@@ -304,7 +379,7 @@ mod tests {
     #[test]
     fn only_spans_of_orders_are_kept() {
         let order = Uuid::now_v7();
-        let extracted = extract(&request(
+        let extracted = take(&request(
             "crm-api",
             vec![
                 span(vec![
@@ -333,7 +408,7 @@ mod tests {
         short_span_id.span_id = vec![1, 2, 3];
         let mut no_start = span(vec![kv("order.id", &order)]);
         no_start.start_time_unix_nano = 0;
-        let extracted = extract(&request(
+        let extracted = take(&request(
             "mes-api",
             vec![
                 zero_trace,
@@ -351,7 +426,7 @@ mod tests {
     #[test]
     fn only_progress_that_did_not_fail_moves_the_order() {
         let order = Uuid::now_v7().to_string();
-        let extracted = extract(&request(
+        let extracted = take(&request(
             "mes-api",
             vec![
                 span(vec![
@@ -379,7 +454,7 @@ mod tests {
     #[test]
     fn order_watchs_own_spans_are_ignored() {
         let order = Uuid::now_v7().to_string();
-        let extracted = extract(&request(
+        let extracted = take(&request(
             OWN_SERVICE,
             vec![span(vec![kv("order.id", &order)])],
         ));
@@ -390,11 +465,75 @@ mod tests {
     fn long_values_are_cut() {
         let order = Uuid::now_v7().to_string();
         let long = "x".repeat(5000);
-        let extracted = extract(&request(
+        let extracted = take(&request(
             "shop-api",
             vec![span(vec![kv("order.id", &order), kv("note", &long)])],
         ));
         let note = extracted.spans[0].attribute_str("note").unwrap();
         assert_eq!(note.chars().count(), MAX_VALUE_CHARS + 1);
+    }
+
+    #[test]
+    fn text_the_database_refuses_is_cleaned_not_the_batch_refused() {
+        let order = Uuid::now_v7();
+        let mut bad = span(vec![
+            kv(attr::ORDER_ID, &order.to_string()),
+            kv("note\0key", "a\0b"),
+        ]);
+        bad.name = "name\0".into();
+        let extracted = take(&request("crm\0api", vec![bad]));
+        assert_eq!(extracted.rejected, 0);
+        let record = &extracted.spans[0];
+        assert_eq!(record.name, "name\u{FFFD}");
+        assert_eq!(record.service, "crm\u{FFFD}api");
+        assert_eq!(record.attributes["note\u{FFFD}key"], "a\u{FFFD}b");
+    }
+
+    #[test]
+    fn a_callers_service_name_is_cut_short_and_only_known_ones_become_metric_labels() {
+        let order = Uuid::now_v7();
+        let huge = "x".repeat(1_000_000);
+        let extracted = take(&request(
+            &huge,
+            vec![span(vec![kv(attr::ORDER_ID, &order.to_string())])],
+        ));
+        assert_eq!(
+            extracted.spans[0].service.chars().count(),
+            MAX_NAME_CHARS + 1
+        );
+        assert_eq!(service_label(&extracted.spans[0].service), "other");
+        assert_eq!(service_label("shop-api"), "shop-api");
+        assert_eq!(service_label("mes-calc"), "mes-calc");
+    }
+
+    #[test]
+    fn spans_dated_far_in_the_past_or_the_future_are_rejected_alone() {
+        let order = Uuid::now_v7();
+        let at = |seconds: u64| {
+            let mut span = span(vec![kv(attr::ORDER_ID, &order.to_string())]);
+            span.start_time_unix_nano = seconds * 1_000_000_000;
+            span.end_time_unix_nano = span.start_time_unix_nano + 1;
+            span
+        };
+        let extracted = take(&request(
+            "mes-api",
+            vec![
+                at(1),                           // 1970
+                at(1_700_000_000),               // now
+                at(1_700_000_000 + 3_600),       // an hour ahead
+                at(1_700_000_000 - 40 * 86_400), // before the retention
+            ],
+        ));
+        assert_eq!(extracted.spans.len(), 1);
+        assert_eq!(extracted.rejected, 3);
+        assert!(
+            extracted
+                .rejection
+                .as_deref()
+                .unwrap()
+                .contains("outside what order-watch takes"),
+            "{:?}",
+            extracted.rejection
+        );
     }
 }
