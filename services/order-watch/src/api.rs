@@ -180,8 +180,15 @@ struct Journey {
     joins: Vec<Join>,
     /// Stretches whose spans never arrived, found by asking a system of record.
     gaps: Vec<queries::Gap>,
+    /// Whether older spans were left out: the answer holds the latest [`MAX_JOURNEY_SPANS`]
+    /// (and the traces and joins among them).
+    spans_truncated: bool,
     spans: Vec<queries::StoredSpan>,
 }
+
+/// Most spans a journey answer holds, the latest ones: however many spans an order gathers (or a
+/// caller sends for it), the answer stays a few megabytes at most.
+pub const MAX_JOURNEY_SPANS: usize = 2_000;
 
 /// `GET /api/orders/{order_id}/journey`.
 async fn journey(
@@ -194,7 +201,12 @@ async fn journey(
             code: "order_not_found",
             message: format!("order-watch has seen no progress of order {order_id}"),
         })?;
-    let spans = queries::spans(&state.pool, order_id).await?;
+    // One more than shown, to know whether there were more.
+    let mut spans = queries::spans(&state.pool, order_id, MAX_JOURNEY_SPANS as i64 + 1).await?;
+    let spans_truncated = spans.len() > MAX_JOURNEY_SPANS;
+    if spans_truncated {
+        spans.remove(0);
+    }
     let gaps = queries::gaps(&state.pool, order_id).await?;
     let mut traces: BTreeMap<String, TraceSummary> = BTreeMap::new();
     let mut joins = Vec::new();
@@ -231,6 +243,7 @@ async fn journey(
         traces,
         joins,
         gaps,
+        spans_truncated,
         spans,
     }))
 }

@@ -581,13 +581,21 @@ pub mod queries {
     }
 
     /// Every span of an order, in time order.
-    pub async fn spans(pool: &PgPool, order_id: Uuid) -> Result<Vec<StoredSpan>, sqlx::Error> {
+    /// The latest `limit` spans of the order, in time order.
+    pub async fn spans(
+        pool: &PgPool,
+        order_id: Uuid,
+        limit: i64,
+    ) -> Result<Vec<StoredSpan>, sqlx::Error> {
         let rows: Vec<SpanRow> = sqlx::query_as(
-            "SELECT trace_id, span_id, parent_span_id, service, name, kind, start_time, end_time, \
-                 status_code, status_message, attributes, links \
-             FROM spans WHERE order_id = $1 ORDER BY start_time, end_time",
+            "SELECT * FROM ( \
+                 SELECT trace_id, span_id, parent_span_id, service, name, kind, start_time, \
+                     end_time, status_code, status_message, attributes, links \
+                 FROM spans WHERE order_id = $1 ORDER BY start_time DESC, end_time DESC LIMIT $2 \
+             ) latest ORDER BY start_time, end_time",
         )
         .bind(order_id)
+        .bind(limit)
         .fetch_all(pool)
         .await?;
         Ok(rows.into_iter().map(StoredSpan::from).collect())

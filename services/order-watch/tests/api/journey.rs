@@ -132,3 +132,42 @@ async fn an_unknown_order_is_a_404_and_a_malformed_id_a_400() {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[tokio::test]
+async fn a_journey_answer_holds_at_most_its_stated_number_of_spans_the_latest_ones() {
+    let app = spawn_app().await;
+    let order = Uuid::now_v7();
+    let t0 = app.clock.now() - Duration::seconds(3_600);
+    let limit = order_watch::api::MAX_JOURNEY_SPANS;
+    let mut spans = vec![transition(order, [1; 16], 1, "created", t0)];
+    // One more than the answer holds, each a millisecond after the one before, spread over
+    // traces so that every (trace, span) pair is new.
+    for n in 0..limit {
+        let trace = [2 + (n / 200) as u8; 16];
+        let at = t0 + Duration::milliseconds(1 + n as i64);
+        spans.push(order_span(
+            order,
+            trace,
+            (n % 200) as u8 + 1,
+            "SELECT orders",
+            at,
+            Vec::new(),
+        ));
+    }
+    for chunk in spans.chunks(500) {
+        let response = app
+            .export(&build::request("shop-api", chunk.to_vec()))
+            .await;
+        assert!(response.status().is_success());
+    }
+
+    let journey = app.journey(order).await;
+    let shown = journey["spans"].as_array().unwrap();
+    assert_eq!(shown.len(), limit);
+    assert_eq!(journey["spans_truncated"], true);
+    assert_eq!(
+        shown[0]["name"], "SELECT orders",
+        "the oldest, the transition, is left out"
+    );
+    app.stop().await;
+}
