@@ -88,6 +88,7 @@ pub struct Metrics {
     confirmation: Histogram<f64>,
     gaps: Counter<u64>,
     without_journey: Counter<u64>,
+    over_limit: Counter<u64>,
     snapshot: Arc<RwLock<Snapshot>>,
     _gauges: Vec<ObservableGauge<u64>>,
     _ratio: ObservableGauge<f64>,
@@ -169,6 +170,10 @@ impl Metrics {
             without_journey: meter
                 .u64_counter("order_watch.observations.without_journey")
                 .with_description("Spans that only read an order order-watch has seen no progress of, dropped, by service")
+                .build(),
+            over_limit: meter
+                .u64_counter("order_watch.spans.over_limit")
+                .with_description("Spans dropped because their order already had the most spans order-watch stores for one")
                 .build(),
             _gauges: vec![
                 per_stage("order_watch.orders.open", "Open (non-terminal) orders per stage", Count::Open),
@@ -288,6 +293,13 @@ impl Metrics {
     pub fn record_gap(&self, services: &[&'static str]) {
         for service in services {
             self.gaps.add(1, &[KeyValue::new("service", *service)]);
+        }
+    }
+
+    /// Spans dropped because their order had all the spans it may have.
+    pub fn record_over_limit(&self, spans: u64) {
+        if spans > 0 {
+            self.over_limit.add(spans, &[]);
         }
     }
 

@@ -191,6 +191,24 @@ impl SpanWriter {
             }
             begins
         });
+        // An order's stored spans are bounded: past the limit only its transitions are kept
+        // (they move it); the rest are counted and dropped.
+        let mut over_limit = 0_u64;
+        for (order_id, spans) in incoming.iter_mut() {
+            let stored = existing.get(order_id).map_or(0, |s| s.span_count);
+            let room = usize::try_from(MAX_SPANS_PER_ORDER - stored).unwrap_or(0);
+            if spans.len() > room {
+                let before = spans.len();
+                let mut others = 0;
+                spans.retain(|span| {
+                    span.status_to.is_some() || {
+                        others += 1;
+                        others <= room
+                    }
+                });
+                over_limit += (before - spans.len()) as u64;
+            }
+        }
         let kept: Vec<&SpanRecord> = incoming.into_values().flatten().collect();
         let new_spans = insert_spans(&mut tx, &kept).await?;
         let mut by_order: BTreeMap<Uuid, Vec<&SpanRecord>> = BTreeMap::new();
@@ -223,6 +241,7 @@ impl SpanWriter {
         tx.commit().await?;
         context.metrics.record_spans(&new_spans);
         context.metrics.record_without_journey(&without_journey);
+        context.metrics.record_over_limit(over_limit);
         if !merged.is_empty() {
             context.detector.notify_one();
         }
@@ -233,6 +252,10 @@ impl SpanWriter {
         })
     }
 }
+
+/// Most spans stored for one order. An order's work makes a few dozen; this many means a loop or
+/// a caller flooding one order, and storing more would only cost space and the journey's reads.
+pub const MAX_SPANS_PER_ORDER: i64 = 20_000;
 
 /// A link as stored in `spans.links`.
 #[derive(serde::Serialize)]

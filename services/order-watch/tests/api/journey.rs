@@ -171,3 +171,57 @@ async fn a_journey_answer_holds_at_most_its_stated_number_of_spans_the_latest_on
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_order_flooded_with_spans_stores_no_more_than_its_limit_but_still_moves() {
+    let app = spawn_app().await;
+    let order = Uuid::now_v7();
+    let limit = order_watch::store::MAX_SPANS_PER_ORDER as usize;
+    let t0 = app.clock.now() - Duration::seconds(3_600);
+    let mut spans = vec![transition(order, [1; 16], 1, "created", t0)];
+    for n in 0..limit + 49 {
+        let trace = [
+            2 + (n / 250) as u8,
+            (n % 250) as u8,
+            7,
+            7,
+            7,
+            7,
+            7,
+            7,
+            7,
+            7,
+            7,
+            7,
+            7,
+            7,
+            7,
+            7,
+        ];
+        let at = t0 + Duration::milliseconds(1 + n as i64 / 10);
+        spans.push(order_span(order, trace, 1, "SELECT orders", at, Vec::new()));
+    }
+    // The order moves after the flood: that is kept.
+    spans.push(transition(
+        order,
+        [1; 16],
+        2,
+        "submitted",
+        t0 + Duration::seconds(60),
+    ));
+    for chunk in spans.chunks(2_000) {
+        let response = app
+            .export(&build::request("shop-api", chunk.to_vec()))
+            .await;
+        assert!(response.status().is_success());
+    }
+
+    let journey = app.journey(order).await;
+    assert_eq!(
+        journey["span_count"],
+        limit as u64 + 1,
+        "the limit and the transition"
+    );
+    assert_eq!(journey["status"], "submitted");
+    app.stop().await;
+}
