@@ -83,17 +83,38 @@ impl PriceList {
         let metal_cents = round_half_away(
             metal_weight_g * (1.0 + self.casting_loss) * self.cents_per_g(material) as f64,
         ) as i64;
-        let labour_cents = self.labour_base_cents
-            + round_half_away(volume_cm3 * self.labour_cents_per_cm3 as f64) as i64;
+        let labour_cents = self
+            .labour_base_cents
+            .saturating_add(round_half_away(volume_cm3 * self.labour_cents_per_cm3 as f64) as i64);
         Quote {
             volume_mm3: mesh.volume_mm3,
             metal_weight_g,
             metal_cents,
             labour_cents,
-            total_cents: metal_cents + labour_cents,
+            // Saturating: a price this large is refused before it is quoted (see
+            // `MAX_PIECE_MM`), and arithmetic must not be what stops a quote.
+            total_cents: metal_cents.saturating_add(labour_cents),
             currency: "EUR".into(),
         }
     }
+}
+
+/// The largest piece the workshop makes: no side of a model's bounding box may be longer.
+pub const MAX_PIECE_MM: f64 = 300.0;
+
+/// Why a model that analysed cleanly is not priced: it describes no piece the workshop can
+/// make. `None` when it can be priced.
+pub fn out_of_range(mesh: &MeshReport) -> Option<(&'static str, String)> {
+    let longest = mesh.bounding_box_mm.iter().copied().fold(0.0_f64, f64::max);
+    if !longest.is_finite() || longest > MAX_PIECE_MM {
+        return Some((
+            "model_too_large",
+            format!(
+                "the model is {longest:.0} mm across; the workshop makes pieces of at most {MAX_PIECE_MM:.0} mm (is it in millimetres?)"
+            ),
+        ));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -146,5 +167,18 @@ mod tests {
         assert_eq!(round_half_away(2.5), 3.0);
         assert_eq!(round_half_away(-2.5), -3.0);
         assert_eq!(round_half_away(2.4999), 2.0);
+    }
+
+    #[test]
+    fn a_model_larger_than_any_piece_is_refused_with_its_size_and_prices_never_overflow() {
+        let mut huge = mesh(1.25e17); // a cube of 500 m
+        huge.bounding_box_mm = [500_000.0; 3];
+        let (code, message) = out_of_range(&huge).unwrap();
+        assert_eq!(code, "model_too_large");
+        assert!(message.contains("500000 mm across"), "{message}");
+        assert!(out_of_range(&mesh(1000.0)).is_none());
+        // Quoted anyway, nothing overflows.
+        let quote = PriceList::default().quote(Material::Platinum950, &huge);
+        assert_eq!(quote.total_cents, i64::MAX);
     }
 }

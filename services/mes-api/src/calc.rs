@@ -455,8 +455,11 @@ impl Worker {
             Err(err) => {
                 spans::record(KeyValue::new(attr::ERROR_CODE, "calc_engine_failed"));
                 telemetry::metrics::record_failure("price", "pricing", run_error_type(err));
+                // The customer reads this: what happened and what follows, never the engine's
+                // output (paths, panics); the cause goes to the log and the calc job's row.
+                tracing::error!(error = %platform::error::causes(err), attempts = job.attempt, "price calculation failed for good");
                 let message = format!(
-                    "the price could not be calculated after {} attempts; the workshop has been notified ({err})",
+                    "the price could not be calculated after {} attempts; the workshop has been notified",
                     job.attempt
                 );
                 (

@@ -60,10 +60,16 @@ fn in_span<T>(name: &'static str, work: impl FnOnce() -> T) -> T {
 pub fn calculate(material: Material, model: &[u8], prices: &PriceList) -> Output {
     let mesh = in_span("analyze mesh", || domain::stl::analyze_bytes(model));
     match mesh {
-        Ok(mesh) => {
-            let quote = in_span("quote", || prices.quote(material, &mesh));
-            Output::Priced { quote, mesh }
-        }
+        Ok(mesh) => match domain::pricing::out_of_range(&mesh) {
+            Some((code, message)) => Output::Rejected {
+                code: code.to_owned(),
+                message,
+            },
+            None => {
+                let quote = in_span("quote", || prices.quote(material, &mesh));
+                Output::Priced { quote, mesh }
+            }
+        },
         Err(err) => Output::Rejected {
             code: err.code().to_owned(),
             message: err.to_string(),
