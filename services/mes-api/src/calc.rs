@@ -195,6 +195,19 @@ impl CalcEngine {
     }
 }
 
+/// What a customer may read about a failed calculation: the kind of trouble, in words, and
+/// nothing of the engine's output, paths or errors.
+fn customer_reason(err: &RunError) -> &'static str {
+    match err {
+        RunError::Timeout(_) => "the calculation did not finish in time",
+        RunError::Model(_) => "the model could not be read from storage",
+        RunError::Spawn { .. }
+        | RunError::Crashed { .. }
+        | RunError::BadOutput { .. }
+        | RunError::Io(_) => "the calculation engine failed",
+    }
+}
+
 fn run_error_type(err: &RunError) -> &'static str {
     match err {
         RunError::Spawn { .. } => "spawn_failed",
@@ -459,8 +472,9 @@ impl Worker {
                 // output (paths, panics); the cause goes to the log and the calc job's row.
                 tracing::error!(error = %platform::error::causes(err), attempts = job.attempt, "price calculation failed for good");
                 let message = format!(
-                    "the price could not be calculated after {} attempts; the workshop has been notified",
-                    job.attempt
+                    "the price could not be calculated after {} attempts ({}); the workshop has been notified",
+                    job.attempt,
+                    customer_reason(err)
                 );
                 (
                     Some(
