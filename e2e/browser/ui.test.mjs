@@ -178,7 +178,7 @@ after(async () => {
 // CRM registers it, in one trace.
 async function sendJourney() {
   const trace = randomBytes(16).toString("hex");
-  const root = randomBytes(8).toString("hex");
+  const first = randomBytes(8).toString("hex");
   const start = BigInt(Date.now()) * 1_000_000n;
   const ms = 1_000_000n;
   const attribute = (key, value) => ({ key, value: { stringValue: value } });
@@ -203,8 +203,8 @@ async function sendJourney() {
   });
   const body = {
     resourceSpans: [
-      resource("shop-api", [span(root, null, "POST /api/orders", 2, 0n, 42n, "created")]),
-      resource("crm-api", [span(randomBytes(8).toString("hex"), root, "process hallmark.orders", 5, 60n, 85n, "registered")]),
+      resource("shop-api", [span(first, null, "POST /api/orders", 2, 0n, 42n, "created")]),
+      resource("crm-api", [span(randomBytes(8).toString("hex"), first, "process hallmark.orders", 5, 60n, 85n, "registered")]),
     ],
   };
   const response = await fetch(`${otlp}/v1/traces`, {
