@@ -97,6 +97,20 @@ ensure_rabbitmq() {
   fi
 }
 
+# For the browser test (e2e/browser): Debian's Chromium at /usr/bin/chromium (playwright-core
+# drives it; it never downloads a browser of its own), Node.js with npm, and the test's pinned
+# packages installed from e2e/browser/package-lock.json.
+ensure_browser_test() {
+  [ -x /usr/bin/chromium ] || apt_install chromium
+  command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+    || die "the browser test needs Node.js 20 or later with npm (Debian 12's own nodejs is 18: too old)"
+  [ "$(node -p 'process.versions.node.split(".")[0]')" -ge 20 ] \
+    || die "the browser test needs Node.js 20 or later; this is $(node --version)"
+  say "installing the browser test's packages (npm ci in e2e/browser)"
+  (cd e2e/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+    || die "npm ci failed in e2e/browser"
+}
+
 ensure_dependencies() {
   ensure_postgres
   ensure_rabbitmq
