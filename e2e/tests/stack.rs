@@ -688,11 +688,10 @@ async fn jaeger_prometheus_and_alertmanager_are_reached_only_through_the_sso_and
     }
 }
 
-#[test]
-fn opened_up_to_the_network_only_the_proxies_listen_beyond_loopback() {
-    // What scripts/run would start with both hosts opened to every interface.
-    let dir = tempfile::tempdir().expect("a directory");
-    let rendered = dir.path().display().to_string();
+/// Renders the stack's configuration into `dir` as scripts/run would with `env` (the tools'
+/// paths made up: nothing runs) and returns the components' command lines.
+fn render_for(dir: &std::path::Path, env: &[(&str, &str)]) -> String {
+    let rendered = dir.display().to_string();
     let output = std::process::Command::new("bash")
         .args([
             "-c",
@@ -702,12 +701,11 @@ fn opened_up_to_the_network_only_the_proxies_listen_beyond_loopback() {
             ),
         ])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .env("HALLMARK_STACK_HOST", "0.0.0.0")
-        .env("HALLMARK_PROXY_HOST", "0.0.0.0")
         .env("HALLMARK_OAUTH2_PROXY", "oauth2-proxy")
         .env("HALLMARK_PROMETHEUS", "prometheus")
         .env("HALLMARK_ALERTMANAGER", "alertmanager")
         .env("HALLMARK_JAEGER", "jaeger")
+        .envs(env.iter().copied())
         .output()
         .expect("bash runs");
     assert!(
@@ -715,7 +713,20 @@ fn opened_up_to_the_network_only_the_proxies_listen_beyond_loopback() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let commands = String::from_utf8(output.stdout).expect("text");
+    String::from_utf8(output.stdout).expect("text")
+}
+
+#[test]
+fn opened_up_to_the_network_only_the_proxies_listen_beyond_loopback() {
+    // What scripts/run would start with both hosts opened to every interface.
+    let dir = tempfile::tempdir().expect("a directory");
+    let commands = render_for(
+        dir.path(),
+        &[
+            ("HALLMARK_STACK_HOST", "0.0.0.0"),
+            ("HALLMARK_PROXY_HOST", "0.0.0.0"),
+        ],
+    );
     for component in ["prometheus", "alertmanager"] {
         let line = commands
             .lines()
@@ -758,6 +769,47 @@ fn opened_up_to_the_network_only_the_proxies_listen_beyond_loopback() {
         assert!(
             !config.contains("hallmark-stack-proxy-local-only"),
             "no secret in the configuration"
+        );
+    }
+}
+
+#[test]
+fn with_a_certificate_the_proxies_serve_https_only_and_their_cookies_are_secure() {
+    let dir = tempfile::tempdir().expect("a directory");
+    render_for(
+        dir.path(),
+        &[
+            ("HALLMARK_PROXY_HOST", "0.0.0.0"),
+            ("HALLMARK_PROXY_TLS_CERT", "/etc/hallmark/proxy.crt"),
+            ("HALLMARK_PROXY_TLS_KEY", "/etc/hallmark/proxy.key"),
+        ],
+    );
+    for proxy in ["jaeger", "prometheus", "alertmanager"] {
+        let config = std::fs::read_to_string(dir.path().join(format!("proxy/{proxy}.cfg")))
+            .expect("the proxy's configuration");
+        let settings: Vec<&str> = config
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .collect();
+        assert!(
+            settings
+                .iter()
+                .any(|l| l.starts_with("https_address = \"0.0.0.0:")),
+            "{proxy}: {config}"
+        );
+        for expected in [
+            "tls_cert_file = \"/etc/hallmark/proxy.crt\"",
+            "tls_key_file = \"/etc/hallmark/proxy.key\"",
+            "cookie_secure = true",
+        ] {
+            assert!(
+                settings.contains(&expected),
+                "{proxy}: {expected} in {config}"
+            );
+        }
+        assert!(
+            !settings.iter().any(|l| l.starts_with("http_address")),
+            "{proxy} serves no plain HTTP: {config}"
         );
     }
 }
