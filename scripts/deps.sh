@@ -13,7 +13,8 @@ HALLMARK_DB_ADMIN_URL="${HALLMARK_DB_ADMIN_URL:-postgres://hallmark:hallmark@127
 say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Succeeds when TCP port $1 of host $2 (default 127.0.0.1) accepts a connection.
+port_open() { (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null; }
 
 wait_for_port() {
   local port=$1 what=$2 seconds=${3:-60}

@@ -24,6 +24,10 @@
 #   HALLMARK_KEYCLOAK_JAVA_HOME        the JDK it runs on (default: Temurin 25)
 #   HALLMARK_KEYCLOAK_HEAP             its heap options (default -Xms64m -Xmx512m)
 #   HALLMARK_KEYCLOAK_START_TIMEOUT    seconds to wait for it to be ready (default 180)
+#   HALLMARK_STACK_PROXY_SECRET        the secret of the client stack-proxy, the operators' stack's
+#                                      authenticating proxies (scripts/stack.sh): the realm file
+#                                      takes it from the environment at import; a development
+#                                      default, for local use only
 
 : "${HALLMARK_KEYCLOAK_HOST:=127.0.0.1}"
 : "${HALLMARK_KEYCLOAK_PORT:=8180}" "${HALLMARK_KEYCLOAK_MANAGEMENT_PORT:=9001}"
@@ -31,6 +35,8 @@
 : "${HALLMARK_KEYCLOAK_JAVA_HOME:=/usr/lib/jvm/temurin-25-jdk-amd64}"
 : "${HALLMARK_KEYCLOAK_HEAP:=-Xms64m -Xmx512m}"
 : "${HALLMARK_KEYCLOAK_START_TIMEOUT:=180}"
+# The same default as scripts/stack.sh's.
+: "${HALLMARK_STACK_PROXY_SECRET:=hallmark-stack-proxy-local-only}"
 export HALLMARK_KEYCLOAK_HOST HALLMARK_KEYCLOAK_PORT HALLMARK_KEYCLOAK_MANAGEMENT_PORT
 # The process started by launch_keycloak (empty when an already running Keycloak is reused), when
 # it started and where it logs.
@@ -96,6 +102,7 @@ launch_keycloak() {
   env JAVA_HOME="$HALLMARK_KEYCLOAK_JAVA_HOME" JAVA_OPTS_KC_HEAP="$HALLMARK_KEYCLOAK_HEAP" \
     KC_BOOTSTRAP_ADMIN_USERNAME="$HALLMARK_KEYCLOAK_ADMIN" \
     KC_BOOTSTRAP_ADMIN_PASSWORD="$HALLMARK_KEYCLOAK_ADMIN_PASSWORD" \
+    HALLMARK_STACK_PROXY_SECRET="$HALLMARK_STACK_PROXY_SECRET" \
     "$home/bin/kc.sh" start-dev --import-realm \
     --http-host="$HALLMARK_KEYCLOAK_HOST" --http-port="$HALLMARK_KEYCLOAK_PORT" \
     --http-management-port="$HALLMARK_KEYCLOAK_MANAGEMENT_PORT" \

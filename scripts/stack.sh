@@ -5,10 +5,30 @@
 #
 # Where everything listens (all on loopback unless HALLMARK_STACK_HOST says otherwise):
 #   collector    OTLP 4317 (gRPC) and 4318 (HTTP), its metrics 8888, spanmetrics 8889
-#   Jaeger       query API and UI 16686, OTLP from the collector 4417, its metrics 8887
-#   Prometheus   9090          Alertmanager  9093
+#   Jaeger       OTLP from the collector 4417, its metrics 8887
 #   order-watch  8080 (API, UI, /api/alerts), OTLP 14317/14318 (from the collector)
 #   services     Shop 8081, CRM 8082, MES 8083; RabbitMQ's Prometheus endpoint 15692
+# What people use sits behind the SSO: each component listens on loopback only, whatever
+# HALLMARK_STACK_HOST says, and an authenticating proxy (oauth2-proxy, deploy/oauth2-proxy/) in
+# front of it is the only way in from elsewhere; the proxies listen on HALLMARK_PROXY_HOST.
+#   Jaeger query API and UI  127.0.0.1:16686 (gRPC 16685)  proxy 16687: support, developer, admin
+#   Prometheus               127.0.0.1:9090                proxy 9091:  support, developer, admin
+#   Alertmanager             127.0.0.1:9093                proxy 9094:  developer, admin
+#
+# The proxies' settings (environment):
+#   HALLMARK_PROXY_HOST            their interface (default 127.0.0.1; the only one to open up)
+#   HALLMARK_JAEGER_PROXY_PORT, HALLMARK_PROMETHEUS_PROXY_PORT, HALLMARK_ALERTMANAGER_PROXY_PORT
+#   HALLMARK_JAEGER_ROLES, HALLMARK_PROMETHEUS_ROLES, HALLMARK_ALERTMANAGER_ROLES
+#                                  the roles each lets through, comma-separated (any one suffices)
+#   HALLMARK_STACK_OIDC_ISSUER     the identity provider (default: Keycloak's realm hallmark,
+#                                  scripts/keycloak.sh)
+#   HALLMARK_STACK_PROXY_CLIENT_ID its confidential client (default stack-proxy), and
+#   HALLMARK_STACK_PROXY_SECRET    the client's secret (a development default, for local use only;
+#                                  scripts/keycloak.sh registers the same one)
+#   HALLMARK_STACK_ROLES_CLAIM     where tokens list roles, a dotted path (realm_access.roles)
+#   HALLMARK_STACK_OIDC_AUDIENCE   an audience accepted besides the client id (default: none)
+#   HALLMARK_PROXY_COOKIE_SECRET   the session cookies' key (default: 32 random bytes per run)
+#   HALLMARK_PROXY_TLS_CERT, HALLMARK_PROXY_TLS_KEY  PEM files: the proxies serve HTTPS
 
 : "${HALLMARK_STACK_HOST:=127.0.0.1}"
 : "${HALLMARK_COLLECTOR_GRPC_PORT:=4317}" "${HALLMARK_COLLECTOR_HTTP_PORT:=4318}"
@@ -19,6 +39,16 @@
 : "${HALLMARK_JAEGER_METRICS_PORT:=8887}" "${HALLMARK_JAEGER_HEALTH_PORT:=13134}"
 : "${HALLMARK_PROMETHEUS_PORT:=9090}" "${HALLMARK_ALERTMANAGER_PORT:=9093}"
 : "${HALLMARK_RABBITMQ_METRICS:=127.0.0.1:15692}"
+: "${HALLMARK_PROXY_HOST:=127.0.0.1}"
+: "${HALLMARK_JAEGER_PROXY_PORT:=16687}" "${HALLMARK_PROMETHEUS_PROXY_PORT:=9091}"
+: "${HALLMARK_ALERTMANAGER_PROXY_PORT:=9094}"
+: "${HALLMARK_JAEGER_ROLES:=support,developer,admin}" "${HALLMARK_PROMETHEUS_ROLES:=support,developer,admin}"
+: "${HALLMARK_ALERTMANAGER_ROLES:=developer,admin}"
+: "${HALLMARK_STACK_OIDC_ISSUER:=http://${HALLMARK_KEYCLOAK_HOST:-127.0.0.1}:${HALLMARK_KEYCLOAK_PORT:-8180}/realms/hallmark}"
+: "${HALLMARK_STACK_PROXY_CLIENT_ID:=stack-proxy}" "${HALLMARK_STACK_ROLES_CLAIM:=realm_access.roles}"
+# Local use only, like the demo users: the same default as scripts/keycloak.sh's. Not exported:
+# render_stack_config writes it into a file only this user reads.
+: "${HALLMARK_STACK_PROXY_SECRET:=hallmark-stack-proxy-local-only}"
 : "${HALLMARK_SCRAPE_INTERVAL:=15s}" "${HALLMARK_EVALUATION_INTERVAL:=15s}"
 : "${HALLMARK_ALERT_GROUP_WAIT:=30s}" "${HALLMARK_ALERT_GROUP_INTERVAL:=5m}"
 : "${HALLMARK_ALERT_REPEAT_INTERVAL:=4h}"
@@ -31,7 +61,13 @@ export HALLMARK_STACK_HOST HALLMARK_COLLECTOR_GRPC_PORT HALLMARK_COLLECTOR_HTTP_
   HALLMARK_PROMETHEUS_PORT HALLMARK_ALERTMANAGER_PORT HALLMARK_RABBITMQ_METRICS HALLMARK_SCRAPE_INTERVAL \
   HALLMARK_EVALUATION_INTERVAL HALLMARK_ALERT_GROUP_WAIT HALLMARK_ALERT_GROUP_INTERVAL \
   HALLMARK_ALERT_REPEAT_INTERVAL ORDER_WATCH_PORT ORDER_WATCH_OTLP_GRPC_PORT \
-  ORDER_WATCH_OTLP_HTTP_PORT SHOP_PORT CRM_PORT MES_PORT
+  ORDER_WATCH_OTLP_HTTP_PORT SHOP_PORT CRM_PORT MES_PORT HALLMARK_PROXY_HOST \
+  HALLMARK_JAEGER_PROXY_PORT HALLMARK_PROMETHEUS_PROXY_PORT HALLMARK_ALERTMANAGER_PROXY_PORT \
+  HALLMARK_JAEGER_ROLES HALLMARK_PROMETHEUS_ROLES HALLMARK_ALERTMANAGER_ROLES \
+  HALLMARK_STACK_OIDC_ISSUER HALLMARK_STACK_PROXY_CLIENT_ID HALLMARK_STACK_ROLES_CLAIM
+# The components behind the proxies listen here and nowhere else; Prometheus reaches itself and
+# Alertmanager here too.
+HALLMARK_LOOPBACK=127.0.0.1
 # The collector's and Jaeger's configurations read these themselves (`${env:…}`).
 export HALLMARK_COLLECTOR_HOST="$HALLMARK_STACK_HOST" HALLMARK_JAEGER_HOST="$HALLMARK_STACK_HOST"
 export HALLMARK_JAEGER_OTLP="$HALLMARK_STACK_HOST:$HALLMARK_JAEGER_GRPC_PORT"
@@ -61,8 +97,8 @@ write_target() {
   printf '[{"targets": ["%s"]}]\n' "$3" >"$1/targets/$2.json"
 }
 
-# Renders Prometheus's and Alertmanager's configuration into directory $1 (prometheus/ and
-# alertmanager/ beneath it), for the ports in the environment.
+# Renders Prometheus's, Alertmanager's and the proxies' configuration into directory $1
+# (prometheus/, alertmanager/ and proxy/ beneath it), for the ports in the environment.
 render_stack_config() {
   local out=$1 host=$HALLMARK_STACK_HOST
   command -v envsubst >/dev/null 2>&1 || apt_install gettext-base
@@ -77,23 +113,68 @@ render_stack_config() {
   write_target "$out/prometheus" spanmetrics "$host:$HALLMARK_SPANMETRICS_PORT"
   write_target "$out/prometheus" jaeger "$host:$HALLMARK_JAEGER_METRICS_PORT"
   write_target "$out/prometheus" rabbitmq "$HALLMARK_RABBITMQ_METRICS"
-  write_target "$out/prometheus" alertmanager "$host:$HALLMARK_ALERTMANAGER_PORT"
-  write_target "$out/prometheus" prometheus "$host:$HALLMARK_PROMETHEUS_PORT"
+  write_target "$out/prometheus" alertmanager "$HALLMARK_LOOPBACK:$HALLMARK_ALERTMANAGER_PORT"
+  write_target "$out/prometheus" prometheus "$HALLMARK_LOOPBACK:$HALLMARK_PROMETHEUS_PORT"
   render_template deploy/alertmanager/alertmanager.yml "$out/alertmanager/alertmanager.yml"
+  render_proxies "$out"
+}
+
+# Renders the authenticating proxies' configuration into directory $1/proxy/: a configuration
+# each, the client secret and their cookie secrets in files that only this user reads (never on a
+# command line, which every user of the machine can see).
+render_proxies() {
+  local out=$1
+  mkdir -p "$out/proxy"
+  chmod 700 "$out/proxy"
+  (umask 077 && printf '%s' "$HALLMARK_STACK_PROXY_SECRET" >"$out/proxy/client-secret")
+  render_proxy "$out/proxy" jaeger "$HALLMARK_JAEGER_PROXY_PORT" \
+    "http://$HALLMARK_LOOPBACK:$HALLMARK_JAEGER_QUERY_PORT/" "$HALLMARK_JAEGER_ROLES"
+  render_proxy "$out/proxy" prometheus "$HALLMARK_PROMETHEUS_PROXY_PORT" \
+    "http://$HALLMARK_LOOPBACK:$HALLMARK_PROMETHEUS_PORT/" "$HALLMARK_PROMETHEUS_ROLES"
+  render_proxy "$out/proxy" alertmanager "$HALLMARK_ALERTMANAGER_PROXY_PORT" \
+    "http://$HALLMARK_LOOPBACK:$HALLMARK_ALERTMANAGER_PORT/" "$HALLMARK_ALERTMANAGER_ROLES"
+}
+
+# Renders deploy/oauth2-proxy/oauth2-proxy.cfg into directory $1 as $2.cfg: the proxy named $2
+# on port $3 (of HALLMARK_PROXY_HOST) in front of URL $4, letting through the roles in $5
+# (comma-separated), with a cookie secret of its own in $1/$2.cookie-secret.
+render_proxy() {
+  local dir=$1 name=$2 port=$3 upstream=$4 list=$5 secret groups= role roles
+  secret=${HALLMARK_PROXY_COOKIE_SECRET:-$(head -c 32 /dev/urandom | base64 -w0 | tr '+/' '-_' | tr -d '=')}
+  (umask 077 && printf '%s' "$secret" >"$dir/$name.cookie-secret")
+  IFS=, read -ra roles <<<"$list"
+  for role in "${roles[@]}"; do
+    role=${role// /}
+    if [ -n "$role" ]; then groups+="${groups:+, }\"$role\""; fi
+  done
+  [ -n "$groups" ] || die "the $name proxy lets no role through: give it roles (HALLMARK_${name^^}_ROLES)"
+  local plain=1
+  if [ -n "${HALLMARK_PROXY_TLS_CERT:-}${HALLMARK_PROXY_TLS_KEY:-}" ]; then plain=; fi
+  HALLMARK_PROXY_DIR=$dir HALLMARK_PROXY_NAME=$name HALLMARK_PROXY_PORT=$port \
+    HALLMARK_PROXY_UPSTREAM=$upstream HALLMARK_PROXY_ALLOWED_GROUPS=$groups \
+    HALLMARK_PROXY_PLAIN_HTTP=$plain HALLMARK_PROXY_TLS_CERT=${HALLMARK_PROXY_TLS_CERT:-} \
+    HALLMARK_PROXY_TLS_KEY=${HALLMARK_PROXY_TLS_KEY:-} \
+    render_template deploy/oauth2-proxy/oauth2-proxy.cfg "$dir/$name.cfg"
 }
 
 # The commands that run each component of the stack, for directory $1 (rendered configuration
 # and data), one per line: name, then the command line. scripts/run starts them; the stack tests
 # start them the same way.
 stack_commands() {
-  local dir=$1 host=$HALLMARK_STACK_HOST
+  local dir=$1
   printf 'jaeger\tenv HALLMARK_JAEGER_DATA=%s %s --config %s\n' \
     "$dir/jaeger" "$HALLMARK_JAEGER" "$PWD/deploy/jaeger/config.yaml"
   printf 'otel-collector\t%s --config %s\n' "$HALLMARK_JAEGER" "$PWD/deploy/collector/config.yaml"
-  printf 'prometheus\t%s --config.file=%s --web.listen-address=%s --storage.tsdb.path=%s --web.enable-lifecycle\n' \
-    "$HALLMARK_PROMETHEUS" "$dir/prometheus/prometheus.yml" "$host:$HALLMARK_PROMETHEUS_PORT" "$dir/prometheus/data"
+  # No --web.enable-lifecycle: through its proxy, anyone who may read would also be able to stop
+  # it (POST /-/quit). It reloads its configuration on SIGHUP.
+  printf 'prometheus\t%s --config.file=%s --web.listen-address=%s --storage.tsdb.path=%s\n' \
+    "$HALLMARK_PROMETHEUS" "$dir/prometheus/prometheus.yml" "$HALLMARK_LOOPBACK:$HALLMARK_PROMETHEUS_PORT" "$dir/prometheus/data"
   printf 'alertmanager\t%s --config.file=%s --web.listen-address=%s --storage.path=%s --cluster.listen-address=\n' \
-    "$HALLMARK_ALERTMANAGER" "$dir/alertmanager/alertmanager.yml" "$host:$HALLMARK_ALERTMANAGER_PORT" "$dir/alertmanager/data"
+    "$HALLMARK_ALERTMANAGER" "$dir/alertmanager/alertmanager.yml" "$HALLMARK_LOOPBACK:$HALLMARK_ALERTMANAGER_PORT" "$dir/alertmanager/data"
+  local proxy
+  for proxy in jaeger prometheus alertmanager; do
+    printf '%s-proxy\t%s --config=%s\n' "$proxy" "$HALLMARK_OAUTH2_PROXY" "$dir/proxy/$proxy.cfg"
+  done
 }
 
 # Checks the rendered configuration in $1 with the tools' own checkers, and runs the rule unit
@@ -108,6 +189,11 @@ check_stack_config() {
     || die "deploy/collector/config.yaml is not a valid collector configuration"
   HALLMARK_JAEGER_DATA="$dir/jaeger" "$HALLMARK_JAEGER" validate --config "$PWD/deploy/jaeger/config.yaml" >/dev/null 2>&1 \
     || die "deploy/jaeger/config.yaml is not a valid Jaeger configuration"
+  local proxy
+  for proxy in jaeger prometheus alertmanager; do
+    "$HALLMARK_OAUTH2_PROXY" --config="$dir/proxy/$proxy.cfg" --config-test >/dev/null 2>&1 \
+      || die "the rendered configuration of the $proxy proxy is not valid: $("$HALLMARK_OAUTH2_PROXY" --config="$dir/proxy/$proxy.cfg" --config-test 2>&1 | tail -n 3)"
+  done
   # Where alerts go: the dead man's switch nowhere, everything else to order-watch, pages also
   # to the on-call webhook when there is one.
   local config="$dir/alertmanager/alertmanager.yml" on_call=

@@ -13,6 +13,8 @@
 #   HALLMARK_PROMTOOL      promtool (rule checks and rule unit tests)
 #   HALLMARK_ALERTMANAGER  Alertmanager
 #   HALLMARK_AMTOOL        amtool (configuration checks)
+#   HALLMARK_OAUTH2_PROXY  oauth2-proxy: the authenticating proxy in front of the Jaeger query,
+#                          Prometheus and Alertmanager (scripts/stack.sh)
 #
 # Keycloak, the stand-in for the corporate identity provider (docs/security.md), is no Go program:
 # `ensure_keycloak` fetches its server distribution (the version in deploy/keycloak/VERSION, the
@@ -68,7 +70,9 @@ ensure_tools() {
   HALLMARK_PROMTOOL=$(build_tool prometheus promtool github.com/prometheus/prometheus/cmd/promtool remove_all_sd)
   HALLMARK_ALERTMANAGER=$(build_tool alertmanager alertmanager github.com/prometheus/alertmanager/cmd/alertmanager)
   HALLMARK_AMTOOL=$(build_tool alertmanager amtool github.com/prometheus/alertmanager/cmd/amtool)
-  export HALLMARK_JAEGER HALLMARK_PROMETHEUS HALLMARK_PROMTOOL HALLMARK_ALERTMANAGER HALLMARK_AMTOOL
+  HALLMARK_OAUTH2_PROXY=$(build_tool oauth2-proxy oauth2-proxy github.com/oauth2-proxy/oauth2-proxy/v7)
+  export HALLMARK_JAEGER HALLMARK_PROMETHEUS HALLMARK_PROMTOOL HALLMARK_ALERTMANAGER HALLMARK_AMTOOL \
+    HALLMARK_OAUTH2_PROXY
 }
 
 # Fetches the Keycloak server distribution of the version in deploy/keycloak/VERSION into

@@ -4,10 +4,13 @@
 //! spanmetrics; Prometheus scraping all of them and evaluating the rules of deploy/prometheus;
 //! Alertmanager routing their alerts to order-watch. Every component is the real program, built
 //! by scripts/tools.sh, configured from deploy/ by scripts/stack.sh exactly as `scripts/run` does,
-//! on ports of this test's own.
+//! on ports of this test's own. [`Stack::start_proxies`] adds the authenticating proxies in front
+//! of Jaeger's query API, Prometheus and Alertmanager, against the identity provider of
+//! `HALLMARK_TEST_OIDC_ISSUER`; without them the tests reach the components on loopback, as
+//! anything on the machine may.
 //!
 //! The tools' paths come from the environment scripts/test exports (`HALLMARK_JAEGER`,
-//! `HALLMARK_PROMETHEUS`, `HALLMARK_ALERTMANAGER`, …).
+//! `HALLMARK_PROMETHEUS`, `HALLMARK_ALERTMANAGER`, `HALLMARK_OAUTH2_PROXY`, …).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,9 +29,16 @@ pub enum Component {
     Collector,
     Prometheus,
     Alertmanager,
+    /// The authenticating proxy in front of Jaeger's query API.
+    JaegerProxy,
+    /// The authenticating proxy in front of Prometheus.
+    PrometheusProxy,
+    /// The authenticating proxy in front of Alertmanager.
+    AlertmanagerProxy,
 }
 
 impl Component {
+    /// What [`Stack::start`] starts.
     const ALL: [Component; 4] = [
         Component::Jaeger,
         Component::Collector,
@@ -36,12 +46,34 @@ impl Component {
         Component::Alertmanager,
     ];
 
-    fn name(self) -> &'static str {
+    /// What [`Stack::start_proxies`] starts.
+    pub const PROXIES: [Component; 3] = [
+        Component::JaegerProxy,
+        Component::PrometheusProxy,
+        Component::AlertmanagerProxy,
+    ];
+
+    pub fn name(self) -> &'static str {
         match self {
             Self::Jaeger => "jaeger",
             Self::Collector => "otel-collector",
             Self::Prometheus => "prometheus",
             Self::Alertmanager => "alertmanager",
+            Self::JaegerProxy => "jaeger-proxy",
+            Self::PrometheusProxy => "prometheus-proxy",
+            Self::AlertmanagerProxy => "alertmanager-proxy",
+        }
+    }
+
+    /// The variable of this proxy's port, and what it is in front of.
+    fn proxy(self) -> Option<(&'static str, Component)> {
+        match self {
+            Self::JaegerProxy => Some(("HALLMARK_JAEGER_PROXY_PORT", Self::Jaeger)),
+            Self::PrometheusProxy => Some(("HALLMARK_PROMETHEUS_PROXY_PORT", Self::Prometheus)),
+            Self::AlertmanagerProxy => {
+                Some(("HALLMARK_ALERTMANAGER_PROXY_PORT", Self::Alertmanager))
+            }
+            _ => None,
         }
     }
 }
@@ -65,6 +97,9 @@ impl Ports {
             "HALLMARK_JAEGER_HEALTH_PORT",
             "HALLMARK_PROMETHEUS_PORT",
             "HALLMARK_ALERTMANAGER_PORT",
+            "HALLMARK_JAEGER_PROXY_PORT",
+            "HALLMARK_PROMETHEUS_PROXY_PORT",
+            "HALLMARK_ALERTMANAGER_PROXY_PORT",
         ];
         Self(names.into_iter().map(|n| (n, free_port())).collect())
     }
@@ -113,6 +148,7 @@ fn stack_script(script: &str, env: &[(String, String)]) -> String {
         "HALLMARK_PROMTOOL",
         "HALLMARK_ALERTMANAGER",
         "HALLMARK_AMTOOL",
+        "HALLMARK_OAUTH2_PROXY",
     ] {
         assert!(
             std::env::var_os(tool).is_some(),
@@ -225,10 +261,19 @@ impl Stack {
             "HALLMARK_JAEGER",
             "HALLMARK_PROMETHEUS",
             "HALLMARK_ALERTMANAGER",
+            "HALLMARK_OAUTH2_PROXY",
         ] {
             if let Ok(path) = std::env::var(tool) {
                 env.push((tool.to_owned(), path));
             }
+        }
+        // The proxies trust the tests' identity provider (stack.sh's default otherwise: they are
+        // started only by `start_proxies`, which requires it).
+        if let Some(issuer) = testkit::oidc::Issuer::from_env() {
+            env.push((
+                "HALLMARK_STACK_OIDC_ISSUER".to_owned(),
+                issuer.url().to_owned(),
+            ));
         }
         let dir = self.dir.path().display().to_string();
         stack_script(
@@ -242,17 +287,68 @@ impl Stack {
             .filter_map(|line| line.split_once('='))
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
+        self.read_commands();
+    }
+
+    /// Reads each component's command line from scripts/stack.sh's `stack_commands`.
+    fn read_commands(&mut self) {
+        let dir = self.dir.path().display().to_string();
         self.commands = stack_script(&format!("stack_commands {dir}"), &self.env)
             .lines()
             .filter_map(|line| {
                 let (name, command) = line.split_once('\t')?;
-                let component = Component::ALL.into_iter().find(|c| c.name() == name)?;
+                let component = Component::ALL
+                    .into_iter()
+                    .chain(Component::PROXIES)
+                    .find(|c| c.name() == name)?;
                 Some((
                     component,
                     command.split_whitespace().map(str::to_owned).collect(),
                 ))
             })
             .collect();
+    }
+
+    /// Starts the authenticating proxies in front of Jaeger's query API, Prometheus and
+    /// Alertmanager, trusting the identity provider of `HALLMARK_TEST_OIDC_ISSUER` (a test of
+    /// them fails, saying how to start one, when it is not set). A proxy whose port was taken
+    /// meanwhile starts again on another.
+    pub async fn start_proxies(&mut self) {
+        let issuer = testkit::oidc::Issuer::required();
+        assert!(
+            self.env
+                .iter()
+                .any(|(k, v)| k == "HALLMARK_STACK_OIDC_ISSUER" && v == issuer.url()),
+            "the stack was configured for another identity provider than {}",
+            issuer.url()
+        );
+        const ATTEMPTS: u32 = 4;
+        for proxy in Component::PROXIES {
+            for attempt in 1..=ATTEMPTS {
+                match self.try_launch(proxy).await {
+                    Ok(()) => break,
+                    Err(log) if attempt < ATTEMPTS && log.contains("address already in use") => {
+                        self.move_proxy(proxy);
+                    }
+                    Err(log) => panic!("{} did not start:\n{log}", proxy.name()),
+                }
+            }
+        }
+    }
+
+    /// Gives `proxy` another port and renders the proxies' configuration for it.
+    fn move_proxy(&mut self, proxy: Component) {
+        let (variable, _) = proxy.proxy().expect("a proxy");
+        let port = free_port();
+        self.ports.0.insert(variable, port);
+        for (k, v) in &mut self.env {
+            if k == variable {
+                *v = port.to_string();
+            }
+        }
+        let dir = self.dir.path().display().to_string();
+        stack_script(&format!("render_proxies {dir}"), &self.env);
+        self.read_commands();
     }
 
     /// Starts every component; what the first one that failed printed, if one did.
@@ -277,6 +373,8 @@ impl Stack {
             ),
             Component::Prometheus => format!("{}/-/ready", self.prometheus_url()),
             Component::Alertmanager => format!("{}/-/ready", self.alertmanager_url()),
+            // oauth2-proxy's own health check, which needs no login.
+            proxy => format!("{}/ping", self.proxy_url(proxy)),
         }
     }
 
@@ -311,6 +409,34 @@ impl Stack {
         if let Err(log) = self.try_launch(component).await {
             panic!("{} did not start again:\n{log}", component.name());
         }
+    }
+
+    /// Where the authenticating proxy `proxy` ([`Component::PROXIES`]) answers.
+    pub fn proxy_url(&self, proxy: Component) -> String {
+        let (variable, _) = proxy
+            .proxy()
+            .unwrap_or_else(|| panic!("{} is no proxy", proxy.name()));
+        format!("http://127.0.0.1:{}", self.ports.get(variable))
+    }
+
+    /// The port of `component` itself (for a proxy: the port it listens on), as the stack's
+    /// configuration gives it.
+    pub fn port(&self, component: Component) -> u16 {
+        self.ports.get(match component {
+            Component::Jaeger => "HALLMARK_JAEGER_QUERY_PORT",
+            Component::Collector => "HALLMARK_COLLECTOR_HTTP_PORT",
+            Component::Prometheus => "HALLMARK_PROMETHEUS_PORT",
+            Component::Alertmanager => "HALLMARK_ALERTMANAGER_PORT",
+            proxy => proxy.proxy().expect("a proxy").0,
+        })
+    }
+
+    /// The addresses on which the running `component` listens (from /proc).
+    pub fn listening_addresses(&self, component: Component) -> Vec<std::net::SocketAddr> {
+        let pid = self.processes[&component]
+            .pid()
+            .unwrap_or_else(|| panic!("{} is not running", component.name()));
+        testkit::process::listening_addresses(pid)
     }
 
     pub fn jaeger_url(&self) -> String {

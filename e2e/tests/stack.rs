@@ -437,3 +437,379 @@ async fn restarting_the_collector_and_jaeger_under_traffic_loses_no_span_the_exp
         stored.0
     );
 }
+
+/// The tests' public client: its tokens are for order-watch and for the stack's proxies.
+const CLI: &str = "hallmark-cli";
+
+/// What each proxy is asked in the tests: a read of its component's API.
+const PROXIED: [(Component, &str); 3] = [
+    (Component::JaegerProxy, "/api/services"),
+    (Component::PrometheusProxy, "/api/v1/query?query=up"),
+    (Component::AlertmanagerProxy, "/api/v2/status"),
+];
+
+/// The status and body of GET `path` through `proxy`, with `token` as bearer token if given,
+/// following no redirect.
+async fn through(
+    stack: &Stack,
+    proxy: Component,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String, Option<String>) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a client");
+    let mut request = client.get(format!("{}{path}", stack.proxy_url(proxy)));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("the proxy answers");
+    let status = response.status().as_u16();
+    let location = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .map(str::to_owned);
+    (status, response.text().await.unwrap_or_default(), location)
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The header, payload and signature of JWT `token`.
+fn jwt_parts(token: &str) -> (Value, Value, String) {
+    use base64::Engine as _;
+    let mut pieces = token.split('.');
+    let mut json = || {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(pieces.next().expect("a part"))
+            .expect("base64url");
+        serde_json::from_slice::<Value>(&bytes).expect("JSON")
+    };
+    let (header, payload) = (json(), json());
+    (
+        header,
+        payload,
+        pieces.next().expect("a signature").to_owned(),
+    )
+}
+
+/// What a component's own answer holds and the proxy's refusals do not.
+fn looks_like_the_component(body: &str) -> bool {
+    [
+        "\"data\"",
+        "\"status\":\"success\"",
+        "\"cluster\"",
+        "\"config\"",
+    ]
+    .iter()
+    .any(|marker| body.contains(marker))
+}
+
+#[tokio::test]
+async fn jaeger_prometheus_and_alertmanager_are_reached_only_through_the_sso_and_by_their_roles() {
+    let issuer = testkit::oidc::Issuer::required();
+    let mut stack = Stack::start(&[], WATCH_CONFIG, &[]).await;
+    stack.start_proxies().await;
+    let token = |user: &'static str| {
+        let issuer = issuer.clone();
+        async move {
+            issuer
+                .password_token(CLI, user, user)
+                .await
+                .unwrap_or_else(|e| panic!("a token for {user}: {e:#}"))
+        }
+    };
+    let (support, developer, admin) = (
+        token("support").await,
+        token("developer").await,
+        token("admin").await,
+    );
+    let audience = &testkit::oidc::unverified_claims(&support).expect("a JWT")["aud"];
+    assert!(
+        audience
+            .as_array()
+            .is_some_and(|a| a.iter().any(|a| a == "stack-proxy")),
+        "hallmark-cli's tokens are not for the proxies (aud {audience}): the identity provider \
+         runs an older deploy/keycloak/realm-hallmark.json; restart it (scripts/keycloak.sh)"
+    );
+
+    // Nobody signed in: the APIs answer 401, the pages send the browser to the provider's login
+    // (the code flow with PKCE, for the proxies' client), and neither shows the component.
+    for (proxy, path) in PROXIED {
+        let (status, body, _) = through(&stack, proxy, path, None).await;
+        assert_eq!(
+            status,
+            401,
+            "{} {path} without a token: {body}",
+            proxy.name()
+        );
+        assert!(!looks_like_the_component(&body), "{}: {body}", proxy.name());
+        let (status, body, location) = through(&stack, proxy, "/", None).await;
+        assert_eq!(status, 302, "{} / without a session: {body}", proxy.name());
+        let login = location.unwrap_or_default();
+        let expected = format!("{}/protocol/openid-connect/auth?", issuer.url());
+        assert!(login.starts_with(&expected), "{}: to {login}", proxy.name());
+        for part in ["client_id=stack-proxy", "code_challenge_method=S256"] {
+            assert!(login.contains(part), "{}: {part} in {login}", proxy.name());
+        }
+    }
+
+    // support reads traces and metrics, and not Alertmanager, where silences are configuration
+    // (and whose status shows its routing configuration).
+    let (status, body, _) = through(
+        &stack,
+        Component::JaegerProxy,
+        "/api/services",
+        Some(&support),
+    )
+    .await;
+    assert_eq!(status, 200, "Jaeger for support: {body}");
+    let services: Value = serde_json::from_str(&body).expect("Jaeger's JSON");
+    assert!(services["data"].is_array(), "{services}");
+    let (status, body, _) = through(
+        &stack,
+        Component::PrometheusProxy,
+        "/api/v1/query?query=up",
+        Some(&support),
+    )
+    .await;
+    assert_eq!(status, 200, "Prometheus for support: {body}");
+    let up: Value = serde_json::from_str(&body).expect("Prometheus's JSON");
+    assert_eq!(up["status"], "success", "{up}");
+    let (status, body, _) = through(
+        &stack,
+        Component::AlertmanagerProxy,
+        "/api/v2/status",
+        Some(&support),
+    )
+    .await;
+    assert_eq!(status, 403, "Alertmanager for support: {body}");
+    assert!(!looks_like_the_component(&body), "{body}");
+
+    // developer and admin reach all three.
+    for (user, token) in [("developer", &developer), ("admin", &admin)] {
+        for (proxy, path) in PROXIED {
+            let (status, body, _) = through(&stack, proxy, path, Some(token)).await;
+            assert_eq!(status, 200, "{} {path} for {user}: {body}", proxy.name());
+            assert!(looks_like_the_component(&body), "{}: {body}", proxy.name());
+        }
+    }
+    let (_, body, _) = through(
+        &stack,
+        Component::AlertmanagerProxy,
+        "/api/v2/status",
+        Some(&developer),
+    )
+    .await;
+    let status: Value = serde_json::from_str(&body).expect("Alertmanager's JSON");
+    assert!(status["config"]["original"].is_string(), "{status}");
+
+    // Forged and foreign tokens count as none: 401, and never the component.
+    let (header, payload, signature) = jwt_parts(&support);
+    let mut promoted = payload.clone();
+    promoted["realm_access"]["roles"] = serde_json::json!(["developer", "support"]);
+    let tampered = format!(
+        "{}.{}.{signature}",
+        b64(&serde_json::to_vec(&header).unwrap()),
+        b64(&serde_json::to_vec(&promoted).unwrap())
+    );
+    let mut none_header = header.clone();
+    none_header["alg"] = serde_json::json!("none");
+    let unsigned = format!(
+        "{}.{}.",
+        b64(&serde_json::to_vec(&none_header).unwrap()),
+        b64(&serde_json::to_vec(&promoted).unwrap())
+    );
+    let keys: Value = reqwest::get(format!("{}/protocol/openid-connect/certs", issuer.url()))
+        .await
+        .expect("the provider's keys")
+        .json()
+        .await
+        .expect("JSON");
+    let public = serde_json::to_vec(&keys["keys"][0]).unwrap();
+    let mut hs_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    hs_header.kid = header["kid"].as_str().map(str::to_owned);
+    let confused = jsonwebtoken::encode(
+        &hs_header,
+        &promoted,
+        &jsonwebtoken::EncodingKey::from_secret(&public),
+    )
+    .unwrap();
+    let other = testkit::oidc::Issuer::other_required()
+        .password_token(CLI, "developer", "developer")
+        .await
+        .expect("a token of the other realm");
+    for (what, forged) in [
+        ("support's token claiming developer", tampered.as_str()),
+        ("alg none", unsigned.as_str()),
+        ("HS256 with the provider's public key", confused.as_str()),
+        ("another realm's developer", other.as_str()),
+        ("not a JWT", "garbage"),
+    ] {
+        for (proxy, path) in PROXIED {
+            let (status, body, _) = through(&stack, proxy, path, Some(forged)).await;
+            assert_eq!(status, 401, "{what} at {}: {body}", proxy.name());
+            assert!(!looks_like_the_component(&body), "{what}: {body}");
+        }
+    }
+
+    // Only the proxies are meant for people: the components behind them listen on loopback and
+    // nowhere else (the proxies listen on HALLMARK_PROXY_HOST, 127.0.0.1 here as by default).
+    for (proxy, _) in PROXIED {
+        let component = match proxy {
+            Component::JaegerProxy => Component::Jaeger,
+            Component::PrometheusProxy => Component::Prometheus,
+            _ => Component::Alertmanager,
+        };
+        let port = stack.port(component);
+        let listening: Vec<_> = stack
+            .listening_addresses(component)
+            .into_iter()
+            .filter(|a| a.port() == port)
+            .collect();
+        assert!(
+            !listening.is_empty() && listening.iter().all(|a| a.ip().is_loopback()),
+            "{} listens on {listening:?}",
+            component.name()
+        );
+        let proxy_port = stack.port(proxy);
+        assert!(
+            stack
+                .listening_addresses(proxy)
+                .iter()
+                .any(|a| a.port() == proxy_port),
+            "{} listens on its port",
+            proxy.name()
+        );
+    }
+}
+
+/// Renders the stack's configuration into `dir` as scripts/run would with `env` (the tools'
+/// paths made up: nothing runs) and returns the components' command lines.
+fn render_for(dir: &std::path::Path, env: &[(&str, &str)]) -> String {
+    let rendered = dir.display().to_string();
+    let output = std::process::Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "set -euo pipefail; source scripts/deps.sh; source scripts/stack.sh; \
+                 render_stack_config {rendered} && stack_commands {rendered}"
+            ),
+        ])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .env("HALLMARK_OAUTH2_PROXY", "oauth2-proxy")
+        .env("HALLMARK_PROMETHEUS", "prometheus")
+        .env("HALLMARK_ALERTMANAGER", "alertmanager")
+        .env("HALLMARK_JAEGER", "jaeger")
+        .envs(env.iter().copied())
+        .output()
+        .expect("bash runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("text")
+}
+
+#[test]
+fn opened_up_to_the_network_only_the_proxies_listen_beyond_loopback() {
+    // What scripts/run would start with both hosts opened to every interface.
+    let dir = tempfile::tempdir().expect("a directory");
+    let commands = render_for(
+        dir.path(),
+        &[
+            ("HALLMARK_STACK_HOST", "0.0.0.0"),
+            ("HALLMARK_PROXY_HOST", "0.0.0.0"),
+        ],
+    );
+    for component in ["prometheus", "alertmanager"] {
+        let line = commands
+            .lines()
+            .find(|l| l.starts_with(&format!("{component}\t")))
+            .unwrap_or_else(|| panic!("{component} in {commands}"));
+        assert!(
+            line.contains("--web.listen-address=127.0.0.1:"),
+            "{component}: {line}"
+        );
+    }
+    let jaeger = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/jaeger/config.yaml"
+    ))
+    .expect("Jaeger's configuration");
+    let query = &jaeger[jaeger.find("jaeger_query:").expect("jaeger_query")..];
+    let query = &query[..query.find("\nreceivers:").unwrap_or(query.len())];
+    let endpoints: Vec<&str> = query
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("endpoint: "))
+        .collect();
+    assert_eq!(endpoints.len(), 2, "{query}");
+    for endpoint in endpoints {
+        assert!(
+            endpoint.starts_with("127.0.0.1:"),
+            "Jaeger's query API on {endpoint}"
+        );
+    }
+    for proxy in ["jaeger", "prometheus", "alertmanager"] {
+        let config = std::fs::read_to_string(dir.path().join(format!("proxy/{proxy}.cfg")))
+            .expect("the proxy's configuration");
+        assert!(
+            config.contains("\nhttp_address = \"0.0.0.0:"),
+            "{proxy}'s proxy: {config}"
+        );
+        assert!(
+            config.contains("\nupstreams = [\"http://127.0.0.1:"),
+            "{proxy}'s proxy goes to loopback: {config}"
+        );
+        assert!(
+            !config.contains("hallmark-stack-proxy-local-only"),
+            "no secret in the configuration"
+        );
+    }
+}
+
+#[test]
+fn with_a_certificate_the_proxies_serve_https_only_and_their_cookies_are_secure() {
+    let dir = tempfile::tempdir().expect("a directory");
+    render_for(
+        dir.path(),
+        &[
+            ("HALLMARK_PROXY_HOST", "0.0.0.0"),
+            ("HALLMARK_PROXY_TLS_CERT", "/etc/hallmark/proxy.crt"),
+            ("HALLMARK_PROXY_TLS_KEY", "/etc/hallmark/proxy.key"),
+        ],
+    );
+    for proxy in ["jaeger", "prometheus", "alertmanager"] {
+        let config = std::fs::read_to_string(dir.path().join(format!("proxy/{proxy}.cfg")))
+            .expect("the proxy's configuration");
+        let settings: Vec<&str> = config
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .collect();
+        assert!(
+            settings
+                .iter()
+                .any(|l| l.starts_with("https_address = \"0.0.0.0:")),
+            "{proxy}: {config}"
+        );
+        for expected in [
+            "tls_cert_file = \"/etc/hallmark/proxy.crt\"",
+            "tls_key_file = \"/etc/hallmark/proxy.key\"",
+            "cookie_secure = true",
+        ] {
+            assert!(
+                settings.contains(&expected),
+                "{proxy}: {expected} in {config}"
+            );
+        }
+        assert!(
+            !settings.iter().any(|l| l.starts_with("http_address")),
+            "{proxy} serves no plain HTTP: {config}"
+        );
+    }
+}

@@ -49,9 +49,26 @@ fn binary_dir() -> PathBuf {
 /// Whether process `pid` holds a socket listening on TCP `port` (from `/proc/net/tcp{,6}` and the
 /// process's file descriptors).
 fn listens_on(pid: u32, port: u16) -> bool {
+    listening_addresses(pid)
+        .iter()
+        .any(|address| address.port() == port)
+}
+
+/// The addresses on which process `pid` listens for TCP connections (from `/proc/net/tcp{,6}`
+/// and the process's file descriptors): `127.0.0.1:9090` for a loopback listener, `0.0.0.0:9090`
+/// or `[::]:9090` for one on every interface.
+pub fn listening_addresses(pid: u32) -> Vec<std::net::SocketAddr> {
     const LISTEN: &str = "0A";
-    let wanted = format!(":{port:04X}");
-    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+    let Ok(descriptors) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let sockets: Vec<String> = descriptors
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .filter(|target| target.starts_with("socket:["))
+        .collect();
+    ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|table| std::fs::read_to_string(table).ok())
         .flat_map(|table| {
@@ -60,24 +77,37 @@ fn listens_on(pid: u32, port: u16) -> bool {
                 .skip(1)
                 .filter_map(|line| {
                     let fields: Vec<&str> = line.split_whitespace().collect();
-                    let listening = fields.get(3) == Some(&LISTEN)
-                        && fields.get(1).is_some_and(|local| local.ends_with(&wanted));
-                    listening.then(|| fields.get(9).map(|inode| inode.to_string()))?
+                    let listening = fields.get(3) == Some(&LISTEN);
+                    let socket = format!("socket:[{}]", fields.get(9)?);
+                    (listening && sockets.contains(&socket))
+                        .then(|| kernel_address(fields.get(1)?))?
                 })
                 .collect::<Vec<_>>()
         })
-        .collect();
-    let Ok(descriptors) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
+        .collect()
+}
+
+/// An address as `/proc/net/tcp{,6}` writes it: the IP as 32-bit words in the machine's byte
+/// order (little-endian here), hexadecimal, then `:` and the port in hexadecimal.
+fn kernel_address(field: &str) -> Option<std::net::SocketAddr> {
+    let (ip, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words = (0..ip.len() / 8)
+        .map(|i| u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16).map(u32::swap_bytes))
+        .collect::<Result<Vec<u32>, _>>()
+        .ok()?;
+    let ip: std::net::IpAddr = match words.as_slice() {
+        [v4] => std::net::Ipv4Addr::from(*v4).into(),
+        [a, b, c, d] => {
+            let mut octets = [0u8; 16];
+            for (i, word) in [a, b, c, d].into_iter().enumerate() {
+                octets[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
+            }
+            std::net::Ipv6Addr::from(octets).into()
+        }
+        _ => return None,
     };
-    descriptors.flatten().any(|fd| {
-        std::fs::read_link(fd.path()).is_ok_and(|target| {
-            let target = target.to_string_lossy();
-            inodes
-                .iter()
-                .any(|inode| target == format!("socket:[{inode}]"))
-        })
-    })
+    Some(std::net::SocketAddr::new(ip, port))
 }
 
 /// A running service. Killed when dropped; [`ServiceProcess::stop`] shuts it down gracefully.
@@ -321,5 +351,40 @@ mod tests {
         assert!(!listens_on(std::process::id(), elsewhere));
         drop(listener);
         assert!(!listens_on(std::process::id(), port));
+    }
+
+    #[test]
+    fn a_process_s_listening_addresses_name_their_interface() {
+        let loopback = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let everywhere = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let addresses = listening_addresses(std::process::id());
+        assert!(
+            addresses.contains(&loopback.local_addr().unwrap()),
+            "{addresses:?}"
+        );
+        assert!(
+            addresses.contains(&everywhere.local_addr().unwrap()),
+            "{addresses:?}"
+        );
+        if let Ok(six) = std::net::TcpListener::bind("[::1]:0") {
+            let addresses = listening_addresses(std::process::id());
+            assert!(
+                addresses.contains(&six.local_addr().unwrap()),
+                "{addresses:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn kernel_addresses_are_read_in_the_machine_s_byte_order() {
+        assert_eq!(
+            kernel_address("0100007F:2382"),
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        assert_eq!(
+            kernel_address("00000000000000000000000001000000:1F90"),
+            Some("[::1]:8080".parse().unwrap())
+        );
+        assert_eq!(kernel_address("nonsense"), None);
     }
 }
