@@ -78,6 +78,59 @@ pub fn causes(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// Longest plain-text error (axum's own rejections) turned into the JSON shape; longer text is
+/// cut.
+const MAX_REJECTION_BYTES: usize = 1024;
+
+/// Middleware: an error answer that is not JSON yet — the framework's own rejections of a bad
+/// query string, a wrong method, an oversized or malformed body, which are plain text — is
+/// answered in the one JSON error shape, with a code for its status and its text as the message.
+/// Answers that are JSON, or of another type on purpose (OTLP's protobuf), pass as they are.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|t| t.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REJECTION_BYTES)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        s if s.is_server_error() => "internal",
+        _ => "rejected",
+    };
+    let message = if status.is_server_error() {
+        INTERNAL_MESSAGE.to_owned()
+    } else if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("rejected")
+            .to_lowercase()
+    } else {
+        text
+    };
+    let mut answer = error_response(status, code, &message);
+    // Keep what the framework said besides the body (`Allow` on a 405, `Retry-After`).
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
+}
+
 /// The answer for a request that matched no route.
 pub async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -233,5 +286,65 @@ mod tests {
             !body.contains("teleported") && !body.contains(&order.to_string()),
             "{body}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_frameworks_own_rejections_are_answered_in_the_json_error_shape() {
+        use axum::body::Body;
+        use axum::extract::Query;
+        use axum::http::Request;
+        use tower::ServiceExt as _;
+
+        #[derive(serde::Deserialize)]
+        struct Limit {
+            #[allow(dead_code)]
+            limit: u32,
+        }
+        let app = crate::server::with_standard_routes(
+            axum::Router::new().route(
+                "/things",
+                axum::routing::post(|_: Query<Limit>, _: axum::body::Bytes| async { "ok" }),
+            ),
+            16,
+        );
+        let answer = |request: Request<Body>| {
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(request).await.unwrap();
+                let status = response.status();
+                let allow = response.headers().get("allow").cloned();
+                let body = axum::body::to_bytes(response.into_body(), 4096)
+                    .await
+                    .unwrap();
+                let json: serde_json::Value = serde_json::from_slice(&body)
+                    .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&body)));
+                (status, json, allow)
+            }
+        };
+        let post =
+            |uri: &str, body: &'static str| Request::post(uri).body(Body::from(body)).unwrap();
+
+        let (status, json, _) = answer(post("/things?limit=lots", "")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(json["error"]["code"], "bad_request");
+        assert!(
+            json["error"]["message"].as_str().unwrap().contains("limit"),
+            "{json}"
+        );
+
+        let (status, json, _) =
+            answer(post("/things?limit=1", "far more than sixteen bytes")).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(json["error"]["code"], "payload_too_large");
+
+        let (status, json, allow) =
+            answer(Request::get("/things").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(json["error"]["code"], "method_not_allowed");
+        assert!(allow.is_some(), "the Allow header is kept");
+
+        let (status, json, _) = answer(Request::get("/nowhere").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(json["error"]["code"], "not_found");
     }
 }

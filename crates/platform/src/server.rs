@@ -132,6 +132,7 @@ pub fn with_standard_routes<S: Clone + Send + Sync + 'static>(
     api.route("/health", get(|| async { "ok" }))
         .route("/metrics", get(crate::http::metrics))
         .fallback(crate::error::not_found)
+        .layer(axum::middleware::map_response(crate::error::json_errors))
         .layer(axum::middleware::from_fn(crate::http::trace_requests))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
 }
