@@ -201,7 +201,13 @@ fn optional(field: &str, value: Option<&str>, max: usize) -> Result<Option<Strin
             "invalid_order",
             format!("`{field}` is longer than {max} characters"),
         )),
-        Some(v) if v.chars().any(char::is_control) && field != "comment" => {
+        // A comment may have lines and tabs; no field may hold other control characters (a NUL
+        // cannot even be stored).
+        Some(v)
+            if v.chars().any(|c| {
+                c.is_control() && !(field == "comment" && matches!(c, '\n' | '\r' | '\t'))
+            }) =>
+        {
             Err(ApiError::unprocessable(
                 "invalid_order",
                 format!("`{field}` contains control characters"),
@@ -354,5 +360,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(request.size.as_deref(), Some("17.5"));
+    }
+
+    #[test]
+    fn a_comment_may_have_lines_and_tabs_but_no_field_may_hold_other_control_characters() {
+        assert_eq!(
+            optional("comment", Some("engrave:\n\t\"A & B\""), 100).unwrap(),
+            Some("engrave:\n\t\"A & B\"".to_owned())
+        );
+        for text in ["nul\0here", "bell\u{7}", "escape\u{1b}[2J"] {
+            let err = optional("comment", Some(text), 100).unwrap_err();
+            assert!(err.to_string().contains("control characters"), "{text:?}");
+        }
+        assert!(optional("size", Some("17\n"), 100).is_ok(), "trimmed away");
+        assert!(optional("size", Some("17\n5"), 100).is_err());
     }
 }
