@@ -195,6 +195,10 @@ async fn journey(
     State(state): State<ApiState>,
     OrderId(order_id): OrderId,
 ) -> Result<axum::Json<Journey>, ApiError> {
+    // Gaps first: the detector records a gap with the status it implies in one transaction, so a
+    // gap read here is matched by the order read after it (statements read what was committed
+    // when each began); the other way round, a gap could come with the status before it.
+    let gaps = queries::gaps(&state.pool, order_id).await?;
     let order = queries::order(&state.pool, order_id)
         .await?
         .ok_or_else(|| ApiError::NotFound {
@@ -207,7 +211,6 @@ async fn journey(
     if spans_truncated {
         spans.remove(0);
     }
-    let gaps = queries::gaps(&state.pool, order_id).await?;
     let mut traces: BTreeMap<String, TraceSummary> = BTreeMap::new();
     let mut joins = Vec::new();
     for span in &spans {
