@@ -722,48 +722,25 @@ fn http_server(order: &Order, service: Service, route: &str, status: i64) -> Spa
     )
 }
 
-/// The statuses an order passes through to reach `last`.
+/// The statuses an order passes through to reach `last`: the happy path (the status machine's
+/// own, `OrderStatus::moves_to`), and for a terminal status the step it ends from.
 fn journey(last: OrderStatus) -> Vec<OrderStatus> {
     use OrderStatus::*;
-    let happy = [
-        Created,
-        Submitted,
-        Registered,
-        Pricing,
-        Priced,
-        Confirmed,
-        InProduction,
-        QualityCheck,
-        Ready,
-        Shipped,
-        Delivered,
-    ];
     let (through, then) = match last {
-        Rejected => (Pricing, Some(Rejected)),
-        Cancelled => (Priced, Some(Cancelled)),
-        Failed => (Pricing, Some(Failed)),
+        Rejected | Failed => (Pricing, Some(last)),
+        Cancelled => (Priced, Some(last)),
         other => (other, None),
     };
-    let end = happy.iter().position(|s| *s == through).unwrap_or(0);
-    happy[..=end].iter().copied().chain(then).collect()
+    OrderStatus::moves_to(None, through)
+        .into_iter()
+        .chain(then)
+        .collect()
 }
 
 /// The status before `to` on the journeys [`journey`] builds.
 fn previous_status(to: OrderStatus) -> Option<OrderStatus> {
-    use OrderStatus::*;
-    match to {
-        Created => None,
-        Submitted => Some(Created),
-        Registered => Some(Submitted),
-        Pricing => Some(Registered),
-        Priced | Rejected | Failed => Some(Pricing),
-        Confirmed | Cancelled => Some(Priced),
-        InProduction => Some(Confirmed),
-        QualityCheck => Some(InProduction),
-        Ready => Some(QualityCheck),
-        Shipped => Some(Ready),
-        Delivered => Some(Shipped),
-    }
+    let path = journey(to);
+    path.len().checked_sub(2).map(|before| path[before])
 }
 
 fn nanos(time: DateTime<Utc>) -> u64 {
@@ -870,5 +847,26 @@ mod tests {
                 Some(&Value::StringValue(exporter_of(&request).to_owned()))
             );
         }
+    }
+
+    #[test]
+    fn every_journey_starts_created_ends_where_asked_and_moves_only_as_the_status_machine_allows() {
+        for last in OrderStatus::ALL {
+            let path = journey(last);
+            assert_eq!(path.first(), Some(&OrderStatus::Created), "{last:?}");
+            assert_eq!(path.last(), Some(&last));
+            for step in path.windows(2) {
+                assert!(step[0].can_transition_to(step[1]), "{step:?}");
+            }
+            assert_eq!(previous_status(last), path.iter().rev().nth(1).copied());
+        }
+        assert_eq!(
+            previous_status(OrderStatus::Rejected),
+            Some(OrderStatus::Pricing)
+        );
+        assert_eq!(
+            previous_status(OrderStatus::Cancelled),
+            Some(OrderStatus::Priced)
+        );
     }
 }
