@@ -411,7 +411,10 @@ async fn process<H: Handler>(shared: &Shared<H>, publisher: &Publisher, delivery
         let applied = loop {
             match apply(shared, &incoming).await {
                 Err(HandlerError::Unavailable(err)) => {
-                    tracing::warn!(error = %platform::error::causes(&err), "database unavailable, holding the message");
+                    tracing::warn!(
+                        error = &err as &dyn std::error::Error,
+                        "database unavailable, holding the message"
+                    );
                     if !backoff.wait(&shared.cancel).await {
                         return requeue(&delivery).await;
                     }

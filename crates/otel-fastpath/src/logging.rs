@@ -115,6 +115,19 @@ fn push_hex(line: &mut Vec<u8>, bytes: &[u8]) {
     line.push(b'"');
 }
 
+/// `err` and every cause under it, as `error: cause: cause`: how a log line writes an error
+/// logged as one (`error = &err as &dyn Error`), and for other places that show an error in words.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Writes an event's fields: the message apart, every other field as `,"name":value` into the
 /// `fields` object, each value masked.
 struct FieldVisitor<'a> {
@@ -179,14 +192,7 @@ impl Visit for FieldVisitor<'_> {
         self.plain(field, value.into());
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        let mut text = value.to_string();
-        let mut source = value.source();
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        self.text(field, &text);
+        self.text(field, &error_chain(value));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.text(field, &format!("{value:?}"));
@@ -427,6 +433,19 @@ mod tests {
             None,
             move || writer.clone(),
         );
+        #[derive(Debug)]
+        struct Failure(std::io::Error);
+        impl std::fmt::Display for Failure {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("cannot store the order")
+            }
+        }
+        impl std::error::Error for Failure {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let failure = Failure(std::io::Error::other("connection refused"));
         tracing::dispatcher::with_default(&dispatch, || {
             tracing::info!(
                 count = 3_u64,
@@ -438,6 +457,7 @@ mod tests {
                 email = "anything",
                 phone = 491701234567_u64,
                 debug = ?Some(1),
+                error = &failure as &dyn std::error::Error,
                 "order for jane.doe@example.com"
             );
         });
@@ -453,6 +473,10 @@ mod tests {
         assert_eq!(fields["email"], MASK);
         assert_eq!(fields["phone"], MASK, "a number under a sensitive key");
         assert_eq!(fields["debug"], "Some(1)");
+        assert_eq!(
+            fields["error"], "cannot store the order: connection refused",
+            "an error is written with its causes"
+        );
         assert_eq!(lines[0]["message"], "order for [masked:email]");
         assert_eq!(lines[0]["level"], "INFO");
         assert_eq!(lines[0]["service"], "test-service");

@@ -66,18 +66,6 @@ pub fn internal_error(err: &dyn std::fmt::Display) -> Response {
     )
 }
 
-/// `err` and every cause under it, as `error: cause: cause`, for the log and the span.
-pub fn causes(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Longest plain-text error (axum's own rejections) turned into the JSON shape; longer text is
 /// cut.
 const MAX_REJECTION_BYTES: usize = 1024;
@@ -255,7 +243,9 @@ impl IntoResponse for ApiError {
             Self::TooLarge { .. } => {
                 error_response(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &message)
             }
-            Self::Unavailable { code, cause } => unavailable(code, &causes(&*cause)),
+            Self::Unavailable { code, cause } => {
+                unavailable(code, &otel_fastpath::logging::error_chain(&*cause))
+            }
             Self::Internal(err) => internal_error(&format!("{err:#}")),
         }
     }

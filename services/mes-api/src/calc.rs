@@ -470,7 +470,11 @@ impl Worker {
                 telemetry::metrics::record_failure("price", "pricing", run_error_type(err));
                 // The customer reads this: what happened and what follows, never the engine's
                 // output (paths, panics); the cause goes to the log and the calc job's row.
-                tracing::error!(error = %platform::error::causes(err), attempts = job.attempt, "price calculation failed for good");
+                tracing::error!(
+                    error = err as &dyn std::error::Error,
+                    attempts = job.attempt,
+                    "price calculation failed for good"
+                );
                 let message = format!(
                     "the price could not be calculated after {} attempts ({}); the workshop has been notified",
                     job.attempt,

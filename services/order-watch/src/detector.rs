@@ -310,7 +310,7 @@ fn verdict(order: &OrderState, answers: &BTreeMap<System, Result<Held, AskError>
                 confirmation: Confirmation::Unconfirmed,
                 detail: format!(
                     "not confirmed: {system} could not be asked: {}",
-                    platform::error::causes(err)
+                    otel_fastpath::logging::error_chain(err)
                 ),
             };
         }

@@ -359,7 +359,7 @@ async fn callback(
     {
         Ok(tokens) => tokens,
         Err(err) => {
-            tracing::warn!(error = %platform::error::causes(&err), "login not finished");
+            tracing::warn!(error = &err as &dyn std::error::Error, "login not finished");
             return refused("the login could not be finished; try again from /login");
         }
     };

@@ -36,7 +36,10 @@ impl TraceService for Ingest {
                 "order-watch is at capacity; retry",
             )),
             Err(IngestError::Unavailable(err)) => {
-                tracing::warn!(error = %platform::error::causes(&err), "spans not stored; the exporter will retry");
+                tracing::warn!(
+                    error = &err as &dyn std::error::Error,
+                    "spans not stored; the exporter will retry"
+                );
                 Err(Status::unavailable(super::UNAVAILABLE_MESSAGE))
             }
         }

@@ -152,7 +152,10 @@ async fn traces(State(ingest): State<Ingest>, headers: HeaderMap, body: Bytes) -
             "order-watch is at capacity; retry".into(),
         ),
         Err(IngestError::Unavailable(err)) => {
-            tracing::warn!(error = %platform::error::causes(&err), "spans not stored; the exporter will retry");
+            tracing::warn!(
+                error = &err as &dyn std::error::Error,
+                "spans not stored; the exporter will retry"
+            );
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 encoding,
