@@ -558,10 +558,9 @@ pub async fn require(
                 .path_and_query()
                 .map_or("/", |p| p.as_str())
                 .to_owned();
-            let mut login = reqwest::Url::parse("http://x/login").expect("a valid URL");
-            login.query_pairs_mut().append_pair("next", &next);
-            let target = format!("/login?{}", login.query().unwrap_or_default());
-            Redirect::to(&target).into_response()
+            let next =
+                percent_encoding::utf8_percent_encode(&next, percent_encoding::NON_ALPHANUMERIC);
+            Redirect::to(&format!("/login?next={next}")).into_response()
         }
         Err(rejection) => {
             tracing::info!(reason = %rejection, "request refused: not authenticated");

@@ -99,17 +99,9 @@ impl Store {
     /// Remembers a login under way; answers its `state`.
     pub async fn begin(&self, verifier: String, redirect_uri: String, next: String) -> String {
         let state = random_token();
-        let mut pending = self.pending.lock().await;
-        pending.retain(|_, p| p.started.elapsed() < LOGIN_TIMEOUT);
-        if pending.len() >= MAX_PENDING
-            && let Some(oldest) = pending
-                .iter()
-                .min_by_key(|(_, p)| p.started)
-                .map(|(state, _)| state.clone())
-        {
-            pending.remove(&oldest);
-        }
-        pending.insert(
+        insert_bounded(
+            &mut *self.pending.lock().await,
+            MAX_PENDING,
             state.clone(),
             Pending {
                 verifier,
@@ -117,6 +109,8 @@ impl Store {
                 next,
                 started: Instant::now(),
             },
+            |p| p.started.elapsed() < LOGIN_TIMEOUT,
+            |p| p.started,
         );
         state
     }
@@ -130,17 +124,14 @@ impl Store {
     /// Opens a session; answers its id.
     pub async fn open(&self, session: Session) -> String {
         let id = random_token();
-        let mut sessions = self.sessions.lock().await;
-        sessions.retain(|_, s| s.expires > Instant::now() || s.refresh_token.is_some());
-        if sessions.len() >= MAX_SESSIONS
-            && let Some(oldest) = sessions
-                .iter()
-                .min_by_key(|(_, s)| s.expires)
-                .map(|(id, _)| id.clone())
-        {
-            sessions.remove(&oldest);
-        }
-        sessions.insert(id.clone(), session);
+        insert_bounded(
+            &mut *self.sessions.lock().await,
+            MAX_SESSIONS,
+            id.clone(),
+            session,
+            |s| s.expires > Instant::now() || s.refresh_token.is_some(),
+            |s| s.expires,
+        );
         id
     }
 
@@ -157,6 +148,28 @@ impl Store {
     pub async fn close(&self, id: &str) -> Option<Session> {
         self.sessions.lock().await.remove(id)
     }
+}
+
+/// Inserts `value` under `key`, first dropping the entries `live` says are over and, when `map`
+/// still holds `max`, the one `age` says is oldest: memory stays bounded whoever calls.
+fn insert_bounded<V, A: Ord>(
+    map: &mut HashMap<String, V>,
+    max: usize,
+    key: String,
+    value: V,
+    live: impl Fn(&V) -> bool,
+    age: impl Fn(&V) -> A,
+) {
+    map.retain(|_, v| live(v));
+    if map.len() >= max
+        && let Some(oldest) = map
+            .iter()
+            .min_by_key(|(_, v)| age(v))
+            .map(|(k, _)| k.clone())
+    {
+        map.remove(&oldest);
+    }
+    map.insert(key, value);
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
@@ -234,5 +247,19 @@ mod tests {
         );
         assert_eq!(cookie(&headers, COOKIE), Some("abc"));
         assert_eq!(cookie(&headers, "c"), None);
+    }
+
+    #[test]
+    fn a_full_store_gives_way_to_its_oldest_entry_and_drops_what_is_over() {
+        let mut map = HashMap::new();
+        for (key, age) in [("a", 3), ("b", 1), ("c", 2)] {
+            insert_bounded(&mut map, 3, key.into(), age, |_| true, |v| *v);
+        }
+        insert_bounded(&mut map, 3, "d".into(), 4, |_| true, |v| *v);
+        assert!(!map.contains_key("b") && map.len() == 3, "{map:?}");
+        insert_bounded(&mut map, 3, "e".into(), 5, |v| *v > 3, |v| *v);
+        let mut keys: Vec<_> = map.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["d", "e"]);
     }
 }
