@@ -155,6 +155,12 @@ fn stack_script(script: &str, env: &[(String, String)]) -> String {
             "{tool} is not set: run the stack tests through scripts/test, which builds the tools"
         );
     }
+    run_stack_script(script, env)
+}
+
+/// Runs `script` as [`stack_script`] does, whatever the tools' variables say (a script that only
+/// renders configuration names the tools without running them).
+pub fn run_stack_script(script: &str, env: &[(String, String)]) -> String {
     let output = std::process::Command::new("bash")
         .args([
             "-c",

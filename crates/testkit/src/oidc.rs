@@ -127,6 +127,53 @@ impl Issuer {
     }
 }
 
+impl Issuer {
+    /// Tokens made from the real `token` that no verifier may accept, each named: its payload
+    /// changed to hold the realm roles `roles` with the signature kept; the same unsigned (`alg:
+    /// none`); the same signed HS256 with the issuer's public key as the shared secret (algorithm
+    /// confusion); and text that is no JWT at all.
+    pub async fn forgeries(
+        &self,
+        token: &str,
+        roles: &[&str],
+    ) -> anyhow::Result<Vec<(&'static str, String)>> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(_payload), Some(signature)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            bail!("a JWT has three dot-separated parts");
+        };
+        let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header)?)?;
+        let mut claims = unverified_claims(token)?;
+        claims["realm_access"]["roles"] = serde_json::json!(roles);
+        let encode = |json: &Value| URL_SAFE_NO_PAD.encode(json.to_string());
+        let tampered = format!("{}.{}.{signature}", encode(&header), encode(&claims));
+        let mut none = header.clone();
+        none["alg"] = serde_json::json!("none");
+        let unsigned = format!("{}.{}.", encode(&none), encode(&claims));
+        let keys: Value = reqwest::get(format!("{}/protocol/openid-connect/certs", self.url))
+            .await
+            .context("the issuer's keys")?
+            .json()
+            .await
+            .context("the issuer's keys are JSON")?;
+        let public = serde_json::to_vec(&keys["keys"][0])?;
+        let mut hs256 = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        hs256.kid = header["kid"].as_str().map(str::to_owned);
+        let confused = jsonwebtoken::encode(
+            &hs256,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(&public),
+        )?;
+        Ok(vec![
+            ("a payload changed under its signature", tampered),
+            ("alg none", unsigned),
+            ("HS256 with the issuer's public key", confused),
+            ("not a JWT", "garbage".to_owned()),
+        ])
+    }
+}
+
 fn from_variable(name: &str) -> Option<Issuer> {
     std::env::var(name)
         .ok()
