@@ -51,8 +51,6 @@ pub struct Discovery {
     pub jwks_uri: String,
     pub authorization_endpoint: String,
     pub token_endpoint: String,
-    #[serde(default)]
-    pub end_session_endpoint: Option<String>,
 }
 
 pub struct KeySet {
