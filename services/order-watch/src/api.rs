@@ -333,17 +333,22 @@ async fn change_config(
     axum::Extension(principal): axum::Extension<Principal>,
     Json(patch): Json<Value>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let next = runtime_config::apply_patch(&state.thresholds.get(), &patch)
-        .map_err(|err| ApiError::unprocessable("invalid_config", err.to_string()))?;
     let who = format!("{} ({})", principal.name, principal.subject);
     let change = runtime_config::change(
         &state.pool,
         &state.thresholds,
-        next,
+        &patch,
         &who,
         state.clock.now(),
     )
-    .await?;
+    .await
+    .map_err(|failure| match failure {
+        runtime_config::ChangeFailure::Invalid(err) => {
+            ApiError::unprocessable("invalid_config", err.to_string())
+        }
+        runtime_config::ChangeFailure::Database(err) => ApiError::from(err),
+        corrupt @ runtime_config::ChangeFailure::Corrupt(_) => ApiError::Internal(corrupt.into()),
+    })?;
     state.detector.notify_one();
     tracing::info!(change = change.id, by = %who, "configuration changed");
     Ok(axum::Json(config_view(

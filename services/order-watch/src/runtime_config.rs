@@ -171,19 +171,47 @@ pub struct Change {
     pub after: Value,
 }
 
-/// Stores `next` (changed by `who` at `now`, from `live`'s current thresholds), records the
-/// change, plans the deadlines of open orders again, and makes `next` the thresholds in force.
+/// Why a change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeFailure {
+    /// The change itself is wrong: the caller's to correct.
+    #[error(transparent)]
+    Invalid(#[from] ChangeError),
+    #[error("cannot store the change")]
+    Database(#[from] sqlx::Error),
+    /// What is stored does not read (never written so by order-watch).
+    #[error("the stored thresholds do not read")]
+    Corrupt(#[source] ChangeError),
+}
+
+/// Applies the merge patch `patch` (made by `who` at `now`) to the thresholds in force, stores
+/// and audits the result, plans the deadlines of open orders again, and makes it the thresholds
+/// `live` holds. Changes are serialised by a transaction lock, and each is applied to what the
+/// last one stored (another replica's included), not to what this process happens to hold.
 pub async fn change(
     pool: &PgPool,
     live: &LiveThresholds,
-    next: Thresholds,
+    patch: &Value,
     who: &str,
     now: DateTime<Utc>,
-) -> Result<Change, sqlx::Error> {
-    let before = serde_json::to_value(StoredThresholds::from(&*live.get())).expect("serializes");
-    let stored = StoredThresholds::from(&next);
-    let after = serde_json::to_value(&stored).expect("serializes");
+) -> Result<Change, ChangeFailure> {
     let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('order_watch.runtime_config'))")
+        .execute(&mut *tx)
+        .db("LOCK runtime_config")
+        .await?;
+    let stored: Option<sqlx::types::Json<StoredThresholds>> =
+        sqlx::query_scalar("SELECT thresholds FROM runtime_config")
+            .fetch_optional(&mut *tx)
+            .db("SELECT runtime_config")
+            .await?;
+    let current = match stored {
+        Some(json) => Thresholds::try_from(json.0).map_err(ChangeFailure::Corrupt)?,
+        None => (*live.get()).clone(),
+    };
+    let next = apply_patch(&current, patch)?;
+    let before = serde_json::to_value(StoredThresholds::from(&current)).expect("serializes");
+    let after = serde_json::to_value(StoredThresholds::from(&next)).expect("serializes");
     sqlx::query(
         "INSERT INTO runtime_config (id, thresholds, updated_at, updated_by) VALUES (true, $1, $2, $3) \
          ON CONFLICT (id) DO UPDATE SET thresholds = $1, updated_at = $2, updated_by = $3",
@@ -205,16 +233,15 @@ pub async fn change(
     .fetch_one(&mut *tx)
     .db("INSERT config_changes")
     .await?;
-    // Every open order that is not stuck gets the deadline its stage has now.
+    // Every open order that is not stuck gets the deadline its stage has now: the rule of
+    // `OrderState::moved` (last progress plus the stage's threshold), for all of them at once.
     sqlx::query(
-        "UPDATE orders SET \
-             deadline = last_progress + make_interval(secs => \
-                 COALESCE(($1::jsonb -> 'per_stage_seconds' ->> stage)::bigint, \
-                          ($1::jsonb ->> 'default_seconds')::bigint)), \
-             check_at = last_progress + make_interval(secs => \
-                 COALESCE(($1::jsonb -> 'per_stage_seconds' ->> stage)::bigint, \
-                          ($1::jsonb ->> 'default_seconds')::bigint)) \
-         WHERE NOT terminal AND stuck_since IS NULL",
+        "UPDATE orders o SET deadline = planned.at, check_at = planned.at \
+         FROM (SELECT order_id, last_progress + make_interval(secs => \
+                   COALESCE(($1::jsonb -> 'per_stage_seconds' ->> stage)::bigint, \
+                            ($1::jsonb ->> 'default_seconds')::bigint)) AS at \
+               FROM orders WHERE NOT terminal AND stuck_since IS NULL) planned \
+         WHERE o.order_id = planned.order_id",
     )
     .bind(&after)
     .execute(&mut *tx)

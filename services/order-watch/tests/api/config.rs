@@ -118,3 +118,25 @@ async fn a_change_naming_no_stage_or_no_sensible_duration_is_refused_and_changes
     assert_eq!(config["default_stuck_after_seconds"], STUCK_AFTER.as_secs());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_change_made_on_one_replica_is_kept_by_the_next_change_on_another() {
+    let first = spawn_app().await;
+    let second = first.replica().await;
+    let (status, _) = patch(&first, json!({ "stuck_after_seconds": { "pricing": 60 } })).await;
+    assert_eq!(status, 200);
+    // The second replica still holds the thresholds it started with; its change builds on the
+    // stored ones all the same.
+    let (status, config) = patch(
+        &second,
+        json!({ "stuck_after_seconds": { "shipping": 120 } }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(config["stuck_after_seconds"]["pricing"], 60, "{config}");
+    assert_eq!(config["stuck_after_seconds"]["shipping"], 120);
+    let (_, changes) = first.get("/api/config/changes").await;
+    assert_eq!(changes[0]["before"]["per_stage_seconds"]["pricing"], 60);
+    second.stop().await;
+    first.stop().await;
+}
