@@ -186,6 +186,8 @@ impl OrderState {
 
     /// Sets stage, terminal, deadline and the next check from status and last progress, and
     /// clears `stuck`: what follows whenever the order is known to have moved.
+    /// (`runtime_config::change` applies the same deadline rule in SQL to every open order when
+    /// the thresholds change.)
     pub fn moved(&mut self, thresholds: &Thresholds) {
         self.stage = self.status.map_or(Stage::Intake, OrderStatus::stage);
         self.terminal = self.status.is_some_and(OrderStatus::is_terminal);
