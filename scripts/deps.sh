@@ -4,7 +4,10 @@
 # What it guarantees after `ensure_dependencies`:
 # - PostgreSQL on 127.0.0.1:5432 with a login role `hallmark` (password `hallmark`, CREATEDB);
 # - RabbitMQ on 127.0.0.1:5672 accepting guest/guest from this machine, with its Prometheus
-#   endpoint on 15692.
+#   endpoint on 15692;
+# - a certificate authority of this machine's own (ensure_local_ca) and, when run as root,
+#   PostgreSQL serving TLS with a certificate it signed, so a client that checks the server
+#   (`sslmode=verify-full&sslrootcert=$HALLMARK_TLS_DIR/ca.pem`) can (docs/security.md).
 # When something is missing it installs it from Debian packages if run as root, and otherwise
 # says exactly what to install.
 
@@ -112,7 +115,84 @@ ensure_browser_test() {
     || die "npm ci failed in e2e/browser"
 }
 
+# Where the local certificate authority and the certificates it issued live. State, not cache:
+# deleting it makes the next run issue new ones (and reconfigure the servers that use them).
+HALLMARK_TLS_DIR="${HALLMARK_TLS_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/hallmark/tls}"
+export HALLMARK_TLS_DIR
+
+# A certificate authority for encryption in transit between Hallmark's processes on this
+# machine: $HALLMARK_TLS_DIR/ca.pem (trust this) and ca.key (never leaves the directory). For
+# development and tests only; a deployment uses its own PKI.
+ensure_local_ca() {
+  [ -s "$HALLMARK_TLS_DIR/ca.pem" ] && [ -s "$HALLMARK_TLS_DIR/ca.key" ] && return 0
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
+  say "creating a local certificate authority in $HALLMARK_TLS_DIR"
+  mkdir -p "$HALLMARK_TLS_DIR" && chmod 700 "$HALLMARK_TLS_DIR"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -subj "/CN=Hallmark local development CA" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+    -keyout "$HALLMARK_TLS_DIR/ca.key" -out "$HALLMARK_TLS_DIR/ca.pem" 2>/dev/null \
+    || die "openssl could not create the local certificate authority"
+}
+
+# issue_local_cert NAME: $HALLMARK_TLS_DIR/NAME.pem and NAME.key, a certificate for 127.0.0.1,
+# ::1 and localhost (server and client use) signed by the local CA; kept while it is valid for
+# another 30 days, issued afresh otherwise.
+issue_local_cert() {
+  local name=$1 dir=$HALLMARK_TLS_DIR
+  ensure_local_ca
+  if [ -s "$dir/$name.pem" ] && [ -s "$dir/$name.key" ] \
+    && openssl x509 -checkend $((30 * 86400)) -noout -in "$dir/$name.pem" >/dev/null 2>&1; then
+    return 0
+  fi
+  say "issuing a local certificate for $name"
+  local extensions
+  extensions=$(mktemp)
+  printf '%s\n' 'subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost' \
+    'basicConstraints=critical,CA:FALSE' 'keyUsage=critical,digitalSignature' \
+    'extendedKeyUsage=serverAuth,clientAuth' >"$extensions"
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$name" \
+    -keyout "$dir/$name.key" -out "$dir/$name.csr" 2>/dev/null \
+    && openssl x509 -req -in "$dir/$name.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+      -set_serial "0x$(openssl rand -hex 16)" -days 825 -extfile "$extensions" \
+      -out "$dir/$name.pem" 2>/dev/null \
+    || { rm -f "$extensions"; die "openssl could not issue the certificate for $name"; }
+  rm -f "$extensions" "$dir/$name.csr"
+  chmod 600 "$dir/$name.key"
+}
+
+# PostgreSQL serves TLS with a certificate of the local CA instead of Debian's self-signed one,
+# so clients can verify it. Plain connections stay allowed for the local tools (pg_hba.conf
+# decides; docs/security.md shows how to require TLS). Needs root (the server's own files).
+ensure_postgres_tls() {
+  if ! is_root || ! id postgres >/dev/null 2>&1; then
+    say "not root: PostgreSQL keeps its own TLS certificate (clients cannot verify it against the local CA)"
+    return 0
+  fi
+  issue_local_cert postgres
+  local dir=/var/lib/postgresql/hallmark-tls reload=
+  if ! cmp -s "$HALLMARK_TLS_DIR/postgres.pem" "$dir/server.pem" 2>/dev/null; then
+    install -d -o postgres -g postgres -m 700 "$dir"
+    install -o postgres -g postgres -m 644 "$HALLMARK_TLS_DIR/postgres.pem" "$dir/server.pem"
+    install -o postgres -g postgres -m 600 "$HALLMARK_TLS_DIR/postgres.key" "$dir/server.key"
+    reload=1
+  fi
+  local pg=(runuser -u postgres -- psql -Atq)
+  if [ "$("${pg[@]}" -c 'show ssl_cert_file')" != "$dir/server.pem" ] \
+    || [ "$("${pg[@]}" -c 'show ssl')" != on ]; then
+    say "PostgreSQL: serving TLS with the local CA's certificate"
+    "${pg[@]}" -c 'alter system set ssl = on' \
+      -c "alter system set ssl_cert_file = '$dir/server.pem'" \
+      -c "alter system set ssl_key_file = '$dir/server.key'" >/dev/null
+    reload=1
+  fi
+  if [ -n "$reload" ]; then
+    "${pg[@]}" -c 'select pg_reload_conf()' >/dev/null
+  fi
+}
+
 ensure_dependencies() {
   ensure_postgres
+  ensure_postgres_tls
   ensure_rabbitmq
 }

@@ -20,7 +20,12 @@ use crate::server::CLOSE_TIMEOUT;
 /// Connection settings. `Debug` shows no credential.
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
-    /// `postgres://user:password@host:port/database`: a secret, it holds the password.
+    /// `postgres://user:password@host:port/database`: a secret, it holds the password. TLS is
+    /// set the way libpq sets it, in the query: `sslmode` (`prefer` when absent: encrypted when
+    /// the server offers it, unverified; `verify-full` checks the certificate and the host name
+    /// against `sslrootcert`, a PEM file of the CA to trust) and, for client certificates,
+    /// `sslcert` and `sslkey`. A certificate that does not verify is an error at once, never a
+    /// retry or a plain-text fallback.
     pub url: SecretString,
     /// Upper bound of pooled connections.
     pub max_connections: u32,
@@ -295,8 +300,9 @@ pub fn from_carrier(carrier: &Carrier) -> Context {
 /// configuration mistake such as a wrong password or a missing database.
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
+        // A certificate that does not verify arrives as invalid data: not a server away.
+        sqlx::Error::Io(io) => io.kind() != std::io::ErrorKind::InvalidData,
+        sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
