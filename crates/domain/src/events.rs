@@ -192,6 +192,21 @@ pub struct OrderCreated {
 pub struct PricingRequested {
     pub material: Material,
     pub model: ModelRef,
+    /// Who the order is for, so MES shares its calculations fairly between them: `partner:{id}`
+    /// for a partner's order, `customer:{id}` otherwise (pseudonymous ids, no personal data).
+    /// Absent in requests of earlier versions, which share one turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester: Option<String>,
+}
+
+impl PricingRequested {
+    /// The requester of an order: its partner when a partner placed it, else its customer.
+    pub fn requester_of(created: &OrderCreated) -> String {
+        match &created.partner_id {
+            Some(partner) => format!("partner:{partner}"),
+            None => format!("customer:{}", created.customer.id),
+        }
+    }
 }
 
 /// Why an order was rejected or failed, in words the customer (or an operator) can act on.

@@ -19,6 +19,13 @@
 //!    triangle and a reference point (the body's bounding-box centre, which keeps the terms
 //!    small and the sum accurate), taken positive. A body inside another one an odd number of
 //!    times deep is a cavity and is subtracted: a hollow ring weighs what its shell weighs.
+//!
+//! Every step is near-linear in the number of triangles, so no model can hold a calculation for
+//! long (docs/benchmarks.md measures it against trimesh). The nesting check casts one ray per
+//! body and finds the triangles it may cross through a grid of the rays (see
+//! [`nesting_parities`]) instead of testing every body against every other. Models beyond
+//! [`MAX_TRIANGLES`] or [`MAX_BODIES`], or nested so that the check would exceed
+//! [`NESTING_BUDGET`], are refused at once with a reason the customer can act on.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -72,6 +79,18 @@ pub enum StlError {
     NotOrientable,
     #[error("the model encloses no volume; export the part as a solid and upload it again")]
     ZeroVolume,
+    #[error(
+        "the model has {triangles} triangles; models of at most {MAX_TRIANGLES} are priced (export it at a coarser resolution and upload it again)"
+    )]
+    TooManyTriangles { triangles: u64 },
+    #[error(
+        "the model is made of {bodies} separate bodies; models of at most {MAX_BODIES} are priced (join the parts into fewer solids and upload it again)"
+    )]
+    TooManyBodies { bodies: usize },
+    #[error(
+        "the model's bodies overlap and nest too intricately to be measured; join the parts into fewer solids and upload it again"
+    )]
+    TooIntricate,
 }
 
 impl StlError {
@@ -82,9 +101,25 @@ impl StlError {
             Self::Unreadable(_) => "stl_unreadable",
             Self::NotClosed { .. } | Self::NotOrientable => "stl_not_closed",
             Self::ZeroVolume => "stl_zero_volume",
+            Self::TooManyTriangles { .. } => "stl_too_many_triangles",
+            Self::TooManyBodies { .. } => "stl_too_many_bodies",
+            Self::TooIntricate => "stl_too_intricate",
         }
     }
 }
+
+/// Most triangles a priced model may have: twice what the largest upload Shop takes by default
+/// (50 MiB, about a million binary triangles) can hold, and far beyond any piece of jewellery.
+pub const MAX_TRIANGLES: u64 = 2_000_000;
+
+/// Most separate bodies (cavities included) a priced model may have. A ring with a few hundred
+/// set stones modelled as bodies of their own stays well inside it.
+pub const MAX_BODIES: usize = 1_000;
+
+/// Most units of work the nesting check may do (a unit is one grid cell visited or one ray
+/// tested against one triangle): about a quarter of a second on the development machine
+/// (docs/benchmarks.md). Closed bodies nested as real models nest them use a small fraction.
+pub const NESTING_BUDGET: u64 = 50_000_000;
 
 const HEADER: usize = 80;
 const BINARY_PREFIX: usize = HEADER + 4;
@@ -106,6 +141,11 @@ pub fn parse(bytes: &[u8]) -> Result<Mesh, StlError> {
             u32::from_le_bytes(bytes[HEADER..BINARY_PREFIX].try_into().expect("4 bytes"));
         let needed = BINARY_PREFIX as u64 + BINARY_TRIANGLE as u64 * u64::from(declared);
         if needed <= bytes.len() as u64 {
+            if u64::from(declared) > MAX_TRIANGLES {
+                return Err(StlError::TooManyTriangles {
+                    triangles: u64::from(declared),
+                });
+            }
             return parse_binary(bytes, declared as usize);
         }
         if ascii_error.is_none() {
@@ -215,6 +255,11 @@ fn parse_ascii(bytes: &[u8]) -> Result<Mesh, StlError> {
                 // Polygons with more than three vertices are split into a fan of triangles.
                 for i in 1..loop_vertices.len() - 1 {
                     triangles.push([loop_vertices[0], loop_vertices[i], loop_vertices[i + 1]]);
+                }
+                if triangles.len() as u64 > MAX_TRIANGLES {
+                    return Err(StlError::TooManyTriangles {
+                        triangles: triangles.len() as u64,
+                    });
                 }
             }
             other => return fail(line, &format!("unexpected `{other}`")),
@@ -412,24 +457,6 @@ fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
     ]
 }
 
-/// Whether `point` lies inside the closed `body`, by counting crossings of a ray.
-fn contains(welded: &Welded, body: &Body, point: [f64; 3]) -> bool {
-    if (0..3).any(|axis| point[axis] < body.min[axis] || point[axis] > body.max[axis]) {
-        return false;
-    }
-    // An irrational-ish direction avoids passing exactly through edges and vertices of
-    // axis-aligned meshes.
-    let direction = [0.577_350_3, 0.577_350_2, 0.577_350_4];
-    let mut crossings = 0;
-    for &(f, _) in &body.faces {
-        let [a, b, c] = welded.faces[f as usize].map(|v| welded.vertices[v as usize]);
-        if ray_hits(point, direction, a, b, c) {
-            crossings += 1;
-        }
-    }
-    crossings % 2 == 1
-}
-
 /// Möller–Trumbore ray/triangle intersection (hits in front of the origin only).
 fn ray_hits(origin: [f64; 3], direction: [f64; 3], a: [f64; 3], b: [f64; 3], c: [f64; 3]) -> bool {
     let e1 = sub(b, a);
@@ -453,6 +480,138 @@ fn ray_hits(origin: [f64; 3], direction: [f64; 3], a: [f64; 3], b: [f64; 3], c: 
     dot(e2, q) * inv > 0.0
 }
 
+/// The direction of the rays that decide what is inside what: not along an axis or a diagonal,
+/// so that rays of axis-aligned meshes do not run exactly through their edges and vertices.
+const RAY: [f64; 3] = [0.577_350_3, 0.577_350_2, 0.577_350_4];
+
+/// For each body, whether it lies inside an odd number of the others (then it is a cavity).
+///
+/// Body *i* counts as inside body *j* when *j*'s bounding box holds *i*'s and a ray from a
+/// vertex of *i* crosses *j* an odd number of times. Only the parity of the sum matters, so
+/// one ray per body is cast and its crossings with every such *j* are added up. A ray can only
+/// cross a triangle whose shadow, seen along the ray, covers the ray's origin; the origins are
+/// put in a grid on the plane across the ray, and each triangle visits the cells its shadow
+/// covers. That is linear in the triangles for real models (a triangle's shadow covers a cell
+/// or two), where testing every body's ray against every other body is quadratic in the bodies.
+/// Work beyond `budget` (cells visited plus ray tests) is refused as [`StlError::TooIntricate`].
+fn nesting_parities(welded: &Welded, bodies: &[Body], budget: u64) -> Result<Vec<bool>, StlError> {
+    let mut odd = vec![false; bodies.len()];
+    if bodies.len() < 2 {
+        return Ok(odd);
+    }
+    // An orthonormal basis (u, w) of the plane across the ray.
+    let norm = dot(RAY, RAY).sqrt();
+    let ray = RAY.map(|c| c / norm);
+    let u = {
+        let c = cross(ray, [1.0, 0.0, 0.0]);
+        let n = dot(c, c).sqrt();
+        c.map(|x| x / n)
+    };
+    let w = cross(ray, u);
+    let shadow = |p: [f64; 3]| [dot(p, u), dot(p, w)];
+
+    let origins: Vec<[f64; 3]> = bodies
+        .iter()
+        .map(|body| welded.vertices[welded.faces[body.faces[0].0 as usize][0] as usize])
+        .collect();
+    let grid = Grid::new(origins.iter().map(|&p| shadow(p)).collect());
+    let mut work: u64 = 0;
+    for (j, outer) in bodies.iter().enumerate() {
+        for &(f, _) in &outer.faces {
+            let [a, b, c] = welded.faces[f as usize].map(|v| welded.vertices[v as usize]);
+            let corners = [shadow(a), shadow(b), shadow(c)];
+            let low = [0, 1].map(|k| corners.iter().map(|p| p[k]).fold(f64::INFINITY, f64::min));
+            let high = [0, 1].map(|k| {
+                corners
+                    .iter()
+                    .map(|p| p[k])
+                    .fold(f64::NEG_INFINITY, f64::max)
+            });
+            for cell in grid.cells_under(low, high) {
+                work += 1;
+                for &i in &grid.cells[cell] {
+                    let i = i as usize;
+                    let inner = &bodies[i];
+                    let encloses = i != j
+                        && (0..3).all(|axis| {
+                            outer.min[axis] <= inner.min[axis] && inner.max[axis] <= outer.max[axis]
+                        });
+                    if encloses {
+                        work += 1;
+                        if ray_hits(origins[i], RAY, a, b, c) {
+                            odd[i] = !odd[i];
+                        }
+                    }
+                }
+                if work > budget {
+                    return Err(StlError::TooIntricate);
+                }
+            }
+        }
+    }
+    Ok(odd)
+}
+
+/// Points on a plane bucketed into a square grid of about one cell per point.
+struct Grid {
+    low: [f64; 2],
+    cell: [f64; 2],
+    side: usize,
+    /// Indices of the points in each cell, row by row.
+    cells: Vec<Vec<u32>>,
+}
+
+impl Grid {
+    fn new(points: Vec<[f64; 2]>) -> Self {
+        let side = (points.len() as f64).sqrt().ceil().max(1.0) as usize;
+        let low = [0, 1].map(|k| points.iter().map(|p| p[k]).fold(f64::INFINITY, f64::min));
+        let high = [0, 1].map(|k| {
+            points
+                .iter()
+                .map(|p| p[k])
+                .fold(f64::NEG_INFINITY, f64::max)
+        });
+        // A cell never collapses to nothing, even when every point shares a coordinate.
+        let cell = [0, 1].map(|k| ((high[k] - low[k]) / side as f64).max(f64::MIN_POSITIVE));
+        let mut grid = Self {
+            low,
+            cell,
+            side,
+            cells: vec![Vec::new(); side * side],
+        };
+        for (i, p) in points.iter().enumerate() {
+            let [x, y] = [0, 1].map(|k| grid.index(k, p[k]));
+            grid.cells[y * side + x].push(i as u32);
+        }
+        grid
+    }
+
+    /// The cell column (k = 0) or row (k = 1) of coordinate `value`, clamped to the grid.
+    fn index(&self, k: usize, value: f64) -> usize {
+        let at = ((value - self.low[k]) / self.cell[k]).floor();
+        if at.is_nan() || at < 0.0 {
+            0
+        } else {
+            (at as usize).min(self.side - 1)
+        }
+    }
+
+    /// The cells a rectangle overlaps (a little widened, so that a point on its edge counts);
+    /// none when it lies outside the grid.
+    fn cells_under(&self, low: [f64; 2], high: [f64; 2]) -> impl Iterator<Item = usize> + '_ {
+        let slack = [0, 1].map(|k| (high[k] - low[k]).abs() * 1e-9 + 1e-12);
+        let top = [0, 1].map(|k| self.low[k] + self.cell[k] * self.side as f64);
+        let outside =
+            (0..2).any(|k| high[k] + slack[k] < self.low[k] || low[k] - slack[k] > top[k]);
+        let [x0, y0] = [0, 1].map(|k| self.index(k, low[k] - slack[k]));
+        let [x1, y1] = [0, 1].map(|k| self.index(k, high[k] + slack[k]));
+        let side = self.side;
+        (y0..=y1)
+            .flat_map(move |y| (x0..=x1).map(move |x| y * side + x))
+            .filter(move |_| !outside)
+    }
+}
+
 /// Measures a mesh; see the module documentation for the rules.
 pub fn analyze(mesh: &Mesh) -> Result<MeshReport, StlError> {
     if mesh.triangles.is_empty() {
@@ -472,25 +631,19 @@ pub fn analyze(mesh: &Mesh) -> Result<MeshReport, StlError> {
         });
     }
     let mut bodies = bodies(&welded, &edges).ok_or(StlError::NotOrientable)?;
+    if bodies.len() > MAX_BODIES {
+        return Err(StlError::TooManyBodies {
+            bodies: bodies.len(),
+        });
+    }
     bodies.iter_mut().for_each(orient_outward);
 
     // A body nested inside an odd number of others is a cavity.
     let mut cavities = 0;
     let mut volume = 0.0;
-    for (i, body) in bodies.iter().enumerate() {
-        let probe = welded.vertices[welded.faces[body.faces[0].0 as usize][0] as usize];
-        let depth = bodies
-            .iter()
-            .enumerate()
-            .filter(|&(j, outer)| {
-                j != i
-                    && (0..3).all(|axis| {
-                        outer.min[axis] <= body.min[axis] && body.max[axis] <= outer.max[axis]
-                    })
-                    && contains(&welded, outer, probe)
-            })
-            .count();
-        if depth % 2 == 1 {
+    let parities = nesting_parities(&welded, &bodies, NESTING_BUDGET)?;
+    for (body, odd) in bodies.iter().zip(parities) {
+        if odd {
             cavities += 1;
             volume -= body.volume;
         } else {
@@ -682,6 +835,162 @@ mod tests {
                 report.volume_mm3
             );
         }
+    }
+
+    /// The nesting rule as first written, body against body: the reference the fast check is
+    /// compared with.
+    fn nesting_parities_pairwise(welded: &Welded, bodies: &[Body]) -> Vec<bool> {
+        let contains = |body: &Body, point: [f64; 3]| {
+            let crossings = body
+                .faces
+                .iter()
+                .filter(|&&(f, _)| {
+                    let [a, b, c] = welded.faces[f as usize].map(|v| welded.vertices[v as usize]);
+                    ray_hits(point, RAY, a, b, c)
+                })
+                .count();
+            crossings % 2 == 1
+        };
+        bodies
+            .iter()
+            .enumerate()
+            .map(|(i, body)| {
+                let probe = welded.vertices[welded.faces[body.faces[0].0 as usize][0] as usize];
+                let depth = bodies
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, outer)| {
+                        j != i
+                            && (0..3).all(|axis| {
+                                outer.min[axis] <= body.min[axis]
+                                    && body.max[axis] <= outer.max[axis]
+                            })
+                            && contains(outer, probe)
+                    })
+                    .count();
+                depth % 2 == 1
+            })
+            .collect()
+    }
+
+    fn welded_bodies(triangles: Vec<Triangle>) -> (Welded, Vec<Body>) {
+        let welded = weld(&Mesh {
+            triangles,
+            solids: 1,
+        });
+        let edges = edges(&welded.faces);
+        let mut bodies = bodies(&welded, &edges).expect("orientable");
+        bodies.iter_mut().for_each(orient_outward);
+        (welded, bodies)
+    }
+
+    /// A small deterministic generator (xorshift), so failures reproduce.
+    struct Random(u64);
+
+    impl Random {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    #[test]
+    fn the_nesting_check_agrees_with_testing_every_body_against_every_other() {
+        let mut random = Random(0x9e37_79b9_7f4a_7c15);
+        let mut with_cavities = 0;
+        for case in 0..300 {
+            // Cubes on a coarse grid: nested, overlapping, touching-free and apart, either winding.
+            let mut triangles = Vec::new();
+            for _ in 0..1 + random.below(12) {
+                let origin = [0, 1, 2].map(|_| random.below(16) as f32);
+                let side = 1.0 + random.below(10) as f32 + 0.5;
+                triangles.extend(cube(origin, side, random.below(2) == 0));
+            }
+            let (welded, bodies) = welded_bodies(triangles);
+            let fast = nesting_parities(&welded, &bodies, NESTING_BUDGET).unwrap();
+            assert_eq!(
+                fast,
+                nesting_parities_pairwise(&welded, &bodies),
+                "case {case}"
+            );
+            with_cavities += usize::from(fast.contains(&true));
+        }
+        // The cases must exercise nesting, not only bodies side by side.
+        assert!(with_cavities >= 50, "{with_cavities} of 300 cases nest");
+    }
+
+    #[test]
+    fn nested_shells_alternate_between_material_and_cavity() {
+        let mut triangles = Vec::new();
+        for k in 0..6u8 {
+            let k = f32::from(k);
+            triangles.extend(cube([k; 3], 20.0 - 2.0 * k, k as u8 % 2 == 1));
+        }
+        let report = volume(triangles).unwrap();
+        assert_eq!((report.bodies, report.cavities), (6, 3));
+        let expected: f64 = (0..6)
+            .map(|k| {
+                let side = 20.0 - 2.0 * f64::from(k);
+                if k % 2 == 0 {
+                    side.powi(3)
+                } else {
+                    -side.powi(3)
+                }
+            })
+            .sum();
+        assert!((report.volume_mm3 - expected).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_model_of_more_bodies_than_the_limit_is_refused_with_the_count() {
+        let mut triangles = Vec::new();
+        for i in 0..=MAX_BODIES {
+            triangles.extend(cube([3.0 * i as f32, 0.0, 0.0], 1.0, false));
+        }
+        let err = volume(triangles).unwrap_err();
+        assert_eq!(
+            err,
+            StlError::TooManyBodies {
+                bodies: MAX_BODIES + 1
+            }
+        );
+        assert_eq!(err.code(), "stl_too_many_bodies");
+    }
+
+    #[test]
+    fn a_binary_file_declaring_more_triangles_than_the_limit_is_refused_before_reading_them() {
+        let declared = MAX_TRIANGLES + 1;
+        let mut bytes = vec![0u8; BINARY_PREFIX + BINARY_TRIANGLE * declared as usize];
+        bytes[HEADER..BINARY_PREFIX].copy_from_slice(&(declared as u32).to_le_bytes());
+        let err = parse(&bytes).unwrap_err();
+        assert_eq!(
+            err,
+            StlError::TooManyTriangles {
+                triangles: declared
+            }
+        );
+        assert!(err.to_string().contains("2000000"), "{err}");
+    }
+
+    #[test]
+    fn nesting_beyond_the_work_budget_is_refused_as_too_intricate() {
+        let mut triangles = Vec::new();
+        for k in 0..40u8 {
+            let k = f32::from(k);
+            triangles.extend(cube([k * 0.5; 3], 100.0 - k, false));
+        }
+        let (welded, bodies) = welded_bodies(triangles);
+        assert!(nesting_parities(&welded, &bodies, NESTING_BUDGET).is_ok());
+        assert_eq!(
+            nesting_parities(&welded, &bodies, 1_000).unwrap_err(),
+            StlError::TooIntricate
+        );
     }
 
     #[test]
