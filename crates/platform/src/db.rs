@@ -302,9 +302,7 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
         // A certificate that does not verify arrives as invalid data: not a server away.
         sqlx::Error::Io(io) => io.kind() != std::io::ErrorKind::InvalidData,
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // Class 08 (connection exception); admin_shutdown, crash_shutdown,
             // cannot_connect_now (a server starting or stopping).

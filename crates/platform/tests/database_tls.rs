@@ -11,9 +11,11 @@ use platform::db::DatabaseConfig;
 use tokio_util::sync::CancellationToken;
 
 fn local_ca() -> PathBuf {
-    let dir = std::env::var("HALLMARK_TLS_DIR").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").expect("HOME")).join(".local/state/hallmark/tls")
-    });
+    let dir = std::env::var("HALLMARK_TLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".local/state/hallmark/tls")
+        });
     let ca = dir.join("ca.pem");
     assert!(
         ca.exists(),
@@ -91,4 +93,3 @@ async fn a_url_that_requires_tls_never_falls_back_to_plain_text() {
             .unwrap();
     assert!(ssl);
 }
-
