@@ -266,6 +266,56 @@ async fn a_slow_calc_engine_is_waited_for_and_one_past_its_timeout_is_retried_th
 }
 
 #[tokio::test]
+async fn a_partners_queue_of_calculations_does_not_hold_back_another_customers_quote() {
+    // One calc worker, each calculation a second and a half: a partner's five orders take
+    // seven seconds or more one after another.
+    let dir = tempfile::tempdir().unwrap();
+    let real = binary("mes-calc").display().to_string();
+    let slow = engine_script(&dir, &format!("sleep 1.5; exec {real} \"$@\""));
+    let system = System::start_with(&[("MES_CALC_BIN", &slow), ("MES_CALC_WORKERS", "1")]).await;
+    let mut partner = Vec::new();
+    for _ in 0..5 {
+        partner.push(
+            system
+                .place_partner_order("torus.STL", "gold_585", "bulk-partner")
+                .await
+                .id,
+        );
+    }
+    // The customer's order is queued once the partner's are.
+    for &id in &partner {
+        testkit::wait::until("the partner's order to reach MES", PATIENCE, || async {
+            let answer = reqwest::get(format!("{}/api/orders/{id}", system.mes.url()))
+                .await
+                .ok()?;
+            answer.status().is_success().then_some(())
+        })
+        .await;
+    }
+    let customer = system.place_order("torus.STL", "gold_585").await.id;
+
+    system.until_status_in("mes", customer, "priced").await;
+    let mut partner_priced = 0;
+    for &id in &partner {
+        if system.mes_order(id).await["status"] == "priced" {
+            partner_priced += 1;
+        }
+    }
+    // The calculation running when the customer's job arrived, and at most one more that
+    // started meanwhile: never the whole queue.
+    assert!(
+        partner_priced <= 2,
+        "{partner_priced} of the partner's 5 orders were priced before the customer's"
+    );
+    let expected = partner
+        .iter()
+        .chain([&customer])
+        .map(|&id| (id, "priced"))
+        .collect();
+    verdict(&system, &expected).await;
+}
+
+#[tokio::test]
 async fn when_storage_fails_on_read_the_calculation_is_retried_until_it_is_back() {
     let s3 = S3Server::start().await;
     let mut env: Vec<(String, String)> = s3.env();

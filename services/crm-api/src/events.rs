@@ -117,6 +117,7 @@ impl Registrar {
             Event::PricingRequested(PricingRequested {
                 material: created.material,
                 model: created.model.clone(),
+                requester: Some(PricingRequested::requester_of(created)),
             }),
         );
         messaging::enqueue(tx, &request).await?;

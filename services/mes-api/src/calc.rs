@@ -3,7 +3,9 @@
 //! A job is queued (in the same transaction as `registered → pricing`) when MES accepts a price
 //! request. Workers claim due jobs with `FOR UPDATE SKIP LOCKED` and a lease, so several workers
 //! and MES replicas share the queue and a job whose worker died is picked up again when its lease
-//! runs out. Each attempt:
+//! runs out. The queue is shared fairly between requesters (a partner, or a customer; see
+//! [`Worker::claim`]): a due job waits behind at most one calculation of each other requester
+//! with jobs due, however many jobs those requesters queued. Each attempt:
 //!
 //! 1. reads the model from object storage,
 //! 2. runs `mes-calc` with the model on stdin and the trace context in `TRACEPARENT`/`TRACESTATE`
@@ -338,19 +340,37 @@ impl Worker {
     /// under no order until it returns one, and would be a root trace of its own each time;
     /// the job's work is traced from its `price model` span on, in the order's trace.
     ///
+    /// Fair between requesters: the next job is one of the requester with the fewest
+    /// calculations running, among those the one whose last calculation started longest ago
+    /// (never served first), and among its jobs the one due first. Two workers claiming at the
+    /// same instant may both pick the same requester once; the next claims even it out.
+    ///
     /// A job whose order's material does not read is claimed all the same: the error names the
     /// order, and the job is tried again when its lease ends, until the row is repaired.
     async fn claim(&self) -> Result<Option<Job>, ReadError> {
         let lease = self.settings.timeout + Duration::from_secs(30);
         let row: Option<JobRow> = sqlx::query_as(
-            "UPDATE calc_jobs j SET state = 'running', attempts = attempts + 1, \
+            "WITH next AS ( \
+                 SELECT c.order_id, o.requester FROM calc_jobs c \
+                 JOIN orders o ON o.id = c.order_id \
+                 LEFT JOIN calc_requesters q ON q.requester = o.requester \
+                 WHERE (c.state = 'pending' AND c.not_before <= now()) \
+                    OR (c.state = 'running' AND c.lease_until < now()) \
+                 ORDER BY ( \
+                     SELECT count(*) FROM calc_jobs r JOIN orders ro ON ro.id = r.order_id \
+                     WHERE r.state = 'running' AND r.lease_until >= now() \
+                       AND ro.requester = o.requester \
+                 ), q.last_started NULLS FIRST, c.not_before \
+                 LIMIT 1 FOR UPDATE OF c SKIP LOCKED \
+             ), served AS ( \
+                 INSERT INTO calc_requesters (requester, last_started) \
+                 SELECT requester, clock_timestamp() FROM next \
+                 ON CONFLICT (requester) DO UPDATE SET last_started = excluded.last_started \
+             ) \
+             UPDATE calc_jobs j SET state = 'running', attempts = attempts + 1, \
                  lease_until = now() + $1, updated_at = now() \
-             FROM orders o \
-             WHERE j.order_id = o.id AND j.order_id = ( \
-                 SELECT order_id FROM calc_jobs \
-                 WHERE (state = 'pending' AND not_before <= now()) \
-                    OR (state = 'running' AND lease_until < now()) \
-                 ORDER BY not_before LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             FROM next, orders o \
+             WHERE j.order_id = next.order_id AND o.id = j.order_id \
              RETURNING j.order_id, j.attempts, j.trace, o.material, o.model_key",
         )
         .bind(lease)

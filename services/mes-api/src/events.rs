@@ -58,14 +58,15 @@ impl PricingIntake {
             request.material.as_str(),
         ));
         sqlx::query(
-            "INSERT INTO orders (id, material, model_key, model_size_bytes, model_sha256) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO orders (id, material, model_key, model_size_bytes, model_sha256, requester) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
         )
         .bind(envelope.order_id)
         .bind(request.material.as_str())
         .bind(&request.model.key)
         .bind(request.model.size_bytes as i64)
         .bind(&request.model.sha256)
+        .bind(request.requester.as_deref().unwrap_or_default())
         .execute(&mut *tx)
         .db("INSERT orders")
         .await?;
