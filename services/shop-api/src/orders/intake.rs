@@ -3,6 +3,7 @@
 //! Every problem is reported with a stable code and a message that says what to change; nothing
 //! is stored until the whole request is valid.
 
+use anyhow::Context as _;
 use axum::extract::Multipart;
 use axum::extract::multipart::{MultipartError, MultipartRejection};
 use axum::http::{HeaderMap, StatusCode};
@@ -116,6 +117,20 @@ pub(crate) async fn read(
         .await
         .map_err(|e| multipart_error(e, max_model_bytes))?
     {
+        let name = field.name().unwrap_or_default().to_owned();
+        let repeated = match name.as_str() {
+            "order" => order_json.is_some(),
+            "model" => model.is_some(),
+            _ => false,
+        };
+        if repeated {
+            // Taking the first or the last would store something other than what a reader of
+            // the request sees: refuse, whichever part it is.
+            return Err(ApiError::bad_request(
+                "duplicate_part",
+                format!("the `{name}` part appears more than once; send it once"),
+            ));
+        }
         match field.name() {
             Some("order") => {
                 let bytes = field
@@ -170,7 +185,7 @@ pub(crate) async fn read(
         }
     })?;
     let order = validate(&request)?;
-    let model = check_model(&file_name, bytes)?;
+    let model = check_model_off_the_runtime(file_name, bytes).await?;
 
     let mut hasher = Sha256::new();
     hasher.update(serde_json::to_vec(&request).expect("the request serializes"));
@@ -267,8 +282,26 @@ fn validate(request: &OrderRequest) -> Result<ValidOrder, ApiError> {
     })
 }
 
-/// Shop checks only that the upload *is* an STL file; whether it can be made (closed, non-empty)
-/// is MES's call, which rejects the order with a reason the customer can act on.
+/// Model checks running at once; more uploads wait their turn. Reading a 50 MB ASCII model
+/// takes a CPU for a while: on the blocking pool, bounded, it never holds up the requests the
+/// runtime serves meanwhile (`/health` included).
+const CONCURRENT_MODEL_CHECKS: usize = 2;
+
+async fn check_model_off_the_runtime(file_name: String, bytes: Bytes) -> Result<Model, ApiError> {
+    static CHECKS: tokio::sync::Semaphore =
+        tokio::sync::Semaphore::const_new(CONCURRENT_MODEL_CHECKS);
+    let _turn = CHECKS
+        .acquire()
+        .await
+        .context("the model check queue is closed")?;
+    tokio::task::spawn_blocking(move || check_model(&file_name, bytes))
+        .await
+        .context("the model check did not finish")?
+}
+
+/// Shop checks only that the upload *is* an STL file within the size every model must keep to;
+/// whether it can be made (closed, non-empty, not too large) is MES's call, which rejects the
+/// order with a reason the customer can act on.
 fn check_model(file_name: &str, bytes: Bytes) -> Result<Model, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::unprocessable(
@@ -276,13 +309,17 @@ fn check_model(file_name: &str, bytes: Bytes) -> Result<Model, ApiError> {
             "the model file is empty; upload an STL file",
         ));
     }
-    if let Err(err) = domain::stl::parse(&bytes)
-        && err.code() == "stl_unreadable"
-    {
-        return Err(ApiError::unprocessable(
-            "invalid_model",
-            format!("the model is not a readable STL file: {err}"),
-        ));
+    match domain::stl::parse(&bytes) {
+        Err(err @ domain::stl::StlError::Unreadable(_)) => {
+            return Err(ApiError::unprocessable(
+                "invalid_model",
+                format!("the model is not a readable STL file: {err}"),
+            ));
+        }
+        Err(err @ domain::stl::StlError::TooManyTriangles { .. }) => {
+            return Err(ApiError::unprocessable("invalid_model", err.to_string()));
+        }
+        _ => {}
     }
     let sha256 = hex::encode(Sha256::digest(&bytes));
     Ok(Model {

@@ -242,6 +242,26 @@ async fn bad_uploads_get_a_clear_error_and_store_nothing() {
             "invalid_order",
         ),
         (
+            "the order part twice",
+            vec![
+                Part::Order(order_json().to_string()),
+                Part::Order(unknown_material.to_string()),
+                Part::Model("a.stl", torus()),
+            ],
+            400,
+            "duplicate_part",
+        ),
+        (
+            "the model part twice",
+            vec![
+                Part::Order(order_json().to_string()),
+                Part::Model("a.stl", torus()),
+                Part::Model("b.stl", torus()),
+            ],
+            400,
+            "duplicate_part",
+        ),
+        (
             "a file that is not an STL",
             vec![
                 Part::Order(order_json().to_string()),
