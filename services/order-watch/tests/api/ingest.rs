@@ -96,6 +96,58 @@ async fn otlp_grpc_with_gzip_is_accepted() {
     assert_eq!(app.journey(order).await["status"], "pricing");
 }
 
+/// Field 1 of an export request (its resource spans) sent as a number: not an OTLP message.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotAnExport {
+    #[prost(uint64, tag = "1")]
+    resource_spans: u64,
+}
+
+#[tokio::test]
+async fn otlp_grpc_that_is_not_an_otlp_message_is_an_invalid_argument() {
+    let app = spawn_app().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "http://127.0.0.1:{}",
+        app.ports.otlp_grpc
+    ))
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.unwrap();
+    let status = client
+        .unary::<_, ExportTraceServiceResponse, _>(
+            tonic::Request::new(NotAnExport { resource_spans: 7 }),
+            http::uri::PathAndQuery::from_static(
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            ),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("not an OTLP"),
+        "{}",
+        status.message()
+    );
+    // The service still answers a proper request afterwards.
+    let mut proper =
+        TraceServiceClient::connect(format!("http://127.0.0.1:{}", app.ports.otlp_grpc))
+            .await
+            .unwrap();
+    let order = Uuid::now_v7();
+    proper
+        .export(build::request(
+            "mes-api",
+            vec![transition(order, [6; 16], 1, "pricing", Utc::now())],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(app.journey(order).await["status"], "pricing");
+}
+
 #[tokio::test]
 async fn malformed_spans_are_reported_as_a_partial_success() {
     let app = spawn_app().await;
