@@ -28,6 +28,8 @@ pub struct System {
     pub mes: ServiceProcess,
     pub otlp: OtlpCapture,
     pub client: reqwest::Client,
+    /// The customer's token of each order placed through this system, for Shop's order URLs.
+    tokens: std::sync::Mutex<std::collections::HashMap<Uuid, String>>,
     /// What every service is started with (its database URL comes on top).
     env: Vec<(String, String)>,
     /// Shop's, CRM's and MES's, in that order.
@@ -81,6 +83,9 @@ impl Service {
 pub struct Placed {
     pub id: Uuid,
     pub response: Value,
+    /// The customer's token for the order (`customer_token`), which Shop wants for reading or
+    /// deciding it.
+    pub token: String,
     /// The `traceresponse` header: `00-{trace_id}-{span_id}-{flags}`.
     pub trace_id: String,
 }
@@ -136,6 +141,7 @@ impl System {
             mes,
             otlp,
             client: reqwest::Client::new(),
+            tokens: Default::default(),
             env,
             databases,
             _storage: storage,
@@ -196,6 +202,40 @@ impl System {
             .unwrap_or_else(|err| panic!("placing {fixture}: {err}"))
     }
 
+    /// Keeps the order's token for the Shop URLs of this order.
+    fn remember(&self, placed: Result<Placed, String>) -> Result<Placed, String> {
+        if let Ok(placed) = &placed {
+            self.tokens
+                .lock()
+                .expect("tokens")
+                .insert(placed.id, placed.token.clone());
+        }
+        placed
+    }
+
+    /// The customer's token of an order placed through this system.
+    pub fn token_of(&self, id: Uuid) -> Option<String> {
+        self.tokens.lock().expect("tokens").get(&id).cloned()
+    }
+
+    /// `request` with the order's token when `url` is one of Shop's order URLs of an order
+    /// placed through this system.
+    pub fn as_customer(
+        &self,
+        url: &str,
+        request: reqwest::RequestBuilder,
+    ) -> reqwest::RequestBuilder {
+        let order = url
+            .strip_prefix(&format!("{}/api/orders/", self.shop.url()))
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|id| id.parse::<Uuid>().ok());
+        let token = order.and_then(|id| self.token_of(id));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
     /// Places an order and returns what Shop acknowledged, or why it did not (an error status
     /// or no answer at all), for tests where refusals are expected.
     pub async fn try_place_order(
@@ -204,15 +244,17 @@ impl System {
         material: &str,
         headers: &[(&str, &str)],
     ) -> Result<Placed, String> {
-        place_order_at(
-            &self.client,
-            &self.shop.url(),
-            fixture,
-            material,
-            headers,
-            None,
+        self.remember(
+            place_order_at(
+                &self.client,
+                &self.shop.url(),
+                fixture,
+                material,
+                headers,
+                None,
+            )
+            .await,
         )
-        .await
     }
 
     /// Places an order as partner `partner` does through the API.
@@ -222,20 +264,26 @@ impl System {
         material: &str,
         partner: &str,
     ) -> Placed {
-        place_order_at(
-            &self.client,
-            &self.shop.url(),
-            fixture,
-            material,
-            &[],
-            Some(partner),
+        self.remember(
+            place_order_at(
+                &self.client,
+                &self.shop.url(),
+                fixture,
+                material,
+                &[],
+                Some(partner),
+            )
+            .await,
         )
-        .await
         .unwrap_or_else(|err| panic!("placing {fixture} for {partner}: {err}"))
     }
 
     async fn get(&self, url: String) -> Value {
-        let response = self.client.get(&url).send().await.expect("service answers");
+        let response = self
+            .as_customer(&url, self.client.get(&url))
+            .send()
+            .await
+            .expect("service answers");
         assert!(
             response.status().is_success(),
             "GET {url}: {}",
@@ -285,7 +333,11 @@ impl System {
             &format!("order {id} to be {status} in {service}"),
             PATIENCE,
             || async {
-                let response = self.client.get(&url).send().await.ok()?;
+                let response = self
+                    .as_customer(&url, self.client.get(&url))
+                    .send()
+                    .await
+                    .ok()?;
                 if response.status() == 404 {
                     return None;
                 }
@@ -312,7 +364,7 @@ impl System {
 
     /// POSTs `body` (JSON, or nothing) and returns status and JSON answer.
     pub async fn post(&self, url: String, body: Option<Value>) -> (u16, Value) {
-        let request = self.client.post(&url);
+        let request = self.as_customer(&url, self.client.post(&url));
         let request = match body {
             Some(body) => request.json(&body),
             None => request,
@@ -376,9 +428,14 @@ pub async fn place_order_at(
         .as_str()
         .and_then(|id| id.parse().ok())
         .ok_or_else(|| format!("no order_id in {response}"))?;
+    let token = response["customer_token"]
+        .as_str()
+        .ok_or_else(|| format!("no customer_token in {response}"))?
+        .to_owned();
     Ok(Placed {
         id,
         response,
+        token,
         trace_id,
     })
 }

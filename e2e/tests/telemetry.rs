@@ -135,9 +135,9 @@ async fn one_order_is_one_connected_trace_from_the_http_request_through_the_calc
     }
 
     // A customer reading the order only observes it, down to the database.
+    let url = format!("{}/api/orders/{}", system.shop.url(), order.id);
     let read = system
-        .client
-        .get(format!("{}/api/orders/{}", system.shop.url(), order.id))
+        .as_customer(&url, system.client.get(&url))
         .send()
         .await
         .unwrap();
@@ -372,7 +372,7 @@ impl Action {
         url: String,
         body: Option<Value>,
     ) -> Self {
-        let request = system.client.post(&url);
+        let request = system.as_customer(&url, system.client.post(&url));
         let request = match body {
             Some(body) => request.json(&body),
             None => request,

@@ -157,6 +157,10 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("the upload is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    /// The request does not say who it is from, or its credential is not valid for what it
+    /// names (a 401 with `WWW-Authenticate: Bearer`).
+    #[error("{message}")]
+    Unauthorized { code: &'static str, message: String },
     /// A dependency (database, object storage, broker) is down; the client may retry.
     #[error("{code}")]
     Unavailable {
@@ -242,6 +246,14 @@ impl IntoResponse for ApiError {
             Self::Conflict { code, .. } => error_response(StatusCode::CONFLICT, code, &message),
             Self::TooLarge { .. } => {
                 error_response(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &message)
+            }
+            Self::Unauthorized { code, .. } => {
+                let mut response = error_response(StatusCode::UNAUTHORIZED, code, &message);
+                response.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+                response
             }
             Self::Unavailable { code, cause } => {
                 unavailable(code, &otel_fastpath::logging::error_chain(&*cause))

@@ -3,6 +3,7 @@
 use messaging::BrokerConfig;
 use platform::db::DatabaseConfig;
 use platform::storage::StorageConfig;
+use secrecy::SecretString;
 
 /// Everything Shop needs to run.
 #[derive(Debug, Clone)]
@@ -20,6 +21,10 @@ pub struct Settings {
     /// Largest model accepted, in bytes; a larger upload gets 413. Env: `SHOP_MAX_MODEL_BYTES`
     /// (default 50 MiB, enough for a finely tessellated ring).
     pub max_model_bytes: usize,
+    /// The key customers' order tokens are made with (`orders::token`): a secret; changing it
+    /// invalidates every token handed out before. Env: `SHOP_ORDER_TOKEN_KEY` (required unless
+    /// `HALLMARK_ENV` is `development` or `test`, where a fixed development key is used).
+    pub order_token_key: SecretString,
 }
 
 pub const DEFAULT_MAX_MODEL_BYTES: usize = 50 * 1024 * 1024;
@@ -36,6 +41,10 @@ impl Settings {
             broker: BrokerConfig::from_env()?,
             storage: StorageConfig::from_env()?,
             max_model_bytes: settings::parse("SHOP_MAX_MODEL_BYTES", DEFAULT_MAX_MODEL_BYTES)?,
+            order_token_key: SecretString::from(settings::credential(
+                "SHOP_ORDER_TOKEN_KEY",
+                "hallmark-order-token-key-for-local-use-only",
+            )?),
         })
     }
 }

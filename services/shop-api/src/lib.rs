@@ -1,8 +1,10 @@
 //! Shop API: where customers and partners place orders with a 3D model and follow them.
 //!
 //! * `POST /api/orders` (multipart: `order` JSON + `model` STL, optional `Idempotency-Key`)
-//! * `GET /api/orders/{order_id}`
-//! * `POST /api/orders/{order_id}/confirm`, `POST /api/orders/{order_id}/cancel`
+//!   answers the order with its `customer_token`;
+//! * `GET /api/orders/{order_id}`, `POST /api/orders/{order_id}/confirm`,
+//!   `POST /api/orders/{order_id}/cancel`, each with the order's token
+//!   (`Authorization: Bearer ord_…`; see [`OrderTokens`]).
 //!
 //! Shop owns the transitions `created`, `submitted` (when `order.created` reached the broker),
 //! `confirmed` and `cancelled`; it follows every other status through the `shop.status` queue.
@@ -13,6 +15,7 @@ mod orders;
 mod startup;
 
 pub use config::Settings;
+pub use orders::OrderTokens;
 pub use startup::Application;
 
 /// `service.name` of this service.

@@ -26,6 +26,7 @@ pub(crate) struct AppState {
     pub storage: ObjectStorage,
     pub orderbook: OrderBook,
     pub max_model_bytes: usize,
+    pub tokens: crate::orders::OrderTokens,
 }
 
 /// The status listing (`orderbook::statuses`) reads the pool from the state.
@@ -63,6 +64,7 @@ impl Application {
                 storage,
                 orderbook: OrderBook::new(SERVICE_NAME),
                 max_model_bytes: settings.max_model_bytes,
+                tokens: crate::orders::OrderTokens::new(settings.order_token_key),
             },
             broker: Broker::new(settings.broker, SERVICE_NAME),
             cancel,

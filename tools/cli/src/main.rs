@@ -3,7 +3,7 @@
 //! ```text
 //! hallmark demo  [--shop URL] --model ring.stl [--material gold_585]
 //! hallmark place [--shop URL] --model ring.stl [--material gold_585]
-//! hallmark show  [--shop URL] <order_id>
+//! hallmark show  [--shop URL] <order_id> --token ord_…
 //! hallmark dlq   list [QUEUE] [--limit N]
 //! hallmark dlq   replay QUEUE MESSAGE_ID|all
 //! ```
@@ -57,6 +57,9 @@ enum Command {
     Show {
         /// The order's id.
         order_id: Uuid,
+        /// The order's token (`customer_token` in what `place` printed).
+        #[arg(long, env = "HALLMARK_ORDER_TOKEN")]
+        token: String,
     },
     /// Dead letters: messages that failed every retry. Reads the broker settings
     /// (HALLMARK_AMQP_URL, HALLMARK_AMQP_NAMESPACE, HALLMARK_RETRY_DELAYS, …) from the
@@ -119,8 +122,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&order)?);
             Ok(())
         }
-        Command::Show { order_id } => {
-            let order = show(&client, shop, &order_id.to_string()).await?;
+        Command::Show { order_id, token } => {
+            let order = show(&client, shop, &order_id.to_string(), &token).await?;
             println!("{}", serde_json::to_string_pretty(&order)?);
             Ok(())
         }
@@ -202,9 +205,15 @@ async fn place(client: &reqwest::Client, shop: &str, model: &Model) -> anyhow::R
     Ok(body)
 }
 
-async fn show(client: &reqwest::Client, shop: &str, id: &str) -> anyhow::Result<Value> {
+async fn show(
+    client: &reqwest::Client,
+    shop: &str,
+    id: &str,
+    token: &str,
+) -> anyhow::Result<Value> {
     let response = client
         .get(format!("{shop}/api/orders/{id}"))
+        .bearer_auth(token)
         .send()
         .await
         .with_context(|| format!("cannot reach the shop at {shop}"))?;
@@ -223,10 +232,14 @@ async fn demo(client: &reqwest::Client, shop: &str, model: &Model) -> anyhow::Re
         .as_str()
         .context("no order_id")?
         .to_owned();
+    let token = order["customer_token"]
+        .as_str()
+        .context("no customer_token")?
+        .to_owned();
     println!("order {id} placed");
     let mut printed = 0;
     loop {
-        let order = show(client, shop, &id).await?;
+        let order = show(client, shop, &id, &token).await?;
         let status = order["status"].as_str().unwrap_or_default().to_owned();
         let history = order["history"].as_array().cloned().unwrap_or_default();
         for step in history.iter().skip(printed) {

@@ -2,6 +2,9 @@
 
 mod intake;
 mod store;
+mod token;
+
+pub use token::OrderTokens;
 
 use axum::Router;
 use axum::extract::multipart::MultipartRejection;
@@ -70,7 +73,7 @@ async fn create(
         match store::create(&state, order_id, &key, &scope, &upload).await? {
             Created::New(view) => {
                 tracing::info!(order_id = %order_id, "order accepted");
-                Ok(respond(StatusCode::CREATED, &view, false))
+                Ok(respond_created(&state, *view, false))
             }
             // A concurrent request with the same key won the race; answer like a replay.
             Created::KeyTaken => {
@@ -123,12 +126,41 @@ async fn replay(
     let view = spans::under(cx.as_ref(), store::load(state, order_id)).await;
     spans::end_in(cx.as_ref());
     let view = view?.ok_or_else(|| ApiError::order_not_found(order_id))?;
-    Ok(respond(StatusCode::CREATED, &view, true))
+    Ok(respond_created(state, view, true))
 }
 
-fn respond(status: StatusCode, view: &OrderView, replayed: bool) -> Response {
+/// The order just created (or created by the first of repeated requests), with the customer's
+/// token for it.
+#[derive(serde::Serialize)]
+struct CreatedOrder {
+    #[serde(flatten)]
+    view: OrderView,
+    /// Reading, confirming and cancelling the order need it (`orders::token`).
+    customer_token: String,
+}
+
+fn respond_created(state: &AppState, view: OrderView, replayed: bool) -> Response {
+    let customer_token = state.tokens.issue(view.order_id);
+    let order_id = view.order_id;
+    respond(
+        StatusCode::CREATED,
+        order_id,
+        &CreatedOrder {
+            view,
+            customer_token,
+        },
+        replayed,
+    )
+}
+
+fn respond(
+    status: StatusCode,
+    order_id: Uuid,
+    view: &impl serde::Serialize,
+    replayed: bool,
+) -> Response {
     let mut response = (status, axum::Json(view)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/api/orders/{}", view.order_id)) {
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/orders/{order_id}")) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     if replayed {
@@ -139,30 +171,37 @@ fn respond(status: StatusCode, view: &OrderView, replayed: bool) -> Response {
     response
 }
 
-/// `GET /api/orders/{order_id}`.
+/// `GET /api/orders/{order_id}`, with the order's token.
 async fn show(
     State(state): State<AppState>,
     OrderId(order_id): OrderId,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    state.tokens.check(order_id, &headers)?;
     let view = store::load(&state, order_id)
         .await?
         .ok_or_else(|| ApiError::order_not_found(order_id))?;
-    Ok(respond(StatusCode::OK, &view, false))
+    Ok(respond(StatusCode::OK, order_id, &view, false))
 }
 
-/// `POST /api/orders/{order_id}/confirm`: the customer accepts the price.
+/// `POST /api/orders/{order_id}/confirm`, with the order's token: the customer accepts the price.
 async fn confirm(
     State(state): State<AppState>,
     OrderId(order_id): OrderId,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    state.tokens.check(order_id, &headers)?;
     decide(&state, order_id, Change::to(OrderStatus::Confirmed)).await
 }
 
-/// `POST /api/orders/{order_id}/cancel`: the customer withdraws the order before production.
+/// `POST /api/orders/{order_id}/cancel`, with the order's token: the customer withdraws the
+/// order before production.
 async fn cancel(
     State(state): State<AppState>,
     OrderId(order_id): OrderId,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    state.tokens.check(order_id, &headers)?;
     let change = Change::to(OrderStatus::Cancelled)
         .with_reason("cancelled_by_customer", "the customer cancelled the order");
     decide(&state, order_id, change).await
@@ -176,7 +215,7 @@ async fn decide(state: &AppState, order_id: Uuid, change: Change) -> Result<Resp
     let view = store::load(state, order_id)
         .await?
         .ok_or_else(|| ApiError::order_not_found(order_id))?;
-    Ok(respond(StatusCode::OK, &view, false))
+    Ok(respond(StatusCode::OK, order_id, &view, false))
 }
 
 fn idempotency_key_reused() -> ApiError {

@@ -66,6 +66,15 @@ async fn the_answer_to_a_new_order_is_the_order_as_it_was_stored() {
     }
     assert_eq!(created["history"].as_array().map(Vec::len), Some(1));
     assert_eq!(created["history"][0], stored["history"][0]);
+    // Only the answer to the creation carries the customer's token.
+    let mut created = created;
+    let token = created
+        .as_object_mut()
+        .unwrap()
+        .remove("customer_token")
+        .unwrap();
+    assert!(token.as_str().unwrap().starts_with("ord_"));
+    assert!(stored.get("customer_token").is_none(), "{stored}");
     if stored["status"] == "created" {
         assert_eq!(created, stored);
     }

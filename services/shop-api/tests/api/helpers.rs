@@ -13,6 +13,8 @@ use uuid::Uuid;
 
 /// Small enough to test the size limit without big uploads.
 pub const MAX_MODEL_BYTES: usize = 512 * 1024;
+/// The key the test app makes order tokens with.
+pub const ORDER_TOKEN_KEY: &str = "test-order-token-key";
 
 pub struct TestApp {
     pub address: String,
@@ -50,6 +52,7 @@ async fn spawn(storage: StorageConfig, dir: tempfile::TempDir) -> TestApp {
         broker: broker.clone(),
         storage,
         max_model_bytes: MAX_MODEL_BYTES,
+        order_token_key: ORDER_TOKEN_KEY.to_owned().into(),
     };
     let cancel = CancellationToken::new();
     let app = Application::build(settings, cancel.clone())
@@ -132,20 +135,32 @@ impl TestApp {
         .await
     }
 
+    /// The token Shop gave (or would give) the customer of `id`.
+    pub fn token(&self, id: Uuid) -> String {
+        shop_api::OrderTokens::new(ORDER_TOKEN_KEY.to_owned().into()).issue(id)
+    }
+
+    /// `GET` of the order, as its customer (with its token) when `id` is an order id.
     pub async fn get_order(&self, id: &str) -> reqwest::Response {
+        let mut request = self.client.get(format!("{}/api/orders/{id}", self.address));
+        if let Ok(order) = id.parse() {
+            request = request.bearer_auth(self.token(order));
+        }
+        request.send().await.unwrap()
+    }
+
+    /// A customer's decision (`confirm` or `cancel`) on the order, with its token.
+    pub async fn decide(&self, id: Uuid, decision: &str) -> reqwest::Response {
         self.client
-            .get(format!("{}/api/orders/{id}", self.address))
+            .post(format!("{}/api/orders/{id}/{decision}", self.address))
+            .bearer_auth(self.token(id))
             .send()
             .await
             .unwrap()
     }
 
     pub async fn confirm(&self, id: Uuid) -> reqwest::Response {
-        self.client
-            .post(format!("{}/api/orders/{id}/confirm", self.address))
-            .send()
-            .await
-            .unwrap()
+        self.decide(id, "confirm").await
     }
 
     pub async fn count(&self, table: &str) -> i64 {
