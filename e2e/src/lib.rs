@@ -205,12 +205,18 @@ impl System {
     /// Keeps the order's token for the Shop URLs of this order.
     fn remember(&self, placed: Result<Placed, String>) -> Result<Placed, String> {
         if let Ok(placed) = &placed {
-            self.tokens
-                .lock()
-                .expect("tokens")
-                .insert(placed.id, placed.token.clone());
+            self.remember_token(placed.id, &placed.token);
         }
         placed
+    }
+
+    /// Keeps `token` for Shop's URLs of order `id`, placed some other way than through this
+    /// system's own methods.
+    pub fn remember_token(&self, id: Uuid, token: &str) {
+        self.tokens
+            .lock()
+            .expect("tokens")
+            .insert(id, token.to_owned());
     }
 
     /// The customer's token of an order placed through this system.

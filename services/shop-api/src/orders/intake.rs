@@ -142,17 +142,29 @@ pub(crate) async fn read(
             Some("model") => {
                 let file_name = field.file_name().unwrap_or("model.stl").to_owned();
                 let mut buffer = BytesMut::new();
+                let mut too_large = false;
                 while let Some(chunk) = field
                     .chunk()
                     .await
                     .map_err(|e| multipart_error(e, max_model_bytes))?
                 {
-                    if buffer.len() + chunk.len() > max_model_bytes {
-                        return Err(ApiError::TooLarge {
-                            limit: max_model_bytes,
-                        });
+                    if too_large || buffer.len() + chunk.len() > max_model_bytes {
+                        too_large = true;
+                        buffer = BytesMut::new();
+                        continue;
                     }
                     buffer.extend_from_slice(&chunk);
+                }
+                if too_large {
+                    // Read (and drop) the rest of what the client sends, up to the body limit,
+                    // so that it reads the 413 instead of a connection closed under its upload.
+                    drop(field);
+                    while let Ok(Some(mut rest)) = multipart.next_field().await {
+                        while let Ok(Some(_)) = rest.chunk().await {}
+                    }
+                    return Err(ApiError::TooLarge {
+                        limit: max_model_bytes,
+                    });
                 }
                 model = Some((file_name, buffer.freeze()));
             }
