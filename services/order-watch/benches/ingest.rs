@@ -254,6 +254,8 @@ impl OrderWatch {
             http_port: 0,
             otlp_grpc_port: 0,
             otlp_http_port: 0,
+            tls: None,
+            otlp_client_ca: None,
             database: DatabaseConfig::new(database.url()),
             thresholds: Thresholds {
                 default: MACHINE_STAGE_THRESHOLD,

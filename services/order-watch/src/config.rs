@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use domain::{Stage, System};
 use platform::db::DatabaseConfig;
+use platform::tls::{CertifiedKeyFiles, PemFile, TlsError};
 use serde::Deserialize;
 
 use crate::auth::AuthConfig;
@@ -86,6 +87,15 @@ pub struct Settings {
     pub otlp_grpc_port: u16,
     /// OTLP/HTTP. Env: `ORDER_WATCH_OTLP_HTTP_PORT` (default 14318; 4318 is the collector's).
     pub otlp_http_port: u16,
+    /// The certificate chain (the server's own first) and private key, PEM files, that the API
+    /// and UI and both OTLP receivers serve TLS with; plain text when neither is set. Env:
+    /// `ORDER_WATCH_TLS_CERT` and `ORDER_WATCH_TLS_KEY` (both or neither; none by default).
+    pub tls: Option<CertifiedKeyFiles>,
+    /// The CA (a PEM file) whose certificates OTLP clients must present: with it, both OTLP
+    /// receivers refuse a client without a certificate signed by it. Needs `tls`. The API and
+    /// UI ask for no client certificate (people log in through the identity provider). Env:
+    /// `ORDER_WATCH_OTLP_CLIENT_CA` (none by default).
+    pub otlp_client_ca: Option<PemFile>,
     /// Env: `ORDER_WATCH_DATABASE_URL` (required unless `HALLMARK_ENV` is `development` or
     /// `test`, where it defaults to
     /// `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_order_watch`).
@@ -137,11 +147,15 @@ impl Settings {
             "ORDER_WATCH_RETENTION_DAYS",
             file_config.retention_days.unwrap_or(30),
         )?;
+        let tls = CertifiedKeyFiles::from_env("ORDER_WATCH_TLS_CERT", "ORDER_WATCH_TLS_KEY")?;
+        let otlp_client_ca = client_ca(&tls, PemFile::from_env("ORDER_WATCH_OTLP_CLIENT_CA"))?;
         Ok(Self {
             host: settings::string("ORDER_WATCH_HOST", "127.0.0.1"),
             http_port: settings::parse("ORDER_WATCH_PORT", 8080)?,
             otlp_grpc_port: settings::parse("ORDER_WATCH_OTLP_GRPC_PORT", 14317)?,
             otlp_http_port: settings::parse("ORDER_WATCH_OTLP_HTTP_PORT", 14318)?,
+            tls,
+            otlp_client_ca,
             database: DatabaseConfig::new(settings::credential(
                 "ORDER_WATCH_DATABASE_URL",
                 "postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_order_watch",
@@ -165,6 +179,20 @@ impl Settings {
             )?,
             auth: AuthConfig::from_env()?,
         })
+    }
+}
+
+/// The client CA of the OTLP receivers, which needs TLS: an error rather than receivers that
+/// would take anyone's spans in plain text.
+fn client_ca(
+    tls: &Option<CertifiedKeyFiles>,
+    client_ca: Option<PemFile>,
+) -> Result<Option<PemFile>, TlsError> {
+    match (tls, client_ca) {
+        (None, Some(ca)) => Err(TlsError::NeedsTls {
+            setting: ca.setting,
+        }),
+        (_, client_ca) => Ok(client_ca),
     }
 }
 
@@ -279,6 +307,25 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn client_certificates_for_otlp_need_tls() {
+        let ca = PemFile::new(
+            "ORDER_WATCH_OTLP_CLIENT_CA",
+            "/etc/hallmark/collector-ca.pem",
+        );
+        let err = client_ca(&None, Some(ca.clone())).unwrap_err().to_string();
+        assert!(
+            err.starts_with("ORDER_WATCH_OTLP_CLIENT_CA: client certificates need TLS"),
+            "{err}"
+        );
+        let tls = Some(CertifiedKeyFiles {
+            cert: PemFile::new("ORDER_WATCH_TLS_CERT", "/cert.pem"),
+            key: PemFile::new("ORDER_WATCH_TLS_KEY", "/key.pem"),
+        });
+        assert_eq!(client_ca(&tls, Some(ca.clone())).unwrap(), Some(ca));
+        assert_eq!(client_ca(&None, None).unwrap(), None);
     }
 
     #[test]

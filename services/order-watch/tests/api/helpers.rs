@@ -161,6 +161,8 @@ async fn listing(
 
 pub struct TestApp {
     pub ports: Ports,
+    /// `https` when the app serves TLS.
+    pub scheme: &'static str,
     pub clock: Clock,
     pub client: reqwest::Client,
     pub database: Arc<TestDatabase>,
@@ -192,6 +194,8 @@ fn settings(
         http_port: 0,
         otlp_grpc_port: 0,
         otlp_http_port: 0,
+        tls: None,
+        otlp_client_ca: None,
         database: DatabaseConfig::new(database.url()),
         thresholds: Thresholds {
             default: STUCK_AFTER,
@@ -238,6 +242,38 @@ pub async fn spawn_on(
     spawn_with(database, clock, webhook, records, AuthConfig::Open).await
 }
 
+/// As [`spawn_app`], serving TLS with `certificates`' trusted server certificate; with
+/// `client_certificates`, the OTLP receivers ask for client certificates signed by their CA.
+/// The app's client trusts that CA and presents no certificate.
+pub async fn spawn_app_with_tls(
+    certificates: &testkit::tls::Certificates,
+    client_certificates: bool,
+) -> TestApp {
+    use platform::tls::{CertifiedKeyFiles, PemFile};
+    let database = Arc::new(TestDatabase::create("watch").await);
+    let webhook = Webhook::start().await;
+    let records = StandInRecords::start().await;
+    let trusted = &certificates.trusted;
+    let mut settings = settings(&database, &webhook, &records, AuthConfig::Open);
+    settings.tls = Some(CertifiedKeyFiles {
+        cert: PemFile::new("ORDER_WATCH_TLS_CERT", &trusted.server.cert),
+        key: PemFile::new("ORDER_WATCH_TLS_KEY", &trusted.server.key),
+    });
+    settings.otlp_client_ca =
+        client_certificates.then(|| PemFile::new("ORDER_WATCH_OTLP_CLIENT_CA", &trusted.ca));
+    let mut app = run_app(
+        settings,
+        database,
+        Clock::manual(Utc::now()),
+        webhook,
+        records,
+    )
+    .await;
+    app.scheme = "https";
+    app.client = testkit::tls::Certificates::client_trusting(&trusted.ca);
+    app
+}
+
 async fn spawn_with(
     database: Arc<TestDatabase>,
     clock: Clock,
@@ -245,8 +281,18 @@ async fn spawn_with(
     records: StandInRecords,
     auth: AuthConfig,
 ) -> TestApp {
-    let cancel = CancellationToken::new();
     let settings = settings(&database, &webhook, &records, auth);
+    run_app(settings, database, clock, webhook, records).await
+}
+
+async fn run_app(
+    settings: Settings,
+    database: Arc<TestDatabase>,
+    clock: Clock,
+    webhook: Webhook,
+    records: StandInRecords,
+) -> TestApp {
+    let cancel = CancellationToken::new();
     let app = Application::build(settings, clock.clone(), cancel.clone())
         .await
         .expect("order-watch builds");
@@ -254,6 +300,7 @@ async fn spawn_with(
     let handle = tokio::spawn(app.run_until_stopped());
     TestApp {
         ports,
+        scheme: "http",
         clock,
         client: reqwest::Client::new(),
         database,
@@ -279,11 +326,11 @@ impl TestApp {
 
 impl TestApp {
     pub fn api(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.ports.api)
+        format!("{}://127.0.0.1:{}{path}", self.scheme, self.ports.api)
     }
 
     pub fn otlp(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.ports.otlp_http)
+        format!("{}://127.0.0.1:{}{path}", self.scheme, self.ports.otlp_http)
     }
 
     /// Stops the app the way SIGTERM would and waits until it has finished.
