@@ -137,10 +137,25 @@ impl CertifiedKeyFiles {
         }
     }
 
+    /// The certificate and key with which an order service (Shop, CRM, MES) serves its API.
+    /// Env: `HALLMARK_TLS_CERT` and `HALLMARK_TLS_KEY` (PEM files, both or neither; plain HTTP
+    /// when neither is set).
+    pub fn service_from_env() -> Result<Option<Self>, TlsError> {
+        Self::from_env("HALLMARK_TLS_CERT", "HALLMARK_TLS_KEY")
+    }
+
     /// The server configuration; see [`ServerTls::load`].
     pub fn load(&self, client_ca: Option<&PemFile>) -> Result<ServerTls, TlsError> {
         ServerTls::load(&self.cert, &self.key, client_ca)
     }
+}
+
+/// The TLS of an HTTP API (HTTP/1.1, no client certificates) served with `files`, or `None`
+/// (plain HTTP) without them.
+pub fn http_api(files: Option<&CertifiedKeyFiles>) -> Result<Option<ServerTls>, TlsError> {
+    files
+        .map(|files| Ok(files.load(None)?.with_alpn(&[b"http/1.1"])))
+        .transpose()
 }
 
 /// A server's TLS configuration, ready for [`super::Listener::tls`]. Built once at start-up,
