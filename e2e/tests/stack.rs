@@ -785,6 +785,7 @@ async fn order_watch_over_tls(
         records: order_watch::records::RecordsConfig {
             urls: BTreeMap::new(),
             timeout: Duration::from_secs(2),
+            ca: None,
         },
         reconfirm_interval: Duration::from_secs(3600),
         auth: order_watch::auth::AuthConfig::Open,

@@ -271,6 +271,7 @@ impl OrderWatch {
             records: RecordsConfig {
                 urls: [(domain::System::Mes, mes.url.clone())].into(),
                 timeout: Duration::from_secs(2),
+                ca: None,
             },
             reconfirm_interval: Duration::from_secs(60),
             auth: order_watch::auth::AuthConfig::Open,

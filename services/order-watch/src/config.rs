@@ -119,7 +119,9 @@ pub struct Settings {
     /// The systems of record asked before an order is called stuck. Env:
     /// `ORDER_WATCH_SHOP_URL`, `ORDER_WATCH_CRM_URL`, `ORDER_WATCH_MES_URL` (each service's
     /// API base URL; none by default: orders waiting on a system without one are flagged
-    /// unconfirmed) and `ORDER_WATCH_CONFIRM_TIMEOUT` (longest wait for an answer, default `2s`).
+    /// unconfirmed), `ORDER_WATCH_CONFIRM_TIMEOUT` (longest wait for an answer, default `2s`)
+    /// and `ORDER_WATCH_RECORDS_CA` (a PEM file of the CA certificates their https is checked
+    /// against instead of the built-in roots; none by default).
     pub records: RecordsConfig,
     /// How often a stuck order's system of record is asked again, so an order whose later
     /// spans were lost as well is not left stuck. Env: `ORDER_WATCH_RECONFIRM_INTERVAL`
@@ -212,7 +214,11 @@ fn records_config() -> anyhow::Result<RecordsConfig> {
             crate::detector::LEASE
         );
     }
-    Ok(RecordsConfig { urls, timeout })
+    Ok(RecordsConfig {
+        urls,
+        timeout,
+        ca: PemFile::from_env("ORDER_WATCH_RECORDS_CA"),
+    })
 }
 
 /// Longest confirmation timeout: a round must end well within the lease on its orders.

@@ -40,6 +40,7 @@ pub struct Application {
     otlp_grpc: Listener,
     ports: Ports,
     pool: PgPool,
+    records: Records,
     settings: Settings,
     clock: Clock,
     cancel: CancellationToken,
@@ -48,6 +49,7 @@ pub struct Application {
 impl Application {
     /// Reads the TLS certificates (if any), connects to the database (waiting for it),
     /// migrates and binds the three ports.
+    /// A certificate file that cannot be used is an error naming its setting.
     pub async fn build(
         settings: Settings,
         clock: Clock,
@@ -55,14 +57,12 @@ impl Application {
     ) -> anyhow::Result<Self> {
         // The API asks for no client certificate; the OTLP receivers do when given a client CA.
         // HTTP/1.1 for the API and OTLP/HTTP, HTTP/2 for gRPC (which needs ALPN to say so).
-        let api_tls = match &settings.tls {
-            Some(files) => Some(files.load(None)?.with_alpn(&[b"http/1.1"])),
-            None => None,
-        };
+        let api_tls = platform::tls::http_api(settings.tls.as_ref())?;
         let otlp_tls = match &settings.tls {
             Some(files) => Some(files.load(settings.otlp_client_ca.as_ref())?),
             None => None,
         };
+        let records = Records::new(settings.records.clone())?;
         let pool = platform::db::connect(&settings.database, &cancel)
             .await
             .context("cannot connect to the order-watch database")?;
@@ -98,6 +98,7 @@ impl Application {
                 otlp_grpc: grpc_port,
             },
             pool,
+            records,
             settings,
             clock,
             cancel,
@@ -117,6 +118,7 @@ impl Application {
             otlp_grpc,
             ports,
             pool,
+            records,
             settings,
             clock,
             cancel,
@@ -176,7 +178,7 @@ impl Application {
                 clock: clock.clone(),
                 announcer,
                 metrics: metrics.clone(),
-                records: Arc::new(Records::new(settings.records.clone())),
+                records: Arc::new(records),
                 thresholds: thresholds.clone(),
                 interval: settings.detect_interval,
                 reconfirm_interval: settings.reconfirm_interval,

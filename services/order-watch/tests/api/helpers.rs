@@ -60,13 +60,29 @@ pub struct StandInRecords {
 
 impl StandInRecords {
     pub async fn start() -> Self {
+        Self::serving(None).await
+    }
+
+    /// As [`StandInRecords::start`], serving https with `tls`.
+    pub async fn start_tls(tls: &platform::tls::ServerTls) -> Self {
+        Self::serving(Some(tls)).await
+    }
+
+    async fn serving(tls: Option<&platform::tls::ServerTls>) -> Self {
         let state = Arc::new(Mutex::new(RecordsState::default()));
         let app = axum::Router::new()
             .route(&format!("/{{system}}{STATUSES_PATH}"), get(listing))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (listener, port) = platform::server::bind_with("127.0.0.1", 0, tls)
+            .await
+            .unwrap();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let base = format!("{scheme}://127.0.0.1:{port}");
+        tokio::spawn(platform::server::serve(
+            listener,
+            app,
+            CancellationToken::new(),
+        ));
         Self { base, state }
     }
 
@@ -78,6 +94,7 @@ impl StandInRecords {
                 .map(|s| (s, format!("{}/{}", self.base, path_of(s))))
                 .collect(),
             timeout,
+            ca: None,
         }
     }
 

@@ -363,3 +363,49 @@ async fn an_exporter_given_an_unreadable_certificate_file_does_not_start() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_system_of_record_serving_https_with_a_ca_of_its_own_is_asked_when_that_ca_is_given() {
+    use domain::System;
+    use order_watch::records::Records;
+    use platform::tls::{CertifiedKeyFiles, PemFile};
+    let certificates = Certificates::generate();
+    let trusted = &certificates.trusted;
+    let tls = platform::tls::http_api(Some(&CertifiedKeyFiles {
+        cert: PemFile::new("HALLMARK_TLS_CERT", &trusted.server.cert),
+        key: PemFile::new("HALLMARK_TLS_KEY", &trusted.server.key),
+    }))
+    .unwrap()
+    .unwrap();
+    let mes = crate::helpers::StandInRecords::start_tls(&tls).await;
+    let order = Uuid::now_v7();
+    mes.hold(System::Mes, order, "pricing", Utc::now());
+    let asking = |ca: Option<&std::path::Path>| {
+        let mut config = mes.config(Duration::from_secs(5));
+        config.ca = ca.map(|ca| PemFile::new("ORDER_WATCH_RECORDS_CA", ca));
+        Records::new(config).unwrap()
+    };
+
+    let held = asking(Some(&trusted.ca))
+        .ask(System::Mes, &[order])
+        .await
+        .unwrap();
+    assert_eq!(held[&order].0.to_string(), "pricing");
+    for ca in [None, Some(certificates.other.ca.as_path())] {
+        let err = asking(ca)
+            .ask(System::Mes, &[order])
+            .await
+            .expect_err("asked a system whose certificate is not trusted");
+        let why = causes(&err);
+        assert!(why.contains("UnknownIssuer"), "{ca:?}: {why}");
+    }
+
+    let unusable = certificates.write("not-a-ca.pem", "no certificate here");
+    let mut config = mes.config(Duration::from_secs(5));
+    config.ca = Some(PemFile::new("ORDER_WATCH_RECORDS_CA", &unusable));
+    let err = Records::new(config).expect_err("a CA file without a certificate");
+    assert!(
+        err.to_string().starts_with("ORDER_WATCH_RECORDS_CA: "),
+        "{err}"
+    );
+}
