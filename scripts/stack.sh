@@ -29,6 +29,20 @@
 #   HALLMARK_STACK_OIDC_AUDIENCE   an audience accepted besides the client id (default: none)
 #   HALLMARK_PROXY_COOKIE_SECRET   the session cookies' key (default: 32 random bytes per run)
 #   HALLMARK_PROXY_TLS_CERT, HALLMARK_PROXY_TLS_KEY  PEM files: the proxies serve HTTPS
+#
+# Encryption in transit between the machines' components (docs/security.md):
+#   HALLMARK_STACK_TLS_CERT, HALLMARK_STACK_TLS_KEY  PEM files: the collector's OTLP receivers
+#                                  serve TLS (deploy/collector/tls.yaml is merged over its
+#                                  configuration); both or neither
+#   HALLMARK_STACK_TLS_CLIENT_CA   PEM file: the receivers then require client certificates
+#                                  signed by this CA (default: none asked for)
+#   HALLMARK_ORDER_WATCH_OTLP      where the collector sends order-watch its spans (default
+#                                  http://…:ORDER_WATCH_OTLP_HTTP_PORT; https:// when
+#                                  ORDER_WATCH_TLS_CERT is set, as order-watch then serves TLS)
+#   HALLMARK_ORDER_WATCH_CA        PEM file: the CA the collector checks order-watch's certificate
+#                                  against (default: the system's roots)
+#   HALLMARK_COLLECTOR_CLIENT_CERT, HALLMARK_COLLECTOR_CLIENT_KEY  PEM files: the certificate the
+#                                  collector presents to order-watch (for ORDER_WATCH_OTLP_CLIENT_CA)
 
 : "${HALLMARK_STACK_HOST:=127.0.0.1}"
 : "${HALLMARK_COLLECTOR_GRPC_PORT:=4317}" "${HALLMARK_COLLECTOR_HTTP_PORT:=4318}"
@@ -71,7 +85,24 @@ HALLMARK_LOOPBACK=127.0.0.1
 # The collector's and Jaeger's configurations read these themselves (`${env:…}`).
 export HALLMARK_COLLECTOR_HOST="$HALLMARK_STACK_HOST" HALLMARK_JAEGER_HOST="$HALLMARK_STACK_HOST"
 export HALLMARK_JAEGER_OTLP="$HALLMARK_STACK_HOST:$HALLMARK_JAEGER_GRPC_PORT"
-export HALLMARK_ORDER_WATCH_OTLP="http://$HALLMARK_STACK_HOST:$ORDER_WATCH_OTLP_HTTP_PORT"
+if [ -n "${ORDER_WATCH_TLS_CERT:-}" ]; then
+  : "${HALLMARK_ORDER_WATCH_OTLP:=https://$HALLMARK_STACK_HOST:$ORDER_WATCH_OTLP_HTTP_PORT}"
+else
+  : "${HALLMARK_ORDER_WATCH_OTLP:=http://$HALLMARK_STACK_HOST:$ORDER_WATCH_OTLP_HTTP_PORT}"
+fi
+export HALLMARK_ORDER_WATCH_OTLP
+if [ -n "${HALLMARK_STACK_TLS_CERT:-}" ] || [ -n "${HALLMARK_STACK_TLS_KEY:-}" ]; then
+  [ -n "${HALLMARK_STACK_TLS_CERT:-}" ] && [ -n "${HALLMARK_STACK_TLS_KEY:-}" ] \
+    || die "HALLMARK_STACK_TLS_CERT and HALLMARK_STACK_TLS_KEY go together: the collector's receivers need both the certificate and its key"
+  export HALLMARK_STACK_TLS_CERT HALLMARK_STACK_TLS_KEY
+elif [ -n "${HALLMARK_STACK_TLS_CLIENT_CA:-}" ]; then
+  die "HALLMARK_STACK_TLS_CLIENT_CA: client certificates need TLS: give HALLMARK_STACK_TLS_CERT and HALLMARK_STACK_TLS_KEY too"
+fi
+# The collector reads these itself; blank means none.
+export HALLMARK_STACK_TLS_CLIENT_CA="${HALLMARK_STACK_TLS_CLIENT_CA:-}" \
+  HALLMARK_ORDER_WATCH_CA="${HALLMARK_ORDER_WATCH_CA:-}" \
+  HALLMARK_COLLECTOR_CLIENT_CERT="${HALLMARK_COLLECTOR_CLIENT_CERT:-}" \
+  HALLMARK_COLLECTOR_CLIENT_KEY="${HALLMARK_COLLECTOR_CLIENT_KEY:-}"
 : "${HALLMARK_ORDER_WATCH_ALERTS_URL:=http://$HALLMARK_STACK_HOST:$ORDER_WATCH_PORT/api/alerts}"
 export HALLMARK_ORDER_WATCH_ALERTS_URL
 
@@ -157,6 +188,13 @@ render_proxy() {
     render_template deploy/oauth2-proxy/oauth2-proxy.cfg "$dir/$name.cfg"
 }
 
+# The collector's --config options: its configuration, and the TLS of its receivers over it when
+# the stack has a certificate.
+collector_configs() {
+  printf -- '--config %s' "$PWD/deploy/collector/config.yaml"
+  [ -z "${HALLMARK_STACK_TLS_CERT:-}" ] || printf -- ' --config %s' "$PWD/deploy/collector/tls.yaml"
+}
+
 # The commands that run each component of the stack, for directory $1 (rendered configuration
 # and data), one per line: name, then the command line. scripts/run starts them; the stack tests
 # start them the same way.
@@ -164,7 +202,7 @@ stack_commands() {
   local dir=$1
   printf 'jaeger\tenv HALLMARK_JAEGER_DATA=%s %s --config %s\n' \
     "$dir/jaeger" "$HALLMARK_JAEGER" "$PWD/deploy/jaeger/config.yaml"
-  printf 'otel-collector\t%s --config %s\n' "$HALLMARK_JAEGER" "$PWD/deploy/collector/config.yaml"
+  printf 'otel-collector\t%s %s\n' "$HALLMARK_JAEGER" "$(collector_configs)"
   # No --web.enable-lifecycle: through its proxy, anyone who may read would also be able to stop
   # it (POST /-/quit). It reloads its configuration on SIGHUP.
   printf 'prometheus\t%s --config.file=%s --web.listen-address=%s --storage.tsdb.path=%s\n' \
@@ -185,8 +223,13 @@ check_stack_config() {
     || die "the rendered Prometheus configuration is not valid"
   "$HALLMARK_AMTOOL" check-config "$dir/alertmanager/alertmanager.yml" >/dev/null \
     || die "the rendered Alertmanager configuration is not valid"
-  "$HALLMARK_JAEGER" validate --config "$PWD/deploy/collector/config.yaml" >/dev/null 2>&1 \
-    || die "deploy/collector/config.yaml is not a valid collector configuration"
+  # shellcheck disable=SC2046 # the options are words without spaces
+  "$HALLMARK_JAEGER" validate $(collector_configs) >/dev/null 2>&1 \
+    || die "the collector's configuration ($(collector_configs)) is not valid"
+  # And the TLS overlay in any case, so that a change to it is checked without a certificate.
+  HALLMARK_STACK_TLS_CERT=/dev/null HALLMARK_STACK_TLS_KEY=/dev/null "$HALLMARK_JAEGER" validate \
+    --config "$PWD/deploy/collector/config.yaml" --config "$PWD/deploy/collector/tls.yaml" >/dev/null 2>&1 \
+    || die "deploy/collector/tls.yaml over config.yaml is not a valid collector configuration"
   HALLMARK_JAEGER_DATA="$dir/jaeger" "$HALLMARK_JAEGER" validate --config "$PWD/deploy/jaeger/config.yaml" >/dev/null 2>&1 \
     || die "deploy/jaeger/config.yaml is not a valid Jaeger configuration"
   local proxy

@@ -253,7 +253,8 @@ fn time_asking(mes: String, ids: Vec<Uuid>) -> anyhow::Result<Duration> {
             let records = Records::new(RecordsConfig {
                 urls: [(domain::System::Mes, mes)].into(),
                 timeout: Duration::from_secs(5),
-            });
+                ca: None,
+            })?;
             for _ in 0..50 {
                 records.ask(domain::System::Mes, &ids).await?;
             }

@@ -551,3 +551,84 @@ impl Stack {
         self.jaeger_traces(query.query().unwrap_or_default()).await
     }
 }
+
+/// The OpenTelemetry Collector alone, as scripts/stack.sh configures and runs it, on ports of
+/// its own: for a test of the collector itself, with nothing else of the stack around it (its
+/// trace store is not running: its export there just fails, which holds up no other).
+pub struct Collector {
+    /// Its OTLP/HTTP receiver's port.
+    pub http_port: u16,
+    /// Its OTLP/gRPC receiver's port.
+    pub grpc_port: u16,
+    _process: ServiceProcess,
+    _dir: tempfile::TempDir,
+}
+
+impl Collector {
+    /// Starts the collector with `env` (e.g. `HALLMARK_STACK_TLS_CERT`, `ORDER_WATCH_OTLP_HTTP_PORT`)
+    /// on top of its ports, and waits until its health check answers.
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        const ATTEMPTS: u32 = 4;
+        for attempt in 1..=ATTEMPTS {
+            let ports = Ports(
+                [
+                    "HALLMARK_COLLECTOR_GRPC_PORT",
+                    "HALLMARK_COLLECTOR_HTTP_PORT",
+                    "HALLMARK_COLLECTOR_METRICS_PORT",
+                    "HALLMARK_SPANMETRICS_PORT",
+                    "HALLMARK_COLLECTOR_HEALTH_PORT",
+                    "HALLMARK_JAEGER_GRPC_PORT",
+                ]
+                .into_iter()
+                .map(|name| (name, free_port()))
+                .collect(),
+            );
+            let mut given: Vec<(String, String)> = ports
+                .0
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            given.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            given.push((
+                "HALLMARK_JAEGER".to_owned(),
+                std::env::var("HALLMARK_JAEGER").unwrap_or_default(),
+            ));
+            // The variables as stack.sh derives them, and its command line for the collector.
+            let derived: Vec<(String, String)> =
+                stack_script("env | grep -E '^(HALLMARK|ORDER_WATCH)_'", &given)
+                    .lines()
+                    .filter_map(|line| line.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect();
+            let dir = tempfile::tempdir().expect("a directory for the collector");
+            let commands = stack_script(
+                &format!("stack_commands {}", dir.path().display()),
+                &derived,
+            );
+            let command: Vec<String> = commands
+                .lines()
+                .find_map(|line| line.strip_prefix("otel-collector\t"))
+                .expect("stack.sh runs a collector")
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            let ready = format!(
+                "http://127.0.0.1:{}/status",
+                ports.get("HALLMARK_COLLECTOR_HEALTH_PORT")
+            );
+            match ServiceProcess::try_launch("otel-collector", &command, &derived, &ready).await {
+                Ok(process) => {
+                    return Self {
+                        http_port: ports.get("HALLMARK_COLLECTOR_HTTP_PORT"),
+                        grpc_port: ports.get("HALLMARK_COLLECTOR_GRPC_PORT"),
+                        _process: process,
+                        _dir: dir,
+                    };
+                }
+                Err(log) if attempt < ATTEMPTS && log.contains("address already in use") => {}
+                Err(log) => panic!("the collector did not start:\n{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+}

@@ -752,3 +752,258 @@ fn with_a_certificate_the_proxies_serve_https_only_and_their_cookies_are_secure(
         );
     }
 }
+
+/// order-watch serving TLS with `certificates`' trusted server certificate, its OTLP receivers
+/// asking for a client certificate of the same CA; in this process, on ports of its own.
+async fn order_watch_over_tls(
+    certificates: &testkit::tls::Certificates,
+) -> (
+    order_watch::startup::Ports,
+    testkit::database::TestDatabase,
+    tokio_util::sync::CancellationToken,
+) {
+    use platform::tls::{CertifiedKeyFiles, PemFile};
+    let database = testkit::database::TestDatabase::create("watch_tls").await;
+    let trusted = &certificates.trusted;
+    let settings = order_watch::Settings {
+        host: "127.0.0.1".into(),
+        http_port: 0,
+        otlp_grpc_port: 0,
+        otlp_http_port: 0,
+        tls: Some(CertifiedKeyFiles {
+            cert: PemFile::new("ORDER_WATCH_TLS_CERT", &trusted.server.cert),
+            key: PemFile::new("ORDER_WATCH_TLS_KEY", &trusted.server.key),
+        }),
+        otlp_client_ca: Some(PemFile::new("ORDER_WATCH_OTLP_CLIENT_CA", &trusted.ca)),
+        database: platform::db::DatabaseConfig::new(database.url()),
+        thresholds: order_watch::config::Thresholds::default(),
+        retention: Duration::from_secs(86_400),
+        webhook_url: None,
+        max_request_bytes: 16 * 1024 * 1024,
+        detect_interval: Duration::from_secs(1),
+        gauge_interval: Duration::from_secs(3600),
+        records: order_watch::records::RecordsConfig {
+            urls: BTreeMap::new(),
+            timeout: Duration::from_secs(2),
+            ca: None,
+        },
+        reconfirm_interval: Duration::from_secs(3600),
+        auth: order_watch::auth::AuthConfig::Open,
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let app = order_watch::Application::build(
+        settings,
+        order_watch::clock::Clock::System,
+        cancel.clone(),
+    )
+    .await
+    .expect("order-watch builds");
+    let ports = app.ports();
+    tokio::spawn(app.run_until_stopped());
+    (ports, database, cancel)
+}
+
+/// Runs the real `mes-calc` for `order` with `env` on top (its OTLP export's variables): one
+/// span of the order, exported when it exits.
+async fn mes_calc_exporting(order: Uuid, env: &[(&str, String)]) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new(testkit::process::binary("mes-calc"))
+        .args(["--material", "silver_925"])
+        .env("HALLMARK_ENV", "test")
+        .env("OTEL_METRICS_EXPORTER", "none")
+        .env(
+            "TRACEPARENT",
+            format!("00-{}-00f067aa0ba902b7-01", order.simple()),
+        )
+        .env("BAGGAGE", format!("order.id={order}"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mes-calc starts");
+    let mut stdin = child.stdin.take().expect("its input");
+    stdin
+        .write_all(&testkit::fixtures::stl("20mm-xyz-cube.stl"))
+        .await
+        .unwrap();
+    drop(stdin);
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("mes-calc ends")
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "mes-calc failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_collector_takes_spans_only_over_tls_from_clients_of_its_ca_and_hands_them_on_to_order_watch_over_tls()
+ {
+    let certificates = testkit::tls::Certificates::generate();
+    let trusted = &certificates.trusted;
+    let (watch, _database, watch_cancel) = order_watch_over_tls(&certificates).await;
+    let path = |p: &std::path::Path| p.display().to_string();
+    let (cert, key, ca) = (
+        path(&trusted.server.cert),
+        path(&trusted.server.key),
+        path(&trusted.ca),
+    );
+    let (client_cert, client_key) = (path(&trusted.client.cert), path(&trusted.client.key));
+    let otlp_port = watch.otlp_http.to_string();
+    let collector = e2e::stack::Collector::start(&[
+        ("HALLMARK_STACK_TLS_CERT", &cert),
+        ("HALLMARK_STACK_TLS_KEY", &key),
+        // order-watch serves TLS: stack.sh sends it spans over https, trusting its CA and
+        // presenting the collector's client certificate.
+        ("ORDER_WATCH_TLS_CERT", &cert),
+        ("ORDER_WATCH_OTLP_HTTP_PORT", &otlp_port),
+        ("HALLMARK_ORDER_WATCH_CA", &ca),
+        ("HALLMARK_COLLECTOR_CLIENT_CERT", &client_cert),
+        ("HALLMARK_COLLECTOR_CLIENT_KEY", &client_key),
+    ])
+    .await;
+    let traces = format!("127.0.0.1:{}/v1/traces", collector.http_port);
+
+    // A span sent in plain text is refused: the receiver answers only that it speaks TLS.
+    let plain_order = Uuid::now_v7();
+    let start = chrono::Utc::now().timestamp_nanos_opt().unwrap();
+    let plain = reqwest::Client::new()
+        .post(format!("http://{traces}"))
+        .json(&serde_json::json!({
+            "resourceSpans": [{
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "crm-api"}}]},
+                "scopeSpans": [{"spans": [{
+                    "traceId": plain_order.simple().to_string(),
+                    "spanId": "eee19b7ec3c1b174",
+                    "name": "order registered",
+                    "kind": 1,
+                    "startTimeUnixNano": start.to_string(),
+                    "endTimeUnixNano": (start + 1_000_000).to_string(),
+                    "attributes": [{"key": "order.id", "value": {"stringValue": plain_order.to_string()}}]
+                }]}]
+            }]
+        }))
+        .send()
+        .await;
+    if let Ok(answer) = plain {
+        let status = answer.status().as_u16();
+        let text = answer.text().await.unwrap_or_default();
+        assert!(
+            status == 400 && text.contains("HTTPS"),
+            "the collector answered plain text with {status}: {text}"
+        );
+    }
+    // A client that trusts another CA refuses the collector's certificate.
+    let foreign = testkit::tls::Certificates::client_trusting(&certificates.other.ca)
+        .post(format!("https://{traces}"))
+        .send()
+        .await
+        .expect_err("a client of another CA reached the collector");
+    let mut why = format!("{foreign:?}");
+    let mut source = std::error::Error::source(&foreign);
+    while let Some(cause) = source {
+        why.push_str(&format!(" / {cause}"));
+        source = cause.source();
+    }
+    assert!(why.contains("UnknownIssuer"), "{why}");
+
+    // The real mes-calc exports with the standard variables: trusting another CA its spans
+    // never leave it; trusting the collector's, they reach order-watch through the collector.
+    let endpoint = format!("https://127.0.0.1:{}", collector.http_port);
+    let lost = Uuid::now_v7();
+    mes_calc_exporting(
+        lost,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+            (
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                path(&certificates.other.ca),
+            ),
+        ],
+    )
+    .await;
+    let order = Uuid::now_v7();
+    mes_calc_exporting(
+        order,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca.clone()),
+        ],
+    )
+    .await;
+    let client = testkit::tls::Certificates::client_trusting(&trusted.ca);
+    let journey = |id: Uuid| {
+        let request = client
+            .get(format!(
+                "https://127.0.0.1:{}/api/orders/{id}/journey",
+                watch.api
+            ))
+            .send();
+        async move {
+            let response = request.await.expect("order-watch answers over https");
+            let status = response.status().as_u16();
+            (
+                status,
+                response.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let stored = testkit::wait::until("the order's span in order-watch", PATIENCE, || async {
+        let (status, body) = journey(order).await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(stored["spans"][0]["service"], "mes-calc", "{stored}");
+    assert_eq!(
+        journey(lost).await.0,
+        404,
+        "spans of an exporter that trusts another CA arrived"
+    );
+    assert_eq!(
+        journey(plain_order).await.0,
+        404,
+        "spans sent in plain text arrived"
+    );
+    watch_cancel.cancel();
+}
+
+#[test]
+fn the_collectors_receivers_serve_tls_only_when_the_stack_has_a_certificate() {
+    let collector = |env: &[(&str, &str)]| {
+        let dir = tempfile::tempdir().expect("a directory");
+        render_for(dir.path(), env)
+            .lines()
+            .find_map(|line| line.strip_prefix("otel-collector\t").map(str::to_owned))
+            .expect("a collector")
+    };
+    let plain = collector(&[]);
+    assert!(plain.ends_with("deploy/collector/config.yaml"), "{plain}");
+    let tls = collector(&[
+        ("HALLMARK_STACK_TLS_CERT", "/etc/hallmark/collector.pem"),
+        ("HALLMARK_STACK_TLS_KEY", "/etc/hallmark/collector-key.pem"),
+    ]);
+    assert!(
+        tls.contains("deploy/collector/config.yaml --config ")
+            && tls.ends_with("deploy/collector/tls.yaml"),
+        "{tls}"
+    );
+    // order-watch serving TLS is sent its spans over https.
+    let endpoint = |env: &[(&str, &str)]| {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        e2e::stack::run_stack_script("echo \"$HALLMARK_ORDER_WATCH_OTLP\"", &env)
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(endpoint(&[]), "http://127.0.0.1:14318");
+    assert_eq!(
+        endpoint(&[("ORDER_WATCH_TLS_CERT", "/etc/hallmark/watch.pem")]),
+        "https://127.0.0.1:14318"
+    );
+}

@@ -3,7 +3,8 @@
 //! General-purpose: nothing here knows what the spans are about.
 //!
 //! * [`otlp`]: span export over OTLP/HTTP with spans encoded straight from the SDK's data
-//!   ([`otlp::encode`]), and `opentelemetry-otlp` for every other protocol;
+//!   ([`otlp::encode`]), and `opentelemetry-otlp` for every other protocol; TLS with the
+//!   standard certificate variables for both, and for the metric exporter ([`otlp::tls`]);
 //! * [`export`]: counting what became of every exported span;
 //! * [`propagation`]: a W3C trace-context and baggage propagator;
 //! * [`logging`]: JSON log lines that name the trace of their span;

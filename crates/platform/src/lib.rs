@@ -1,7 +1,7 @@
 //! What every Hallmark service process needs, so each service's `main.rs` stays a few lines:
 //! the database pool ([`db`]), object storage
 //! with spans ([`storage`]), the JSON error body ([`error`]), telemetry at the HTTP edge
-//! ([`http`]) and graceful serving ([`server`]).
+//! ([`http`]), graceful serving ([`server`]) and TLS for the servers ([`tls`]).
 
 pub mod db;
 pub mod error;
@@ -10,6 +10,7 @@ pub mod http;
 pub mod server;
 pub mod service;
 pub mod storage;
+pub mod tls;
 
 /// The memory allocator of the order services (Shop, CRM, MES), declared in each `main.rs`:
 ///

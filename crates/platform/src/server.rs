@@ -7,14 +7,17 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Serves `router` on `listener` until `cancel` fires, then stops accepting and lets requests in
+use crate::tls::{Listener, ServerTls};
+
+/// Serves `router` on `listener` (a bound [`TcpListener`] for plain text, or a [`Listener`]
+/// that may serve TLS) until `cancel` fires, then stops accepting and lets requests in
 /// progress finish.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     router: Router,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
+    axum::serve(listener.into(), router)
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
 }
@@ -53,6 +56,19 @@ pub async fn bind(host: &str, port: u16) -> anyhow::Result<(TcpListener, u16)> {
     Ok((listener, port))
 }
 
+/// [`bind`], serving TLS with `tls` when given: the listener and the port.
+pub async fn bind_with(
+    host: &str,
+    port: u16,
+    tls: Option<&ServerTls>,
+) -> anyhow::Result<(Listener, u16)> {
+    use anyhow::Context as _;
+    let (listener, port) = bind(host, port).await?;
+    let listener = Listener::new(listener, tls)
+        .with_context(|| format!("cannot serve TLS on {host}:{port}"))?;
+    Ok((listener, port))
+}
+
 /// How long a service waits, once shutdown was asked for, for requests and tasks in progress
 /// to finish; whatever is still running then is dropped. Well inside the 30 s an orchestrator
 /// usually gives between SIGTERM and SIGKILL, so the service still closes its broker
@@ -67,7 +83,7 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// server fails; then cancels the tasks too and waits for each to finish its work in progress,
 /// for at most [`SHUTDOWN_GRACE`].
 pub async fn serve_with_tasks(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     router: Router,
     tasks: JoinSet<()>,
     cancel: CancellationToken,
@@ -79,7 +95,7 @@ pub async fn serve_with_tasks(
 /// A request or task that does not finish in time is dropped with a warning that says which,
 /// so one stuck request or connection cannot keep the process from exiting.
 pub async fn serve_with_tasks_within(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     router: Router,
     mut tasks: JoinSet<()>,
     cancel: CancellationToken,

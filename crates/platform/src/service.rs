@@ -12,6 +12,8 @@ where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    // First: telemetry's exporter and the broker and database clients may speak TLS.
+    crate::tls::install_default_provider();
     let telemetry = telemetry::init(service.clone())?;
     let cancel = crate::server::shutdown_on_signal();
     let result = body(cancel).await;

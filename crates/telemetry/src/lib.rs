@@ -8,6 +8,7 @@
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `…_METRICS_ENDPOINT` | where to send (default `http://localhost:4318` for http/protobuf, `:4317` for grpc) |
 //! | `OTEL_EXPORTER_OTLP_PROTOCOL` (and per-signal variants) | `http/protobuf` (default) or `grpc` |
 //! | `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_EXPORTER_OTLP_COMPRESSION` | request headers, per-export timeout, `gzip` |
+//! | `OTEL_EXPORTER_OTLP_CERTIFICATE`, `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`, `OTEL_EXPORTER_OTLP_CLIENT_KEY` (and per-signal variants) | for an `https` endpoint: the CA certificates (PEM) to trust instead of the built-in roots, and a client certificate and key for a collector that asks for one; http/protobuf only, an unusable file stops the start (`otel_fastpath::otlp::tls`) |
 //! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | sampling (default `parentbased_always_on`) |
 //! | `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SERVICE_NAME` | extra resource attributes; override the defaults |
 //! | `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_SCHEDULE_DELAY`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` | the bounded span queue |
@@ -226,9 +227,8 @@ fn init_with(
         .with_resource(resource.clone())
         .with_reader(prometheus);
     if exporter_enabled("OTEL_METRICS_EXPORTER") {
-        let exporter = opentelemetry_otlp::MetricExporter::builder()
-            .build()
-            .map_err(|e| TelemetryError::Exporter(e.to_string()))?;
+        let exporter =
+            otel_fastpath::otlp::metric_exporter_from_env().map_err(TelemetryError::Exporter)?;
         meter_builder = meter_builder.with_reader(PeriodicReader::builder(exporter).build());
     }
     let meter_provider = meter_builder.build();

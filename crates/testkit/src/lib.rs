@@ -11,6 +11,7 @@
 //! * [`fixtures`]: the shared STL models.
 //! * [`journeys`]: realistic spans of many orders' journeys, as the services export them.
 //! * [`measure`]: what the benchmarks measure and report with (CPU time, memory, percentiles).
+//! * [`tls`]: a CA, server and client certificates, and another CA's, as PEM files.
 //! * [`oidc`]: tokens of the demo users from the identity provider (Keycloak in `scripts/test`).
 //!
 //! Where the servers are: `HALLMARK_TEST_DATABASE_URL` (default
@@ -28,5 +29,6 @@ pub mod oidc;
 pub mod otlp;
 pub mod process;
 pub mod s3;
+pub mod tls;
 pub mod wait;
 pub mod webhook;

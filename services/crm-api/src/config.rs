@@ -2,12 +2,17 @@
 
 use messaging::BrokerConfig;
 use platform::db::DatabaseConfig;
+use platform::tls::CertifiedKeyFiles;
 
 /// Everything CRM needs to run.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Interface to listen on. Env: `CRM_HOST` (default `127.0.0.1`).
     pub host: String,
+    /// The certificate and key the API serves TLS with; plain HTTP without. Env:
+    /// `HALLMARK_TLS_CERT` and `HALLMARK_TLS_KEY` (PEM files, both or neither; see
+    /// [`CertifiedKeyFiles::service_from_env`]).
+    pub tls: Option<CertifiedKeyFiles>,
     /// Port to listen on; 0 picks a free one. Env: `CRM_PORT` (default 8082).
     pub port: u16,
     /// Env: `CRM_DATABASE_URL` (required unless `HALLMARK_ENV` is `development` or `test`, where it defaults to `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_crm`).
@@ -20,6 +25,7 @@ impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
             host: settings::string("CRM_HOST", "127.0.0.1"),
+            tls: CertifiedKeyFiles::service_from_env()?,
             port: settings::parse("CRM_PORT", 8082)?,
             database: DatabaseConfig::new(settings::credential(
                 "CRM_DATABASE_URL",

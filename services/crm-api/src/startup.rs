@@ -8,7 +8,6 @@ use messaging::{Broker, ConsumerConfig};
 use orderbook::OrderBook;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +36,7 @@ impl axum::extract::FromRef<AppState> for PgPool {
 
 /// A built CRM API, listening but not yet serving.
 pub struct Application {
-    listener: TcpListener,
+    listener: platform::tls::Listener,
     port: u16,
     state: AppState,
     broker: Broker,
@@ -52,7 +51,9 @@ impl Application {
             .context("cannot connect to the CRM database")?;
         orderbook::install_schema(&pool).await?;
         MIGRATOR.run(&pool).await?;
-        let (listener, port) = platform::server::bind(&settings.host, settings.port).await?;
+        let tls = platform::tls::http_api(settings.tls.as_ref())?;
+        let (listener, port) =
+            platform::server::bind_with(&settings.host, settings.port, tls.as_ref()).await?;
         Ok(Self {
             listener,
             port,

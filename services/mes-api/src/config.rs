@@ -6,12 +6,17 @@ use std::time::Duration;
 use messaging::BrokerConfig;
 use platform::db::DatabaseConfig;
 use platform::storage::StorageConfig;
+use platform::tls::CertifiedKeyFiles;
 
 /// Everything MES needs to run.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Interface to listen on. Env: `MES_HOST` (default `127.0.0.1`).
     pub host: String,
+    /// The certificate and key the API serves TLS with; plain HTTP without. Env:
+    /// `HALLMARK_TLS_CERT` and `HALLMARK_TLS_KEY` (PEM files, both or neither; see
+    /// [`CertifiedKeyFiles::service_from_env`]).
+    pub tls: Option<CertifiedKeyFiles>,
     /// Port to listen on; 0 picks a free one. Env: `MES_PORT` (default 8083).
     pub port: u16,
     /// Env: `MES_DATABASE_URL` (required unless `HALLMARK_ENV` is `development` or `test`, where it defaults to `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_mes`).
@@ -45,6 +50,7 @@ impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
             host: settings::string("MES_HOST", "127.0.0.1"),
+            tls: CertifiedKeyFiles::service_from_env()?,
             port: settings::parse("MES_PORT", 8083)?,
             database: DatabaseConfig::new(settings::credential(
                 "MES_DATABASE_URL",

@@ -254,6 +254,8 @@ impl OrderWatch {
             http_port: 0,
             otlp_grpc_port: 0,
             otlp_http_port: 0,
+            tls: None,
+            otlp_client_ca: None,
             database: DatabaseConfig::new(database.url()),
             thresholds: Thresholds {
                 default: MACHINE_STAGE_THRESHOLD,
@@ -269,6 +271,7 @@ impl OrderWatch {
             records: RecordsConfig {
                 urls: [(domain::System::Mes, mes.url.clone())].into(),
                 timeout: Duration::from_secs(2),
+                ca: None,
             },
             reconfirm_interval: Duration::from_secs(60),
             auth: order_watch::auth::AuthConfig::Open,

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use domain::{Stage, System};
 use platform::db::DatabaseConfig;
+use platform::tls::{CertifiedKeyFiles, PemFile, TlsError};
 use serde::Deserialize;
 
 use crate::auth::AuthConfig;
@@ -86,6 +87,15 @@ pub struct Settings {
     pub otlp_grpc_port: u16,
     /// OTLP/HTTP. Env: `ORDER_WATCH_OTLP_HTTP_PORT` (default 14318; 4318 is the collector's).
     pub otlp_http_port: u16,
+    /// The certificate chain (the server's own first) and private key, PEM files, that the API
+    /// and UI and both OTLP receivers serve TLS with; plain text when neither is set. Env:
+    /// `ORDER_WATCH_TLS_CERT` and `ORDER_WATCH_TLS_KEY` (both or neither; none by default).
+    pub tls: Option<CertifiedKeyFiles>,
+    /// The CA (a PEM file) whose certificates OTLP clients must present: with it, both OTLP
+    /// receivers refuse a client without a certificate signed by it. Needs `tls`. The API and
+    /// UI ask for no client certificate (people log in through the identity provider). Env:
+    /// `ORDER_WATCH_OTLP_CLIENT_CA` (none by default).
+    pub otlp_client_ca: Option<PemFile>,
     /// Env: `ORDER_WATCH_DATABASE_URL` (required unless `HALLMARK_ENV` is `development` or
     /// `test`, where it defaults to
     /// `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_order_watch`).
@@ -109,7 +119,9 @@ pub struct Settings {
     /// The systems of record asked before an order is called stuck. Env:
     /// `ORDER_WATCH_SHOP_URL`, `ORDER_WATCH_CRM_URL`, `ORDER_WATCH_MES_URL` (each service's
     /// API base URL; none by default: orders waiting on a system without one are flagged
-    /// unconfirmed) and `ORDER_WATCH_CONFIRM_TIMEOUT` (longest wait for an answer, default `2s`).
+    /// unconfirmed), `ORDER_WATCH_CONFIRM_TIMEOUT` (longest wait for an answer, default `2s`)
+    /// and `ORDER_WATCH_RECORDS_CA` (a PEM file of the CA certificates their https is checked
+    /// against instead of the built-in roots; none by default).
     pub records: RecordsConfig,
     /// How often a stuck order's system of record is asked again, so an order whose later
     /// spans were lost as well is not left stuck. Env: `ORDER_WATCH_RECONFIRM_INTERVAL`
@@ -137,11 +149,15 @@ impl Settings {
             "ORDER_WATCH_RETENTION_DAYS",
             file_config.retention_days.unwrap_or(30),
         )?;
+        let tls = CertifiedKeyFiles::from_env("ORDER_WATCH_TLS_CERT", "ORDER_WATCH_TLS_KEY")?;
+        let otlp_client_ca = client_ca(&tls, PemFile::from_env("ORDER_WATCH_OTLP_CLIENT_CA"))?;
         Ok(Self {
             host: settings::string("ORDER_WATCH_HOST", "127.0.0.1"),
             http_port: settings::parse("ORDER_WATCH_PORT", 8080)?,
             otlp_grpc_port: settings::parse("ORDER_WATCH_OTLP_GRPC_PORT", 14317)?,
             otlp_http_port: settings::parse("ORDER_WATCH_OTLP_HTTP_PORT", 14318)?,
+            tls,
+            otlp_client_ca,
             database: DatabaseConfig::new(settings::credential(
                 "ORDER_WATCH_DATABASE_URL",
                 "postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_order_watch",
@@ -168,6 +184,20 @@ impl Settings {
     }
 }
 
+/// The client CA of the OTLP receivers, which needs TLS: an error rather than receivers that
+/// would take anyone's spans in plain text.
+fn client_ca(
+    tls: &Option<CertifiedKeyFiles>,
+    client_ca: Option<PemFile>,
+) -> Result<Option<PemFile>, TlsError> {
+    match (tls, client_ca) {
+        (None, Some(ca)) => Err(TlsError::NeedsTls {
+            setting: ca.setting,
+        }),
+        (_, client_ca) => Ok(client_ca),
+    }
+}
+
 fn records_config() -> anyhow::Result<RecordsConfig> {
     let mut urls = BTreeMap::new();
     for system in System::ALL {
@@ -184,7 +214,11 @@ fn records_config() -> anyhow::Result<RecordsConfig> {
             crate::detector::LEASE
         );
     }
-    Ok(RecordsConfig { urls, timeout })
+    Ok(RecordsConfig {
+        urls,
+        timeout,
+        ca: PemFile::from_env("ORDER_WATCH_RECORDS_CA"),
+    })
 }
 
 /// Longest confirmation timeout: a round must end well within the lease on its orders.
@@ -279,6 +313,25 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn client_certificates_for_otlp_need_tls() {
+        let ca = PemFile::new(
+            "ORDER_WATCH_OTLP_CLIENT_CA",
+            "/etc/hallmark/collector-ca.pem",
+        );
+        let err = client_ca(&None, Some(ca.clone())).unwrap_err().to_string();
+        assert!(
+            err.starts_with("ORDER_WATCH_OTLP_CLIENT_CA: client certificates need TLS"),
+            "{err}"
+        );
+        let tls = Some(CertifiedKeyFiles {
+            cert: PemFile::new("ORDER_WATCH_TLS_CERT", "/cert.pem"),
+            key: PemFile::new("ORDER_WATCH_TLS_KEY", "/key.pem"),
+        });
+        assert_eq!(client_ca(&tls, Some(ca.clone())).unwrap(), Some(ca));
+        assert_eq!(client_ca(&None, None).unwrap(), None);
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub struct RecordsConfig {
     pub urls: BTreeMap<System, String>,
     /// Longest wait for one listing answer.
     pub timeout: Duration,
+    /// The CA certificates (a PEM file) the systems' https certificates are checked against,
+    /// instead of the built-in roots: for services that serve TLS with a CA of their own.
+    pub ca: Option<platform::tls::PemFile>,
 }
 
 impl RecordsConfig {
@@ -65,12 +68,22 @@ pub struct Records {
 }
 
 impl Records {
-    pub fn new(config: RecordsConfig) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
+    /// The client for `config`; an error when its CA file cannot be used.
+    pub fn new(config: RecordsConfig) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let mut builder = reqwest::Client::builder().timeout(config.timeout);
+        if let Some(ca) = &config.ca {
+            builder = builder.tls_built_in_root_certs(false);
+            for certificate in ca.certificates()? {
+                let certificate = reqwest::Certificate::from_der(&certificate)
+                    .with_context(|| format!("{}: a certificate cannot be used", ca.setting))?;
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let client = builder
             .build()
-            .expect("a plain HTTP client builds");
-        Self { client, config }
+            .context("cannot build the client for the systems of record")?;
+        Ok(Self { client, config })
     }
 
     /// What `system` holds of `ids`, asked [`MAX_IDS`] at a time.

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use platform::tls::Listener;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -35,32 +35,59 @@ pub struct Ports {
 
 /// A built order-watch, listening but not yet serving.
 pub struct Application {
-    api: TcpListener,
-    otlp_http: TcpListener,
-    otlp_grpc: TcpListener,
+    api: Listener,
+    otlp_http: Listener,
+    otlp_grpc: Listener,
     ports: Ports,
     pool: PgPool,
+    records: Records,
     settings: Settings,
     clock: Clock,
     cancel: CancellationToken,
 }
 
 impl Application {
-    /// Connects to the database (waiting for it), migrates and binds the three ports.
+    /// Reads the TLS certificates (if any), connects to the database (waiting for it),
+    /// migrates and binds the three ports.
+    /// A certificate file that cannot be used is an error naming its setting.
     pub async fn build(
         settings: Settings,
         clock: Clock,
         cancel: CancellationToken,
     ) -> anyhow::Result<Self> {
+        // The API asks for no client certificate; the OTLP receivers do when given a client CA.
+        // HTTP/1.1 for the API and OTLP/HTTP, HTTP/2 for gRPC (which needs ALPN to say so).
+        let api_tls = platform::tls::http_api(settings.tls.as_ref())?;
+        let otlp_tls = match &settings.tls {
+            Some(files) => Some(files.load(settings.otlp_client_ca.as_ref())?),
+            None => None,
+        };
+        let records = Records::new(settings.records.clone())?;
         let pool = platform::db::connect(&settings.database, &cancel)
             .await
             .context("cannot connect to the order-watch database")?;
         MIGRATOR.run(&pool).await?;
-        let (api, api_port) = platform::server::bind(&settings.host, settings.http_port).await?;
-        let (otlp_http, http_port) =
-            platform::server::bind(&settings.host, settings.otlp_http_port).await?;
-        let (otlp_grpc, grpc_port) =
-            platform::server::bind(&settings.host, settings.otlp_grpc_port).await?;
+        let host = &settings.host;
+        let (api, api_port) =
+            platform::server::bind_with(host, settings.http_port, api_tls.as_ref()).await?;
+        let (otlp_http, http_port) = platform::server::bind_with(
+            host,
+            settings.otlp_http_port,
+            otlp_tls
+                .as_ref()
+                .map(|tls| tls.with_alpn(&[b"http/1.1"]))
+                .as_ref(),
+        )
+        .await?;
+        let (otlp_grpc, grpc_port) = platform::server::bind_with(
+            host,
+            settings.otlp_grpc_port,
+            otlp_tls
+                .as_ref()
+                .map(|tls| tls.with_alpn(&[b"h2"]))
+                .as_ref(),
+        )
+        .await?;
         Ok(Self {
             api,
             otlp_http,
@@ -71,6 +98,7 @@ impl Application {
                 otlp_grpc: grpc_port,
             },
             pool,
+            records,
             settings,
             clock,
             cancel,
@@ -90,6 +118,7 @@ impl Application {
             otlp_grpc,
             ports,
             pool,
+            records,
             settings,
             clock,
             cancel,
@@ -101,9 +130,15 @@ impl Application {
                 .unwrap_or_else(|| settings.thresholds.clone()),
         );
         let metrics = Arc::new(Metrics::new(&opentelemetry::global::meter("order-watch")));
+        let over_tls = api.is_tls();
         let announcer = Announcer {
             enabled: settings.webhook_url.is_some(),
-            external_url: format!("http://{}:{}", settings.host, ports.api),
+            external_url: format!(
+                "{}://{}:{}",
+                if over_tls { "https" } else { "http" },
+                settings.host,
+                ports.api
+            ),
         };
         let wake = Arc::new(Notify::new());
         let mut tasks = JoinSet::new();
@@ -143,7 +178,7 @@ impl Application {
                 clock: clock.clone(),
                 announcer,
                 metrics: metrics.clone(),
-                records: Arc::new(Records::new(settings.records.clone())),
+                records: Arc::new(records),
                 thresholds: thresholds.clone(),
                 interval: settings.detect_interval,
                 reconfirm_interval: settings.reconfirm_interval,
@@ -183,10 +218,7 @@ impl Application {
         tasks.spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_routes(ingest::grpc::routes(ingest))
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(otlp_grpc),
-                    grpc_cancel.cancelled_owned(),
-                )
+                .serve_with_incoming_shutdown(otlp_grpc.incoming(), grpc_cancel.cancelled_owned())
                 .await;
             if let Err(err) = served {
                 tracing::error!(error = %err, "the OTLP/gRPC receiver failed");
@@ -200,7 +232,7 @@ impl Application {
             detector: wake,
             retention_days: settings.retention.as_secs() / 86_400,
         };
-        let authenticator = Arc::new(Authenticator::new(settings.auth.clone()));
+        let authenticator = Arc::new(Authenticator::new(settings.auth.clone(), over_tls));
         let prepared = authenticator.clone();
         tasks.spawn(async move { prepared.prepare().await });
         let router =
@@ -210,6 +242,8 @@ impl Application {
             api = ports.api,
             otlp_http = ports.otlp_http,
             otlp_grpc = ports.otlp_grpc,
+            tls = over_tls,
+            otlp_client_certificates = settings.otlp_client_ca.is_some(),
             "order-watch listening"
         );
         let result = platform::server::serve_with_tasks(api, router, tasks, cancel).await;

@@ -3,6 +3,7 @@
 use messaging::BrokerConfig;
 use platform::db::DatabaseConfig;
 use platform::storage::StorageConfig;
+use platform::tls::CertifiedKeyFiles;
 use secrecy::SecretString;
 
 /// Everything Shop needs to run.
@@ -10,6 +11,10 @@ use secrecy::SecretString;
 pub struct Settings {
     /// Interface to listen on. Env: `SHOP_HOST` (default `127.0.0.1`).
     pub host: String,
+    /// The certificate and key the API serves TLS with; plain HTTP without. Env:
+    /// `HALLMARK_TLS_CERT` and `HALLMARK_TLS_KEY` (PEM files, both or neither; see
+    /// [`CertifiedKeyFiles::service_from_env`]).
+    pub tls: Option<CertifiedKeyFiles>,
     /// Port to listen on; 0 picks a free one. Env: `SHOP_PORT` (default 8081).
     pub port: u16,
     /// Env: `SHOP_DATABASE_URL` (required unless `HALLMARK_ENV` is `development` or `test`, where it defaults to `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_shop`).
@@ -33,6 +38,7 @@ impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
         Ok(Self {
             host: settings::string("SHOP_HOST", "127.0.0.1"),
+            tls: CertifiedKeyFiles::service_from_env()?,
             port: settings::parse("SHOP_PORT", 8081)?,
             database: DatabaseConfig::new(settings::credential(
                 "SHOP_DATABASE_URL",

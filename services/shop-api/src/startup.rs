@@ -9,7 +9,6 @@ use orderbook::OrderBook;
 use platform::storage::ObjectStorage;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +37,7 @@ impl axum::extract::FromRef<AppState> for PgPool {
 
 /// A built Shop API, listening but not yet serving.
 pub struct Application {
-    listener: TcpListener,
+    listener: platform::tls::Listener,
     port: u16,
     state: AppState,
     broker: Broker,
@@ -55,7 +54,9 @@ impl Application {
         orderbook::install_schema(&pool).await?;
         MIGRATOR.run(&pool).await?;
         let storage = ObjectStorage::new(&settings.storage)?;
-        let (listener, port) = platform::server::bind(&settings.host, settings.port).await?;
+        let tls = platform::tls::http_api(settings.tls.as_ref())?;
+        let (listener, port) =
+            platform::server::bind_with(&settings.host, settings.port, tls.as_ref()).await?;
         Ok(Self {
             listener,
             port,

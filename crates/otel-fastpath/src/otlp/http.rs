@@ -10,6 +10,7 @@
 //! | `OTEL_EXPORTER_OTLP_(TRACES_)HEADERS` | `key=value` pairs separated by commas, values percent-decoded | none |
 //! | `OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT` | milliseconds an export may take, retries included | 10000 |
 //! | `OTEL_EXPORTER_OTLP_(TRACES_)COMPRESSION` | `gzip` or `none` | `none` |
+//! | `OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE`, `…_CLIENT_CERTIFICATE`, `…_CLIENT_KEY` | TLS: the CAs to trust, the client certificate and key ([`super::tls`]) | the built-in roots, no client certificate |
 //!
 //! Retries follow the policy `opentelemetry-otlp` recommends: a network error, 502, 504, or a
 //! 429 or 503 (after its `Retry-After`, when it gives one in seconds) is tried again up to three
@@ -26,6 +27,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
+use super::tls::{Signal, TlsConfig, TlsError};
 use super::{encode, setting};
 
 const DEFAULT_ENDPOINT: &str = "http://localhost:4318";
@@ -52,6 +54,8 @@ pub struct HttpConfig {
     pub timeout: Duration,
     /// Whether bodies are gzip-compressed.
     pub gzip: bool,
+    /// The CAs to trust and the client certificate to present over https.
+    pub tls: TlsConfig,
 }
 
 /// A setting that cannot be used.
@@ -64,7 +68,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(variable: &'static str, problem: &'static str, value: &str) -> Self {
+    pub(crate) fn new(variable: &'static str, problem: &'static str, value: &str) -> Self {
         Self {
             variable,
             value: value.to_owned(),
@@ -148,11 +152,14 @@ impl HttpConfig {
             },
         };
 
+        let tls = TlsConfig::from_lookup(&lookup, Signal::Traces)?;
+
         Ok(Self {
             endpoint: endpoint.1,
             headers,
             timeout,
             gzip,
+            tls,
         })
     }
 }
@@ -188,19 +195,32 @@ impl std::fmt::Debug for HttpSpanExporter {
     }
 }
 
+/// Why an exporter could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot build the HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
 impl HttpSpanExporter {
-    pub fn new(config: HttpConfig) -> Result<Self, reqwest::Error> {
+    /// The exporter `config` describes; its TLS files are read now, so one that cannot be used
+    /// stops the start-up with an error naming its variable.
+    pub fn new(config: HttpConfig) -> Result<Self, BuildError> {
         let timeout = config.timeout;
+        let tls = config.tls.load()?;
         // The blocking client runs a runtime of its own and refuses to be built inside
         // another one, which is where services call `telemetry::init`.
         let client = std::thread::spawn(move || {
-            reqwest::blocking::Client::builder()
+            let builder = reqwest::blocking::Client::builder()
                 .timeout(timeout)
-                .user_agent(concat!("hallmark-telemetry/", env!("CARGO_PKG_VERSION")))
-                .build()
+                .user_agent(concat!("hallmark-telemetry/", env!("CARGO_PKG_VERSION")));
+            tls.apply(builder)?.build()
         })
         .join()
-        .expect("building an HTTP client does not panic")?;
+        .expect("building an HTTP client does not panic")
+        .map_err(BuildError::Client)?;
         Ok(Self {
             config,
             client,
@@ -238,7 +258,8 @@ impl HttpSpanExporter {
             request = request.header(name.as_str(), value.as_str());
         }
         let response = request.send().map_err(|e| Failure {
-            message: format!("cannot reach the collector: {e}"),
+            // With its causes: a refused certificate is said only by the innermost one.
+            message: format!("cannot reach the collector: {}", with_causes(&e)),
             retry: Retry::AfterBackoff,
         })?;
         let status = response.status();
@@ -270,6 +291,17 @@ impl HttpSpanExporter {
             retry,
         })
     }
+}
+
+/// `err` followed by each of its causes.
+pub(crate) fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 /// The spans a collector's answer says it refused, and why: OTLP's partial success.
@@ -363,6 +395,42 @@ mod tests {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
         })
+    }
+
+    #[test]
+    fn the_trace_specific_tls_variables_win_and_a_client_certificate_needs_its_key() {
+        assert_eq!(config(&[]).unwrap().tls, TlsConfig::default());
+        let tls = config(&[
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/general/ca.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", " /traces/ca.pem "),
+            (
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+                "/general/client.pem",
+            ),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/general/key.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "/traces/key.pem"),
+        ])
+        .unwrap()
+        .tls;
+        let certificate = tls.certificate.unwrap();
+        assert_eq!(
+            (certificate.variable, certificate.path.to_str().unwrap()),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/traces/ca.pem")
+        );
+        let (cert, key) = tls.client.unwrap();
+        assert_eq!(cert.variable, "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE");
+        assert_eq!(key.variable, "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY");
+        assert_eq!(key.path.to_str().unwrap(), "/traces/key.pem");
+
+        let err = config(&[("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "/c.pem")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE=/c.pem: is set without its"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -474,6 +542,7 @@ mod tests {
             headers: vec![("x-tenant".into(), "shop".into())],
             timeout: Duration::from_secs(5),
             gzip,
+            tls: TlsConfig::default(),
         })
         .unwrap()
     }

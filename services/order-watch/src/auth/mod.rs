@@ -128,16 +128,22 @@ struct Oidc {
     config: OidcConfig,
     keys: KeySet,
     sessions: session::Store,
+    /// How browsers reach order-watch when no public URL is configured: `https` when the API
+    /// serves TLS.
+    scheme: &'static str,
 }
 
 impl Authenticator {
-    pub fn new(config: AuthConfig) -> Self {
+    /// Checks requests with `config`; `over_tls` says whether the API serves TLS, which makes
+    /// the login's redirect URI `https` (and so its cookie `Secure`) when no public URL is set.
+    pub fn new(config: AuthConfig, over_tls: bool) -> Self {
         let mode = match config {
             AuthConfig::Open => Mode::Open,
             AuthConfig::Oidc(config) => Mode::Oidc(Box::new(Oidc {
                 keys: KeySet::new(&config.issuer),
                 sessions: session::Store::default(),
                 config,
+                scheme: if over_tls { "https" } else { "http" },
             })),
         };
         Self { mode }
@@ -292,7 +298,10 @@ async fn login(
         Ok(discovery) => discovery,
         Err(err) => return platform::error::unavailable("identity_provider_unavailable", &err),
     };
-    let redirect_uri = format!("{}/auth/callback", public_url(&oidc.config, &headers));
+    let redirect_uri = format!(
+        "{}/auth/callback",
+        public_url(&oidc.config, oidc.scheme, &headers)
+    );
     let verifier = session::random_token();
     let challenge = session::challenge(&verifier);
     let state = oidc
@@ -421,8 +430,9 @@ async fn logout(State(authenticator): State<Arc<Authenticator>>, headers: Header
     response
 }
 
-/// Where browsers reach order-watch: the configured public URL, else the request's own host.
-fn public_url(config: &OidcConfig, headers: &HeaderMap) -> String {
+/// Where browsers reach order-watch: the configured public URL, else the request's own host
+/// over `scheme` (the one the API serves).
+fn public_url(config: &OidcConfig, scheme: &str, headers: &HeaderMap) -> String {
     if let Some(url) = &config.public_url {
         return url.trim_end_matches('/').to_owned();
     }
@@ -430,7 +440,7 @@ fn public_url(config: &OidcConfig, headers: &HeaderMap) -> String {
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("127.0.0.1");
-    format!("http://{host}")
+    format!("{scheme}://{host}")
 }
 
 /// The token of an `Authorization: Bearer …` header.
@@ -757,5 +767,27 @@ mod tests {
         assert_eq!(bearer(&headers("Basic dXNlcjpwdw==")), None);
         assert_eq!(bearer(&headers("Bearer ")), None);
         assert_eq!(bearer(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn the_login_comes_back_over_the_scheme_the_api_serves_unless_a_public_url_is_set() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "watch.internal:8443".parse().unwrap());
+        assert_eq!(
+            public_url(&config(), "https", &headers),
+            "https://watch.internal:8443"
+        );
+        assert_eq!(
+            public_url(&config(), "http", &headers),
+            "http://watch.internal:8443"
+        );
+        let configured = OidcConfig {
+            public_url: Some("https://watch.example.com/".into()),
+            ..config()
+        };
+        assert_eq!(
+            public_url(&configured, "http", &headers),
+            "https://watch.example.com"
+        );
     }
 }

@@ -60,13 +60,29 @@ pub struct StandInRecords {
 
 impl StandInRecords {
     pub async fn start() -> Self {
+        Self::serving(None).await
+    }
+
+    /// As [`StandInRecords::start`], serving https with `tls`.
+    pub async fn start_tls(tls: &platform::tls::ServerTls) -> Self {
+        Self::serving(Some(tls)).await
+    }
+
+    async fn serving(tls: Option<&platform::tls::ServerTls>) -> Self {
         let state = Arc::new(Mutex::new(RecordsState::default()));
         let app = axum::Router::new()
             .route(&format!("/{{system}}{STATUSES_PATH}"), get(listing))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (listener, port) = platform::server::bind_with("127.0.0.1", 0, tls)
+            .await
+            .unwrap();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let base = format!("{scheme}://127.0.0.1:{port}");
+        tokio::spawn(platform::server::serve(
+            listener,
+            app,
+            CancellationToken::new(),
+        ));
         Self { base, state }
     }
 
@@ -78,6 +94,7 @@ impl StandInRecords {
                 .map(|s| (s, format!("{}/{}", self.base, path_of(s))))
                 .collect(),
             timeout,
+            ca: None,
         }
     }
 
@@ -161,6 +178,8 @@ async fn listing(
 
 pub struct TestApp {
     pub ports: Ports,
+    /// `https` when the app serves TLS.
+    pub scheme: &'static str,
     pub clock: Clock,
     pub client: reqwest::Client,
     pub database: Arc<TestDatabase>,
@@ -192,6 +211,8 @@ fn settings(
         http_port: 0,
         otlp_grpc_port: 0,
         otlp_http_port: 0,
+        tls: None,
+        otlp_client_ca: None,
         database: DatabaseConfig::new(database.url()),
         thresholds: Thresholds {
             default: STUCK_AFTER,
@@ -238,6 +259,38 @@ pub async fn spawn_on(
     spawn_with(database, clock, webhook, records, AuthConfig::Open).await
 }
 
+/// As [`spawn_app`], serving TLS with `certificates`' trusted server certificate; with
+/// `client_certificates`, the OTLP receivers ask for client certificates signed by their CA.
+/// The app's client trusts that CA and presents no certificate.
+pub async fn spawn_app_with_tls(
+    certificates: &testkit::tls::Certificates,
+    client_certificates: bool,
+) -> TestApp {
+    use platform::tls::{CertifiedKeyFiles, PemFile};
+    let database = Arc::new(TestDatabase::create("watch").await);
+    let webhook = Webhook::start().await;
+    let records = StandInRecords::start().await;
+    let trusted = &certificates.trusted;
+    let mut settings = settings(&database, &webhook, &records, AuthConfig::Open);
+    settings.tls = Some(CertifiedKeyFiles {
+        cert: PemFile::new("ORDER_WATCH_TLS_CERT", &trusted.server.cert),
+        key: PemFile::new("ORDER_WATCH_TLS_KEY", &trusted.server.key),
+    });
+    settings.otlp_client_ca =
+        client_certificates.then(|| PemFile::new("ORDER_WATCH_OTLP_CLIENT_CA", &trusted.ca));
+    let mut app = run_app(
+        settings,
+        database,
+        Clock::manual(Utc::now()),
+        webhook,
+        records,
+    )
+    .await;
+    app.scheme = "https";
+    app.client = testkit::tls::Certificates::client_trusting(&trusted.ca);
+    app
+}
+
 async fn spawn_with(
     database: Arc<TestDatabase>,
     clock: Clock,
@@ -245,8 +298,18 @@ async fn spawn_with(
     records: StandInRecords,
     auth: AuthConfig,
 ) -> TestApp {
-    let cancel = CancellationToken::new();
     let settings = settings(&database, &webhook, &records, auth);
+    run_app(settings, database, clock, webhook, records).await
+}
+
+async fn run_app(
+    settings: Settings,
+    database: Arc<TestDatabase>,
+    clock: Clock,
+    webhook: Webhook,
+    records: StandInRecords,
+) -> TestApp {
+    let cancel = CancellationToken::new();
     let app = Application::build(settings, clock.clone(), cancel.clone())
         .await
         .expect("order-watch builds");
@@ -254,6 +317,7 @@ async fn spawn_with(
     let handle = tokio::spawn(app.run_until_stopped());
     TestApp {
         ports,
+        scheme: "http",
         clock,
         client: reqwest::Client::new(),
         database,
@@ -279,11 +343,11 @@ impl TestApp {
 
 impl TestApp {
     pub fn api(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.ports.api)
+        format!("{}://127.0.0.1:{}{path}", self.scheme, self.ports.api)
     }
 
     pub fn otlp(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.ports.otlp_http)
+        format!("{}://127.0.0.1:{}{path}", self.scheme, self.ports.otlp_http)
     }
 
     /// Stops the app the way SIGTERM would and waits until it has finished.

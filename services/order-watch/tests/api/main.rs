@@ -5,4 +5,5 @@ mod detection;
 mod helpers;
 mod ingest;
 mod journey;
+mod tls;
 mod unreadable;

@@ -34,19 +34,43 @@ pub async fn spawn_app() -> TestApp {
     let storage = StorageConfig::Filesystem {
         root: dir.path().to_owned(),
     };
-    spawn(storage, dir).await
+    spawn(storage, dir, None).await
 }
 
 /// Shop as with `spawn_app()`, but storing models in `storage`, such as a `testkit::s3` server.
 pub async fn spawn_app_with_storage(storage: StorageConfig) -> TestApp {
-    spawn(storage, tempfile::tempdir().unwrap()).await
+    spawn(storage, tempfile::tempdir().unwrap(), None).await
 }
 
-async fn spawn(storage: StorageConfig, dir: tempfile::TempDir) -> TestApp {
+/// Shop as with `spawn_app()`, serving its API over TLS with `certificates`' trusted server
+/// certificate (`HALLMARK_TLS_CERT`, `HALLMARK_TLS_KEY`); its client trusts that CA.
+pub async fn spawn_app_with_tls(certificates: &testkit::tls::Certificates) -> TestApp {
+    use platform::tls::{CertifiedKeyFiles, PemFile};
+    let dir = tempfile::tempdir().unwrap();
+    let storage = StorageConfig::Filesystem {
+        root: dir.path().to_owned(),
+    };
+    let server = &certificates.trusted.server;
+    let tls = CertifiedKeyFiles {
+        cert: PemFile::new("HALLMARK_TLS_CERT", &server.cert),
+        key: PemFile::new("HALLMARK_TLS_KEY", &server.key),
+    };
+    let mut app = spawn(storage, dir, Some(tls)).await;
+    app.client = testkit::tls::Certificates::client_trusting(&certificates.trusted.ca);
+    app
+}
+
+async fn spawn(
+    storage: StorageConfig,
+    dir: tempfile::TempDir,
+    tls: Option<platform::tls::CertifiedKeyFiles>,
+) -> TestApp {
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let database = TestDatabase::create("shop").await;
     let broker = testkit::broker::isolated();
     let settings = Settings {
         host: "127.0.0.1".into(),
+        tls,
         port: 0,
         database: DatabaseConfig::new(database.url()),
         broker: broker.clone(),
@@ -58,7 +82,7 @@ async fn spawn(storage: StorageConfig, dir: tempfile::TempDir) -> TestApp {
     let app = Application::build(settings, cancel.clone())
         .await
         .expect("shop builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
+    let address = format!("{scheme}://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,

@@ -3,3 +3,4 @@ mod decisions;
 mod helpers;
 mod s3;
 mod status_events;
+mod tls;
