@@ -158,6 +158,7 @@ stop_keycloak() {
 print_keycloak() {
   say "Keycloak (SSO stand-in): $(keycloak_url)/admin/ (master realm: $HALLMARK_KEYCLOAK_ADMIN); issuer $(keycloak_issuer hallmark)"
   say "  demo users (local only; password = name): support (read), developer (read + configuration), admin (everything)"
+  say "  service identity: client alertmanager (client credentials, role alert-sender; secret HALLMARK_ALERTMANAGER_SECRET) posts alerts to order-watch"
   say "  a token: curl -d grant_type=password -d client_id=hallmark-cli -d username=support -d password=support $(keycloak_issuer hallmark)/protocol/openid-connect/token"
 }
 
