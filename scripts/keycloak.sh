@@ -28,6 +28,11 @@
 #                                      authenticating proxies (scripts/stack.sh): the realm file
 #                                      takes it from the environment at import; a development
 #                                      default, for local use only
+#   HALLMARK_ALERTMANAGER_SECRET       the secret of the client alertmanager, the service identity
+#                                      Alertmanager posts alerts to order-watch with (client
+#                                      credentials; scripts/stack.sh gives Alertmanager the same):
+#                                      taken from the environment at import like the one above; a
+#                                      development default, for local use only
 
 : "${HALLMARK_KEYCLOAK_HOST:=127.0.0.1}"
 : "${HALLMARK_KEYCLOAK_PORT:=8180}" "${HALLMARK_KEYCLOAK_MANAGEMENT_PORT:=9001}"
@@ -35,8 +40,9 @@
 : "${HALLMARK_KEYCLOAK_JAVA_HOME:=/usr/lib/jvm/temurin-25-jdk-amd64}"
 : "${HALLMARK_KEYCLOAK_HEAP:=-Xms64m -Xmx512m}"
 : "${HALLMARK_KEYCLOAK_START_TIMEOUT:=180}"
-# The same default as scripts/stack.sh's.
+# The same defaults as scripts/stack.sh's.
 : "${HALLMARK_STACK_PROXY_SECRET:=hallmark-stack-proxy-local-only}"
+: "${HALLMARK_ALERTMANAGER_SECRET:=hallmark-alertmanager-local-only}"
 export HALLMARK_KEYCLOAK_HOST HALLMARK_KEYCLOAK_PORT HALLMARK_KEYCLOAK_MANAGEMENT_PORT
 # The process started by launch_keycloak (empty when an already running Keycloak is reused), when
 # it started and where it logs.
@@ -103,6 +109,7 @@ launch_keycloak() {
     KC_BOOTSTRAP_ADMIN_USERNAME="$HALLMARK_KEYCLOAK_ADMIN" \
     KC_BOOTSTRAP_ADMIN_PASSWORD="$HALLMARK_KEYCLOAK_ADMIN_PASSWORD" \
     HALLMARK_STACK_PROXY_SECRET="$HALLMARK_STACK_PROXY_SECRET" \
+    HALLMARK_ALERTMANAGER_SECRET="$HALLMARK_ALERTMANAGER_SECRET" \
     "$home/bin/kc.sh" start-dev --import-realm \
     --http-host="$HALLMARK_KEYCLOAK_HOST" --http-port="$HALLMARK_KEYCLOAK_PORT" \
     --http-management-port="$HALLMARK_KEYCLOAK_MANAGEMENT_PORT" \
@@ -151,6 +158,7 @@ stop_keycloak() {
 print_keycloak() {
   say "Keycloak (SSO stand-in): $(keycloak_url)/admin/ (master realm: $HALLMARK_KEYCLOAK_ADMIN); issuer $(keycloak_issuer hallmark)"
   say "  demo users (local only; password = name): support (read), developer (read + configuration), admin (everything)"
+  say "  service identity: client alertmanager (client credentials, role alert-sender; secret HALLMARK_ALERTMANAGER_SECRET) posts alerts to order-watch"
   say "  a token: curl -d grant_type=password -d client_id=hallmark-cli -d username=support -d password=support $(keycloak_issuer hallmark)/protocol/openid-connect/token"
 }
 

@@ -43,6 +43,15 @@
 #                                  against (default: the system's roots)
 #   HALLMARK_COLLECTOR_CLIENT_CERT, HALLMARK_COLLECTOR_CLIENT_KEY  PEM files: the certificate the
 #                                  collector presents to order-watch (for ORDER_WATCH_OTLP_CLIENT_CA)
+# Alertmanager posts alerts to order-watch as a service identity of the same provider, with a
+# token of the client credentials grant that it fetches and renews itself:
+#   HALLMARK_ALERTMANAGER_CLIENT_ID  its confidential client (default alertmanager, whose service
+#                                  account holds the role alert-sender), and
+#   HALLMARK_ALERTMANAGER_SECRET   the client's secret (a development default, for local use only;
+#                                  scripts/keycloak.sh registers the same one)
+#   HALLMARK_ALERTMANAGER_TOKEN_URL  the provider's token endpoint (default: Keycloak's,
+#                                  $HALLMARK_STACK_OIDC_ISSUER/protocol/openid-connect/token; another
+#                                  provider names its own in its discovery document)
 
 : "${HALLMARK_STACK_HOST:=127.0.0.1}"
 : "${HALLMARK_COLLECTOR_GRPC_PORT:=4317}" "${HALLMARK_COLLECTOR_HTTP_PORT:=4318}"
@@ -60,9 +69,12 @@
 : "${HALLMARK_ALERTMANAGER_ROLES:=developer,admin}"
 : "${HALLMARK_STACK_OIDC_ISSUER:=http://${HALLMARK_KEYCLOAK_HOST:-127.0.0.1}:${HALLMARK_KEYCLOAK_PORT:-8180}/realms/hallmark}"
 : "${HALLMARK_STACK_PROXY_CLIENT_ID:=stack-proxy}" "${HALLMARK_STACK_ROLES_CLAIM:=realm_access.roles}"
-# Local use only, like the demo users: the same default as scripts/keycloak.sh's. Not exported:
-# render_stack_config writes it into a file only this user reads.
+# Local use only, like the demo users: the same defaults as scripts/keycloak.sh's. Not exported:
+# render_stack_config writes them into files only this user reads.
 : "${HALLMARK_STACK_PROXY_SECRET:=hallmark-stack-proxy-local-only}"
+: "${HALLMARK_ALERTMANAGER_SECRET:=hallmark-alertmanager-local-only}"
+: "${HALLMARK_ALERTMANAGER_CLIENT_ID:=alertmanager}"
+: "${HALLMARK_ALERTMANAGER_TOKEN_URL:=$HALLMARK_STACK_OIDC_ISSUER/protocol/openid-connect/token}"
 : "${HALLMARK_SCRAPE_INTERVAL:=15s}" "${HALLMARK_EVALUATION_INTERVAL:=15s}"
 : "${HALLMARK_ALERT_GROUP_WAIT:=30s}" "${HALLMARK_ALERT_GROUP_INTERVAL:=5m}"
 : "${HALLMARK_ALERT_REPEAT_INTERVAL:=4h}"
@@ -78,7 +90,8 @@ export HALLMARK_STACK_HOST HALLMARK_COLLECTOR_GRPC_PORT HALLMARK_COLLECTOR_HTTP_
   ORDER_WATCH_OTLP_HTTP_PORT SHOP_PORT CRM_PORT MES_PORT HALLMARK_PROXY_HOST \
   HALLMARK_JAEGER_PROXY_PORT HALLMARK_PROMETHEUS_PROXY_PORT HALLMARK_ALERTMANAGER_PROXY_PORT \
   HALLMARK_JAEGER_ROLES HALLMARK_PROMETHEUS_ROLES HALLMARK_ALERTMANAGER_ROLES \
-  HALLMARK_STACK_OIDC_ISSUER HALLMARK_STACK_PROXY_CLIENT_ID HALLMARK_STACK_ROLES_CLAIM
+  HALLMARK_STACK_OIDC_ISSUER HALLMARK_STACK_PROXY_CLIENT_ID HALLMARK_STACK_ROLES_CLAIM \
+  HALLMARK_ALERTMANAGER_CLIENT_ID HALLMARK_ALERTMANAGER_TOKEN_URL
 # The components behind the proxies listen here and nowhere else; Prometheus reaches itself and
 # Alertmanager here too.
 HALLMARK_LOOPBACK=127.0.0.1
@@ -146,7 +159,12 @@ render_stack_config() {
   write_target "$out/prometheus" rabbitmq "$HALLMARK_RABBITMQ_METRICS"
   write_target "$out/prometheus" alertmanager "$HALLMARK_LOOPBACK:$HALLMARK_ALERTMANAGER_PORT"
   write_target "$out/prometheus" prometheus "$HALLMARK_LOOPBACK:$HALLMARK_PROMETHEUS_PORT"
-  render_template deploy/alertmanager/alertmanager.yml "$out/alertmanager/alertmanager.yml"
+  # Alertmanager's client secret, in a file only this user reads (named by its absolute path:
+  # Alertmanager resolves a relative one from its configuration's directory).
+  chmod 700 "$out/alertmanager"
+  (umask 077 && printf '%s' "$HALLMARK_ALERTMANAGER_SECRET" >"$out/alertmanager/client-secret")
+  HALLMARK_ALERTMANAGER_SECRET_FILE="$(cd "$out/alertmanager" && pwd)/client-secret" \
+    render_template deploy/alertmanager/alertmanager.yml "$out/alertmanager/alertmanager.yml"
   render_proxies "$out"
 }
 

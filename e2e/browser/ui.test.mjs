@@ -1,6 +1,8 @@
 // order-watch's UI in a real browser (Debian's Chromium, driven by playwright-core), logged in
-// through the identity provider: support sees a journey and reads the stuck thresholds; only the
-// developer may change one, and the change is audited under their name.
+// through the identity provider: support sees a journey and reads the stuck thresholds with no
+// control to change anything; the developer changes a threshold (written as a duration), audited
+// under their name, and sees none of the admin's controls; the admin acknowledges an incident
+// and erases an order's trace data after a confirmation.
 //
 // It starts order-watch itself (the binary `cargo build` made) on free ports with a database of
 // its own, and uses the identity provider scripts/test starts (Keycloak with the realm in
@@ -10,6 +12,8 @@
 //
 // Settings (environment):
 //   HALLMARK_TEST_OIDC_ISSUER     the hallmark realm (default http://127.0.0.1:8180/realms/hallmark)
+//   HALLMARK_ALERTMANAGER_SECRET  the secret of its client alertmanager, which posts the test's
+//                                 alert (default: scripts/keycloak.sh's development default)
 //   HALLMARK_TEST_DATABASE_URL    a PostgreSQL URL allowed to create databases (default: as
 //                                 scripts/deps.sh's HALLMARK_DB_ADMIN_URL)
 //   ORDER_WATCH_BIN               the binary (default $CARGO_TARGET_DIR or target/, debug/order-watch)
@@ -85,6 +89,8 @@ async function until(what, seconds, check) {
 }
 
 const order = uuidv7();
+// An order whose trace data the admin erases.
+const erased = uuidv7();
 const databaseName = `test_browser_${uuidv7().replaceAll("-", "")}`;
 let databaseCreated = false;
 let watch; // the order-watch process
@@ -103,7 +109,7 @@ function watchLog() {
 
 before(async () => {
   mkdirSync(runDir, { recursive: true });
-  for (const name of ["support", "developer"]) rmSync(join(runDir, `failed-${name}.png`), { force: true });
+  for (const name of ["support", "developer", "admin"]) rmSync(join(runDir, `failed-${name}.png`), { force: true });
   mkdirSync(shots, { recursive: true });
   // What the test needs, each said plainly when missing.
   try {
@@ -176,7 +182,7 @@ after(async () => {
 
 // One order's first steps, as the services export them (OTLP/JSON): the shop creates it, the
 // CRM registers it, in one trace.
-async function sendJourney() {
+async function sendJourney(order) {
   const trace = randomBytes(16).toString("hex");
   const first = randomBytes(8).toString("hex");
   const start = BigInt(Date.now()) * 1_000_000n;
@@ -217,6 +223,29 @@ async function sendJourney() {
   assert.ok(!JSON.parse(answer).partialSuccess?.rejectedSpans, `no span was rejected: ${answer}`);
 }
 
+// An alert as Alertmanager posts it: with a token of its service identity (the client
+// credentials of the client alertmanager, role alert-sender).
+async function sendAlert() {
+  const secret = process.env.HALLMARK_ALERTMANAGER_SECRET || "hallmark-alertmanager-local-only";
+  const issued = await fetch(`${issuer}/protocol/openid-connect/token`, {
+    method: "POST",
+    body: new URLSearchParams({ grant_type: "client_credentials", client_id: "alertmanager", client_secret: secret }),
+  });
+  assert.equal(issued.status, 200, `a token of the client alertmanager: ${await issued.clone().text()}`);
+  const { access_token: token } = await issued.json();
+  const response = await fetch(`${base}/api/alerts`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+    body: JSON.stringify({ alerts: [{
+      status: "firing",
+      labels: { alertname: "QueueWaitGrowing", service: "mes-api", severity: "ticket" },
+      annotations: { summary: "MES's pricing queue waits longer and longer" },
+      fingerprint: "browser-test",
+    }] }),
+  });
+  assert.equal(response.status, 200, `order-watch took the alert: ${await response.text()}`);
+}
+
 // A fresh browser (no cookies: a person who has not logged in), at order-watch's page, sent to
 // the identity provider's login form and back.
 async function logIn(user) {
@@ -245,12 +274,12 @@ async function logIn(user) {
   return { context, page };
 }
 
-async function showJourney(page) {
-  await page.locator("#order").fill(order);
+async function showJourney(page, id = order) {
+  await page.locator("#order").fill(id);
   await page.getByRole("button", { name: "Show journey" }).click();
   const journey = page.locator("#journey");
   await journey.locator(".facts").waitFor();
-  assert.equal(await journey.locator("h2").textContent(), `Journey of ${order}`);
+  assert.equal(await journey.locator("h2").textContent(), `Journey of ${id}`);
   const text = await journey.textContent();
   assert.ok(text.includes("registered"), `the journey shows the order registered: ${text}`);
   assert.ok(!(await journey.locator(".error").count()), `the journey shows no error: ${text}`);
@@ -258,16 +287,30 @@ async function showJourney(page) {
   assert.deepEqual(services, ["shop-api", "crm-api"], "both spans, in order");
 }
 
-// The thresholds table, stage → what the row shows (text, or the input's value in minutes).
+// The thresholds table, stage → what the row shows (text, or the input's value: a duration).
 async function thresholds(page) {
   await page.locator("#thresholds tr").first().waitFor();
   const rows = {};
   for (const row of await page.locator("#thresholds tr").all()) {
     const stage = await row.locator("td").first().textContent();
     const input = row.locator("input");
-    rows[stage] = (await input.count()) ? `${await input.inputValue()} min` : await row.locator("td").nth(1).textContent();
+    rows[stage] = (await input.count()) ? await input.inputValue() : await row.locator("td").nth(1).textContent();
   }
   return rows;
+}
+
+// The open incident the test's alert opened, as its row shows it.
+function alertRow(page) {
+  return page.locator("#incidents tr", { hasText: "MES's pricing queue waits longer and longer" });
+}
+
+// What only an admin is offered: incident actions, the retention, erasing an order's trace data.
+async function adminControls(page) {
+  return {
+    incidentButtons: await page.locator("#incidents button").count(),
+    retention: await page.locator("#retention").isVisible(),
+    erase: await page.getByRole("button", { name: "Delete trace data…" }).count(),
+  };
 }
 
 // On failure, what the browser showed.
@@ -281,16 +324,22 @@ async function keepFailure(page, name, run) {
 }
 
 test("support logs in, sees an order's journey and reads the thresholds without a way to change them", async () => {
-  await sendJourney();
+  await sendJourney(order);
+  await sendJourney(erased);
+  await sendAlert();
   const { context, page } = await logIn("support");
   await keepFailure(page, "support", async () => {
     await showJourney(page);
 
     await page.locator("#config-note", { hasText: "Read only: changing thresholds needs the developer role." }).waitFor();
     const shown = await thresholds(page);
-    assert.equal(shown.pricing, "15 min", JSON.stringify(shown));
-    assert.equal(await page.locator("#config input").count(), 0, "no threshold can be edited");
-    assert.equal(await page.locator("#config button").count(), 0, "no Save button");
+    assert.equal(shown.pricing, "15m", JSON.stringify(shown));
+    assert.equal(shown.customer_confirmation, "7d", JSON.stringify(shown));
+    assert.equal(await page.locator("#config input:visible, #config textarea:visible").count(), 0, "nothing can be edited");
+    assert.equal(await page.locator("#config button:visible").count(), 0, "no Save button");
+    assert.ok(await page.locator("#masking").isHidden(), "no masking rules or webhook");
+    await alertRow(page).waitFor();
+    assert.deepEqual(await adminControls(page), { incidentButtons: 0, retention: false, erase: 0 });
 
     // Nor behind the page's back: the session's own CSRF token does not make support a developer.
     const me = await (await page.request.get(`${base}/api/me`)).json();
@@ -308,25 +357,51 @@ test("support logs in, sees an order's journey and reads the thresholds without 
   await context.close();
 });
 
-test("the developer logs in and changes the pricing threshold, which is audited under their name", async () => {
+test("the developer logs in and changes the pricing threshold, which is audited under their name, and sees no admin control", async () => {
   const { context, page } = await logIn("developer");
   await keepFailure(page, "developer", async () => {
-    await page.locator("#config-note", { hasText: "You may change these" }).waitFor();
+    await page.locator("#config-note", { hasText: "You may change thresholds, masking rules and the incident webhook" }).waitFor();
     const pricing = page.locator("input[data-stage=pricing]");
-    assert.equal(await pricing.inputValue(), "15");
-    await pricing.fill("30");
+    const save = page.locator("#thresholds tr", { has: pricing }).getByRole("button", { name: "Save" });
+    assert.equal(await pricing.inputValue(), "15m");
+
+    // Something that is no duration is said so, and nothing is sent.
+    await pricing.fill("soon");
+    await save.click();
+    await page.locator("#config-error", { hasText: "\"soon\" is not a duration: write it like 90s, 15m, 2h or 7d" }).waitFor();
+
+    await pricing.fill("30m");
     const [saved] = await Promise.all([
       page.waitForResponse((r) => r.url() === `${base}/api/config` && r.request().method() === "PATCH"),
-      page.locator("#thresholds tr", { has: pricing }).getByRole("button", { name: "Save" }).click(),
+      save.click(),
     ]);
     assert.equal(saved.status(), 200, await saved.text());
+    await page.locator("#config-status", { hasText: "Saved: pricing is stuck after 30m." }).waitFor();
     assert.equal(await page.locator("#config-error").textContent(), "");
 
-    // Stored, not just shown: a reload reads it back.
+    // The server's own refusal, in its words: a pattern that is no regular expression.
+    await page.locator("#mask-patterns").fill("(unclosed");
+    await page.getByRole("button", { name: "Save masking rules" }).click();
+    await page.locator("#config-error", { hasText: "masking.mask_patterns[0]: `(unclosed` is not a regular expression" }).waitFor();
+
+    // Stored, not just shown: a reload reads it back, and the history says who changed what.
     await page.reload();
     await page.locator("#who", { hasText: "developer · developer" }).waitFor();
-    await until("the reloaded page shows 30 minutes for pricing", 10, async () => (await thresholds(page)).pricing === "30 min");
+    await until("the reloaded page shows 30m for pricing", 10, async () => (await thresholds(page)).pricing === "30m");
+    await page.locator("#history tr", { hasText: "pricing 15m → 30m" }).waitFor();
+    assert.equal(await page.locator("#history tr").count(), 1, "the refused change is no change");
+    assert.equal(await page.locator("#history tr td").nth(1).textContent(), "developer");
     await showJourney(page);
+
+    // None of the admin's controls, and the API agrees.
+    await alertRow(page).waitFor();
+    assert.deepEqual(await adminControls(page), { incidentButtons: 0, retention: false, erase: 0 });
+    const me = await (await page.request.get(`${base}/api/me`)).json();
+    const refused = await page.request.patch(`${base}/api/config`, {
+      headers: { "x-csrf-token": me.csrf_token },
+      data: { retention_days: 7 },
+    });
+    assert.equal(refused.status(), 403, await refused.text());
     await page.screenshot({ path: join(shots, "order-watch-developer.png"), fullPage: true });
 
     // The audit, read with the same session.
@@ -336,8 +411,56 @@ test("the developer logs in and changes the pricing threshold, which is audited 
     assert.equal(changes.length, 1, JSON.stringify(changes));
     const [change] = changes;
     assert.ok(change.changed_by.startsWith("developer ("), change.changed_by);
-    assert.equal(change.after.per_stage_seconds.pricing, 1800, JSON.stringify(change));
-    assert.equal(change.before.per_stage_seconds.pricing ?? change.before.default_seconds, 900, JSON.stringify(change));
+    assert.equal(change.after.thresholds.per_stage_seconds.pricing, 1800, JSON.stringify(change));
+    const before = change.before.thresholds;
+    assert.equal(before.per_stage_seconds.pricing ?? before.default_seconds, 900, JSON.stringify(change));
+  });
+  await context.close();
+});
+
+test("the admin logs in, acknowledges an incident and erases an order's trace data after confirming", async () => {
+  const { context, page } = await logIn("admin");
+  await keepFailure(page, "admin", async () => {
+    await page.locator("#config-note", { hasText: "You may change all of this." }).waitFor();
+    assert.ok(await page.locator("#retention").isVisible(), "the retention is the admin's");
+    assert.equal(await page.locator("#retention-days").inputValue(), "30");
+
+    // Acknowledged: the row says by whom, and the button is gone (closing is still offered).
+    const incident = alertRow(page);
+    await incident.waitFor();
+    await Promise.all([
+      page.waitForResponse((r) => r.url().endsWith("/acknowledge") && r.status() === 200),
+      incident.getByRole("button", { name: "Acknowledge" }).click(),
+    ]);
+    await alertRow(page).locator("td", { hasText: /^by admin, / }).waitFor();
+    assert.equal(await alertRow(page).getByRole("button", { name: "Acknowledge" }).count(), 0);
+    assert.equal(await alertRow(page).getByRole("button", { name: "Close" }).count(), 1);
+    const incidents = await (await page.request.get(`${base}/api/incidents`)).json();
+    const acknowledged = incidents.find((i) => i.fingerprint === "browser-test");
+    assert.ok(acknowledged.acknowledged_by.startsWith("admin ("), JSON.stringify(acknowledged));
+    assert.equal(acknowledged.resolved_at, null, "still open");
+
+    await showJourney(page);
+    await page.screenshot({ path: join(shots, "order-watch-admin.png"), fullPage: true });
+
+    // Erasing asks first; cancelling keeps everything.
+    await showJourney(page, erased);
+    await page.getByRole("button", { name: "Delete trace data…" }).click();
+    await page.locator("#journey", { hasText: "This cannot be undone." }).waitFor();
+    await page.getByRole("button", { name: "Cancel" }).click();
+    assert.equal((await page.request.get(`${base}/api/orders/${erased}/journey`)).status(), 200);
+    await page.getByRole("button", { name: "Delete trace data…" }).click();
+    await Promise.all([
+      page.waitForResponse((r) => r.url() === `${base}/api/orders/${erased}` && r.request().method() === "DELETE" && r.status() === 200),
+      page.getByRole("button", { name: "Delete for good" }).click(),
+    ]);
+    await page.locator("#journey", { hasText: `Trace data of order ${erased} erased: 2 spans` }).waitFor();
+    assert.equal((await page.request.get(`${base}/api/orders/${erased}/journey`)).status(), 404);
+    const erasures = await (await page.request.get(`${base}/api/erasures`)).json();
+    assert.equal(erasures.length, 1, JSON.stringify(erasures));
+    assert.ok(erasures[0].erased_by.startsWith("admin ("), JSON.stringify(erasures));
+    // The other order is untouched.
+    assert.equal((await page.request.get(`${base}/api/orders/${order}/journey`)).status(), 200);
   });
   await context.close();
 });

@@ -7,8 +7,11 @@
 //! can start after the services whose addresses it needs, and a test can lose one service's
 //! spans on purpose.
 
+use std::time::{Duration, Instant};
+
 use serde_json::Value;
 use testkit::database::TestDatabase;
+use testkit::oidc::Issuer;
 use testkit::process::{ServiceProcess, free_port};
 use uuid::Uuid;
 
@@ -19,8 +22,38 @@ pub struct Watch {
     /// order-watch's OTLP/HTTP endpoint.
     pub otlp_endpoint: String,
     pub client: reqwest::Client,
+    /// Who reads the API when order-watch is behind the identity provider ([`Watch::read_as`]).
+    reader: Option<Reader>,
     _database: TestDatabase,
     _config: tempfile::NamedTempFile,
+}
+
+/// A person's token for order-watch's API, renewed before it expires (the test realm's tokens
+/// live five minutes).
+struct Reader {
+    issuer: Issuer,
+    user: String,
+    token: tokio::sync::Mutex<Option<(String, Instant)>>,
+}
+
+impl Reader {
+    const RENEW_AFTER: Duration = Duration::from_secs(240);
+
+    async fn token(&self) -> String {
+        let mut token = self.token.lock().await;
+        if let Some((current, at)) = token.as_ref()
+            && at.elapsed() < Self::RENEW_AFTER
+        {
+            return current.clone();
+        }
+        let fresh = self
+            .issuer
+            .password_token("hallmark-cli", &self.user, &self.user)
+            .await
+            .unwrap_or_else(|err| panic!("a token for {}: {err:#}", self.user));
+        *token = Some((fresh.clone(), Instant::now()));
+        fresh
+    }
 }
 
 impl Watch {
@@ -90,18 +123,28 @@ impl Watch {
             process,
             otlp_endpoint: format!("http://127.0.0.1:{otlp_http}"),
             client: reqwest::Client::new(),
+            reader: None,
             _database: database,
             _config: config_file,
         }
     }
 
+    /// Reads the API from now on as demo user `user` (password equal to the name) of `issuer`:
+    /// for an order-watch started with `ORDER_WATCH_OIDC_ISSUER`.
+    pub fn read_as(&mut self, issuer: Issuer, user: &str) {
+        self.reader = Some(Reader {
+            issuer,
+            user: user.to_owned(),
+            token: tokio::sync::Mutex::new(None),
+        });
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.process.url()))
-            .send()
-            .await
-            .expect("order-watch answers");
+        let mut request = self.client.get(format!("{}{path}", self.process.url()));
+        if let Some(reader) = &self.reader {
+            request = request.bearer_auth(reader.token().await);
+        }
+        let response = request.send().await.expect("order-watch answers");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use e2e::PATIENCE;
 use e2e::stack::{Component, Stack};
 use serde_json::Value;
+use testkit::oidc::Issuer;
 use uuid::Uuid;
 
 /// Longer than the rules' `for` (at most 2 minutes), scrapes and notification included.
@@ -244,17 +245,31 @@ async fn until_resolved(stack: &Stack, alertname: &str) {
     .await;
 }
 
+/// Alertmanager posts its alerts to order-watch with a token of its service identity (the client
+/// `alertmanager` of the tests' identity provider, role `alert-sender`), which it must be able to
+/// get even when order-watch does not ask for it: the alert tests need the identity provider.
+fn alert_sender_issuer() -> Issuer {
+    Issuer::required()
+}
+
 #[tokio::test]
 async fn a_stalled_pricing_pages_through_prometheus_and_alertmanager_and_recovery_resolves_it() {
     let stall = tempfile::NamedTempFile::new().expect("the stall switch");
     let engine = engine_that_stalls_while(stall.path());
     let engine_path = engine.display().to_string();
-    let stack = Stack::start(
+    // order-watch behind the identity provider, as scripts/run starts it: it takes the alerts
+    // only from Alertmanager's service identity, and support reads the incidents.
+    let issuer = alert_sender_issuer();
+    let mut stack = Stack::start(
         &[("MES_CALC_BIN", &engine_path), ("MES_CALC_TIMEOUT", "10m")],
         WATCH_CONFIG,
-        &[("ORDER_WATCH_STUCK_AFTER", "3s")],
+        &[
+            ("ORDER_WATCH_STUCK_AFTER", "3s"),
+            ("ORDER_WATCH_OIDC_ISSUER", issuer.url()),
+        ],
     )
     .await;
+    stack.watch.read_as(issuer, "support");
     let system = &stack.system;
     let order = system.place_order("20mm-xyz-cube.stl", "silver_925").await;
     system.until_status_in("mes", order.id, "pricing").await;
@@ -282,6 +297,9 @@ async fn a_stalled_pricing_pages_through_prometheus_and_alertmanager_and_recover
 
 #[tokio::test]
 async fn a_stopped_mes_pages_once_and_not_for_everything_waiting_on_it() {
+    // order-watch open here (development and tests without an issuer): it takes Alertmanager's
+    // alerts, token or not.
+    alert_sender_issuer();
     let stack = Stack::start(
         &[],
         WATCH_CONFIG,
@@ -777,8 +795,9 @@ async fn order_watch_over_tls(
         otlp_client_ca: Some(PemFile::new("ORDER_WATCH_OTLP_CLIENT_CA", &trusted.ca)),
         database: platform::db::DatabaseConfig::new(database.url()),
         thresholds: order_watch::config::Thresholds::default(),
-        retention: Duration::from_secs(86_400),
-        webhook_url: None,
+        retention_days: 1,
+        webhook: None,
+        config_reload_interval: Duration::from_secs(5),
         max_request_bytes: 16 * 1024 * 1024,
         detect_interval: Duration::from_secs(1),
         gauge_interval: Duration::from_secs(3600),
@@ -1006,4 +1025,44 @@ fn the_collectors_receivers_serve_tls_only_when_the_stack_has_a_certificate() {
         endpoint(&[("ORDER_WATCH_TLS_CERT", "/etc/hallmark/watch.pem")]),
         "https://127.0.0.1:14318"
     );
+}
+
+#[test]
+fn alertmanager_posts_to_order_watch_with_a_token_of_its_service_identity_whose_secret_is_in_a_private_file()
+ {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("a directory");
+    render_for(
+        dir.path(),
+        &[(
+            "HALLMARK_STACK_OIDC_ISSUER",
+            "https://sso.example.com/realms/hallmark",
+        )],
+    );
+    let config = std::fs::read_to_string(dir.path().join("alertmanager/alertmanager.yml"))
+        .expect("Alertmanager's configuration");
+    let receiver = &config[config.find("- name: order-watch").expect("the receiver")..];
+    let receiver = &receiver[..receiver.find("- name: blackhole").expect("the next one")];
+    let secret_file = dir.path().join("alertmanager/client-secret");
+    for line in [
+        "client_id: alertmanager".to_owned(),
+        format!("client_secret_file: {}", secret_file.display()),
+        "token_url: https://sso.example.com/realms/hallmark/protocol/openid-connect/token"
+            .to_owned(),
+    ] {
+        assert!(receiver.contains(&line), "{line} in {receiver}");
+    }
+    assert!(
+        !config.contains("hallmark-alertmanager-local-only"),
+        "no secret in the configuration"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&secret_file).expect("the secret"),
+        "hallmark-alertmanager-local-only"
+    );
+    let mode = std::fs::metadata(&secret_file)
+        .expect("the secret's file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "only its user reads it");
 }

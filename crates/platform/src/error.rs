@@ -150,6 +150,10 @@ pub enum ApiError {
     /// Well-formed but unacceptable content (unknown material, not an STL, a reused key).
     #[error("{message}")]
     Unprocessable { code: &'static str, message: String },
+    /// Authenticated, but this caller may not do this (a part of a request their role does not
+    /// cover; whole routes are refused by the authentication layer itself).
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
     /// The request conflicts with the resource's state (e.g. an illegal status transition).
@@ -191,6 +195,13 @@ impl ApiError {
         Self::NotFound {
             code: "order_not_found",
             message: format!("order {order_id} does not exist"),
+        }
+    }
+
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Forbidden {
+            code,
+            message: message.into(),
         }
     }
 
@@ -242,6 +253,7 @@ impl IntoResponse for ApiError {
             Self::Unprocessable { code, .. } => {
                 error_response(StatusCode::UNPROCESSABLE_ENTITY, code, &message)
             }
+            Self::Forbidden { code, .. } => error_response(StatusCode::FORBIDDEN, code, &message),
             Self::NotFound { code, .. } => error_response(StatusCode::NOT_FOUND, code, &message),
             Self::Conflict { code, .. } => error_response(StatusCode::CONFLICT, code, &message),
             Self::TooLarge { .. } => {
@@ -287,6 +299,23 @@ mod tests {
         assert!(
             !body.contains("teleported") && !body.contains(&order.to_string()),
             "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_forbidden_part_of_a_request_is_a_403_that_says_what_the_role_does_not_cover() {
+        let response =
+            ApiError::forbidden("forbidden", "changing the retention needs the admin role")
+                .into_response();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"]["code"], "forbidden");
+        assert_eq!(
+            json["error"]["message"],
+            "changing the retention needs the admin role"
         );
     }
 

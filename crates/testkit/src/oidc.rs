@@ -125,7 +125,55 @@ impl Issuer {
             .map(str::to_owned)
             .with_context(|| format!("the answer of {endpoint} has no access_token"))
     }
+
+    /// An access token of confidential client `client_id` itself (its service account), from
+    /// the client credentials grant with `secret`.
+    pub async fn client_token(&self, client_id: &str, secret: &str) -> anyhow::Result<String> {
+        let endpoint = self.token_endpoint().await?;
+        let response = reqwest::Client::new()
+            .post(&endpoint)
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", client_id),
+                ("client_secret", secret),
+            ])
+            .send()
+            .await
+            .with_context(|| format!("asking {endpoint} for a token of {client_id}"))?;
+        let status = response.status();
+        let body: Value = response
+            .json()
+            .await
+            .with_context(|| format!("the answer of {endpoint} ({status}) is not JSON"))?;
+        if !status.is_success() {
+            // The error and its description, never the request (which holds the secret).
+            bail!(
+                "{endpoint} refused a token of {client_id}: {status} {} {}",
+                body["error"].as_str().unwrap_or("(no error code)"),
+                body["error_description"].as_str().unwrap_or("")
+            );
+        }
+        body["access_token"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("the answer of {endpoint} has no access_token"))
+    }
+
+    /// A token of the client `alertmanager`, the service identity Alertmanager posts alerts to
+    /// order-watch with, its secret from `HALLMARK_ALERTMANAGER_SECRET` as the realm imported it
+    /// (scripts/keycloak.sh's development default when unset).
+    pub async fn alertmanager_token(&self) -> anyhow::Result<String> {
+        let secret = std::env::var("HALLMARK_ALERTMANAGER_SECRET")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| ALERTMANAGER_DEVELOPMENT_SECRET.to_owned());
+        self.client_token("alertmanager", &secret).await
+    }
 }
+
+/// The secret of the client `alertmanager` that scripts/keycloak.sh and scripts/stack.sh give
+/// when `HALLMARK_ALERTMANAGER_SECRET` is unset: local use only.
+pub const ALERTMANAGER_DEVELOPMENT_SECRET: &str = "hallmark-alertmanager-local-only";
 
 impl Issuer {
     /// Tokens made from the real `token` that no verifier may accept, each named: its payload

@@ -86,3 +86,29 @@ async fn the_other_realm_issues_the_same_user_a_token_of_another_issuer() {
     assert!(audiences(&claims).contains(&"order-watch"));
     assert!(roles(&claims).contains(&"developer"));
 }
+
+#[tokio::test]
+async fn alertmanagers_service_identity_holds_the_alert_senders_role_alone_and_is_for_order_watch()
+{
+    let issuer = Issuer::required();
+    let token = issuer
+        .alertmanager_token()
+        .await
+        .unwrap_or_else(|error| panic!("a token of the client alertmanager: {error:#}"));
+    let claims = unverified_claims(&token).expect("a JWT");
+    assert_eq!(claims["iss"], issuer.url());
+    assert_eq!(claims["azp"], "alertmanager");
+    assert!(
+        audiences(&claims).contains(&"order-watch"),
+        "aud is {}",
+        claims["aud"]
+    );
+    assert_eq!(
+        roles(&claims),
+        ["alert-sender"],
+        "no person's role, and none of theirs holds it (each user's roles are checked above)"
+    );
+    let wrong = issuer.client_token("alertmanager", "not-the-secret").await;
+    let error = format!("{:#}", wrong.expect_err("a wrong secret is refused"));
+    assert!(!error.contains("not-the-secret"), "{error}");
+}

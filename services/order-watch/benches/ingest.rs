@@ -262,8 +262,9 @@ impl OrderWatch {
                 ..Thresholds::default()
             },
             // The rest as `Settings::from_env` has it without variables.
-            retention: Duration::from_secs(30 * 86_400),
-            webhook_url: None,
+            retention_days: 30,
+            webhook: None,
+            config_reload_interval: Duration::from_secs(5),
             max_request_bytes: 16 * 1024 * 1024,
             detect_interval: Duration::from_secs(1),
             gauge_interval: Duration::from_secs(15),

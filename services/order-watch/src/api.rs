@@ -4,9 +4,16 @@
 //!   every trace, in time order, with the links that join the traces.
 //! * `GET /api/orders/stuck`: orders stuck right now, longest without progress first.
 //! * `GET /api/incidents?open=true`: incidents, newest first.
-//! * `POST /api/alerts`: Alertmanager's webhook; its alerts become incidents.
-//! * `GET /api/config`: the stuck thresholds per stage and the retention.
-//! * `PATCH /api/config` (developer): change the thresholds at run time (a JSON merge patch).
+//! * `POST /api/incidents/{id}/acknowledge`, `POST /api/incidents/{id}/close` (admin): someone
+//!   is on it; closed by hand.
+//! * `DELETE /api/orders/{order_id}` (admin): erase the order's trace data on request;
+//!   `GET /api/erasures` (admin): the erasures made.
+//! * `POST /api/alerts` (the machine role `alert-sender`): Alertmanager's webhook; its alerts
+//!   become incidents.
+//! * `GET /api/config`: the stuck thresholds per stage, the masking rules, the webhook (masked)
+//!   and the retention.
+//! * `PATCH /api/config` (developer; admin for the retention): change them at run time (a JSON
+//!   merge patch).
 //! * `GET /api/config/changes`: who changed the configuration, when, from what to what.
 //! * `GET /api/me`: who is asking, with their role (and, for a browser's session, the CSRF token
 //!   its changes carry).
@@ -14,16 +21,17 @@
 //!   [`crate::auth::session`]).
 //! * `GET /`: the UI.
 //!
-//! Every route but Alertmanager's webhook needs the `support` role, and changing the
-//! configuration `developer` (see [`crate::auth`]).
+//! Every route needs the `support` role unless said otherwise above (see [`crate::auth`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Query, State};
-use axum::response::Html;
-use axum::routing::{get, patch, post};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{Html, Response};
+use axum::routing::{delete, get, patch, post};
 use chrono::{DateTime, Utc};
 use platform::error::ApiError;
 use platform::extract::{Json, OrderId};
@@ -32,27 +40,31 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::auth::{self, Authenticator, Principal, Role};
+use crate::auth::{self, Authenticator, Need, Principal, Role};
 use crate::clock::Clock;
 use crate::config::Thresholds;
-use crate::incidents::{self, AlertmanagerMessage, Incident};
+use crate::erasure::{self, Erasure};
+use crate::incidents::{self, AlertmanagerMessage, Announcer, Incident, TransitionError};
 use crate::journey::OrderState;
-use crate::runtime_config::{self, LiveThresholds};
+use crate::runtime_config::{self, LiveConfig};
 use crate::store::queries;
 
 #[derive(Clone)]
 pub struct ApiState {
     pub pool: PgPool,
     pub clock: Clock,
-    pub thresholds: LiveThresholds,
+    pub config: LiveConfig,
     /// Wakes the detector when a change moved deadlines.
     pub detector: Arc<tokio::sync::Notify>,
-    pub retention_days: u64,
+    /// Announces incidents closed by hand.
+    pub announcer: Announcer,
 }
 
-/// The routes, each behind the role it needs (see [`crate::auth`]); Alertmanager's webhook is
-/// a machine endpoint.
+/// The routes, each behind the role it needs (see [`crate::auth`]).
 pub fn router(authenticator: Arc<Authenticator>) -> Router<ApiState> {
+    let needs = |need: Need| {
+        axum::middleware::from_fn_with_state((authenticator.clone(), need), auth::require)
+    };
     let read = Router::new()
         .route("/", get(ui))
         .route("/api/orders/stuck", get(stuck))
@@ -61,19 +73,27 @@ pub fn router(authenticator: Arc<Authenticator>) -> Router<ApiState> {
         .route("/api/config", get(config))
         .route("/api/config/changes", get(config_changes))
         .route("/api/me", get(me))
-        .route_layer(axum::middleware::from_fn_with_state(
-            (authenticator.clone(), Role::Support),
-            auth::require,
-        ));
+        .route_layer(needs(Role::Support.into()));
+    // A change of the retention needs more: the handler checks it.
     let configure = Router::new()
         .route("/api/config", patch(change_config))
-        .route_layer(axum::middleware::from_fn_with_state(
-            (authenticator.clone(), Role::Developer),
-            auth::require,
-        ));
-    read.merge(configure)
-        .merge(authenticator.login_routes())
+        .route_layer(needs(Role::Developer.into()));
+    let administer = Router::new()
+        .route("/api/orders/{order_id}", delete(erase_order))
+        .route("/api/erasures", get(list_erasures))
+        .route(
+            "/api/incidents/{id}/acknowledge",
+            post(acknowledge_incident),
+        )
+        .route("/api/incidents/{id}/close", post(close_incident))
+        .route_layer(needs(Role::Admin.into()));
+    let machines = Router::new()
         .route("/api/alerts", post(alerts))
+        .route_layer(needs(Need::AlertSender));
+    read.merge(configure)
+        .merge(administer)
+        .merge(machines)
+        .merge(authenticator.login_routes())
 }
 
 /// `GET /api/me`: who the request is from, as order-watch sees them.
@@ -242,7 +262,7 @@ async fn journey(
     let mut traces: Vec<TraceSummary> = traces.into_values().collect();
     traces.sort_by_key(|t| t.start);
     Ok(axum::Json(Journey {
-        summary: summary(order, state.clock.now(), &state.thresholds.get()),
+        summary: summary(order, state.clock.now(), &state.config.get().thresholds),
         traces,
         joins,
         gaps,
@@ -275,12 +295,12 @@ async fn stuck(
     Query(query): Query<Limit>,
 ) -> Result<axum::Json<Vec<Summary>>, ApiError> {
     let now = state.clock.now();
-    let thresholds = state.thresholds.get();
+    let config = state.config.get();
     let orders = queries::stuck(&state.pool, limit(&query)?).await?;
     Ok(axum::Json(
         orders
             .into_iter()
-            .map(|o| summary(o, now, &thresholds))
+            .map(|o| summary(o, now, &config.thresholds))
             .collect(),
     ))
 }
@@ -295,7 +315,7 @@ async fn list_incidents(
     Ok(axum::Json(incidents))
 }
 
-/// `POST /api/alerts`: Alertmanager's webhook.
+/// `POST /api/alerts`: Alertmanager's webhook (a machine with the role `alert-sender`).
 async fn alerts(
     State(state): State<ApiState>,
     Json(message): Json<AlertmanagerMessage>,
@@ -307,54 +327,46 @@ async fn alerts(
     ))
 }
 
-/// `GET /api/config`.
+/// `GET /api/config`: the configuration in force (the webhook masked).
 async fn config(State(state): State<ApiState>) -> axum::Json<Value> {
-    axum::Json(config_view(&state.thresholds.get(), state.retention_days))
+    axum::Json(state.config.get().view())
 }
 
-fn config_view(thresholds: &Thresholds, retention_days: u64) -> Value {
-    let per_stage: BTreeMap<&str, u64> = thresholds
-        .all()
-        .into_iter()
-        .map(|(stage, d)| (stage.as_str(), d.as_secs()))
-        .collect();
-    serde_json::json!({
-        "stuck_after_seconds": per_stage,
-        "default_stuck_after_seconds": thresholds.default.as_secs(),
-        "retention_days": retention_days,
-    })
-}
-
-/// `PATCH /api/config`: a JSON merge patch of what `GET /api/config` shows (the thresholds; see
-/// [`runtime_config::apply_patch`]). Applied at once, stored, and audited under the caller's
+/// `PATCH /api/config`: a JSON merge patch of what `GET /api/config` shows (see
+/// [`runtime_config::apply_patch`]). A patch that touches the retention needs the admin role,
+/// and is refused whole without it. Applied at once, stored, and audited under the caller's
 /// name; answers the configuration now in force.
 async fn change_config(
     State(state): State<ApiState>,
     axum::Extension(principal): axum::Extension<Principal>,
     Json(patch): Json<Value>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let who = format!("{} ({})", principal.name, principal.subject);
-    let change = runtime_config::change(
-        &state.pool,
-        &state.thresholds,
-        &patch,
-        &who,
-        state.clock.now(),
-    )
-    .await
-    .map_err(|failure| match failure {
-        runtime_config::ChangeFailure::Invalid(err) => {
-            ApiError::unprocessable("invalid_config", err.to_string())
-        }
-        runtime_config::ChangeFailure::Database(err) => ApiError::from(err),
-        corrupt @ runtime_config::ChangeFailure::Corrupt(_) => ApiError::Internal(corrupt.into()),
-    })?;
-    state.detector.notify_one();
-    tracing::info!(change = change.id, by = %who, "configuration changed");
-    Ok(axum::Json(config_view(
-        &state.thresholds.get(),
-        state.retention_days,
-    )))
+    let needed = runtime_config::needed_role(&patch);
+    if !principal.may(needed) {
+        tracing::info!(user = %principal.name, "configuration change refused: it touches the retention");
+        return Err(ApiError::forbidden(
+            "forbidden",
+            "changing retention_days needs the admin role; nothing was changed",
+        ));
+    }
+    let who = principal.audit_name();
+    let change =
+        runtime_config::change(&state.pool, &state.config, &patch, &who, state.clock.now())
+            .await
+            .map_err(|failure| match failure {
+                runtime_config::ChangeFailure::Invalid(err) => {
+                    ApiError::unprocessable("invalid_config", err.to_string())
+                }
+                runtime_config::ChangeFailure::Database(err) => ApiError::from(err),
+                corrupt @ runtime_config::ChangeFailure::Corrupt(_) => {
+                    ApiError::Internal(corrupt.into())
+                }
+            })?;
+    if let Some(change) = change {
+        state.detector.notify_one();
+        tracing::info!(change = change.id, by = %who, "configuration changed");
+    }
+    Ok(axum::Json(state.config.get().view()))
 }
 
 /// `GET /api/config/changes?limit=N`: who changed what and when, newest first.
@@ -364,5 +376,104 @@ async fn config_changes(
 ) -> Result<axum::Json<Vec<runtime_config::Change>>, ApiError> {
     Ok(axum::Json(
         runtime_config::changes(&state.pool, limit(&query)?).await?,
+    ))
+}
+
+/// The `{id}` path segment of an incident; anything but a UUID is a 400 `invalid_incident_id`.
+struct IncidentId(Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for IncidentId {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<Uuid>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| Self(id))
+            .map_err(|_| {
+                platform::error::error_response(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_incident_id",
+                    "the incident id in the path is not a UUID",
+                )
+            })
+    }
+}
+
+fn transition_error(err: TransitionError) -> ApiError {
+    match err {
+        TransitionError::NotFound(_) => ApiError::NotFound {
+            code: "incident_not_found",
+            message: err.to_string(),
+        },
+        TransitionError::Closed { .. } => ApiError::conflict("incident_closed", err.to_string()),
+        TransitionError::Acknowledged { .. } => {
+            ApiError::conflict("incident_acknowledged", err.to_string())
+        }
+        TransitionError::Database(err) => ApiError::from(err),
+    }
+}
+
+/// `POST /api/incidents/{id}/acknowledge` (admin): someone is on an open incident; recorded
+/// with who and when. 409 when it is closed or acknowledged already.
+async fn acknowledge_incident(
+    State(state): State<ApiState>,
+    axum::Extension(principal): axum::Extension<Principal>,
+    IncidentId(id): IncidentId,
+) -> Result<axum::Json<Incident>, ApiError> {
+    let incident =
+        incidents::acknowledge(&state.pool, id, &principal.audit_name(), state.clock.now())
+            .await
+            .map_err(transition_error)?;
+    tracing::info!(incident = %id, by = %principal.name, "incident acknowledged");
+    Ok(axum::Json(incident))
+}
+
+/// `POST /api/incidents/{id}/close` (admin): closes an open incident by hand; recorded with who
+/// and when. 409 when it is closed already.
+async fn close_incident(
+    State(state): State<ApiState>,
+    axum::Extension(principal): axum::Extension<Principal>,
+    IncidentId(id): IncidentId,
+) -> Result<axum::Json<Incident>, ApiError> {
+    let incident = incidents::close(
+        &state.pool,
+        &state.announcer,
+        id,
+        &principal.audit_name(),
+        state.clock.now(),
+    )
+    .await
+    .map_err(transition_error)?;
+    Ok(axum::Json(incident))
+}
+
+/// `DELETE /api/orders/{order_id}` (admin): erases the order's trace data (see
+/// [`crate::erasure`]) and answers what went, as audited. 404 `order_not_found` when
+/// order-watch holds none (never seen, or erased already: a retry finds it done).
+async fn erase_order(
+    State(state): State<ApiState>,
+    axum::Extension(principal): axum::Extension<Principal>,
+    OrderId(order_id): OrderId,
+) -> Result<axum::Json<Erasure>, ApiError> {
+    let erasure = erasure::erase(&state.pool, order_id, &principal.audit_name(), state.clock.now())
+        .await?
+        .ok_or_else(|| ApiError::NotFound {
+            code: "order_not_found",
+            message: format!(
+                "order-watch holds no trace data of order {order_id} (never seen progressing, or erased already)"
+            ),
+        })?;
+    tracing::info!(order_id = %order_id, by = %principal.name, spans = erasure.spans,
+        "an order's trace data erased on request");
+    Ok(axum::Json(erasure))
+}
+
+/// `GET /api/erasures?limit=N` (admin): the erasures made, newest first.
+async fn list_erasures(
+    State(state): State<ApiState>,
+    Query(query): Query<Limit>,
+) -> Result<axum::Json<Vec<Erasure>>, ApiError> {
+    Ok(axum::Json(
+        erasure::erasures(&state.pool, limit(&query)?).await?,
     ))
 }

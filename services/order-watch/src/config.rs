@@ -21,6 +21,8 @@ use serde::Deserialize;
 
 use crate::auth::AuthConfig;
 use crate::records::RecordsConfig;
+use crate::runtime_config::MAX_RETENTION_DAYS;
+use crate::webhook::WebhookUrl;
 
 /// How long each stage may stay silent before its order is stuck.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,13 +102,21 @@ pub struct Settings {
     /// `test`, where it defaults to
     /// `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_order_watch`).
     pub database: DatabaseConfig,
+    /// The stuck thresholds order-watch starts with (file: `default_stuck_after` and
+    /// `[stuck_after]`; env: `ORDER_WATCH_STUCK_AFTER` for the default). Once a developer changed
+    /// them at run time, the stored ones hold instead ([`crate::runtime_config`]).
     pub thresholds: Thresholds,
-    /// Journeys whose last span is older are deleted. File: `retention_days`; env:
-    /// `ORDER_WATCH_RETENTION_DAYS` (default 30).
-    pub retention: Duration,
-    /// Where incident notifications go, in Alertmanager's webhook format; none when unset.
-    /// Env: `ORDER_WATCH_WEBHOOK_URL`.
-    pub webhook_url: Option<String>,
+    /// Journeys whose last span is older are deleted, and spans that start earlier are refused.
+    /// File: `retention_days`; env: `ORDER_WATCH_RETENTION_DAYS` (default 30, at most 3650).
+    /// Once an admin changed it at run time, the stored value holds instead.
+    pub retention_days: u32,
+    /// Where incident notifications go, in Alertmanager's webhook format; none when unset. Env:
+    /// `ORDER_WATCH_WEBHOOK_URL` (an http or https URL; it may hold a credential, and is never
+    /// shown in full). Once a developer changed it at run time, the stored one holds instead.
+    pub webhook: Option<WebhookUrl>,
+    /// How often each replica looks for a configuration change another replica made (a read
+    /// of one stored number). Env: `ORDER_WATCH_CONFIG_RELOAD_INTERVAL` (default `5s`).
+    pub config_reload_interval: Duration,
     /// Largest OTLP request accepted (after decompression). Env: `ORDER_WATCH_MAX_REQUEST_BYTES`
     /// (default 16 MiB).
     pub max_request_bytes: usize,
@@ -151,6 +161,15 @@ impl Settings {
         )?;
         let tls = CertifiedKeyFiles::from_env("ORDER_WATCH_TLS_CERT", "ORDER_WATCH_TLS_KEY")?;
         let otlp_client_ca = client_ca(&tls, PemFile::from_env("ORDER_WATCH_OTLP_CLIENT_CA"))?;
+        if !(1..=MAX_RETENTION_DAYS).contains(&retention_days) {
+            anyhow::bail!(
+                "ORDER_WATCH_RETENTION_DAYS (or the file's retention_days): from 1 to {MAX_RETENTION_DAYS} days, not {retention_days}"
+            );
+        }
+        let webhook = settings::optional("ORDER_WATCH_WEBHOOK_URL")
+            .map(|url| WebhookUrl::parse(&url))
+            .transpose()
+            .map_err(|err| anyhow::anyhow!("ORDER_WATCH_WEBHOOK_URL: {err}"))?;
         Ok(Self {
             host: settings::string("ORDER_WATCH_HOST", "127.0.0.1"),
             http_port: settings::parse("ORDER_WATCH_PORT", 8080)?,
@@ -163,8 +182,12 @@ impl Settings {
                 "postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_order_watch",
             )?),
             thresholds,
-            retention: Duration::from_secs(u64::from(retention_days) * 24 * 3600),
-            webhook_url: settings::optional("ORDER_WATCH_WEBHOOK_URL"),
+            retention_days,
+            webhook,
+            config_reload_interval: settings::duration(
+                "ORDER_WATCH_CONFIG_RELOAD_INTERVAL",
+                Duration::from_secs(5),
+            )?,
             max_request_bytes: settings::parse("ORDER_WATCH_MAX_REQUEST_BYTES", 16 * 1024 * 1024)?,
             detect_interval: settings::duration(
                 "ORDER_WATCH_DETECT_INTERVAL",

@@ -22,7 +22,8 @@
 //!      labelled so, nobody is paged, and an incident the order had is resolved.
 //!
 //! Stuck orders are asked about again every [`Detector::reconfirm_interval`], so an order whose
-//! later spans were lost too does not stay stuck for ever. State lives in the database only: a
+//! later spans were lost too does not stay stuck for ever; one still confirmed stuck whose
+//! incident an admin closed by hand gets a new incident then. State lives in the database only: a
 //! restart loses no deadline, and 1,000,000 open orders cost an index, not memory.
 
 use std::collections::BTreeMap;
@@ -43,7 +44,7 @@ use crate::incidents::{self, Announcer};
 use crate::journey::{Confirmation, OrderState};
 use crate::metrics::Metrics;
 use crate::records::{AskError, Held, Records};
-use crate::runtime_config::LiveThresholds;
+use crate::runtime_config::LiveConfig;
 use crate::store;
 
 /// Most orders claimed per round.
@@ -57,7 +58,8 @@ pub struct Detector {
     pub announcer: Announcer,
     pub metrics: Arc<Metrics>,
     pub records: Arc<Records>,
-    pub thresholds: LiveThresholds,
+    /// The thresholds in force.
+    pub config: LiveConfig,
     /// Longest sleep between checks.
     pub interval: Duration,
     /// How often a stuck order's system of record is asked again.
@@ -212,8 +214,8 @@ impl Detector {
             claimed: verdicts.len(),
             ..Round::default()
         };
-        let (mut updated, mut newly_stuck, mut recovered, mut gaps) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut updated, mut newly_stuck, mut still_stuck, mut recovered, mut gaps) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (claimed, verdict) in verdicts {
             // Progress or a new status arrived during the round: the writer rescheduled it.
             let Some(mut order) = current.remove(&claimed.order_id) else {
@@ -238,6 +240,8 @@ impl Detector {
                     );
                     if newly {
                         newly_stuck.push(order.clone());
+                    } else {
+                        still_stuck.push(order.clone());
                     }
                 }
                 Verdict::MovedOn {
@@ -254,7 +258,7 @@ impl Detector {
                     order.last_progress = order.last_progress.max(since);
                     order.observations_since_progress = 0;
                     order.confirmed_at = Some(now);
-                    order.moved(&self.thresholds.get());
+                    order.moved(&self.config.get().thresholds);
                     if was_stuck {
                         recovered
                             .push((order.clone(), gaps.last().expect("just pushed").describe()));
@@ -266,6 +270,9 @@ impl Detector {
         store::upsert_orders(&mut tx, &updated, now).await?;
         insert_gaps(&mut tx, &gaps, now).await?;
         incidents::open_for_stuck(&mut tx, &self.announcer, &newly_stuck, now).await?;
+        // Confirmed still stuck: one whose incident was closed by hand gets a new one (the others
+        // keep theirs: one open incident per order).
+        incidents::open_for_stuck(&mut tx, &self.announcer, &still_stuck, now).await?;
         for (order, why) in &recovered {
             let resolution = format!("its system of record had moved on: {why}");
             incidents::resolve_recovered(

@@ -1,12 +1,19 @@
 //! Incidents: a stuck order opens one (the detector), its next span resolves it (the writer),
-//! and alerts Alertmanager sends become incidents too.
+//! and alerts Alertmanager sends become incidents too. An admin acknowledges an open incident
+//! ("someone is on it") and closes one by hand; each is recorded with who and when.
 //!
 //! Exactly one open incident per stuck order, however many replicas run: the database enforces
-//! it (a partial unique index), and the detector claims due orders with `SKIP LOCKED`.
+//! it (a partial unique index), and the detector claims due orders with `SKIP LOCKED`. An
+//! incident closed by hand while its condition persists is followed by a new one: for a stuck
+//! order when its system of record confirms it still stuck at the next re-confirmation, for an
+//! alert when Alertmanager sends it firing again.
+//!
 //! Notifications to the configured webhook use Alertmanager's webhook format, so any receiver
 //! that takes Alertmanager's (chat bridges, paging tools) takes ours. They are written in the
 //! transaction that opens or resolves the incident and sent with retries by whichever replica
-//! claims them, so a crash between the two loses nothing.
+//! claims them, so a crash between the two loses nothing. The webhook is the one in force when a
+//! notification is written and sent ([`crate::runtime_config`]: a developer changes it at run
+//! time); its URL may hold a credential and never appears in a log or an error kept.
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use std::time::Duration;
@@ -15,19 +22,28 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
+use telemetry::db::Traced;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::journey::OrderState;
+use crate::runtime_config::LiveConfig;
+use crate::webhook::WebhookUrl;
 
 /// Whether and how incidents are announced.
 #[derive(Debug, Clone)]
 pub struct Announcer {
-    /// Notifications are written only when a webhook is configured.
-    pub enabled: bool,
     /// order-watch's own address, for links in notifications.
     pub external_url: String,
+    /// Notifications are written only while a webhook is configured.
+    pub config: LiveConfig,
+}
+
+impl Announcer {
+    fn enabled(&self) -> bool {
+        self.config.get().webhook.is_some()
+    }
 }
 
 /// Why an incident closed when its order made progress again.
@@ -133,7 +149,7 @@ pub async fn open_for_stuck(
         }
     }
     let opened = alerts.len() as u64;
-    if announcer.enabled && !alerts.is_empty() {
+    if announcer.enabled() && !alerts.is_empty() {
         notify(tx, message("firing", alerts, announcer)).await?;
     }
     Ok(opened)
@@ -180,7 +196,7 @@ pub async fn resolve_recovered(
             ));
         }
     }
-    if announcer.enabled && !alerts.is_empty() {
+    if announcer.enabled() && !alerts.is_empty() {
         notify(tx, message("resolved", alerts, announcer)).await?;
     }
     Ok(())
@@ -198,10 +214,20 @@ pub struct Incident {
     pub summary: String,
     pub labels: Value,
     pub opened_at: DateTime<Utc>,
+    /// When someone said they are on it, and who.
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub acknowledged_by: Option<String>,
+    /// When it closed: by itself (its order moved, Alertmanager resolved the alert) or by hand.
     pub resolved_at: Option<DateTime<Utc>>,
     /// Why it closed.
     pub resolution: Option<String>,
+    /// Who closed it by hand (none when it resolved by itself).
+    pub closed_by: Option<String>,
 }
+
+/// The columns of [`Incident`].
+const INCIDENT_COLUMNS: &str = "id, kind, order_id, fingerprint, stage, status, summary, labels, \
+    opened_at, acknowledged_at, acknowledged_by, resolved_at, resolution, closed_by";
 
 /// Incidents, newest first; only open ones when `open_only`.
 pub async fn list(
@@ -209,16 +235,139 @@ pub async fn list(
     open_only: bool,
     limit: i64,
 ) -> Result<Vec<Incident>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, kind, order_id, fingerprint, stage, status, summary, labels, opened_at, \
-             resolved_at, resolution \
-         FROM incidents WHERE (NOT $1 OR resolved_at IS NULL) \
-         ORDER BY opened_at DESC LIMIT $2",
-    )
+    sqlx::query_as(&format!(
+        "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE (NOT $1 OR resolved_at IS NULL) \
+         ORDER BY opened_at DESC LIMIT $2"
+    ))
     .bind(open_only)
     .bind(limit)
     .fetch_all(pool)
+    .db("SELECT incidents")
     .await
+}
+
+/// Why an incident could not be acknowledged or closed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    #[error("there is no incident {0}")]
+    NotFound(Uuid),
+    #[error("incident {id} is closed already ({resolution}, at {at})")]
+    Closed {
+        id: Uuid,
+        resolution: String,
+        at: DateTime<Utc>,
+    },
+    #[error("incident {id} was acknowledged already, by {by} at {at}")]
+    Acknowledged {
+        id: Uuid,
+        by: String,
+        at: DateTime<Utc>,
+    },
+    #[error("cannot change the incident")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Why an incident closed by hand closed.
+pub const CLOSED_BY_HAND: &str = "closed by hand";
+
+/// Locks incident `id` and checks that it is open.
+async fn open_incident(tx: &mut PgConnection, id: Uuid) -> Result<Incident, TransitionError> {
+    let incident: Incident = sqlx::query_as(&format!(
+        "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .db("SELECT incidents")
+    .await?
+    .ok_or(TransitionError::NotFound(id))?;
+    if let Some(at) = incident.resolved_at {
+        return Err(TransitionError::Closed {
+            id,
+            resolution: incident.resolution.unwrap_or_else(|| "resolved".to_owned()),
+            at,
+        });
+    }
+    Ok(incident)
+}
+
+/// Records that `who` is on incident `id` (open, not acknowledged yet) at `now`.
+pub async fn acknowledge(
+    pool: &PgPool,
+    id: Uuid,
+    who: &str,
+    now: DateTime<Utc>,
+) -> Result<Incident, TransitionError> {
+    let mut tx = pool.begin().await?;
+    let incident = open_incident(&mut tx, id).await?;
+    if let (Some(at), Some(by)) = (incident.acknowledged_at, incident.acknowledged_by) {
+        return Err(TransitionError::Acknowledged { id, by, at });
+    }
+    let incident: Incident = sqlx::query_as(&format!(
+        "UPDATE incidents SET acknowledged_at = $2, acknowledged_by = $3 WHERE id = $1 \
+         RETURNING {INCIDENT_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(now)
+    .bind(who)
+    .fetch_one(&mut *tx)
+    .db("UPDATE incidents")
+    .await?;
+    tx.commit().await?;
+    Ok(incident)
+}
+
+/// Closes incident `id` (open) by hand, as `who` at `now`. A stuck order's incident is
+/// announced resolved, as one that resolved by itself would be; the order stays stuck until it
+/// moves, and a new incident opens if its system of record confirms it still stuck at the next
+/// re-confirmation.
+pub async fn close(
+    pool: &PgPool,
+    announcer: &Announcer,
+    id: Uuid,
+    who: &str,
+    now: DateTime<Utc>,
+) -> Result<Incident, TransitionError> {
+    let mut tx = pool.begin().await?;
+    open_incident(&mut tx, id).await?;
+    let incident: Incident = sqlx::query_as(&format!(
+        "UPDATE incidents SET resolved_at = $2, resolution = $3, closed_by = $4 WHERE id = $1 \
+         RETURNING {INCIDENT_COLUMNS}"
+    ))
+    .bind(id)
+    .bind(now)
+    .bind(CLOSED_BY_HAND)
+    .bind(who)
+    .fetch_one(&mut *tx)
+    .db("UPDATE incidents")
+    .await?;
+    if incident.kind == "stuck_order"
+        && announcer.enabled()
+        && let Some(order_id) = incident.order_id
+    {
+        match crate::store::lock_orders(&mut tx, &[order_id]).await {
+            Ok(mut orders) => {
+                if let Some(order) = orders.remove(&order_id) {
+                    let alert = alert(
+                        id,
+                        "resolved",
+                        &order,
+                        incident.opened_at,
+                        Some(now),
+                        announcer,
+                    );
+                    notify(&mut tx, message("resolved", vec![alert], announcer)).await?;
+                }
+            }
+            Err(platform::db::ReadError::Database(err)) => return Err(err.into()),
+            Err(platform::db::ReadError::Corrupt(err)) => {
+                tracing::error!(order_id = %order_id, error = &err as &dyn std::error::Error,
+                    "the closed incident's order does not read; its resolution is not announced");
+            }
+        }
+    }
+    tx.commit().await?;
+    tracing::info!(incident = %id, by = %who, "incident closed by hand");
+    Ok(incident)
 }
 
 /// An alert in an Alertmanager webhook message (only the fields order-watch uses).
@@ -303,10 +452,12 @@ pub async fn record_alerts(
     Ok((opened, resolved))
 }
 
-/// Sends due notifications to the webhook until cancelled.
+/// Sends due notifications to the webhook in force until cancelled. While none is configured,
+/// nothing is sent (and nothing new is written); notifications still pending when it was cleared
+/// go to the next one configured.
 pub async fn send_notifications(
     pool: PgPool,
-    url: String,
+    config: LiveConfig,
     clock: Clock,
     cancel: CancellationToken,
 ) {
@@ -315,10 +466,12 @@ pub async fn send_notifications(
         .build()
         .expect("a plain HTTP client builds");
     while !cancel.is_cancelled() {
-        match send_due(&pool, &client, &url, &clock).await {
-            Ok(sent) if sent > 0 => continue,
-            Ok(_) => {}
-            Err(err) => tracing::warn!(error = %err, "cannot read pending notifications"),
+        if let Some(webhook) = config.get().webhook.clone() {
+            match send_due(&pool, &client, &webhook, &clock).await {
+                Ok(sent) if sent > 0 => continue,
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "cannot read pending notifications"),
+            }
         }
         tokio::select! {
             _ = cancel.cancelled() => {}
@@ -355,6 +508,7 @@ struct DueNotification {
 /// Why a notification did not reach the webhook; its message is kept as `last_error`.
 #[derive(Debug, thiserror::Error)]
 enum Undelivered {
+    /// The error without the URL it names (which may hold a credential).
     #[error(transparent)]
     Unreachable(reqwest::Error),
     #[error("the webhook answered {0}")]
@@ -364,7 +518,7 @@ enum Undelivered {
 async fn send_due(
     pool: &PgPool,
     client: &reqwest::Client,
-    url: &str,
+    webhook: &WebhookUrl,
     clock: &Clock,
 ) -> Result<usize, sqlx::Error> {
     let now = clock.now();
@@ -380,12 +534,12 @@ async fn send_due(
     for row in &rows {
         let (id, attempts) = (row.id, row.attempts);
         let outcome = client
-            .post(url)
+            .post(webhook.expose())
             .headers(platform::http::outgoing_headers())
             .json(&row.payload)
             .send()
             .await
-            .map_err(Undelivered::Unreachable)
+            .map_err(|err| Undelivered::Unreachable(err.without_url()))
             .and_then(|r| {
                 if r.status().is_success() {
                     Ok(())
@@ -402,7 +556,8 @@ async fn send_due(
                     .await?;
             }
             Err(error) => {
-                tracing::warn!(error = %error, attempt = attempts + 1, "webhook notification failed, retrying later");
+                tracing::warn!(error = %error, webhook = webhook.shown(), attempt = attempts + 1,
+                    "webhook notification failed, retrying later");
                 sqlx::query(
                     "UPDATE notifications SET attempts = attempts + 1, last_error = $2, \
                          next_attempt_at = $3 WHERE id = $1",

@@ -14,15 +14,18 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod detector;
+pub mod erasure;
 pub mod incidents;
 pub mod ingest;
 pub mod journey;
+pub mod masking;
 pub mod metrics;
 pub mod records;
 pub mod retention;
 pub mod runtime_config;
 pub mod startup;
 pub mod store;
+pub mod webhook;
 
 pub use config::Settings;
 pub use startup::Application;

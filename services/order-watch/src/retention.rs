@@ -1,5 +1,6 @@
 //! Deletes journeys (spans, telemetry gaps, the order) whose last span is older than the
-//! retention period.
+//! retention period in force (an admin changes it at run time: the next clean-up, which a change
+//! starts at once, uses the new one).
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::clock::Clock;
+use crate::runtime_config::LiveConfig;
 
 /// Orders removed per transaction, so a large clean-up never holds long locks.
 const BATCH: i64 = 500;
@@ -57,9 +59,11 @@ pub async fn purge(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<u64, sqlx::Er
     }
 }
 
-/// Purges once per [`EVERY`] until cancelled.
-pub async fn run(pool: PgPool, clock: Clock, retention: Duration, cancel: CancellationToken) {
+/// Purges once per [`EVERY`], and whenever the configuration changes, until cancelled.
+pub async fn run(pool: PgPool, clock: Clock, config: LiveConfig, cancel: CancellationToken) {
+    let mut changes = config.subscribe();
     while !cancel.is_cancelled() {
+        let retention = changes.borrow_and_update().retention();
         let cutoff = clock.now() - chrono::Duration::from_std(retention).unwrap_or_default();
         match purge(&pool, cutoff).await {
             Ok(0) => {}
@@ -69,6 +73,7 @@ pub async fn run(pool: PgPool, clock: Clock, retention: Duration, cancel: Cancel
         tokio::select! {
             _ = cancel.cancelled() => {}
             _ = tokio::time::sleep(EVERY) => {}
+            _ = changes.changed() => {}
         }
     }
 }

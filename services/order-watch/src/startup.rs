@@ -20,7 +20,7 @@ use crate::ingest::{self, Ingest};
 use crate::metrics::Metrics;
 use crate::records::Records;
 use crate::retention;
-use crate::runtime_config::{self, LiveThresholds};
+use crate::runtime_config::{self, Defaults, LiveConfig};
 use crate::store::{Writer, WriterContext};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -123,22 +123,29 @@ impl Application {
             clock,
             cancel,
         } = self;
-        // A change made at run time outlives restarts: stored thresholds win over the file.
-        let thresholds = LiveThresholds::new(
+        // A change made at run time outlives restarts: each part changed wins over the
+        // environment and the file.
+        let config = LiveConfig::new(
+            Defaults {
+                thresholds: settings.thresholds.clone(),
+                webhook: settings.webhook.clone(),
+                retention_days: settings.retention_days,
+            },
             runtime_config::load(&pool)
-                .await?
-                .unwrap_or_else(|| settings.thresholds.clone()),
-        );
+                .await
+                .context("cannot start with the stored configuration")?,
+        )
+        .context("cannot start with the stored configuration")?;
         let metrics = Arc::new(Metrics::new(&opentelemetry::global::meter("order-watch")));
         let over_tls = api.is_tls();
         let announcer = Announcer {
-            enabled: settings.webhook_url.is_some(),
             external_url: format!(
                 "{}://{}:{}",
                 if over_tls { "https" } else { "http" },
                 settings.host,
                 ports.api
             ),
+            config: config.clone(),
         };
         let wake = Arc::new(Notify::new());
         let mut tasks = JoinSet::new();
@@ -148,7 +155,7 @@ impl Application {
         let (writer, writer_task) = Writer::start(
             WriterContext {
                 pool: pool.clone(),
-                thresholds: thresholds.clone(),
+                config: config.clone(),
                 clock: clock.clone(),
                 metrics: metrics.clone(),
                 announcer: announcer.clone(),
@@ -161,7 +168,7 @@ impl Application {
             metrics: metrics.clone(),
             max_request_bytes: settings.max_request_bytes,
             clock: clock.clone(),
-            retention: settings.retention,
+            config: config.clone(),
         };
         for system in domain::System::ALL {
             if !settings.records.urls.contains_key(&system) {
@@ -176,24 +183,29 @@ impl Application {
             Detector {
                 pool: pool.clone(),
                 clock: clock.clone(),
-                announcer,
+                announcer: announcer.clone(),
                 metrics: metrics.clone(),
                 records: Arc::new(records),
-                thresholds: thresholds.clone(),
+                config: config.clone(),
                 interval: settings.detect_interval,
                 reconfirm_interval: settings.reconfirm_interval,
                 wake: wake.clone(),
             }
             .run(cancel.clone()),
         );
-        if let Some(url) = settings.webhook_url.clone() {
-            tasks.spawn(incidents::send_notifications(
-                pool.clone(),
-                url,
-                clock.clone(),
-                cancel.clone(),
-            ));
-        }
+        tasks.spawn(incidents::send_notifications(
+            pool.clone(),
+            config.clone(),
+            clock.clone(),
+            cancel.clone(),
+        ));
+        tasks.spawn(runtime_config::follow(
+            pool.clone(),
+            config.clone(),
+            settings.config_reload_interval,
+            wake.clone(),
+            cancel.clone(),
+        ));
         tasks.spawn(metrics.clone().refresh_every(
             pool.clone(),
             clock.clone(),
@@ -203,7 +215,7 @@ impl Application {
         tasks.spawn(retention::run(
             pool.clone(),
             clock.clone(),
-            settings.retention,
+            config.clone(),
             cancel.clone(),
         ));
 
@@ -228,9 +240,9 @@ impl Application {
         let state = ApiState {
             pool: pool.clone(),
             clock,
-            thresholds,
+            config,
             detector: wake,
-            retention_days: settings.retention.as_secs() / 86_400,
+            announcer,
         };
         let authenticator = Arc::new(Authenticator::new(settings.auth.clone(), over_tls));
         let prepared = authenticator.clone();

@@ -34,7 +34,7 @@ use crate::clock::Clock;
 use crate::incidents::{self, Announcer};
 use crate::journey::{Confirmation, OrderState, SpanRecord, activity_of, merge};
 use crate::metrics::Metrics;
-use crate::runtime_config::LiveThresholds;
+use crate::runtime_config::LiveConfig;
 use telemetry::propagation::Activity;
 
 /// Most spans written in one transaction.
@@ -126,7 +126,8 @@ impl Writer {
 /// What the writer works with.
 pub struct WriterContext {
     pub pool: PgPool,
-    pub thresholds: LiveThresholds,
+    /// The thresholds in force.
+    pub config: LiveConfig,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
     pub announcer: Announcer,
@@ -217,11 +218,11 @@ impl SpanWriter {
         }
         let mut merged = Vec::with_capacity(by_order.len());
         let mut recovered = Vec::new();
-        let thresholds = context.thresholds.get();
+        let config = context.config.get();
         for (order_id, spans) in &by_order {
             let previous = existing.remove(order_id);
             let was_stuck = previous.as_ref().is_some_and(|p| p.stuck_since.is_some());
-            let state = merge(previous, *order_id, spans, now, &thresholds);
+            let state = merge(previous, *order_id, spans, now, &config.thresholds);
             if was_stuck && state.stuck_since.is_none() {
                 recovered.push(state.clone());
             }

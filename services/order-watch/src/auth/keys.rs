@@ -106,9 +106,11 @@ impl KeySet {
         }
     }
 
-    /// Fetches the key set now (at start-up, so that the first requests need not wait).
+    /// Fetches the key set now (at start-up, so that the first requests need not wait). A
+    /// request whose key is not known yet waits for this fetch, as for one it started.
     pub async fn refresh(&self) -> Result<usize, FetchError> {
-        *self.last_fetch.lock().await = Some(Instant::now());
+        let mut last_fetch = self.last_fetch.lock().await;
+        *last_fetch = Some(Instant::now());
         let keys = self.fetch().await?;
         let count = keys.len();
         *self.keys.write().await = keys;

@@ -1,10 +1,15 @@
 //! Who is asking: OIDC bearer tokens checked against the identity provider's keys, and the
 //! role each route needs.
 //!
-//! Roles, each including the ones before it (a developer may do what support may):
+//! People's roles, each including the ones before it (a developer may do what support may):
 //! * `support`: read journeys, stuck orders, incidents, configuration and metrics;
-//! * `developer`: also change configuration;
-//! * `admin`: everything.
+//! * `developer`: also change configuration (thresholds, masking rules, the incident webhook);
+//! * `admin`: everything: also the retention, erasing an order's trace data, acknowledging and
+//!   closing incidents.
+//!
+//! And one machine's: `alert-sender` ([`ALERT_SENDER`]) may post alerts (`POST /api/alerts`)
+//! and nothing else; it is no person's role and holds none of theirs. Alertmanager gets it as
+//! the service account of its own confidential client (client credentials).
 //!
 //! A token is accepted when its signature checks against one of the provider's asymmetric keys
 //! (the one its `kid` names, with the algorithm that key is for: `alg: none` and HMAC tokens
@@ -15,7 +20,7 @@
 //!
 //! The machines' endpoints are not behind tokens: `/health`, `/metrics` and the OTLP receivers
 //! are for scrapers and exporters, which reach them over the network the deployment allows
-//! (loopback by default), and so is Alertmanager's webhook (`POST /api/alerts`) for now.
+//! (loopback by default). Alertmanager's webhook is: alerts open incidents, which page people.
 
 pub mod config;
 pub mod keys;
@@ -42,6 +47,24 @@ pub enum Role {
     Admin,
 }
 
+/// The role of a machine that posts alerts into incidents (Alertmanager).
+pub const ALERT_SENDER: &str = "alert-sender";
+
+/// What a route needs of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// A person with this role or a higher one.
+    Role(Role),
+    /// A machine with the role [`ALERT_SENDER`].
+    AlertSender,
+}
+
+impl From<Role> for Need {
+    fn from(role: Role) -> Self {
+        Self::Role(role)
+    }
+}
+
 impl Role {
     fn parse(name: &str) -> Option<Self> {
         match name {
@@ -62,6 +85,9 @@ pub struct Principal {
     pub name: String,
     /// Their highest role, if they hold any of ours.
     pub role: Option<Role>,
+    /// Whether they hold [`ALERT_SENDER`] (a machine: Alertmanager).
+    #[serde(skip)]
+    pub alert_sender: bool,
     /// For a browser logged in with a session cookie: the token its state-changing requests
     /// carry in `X-CSRF-Token`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -75,12 +101,27 @@ impl Principal {
             subject: String::new(),
             name: "anonymous".to_owned(),
             role: Some(Role::Admin),
+            alert_sender: true,
             csrf_token: None,
         }
     }
 
     pub fn may(&self, needed: Role) -> bool {
         self.role.is_some_and(|role| role >= needed)
+    }
+
+    /// Whether they may call a route that needs `need`.
+    pub fn satisfies(&self, need: Need) -> bool {
+        match need {
+            Need::Role(role) => self.may(role),
+            Need::AlertSender => self.alert_sender,
+        }
+    }
+
+    /// How the audits name them: their name and, in brackets, their subject at the identity
+    /// provider.
+    pub fn audit_name(&self) -> String {
+        format!("{} ({})", self.name, self.subject)
     }
 }
 
@@ -503,15 +544,14 @@ fn principal(claims: &Value, roles_claim: &str) -> Principal {
         .split('.')
         .try_fold(claims, |value, part| value.get(part))
         .and_then(Value::as_array);
-    let role = roles
-        .into_iter()
-        .flatten()
-        .filter_map(|role| Role::parse(role.as_str()?))
-        .max();
+    let names = || roles.into_iter().flatten().filter_map(Value::as_str);
+    let role = names().filter_map(Role::parse).max();
+    let alert_sender = names().any(|name| name == ALERT_SENDER);
     Principal {
         subject,
         name,
         role,
+        alert_sender,
         csrf_token: None,
     }
 }
@@ -529,7 +569,7 @@ fn wants_page(request: &Request) -> bool {
 /// Axum middleware: lets a request through when its token names a principal with `needed`
 /// (the principal goes into the request's extensions), answers 401 or 403 otherwise.
 pub async fn require(
-    State((authenticator, needed)): State<(Arc<Authenticator>, Role)>,
+    State((authenticator, needed)): State<(Arc<Authenticator>, Need)>,
     mut request: Request,
     next: Next,
 ) -> Response {
@@ -537,7 +577,7 @@ pub async fn require(
         .authenticate(request.method(), request.headers())
         .await
     {
-        Ok(principal) if principal.may(needed) => {
+        Ok(principal) if principal.satisfies(needed) => {
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
@@ -689,6 +729,19 @@ mod tests {
         let principal = checked(&provider, &claims("offline_access")).unwrap();
         assert_eq!(principal.role, None);
         assert!(!principal.may(Role::Support));
+        assert!(!principal.satisfies(Need::AlertSender));
+    }
+
+    #[test]
+    fn the_alert_senders_role_lets_a_machine_post_alerts_and_nothing_else_and_no_person_has_it() {
+        let provider = Provider::new();
+        let machine = checked(&provider, &claims(ALERT_SENDER)).unwrap();
+        assert!(machine.satisfies(Need::AlertSender));
+        assert_eq!(machine.role, None);
+        assert!(!machine.satisfies(Need::Role(Role::Support)));
+        let admin = checked(&provider, &claims("admin")).unwrap();
+        assert!(admin.satisfies(Role::Admin.into()));
+        assert!(!admin.satisfies(Need::AlertSender));
     }
 
     #[test]

@@ -23,7 +23,9 @@ use telemetry::attr;
 use uuid::Uuid;
 
 use crate::journey::{SpanRecord, activity_of};
+use crate::masking::Masking;
 use crate::metrics::Metrics;
+use crate::runtime_config::LiveConfig;
 use crate::store::{StoreError, Writer};
 
 /// What the receivers share.
@@ -35,7 +37,8 @@ pub struct Ingest {
     pub max_request_bytes: usize,
     /// Spans are taken when they start within the retention before now (this clock's).
     pub clock: crate::clock::Clock,
-    pub retention: Duration,
+    /// The retention and the masking rules in force.
+    pub config: LiveConfig,
 }
 
 /// What an exporter is told when its spans could not be stored: to retry, and nothing of why
@@ -56,7 +59,12 @@ impl Ingest {
         &self,
         request: ExportTraceServiceRequest,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
-        let extracted = extract(&request, Window::around(self.clock.now(), self.retention));
+        let config = self.config.get();
+        let extracted = extract(
+            &request,
+            Window::around(self.clock.now(), config.retention()),
+            &config.masking,
+        );
         let accepted = extracted.spans.len() as u64;
         match self.writer.write(extracted.spans).await {
             Ok(_) => {}
@@ -225,6 +233,7 @@ fn convert(
     service: &str,
     order_id: Uuid,
     window: Window,
+    masking: &Masking,
 ) -> Result<SpanRecord, String> {
     let name = clean(&span.name, MAX_NAME_CHARS);
     if !valid_id(&span.trace_id, 16) {
@@ -250,9 +259,14 @@ fn convert(
         string_attribute(&span.attributes, attr::ORDER_ACTIVITY),
         status_to.is_some(),
     );
-    let (status_code, status_message) = span.status.as_ref().map_or((0, String::new()), |s| {
+    let (status_code, mut status_message) = span.status.as_ref().map_or((0, String::new()), |s| {
         (s.code as i16, clean(&s.message, MAX_VALUE_CHARS))
     });
+    let mut attributes = span_attributes(&span.attributes);
+    if !masking.is_empty() {
+        masking.attributes(&mut attributes);
+        masking.text(&mut status_message);
+    }
     Ok(SpanRecord {
         order_id,
         trace_id: span.trace_id.clone(),
@@ -265,7 +279,7 @@ fn convert(
         end,
         status_code,
         status_message,
-        attributes: span_attributes(&span.attributes),
+        attributes,
         links: span
             .links
             .iter()
@@ -277,8 +291,12 @@ fn convert(
     })
 }
 
-/// Picks the spans of orders out of an export request.
-pub fn extract(request: &ExportTraceServiceRequest, window: Window) -> Extracted {
+/// Picks the spans of orders out of an export request, their attributes masked by `masking`.
+pub fn extract(
+    request: &ExportTraceServiceRequest,
+    window: Window,
+    masking: &Masking,
+) -> Extracted {
     let mut out = Extracted::default();
     for resource_spans in &request.resource_spans {
         let service = clean(
@@ -307,7 +325,7 @@ pub fn extract(request: &ExportTraceServiceRequest, window: Window) -> Extracted
                     ));
                     continue;
                 };
-                match convert(span, service, order_id, window) {
+                match convert(span, service, order_id, window, masking) {
                     Ok(record) => out.spans.push(record),
                     Err(why) => out.reject(why),
                 }
@@ -357,6 +375,7 @@ mod tests {
         extract(
             request,
             Window::around(then, Duration::from_secs(30 * 86_400)),
+            &Masking::default(),
         )
     }
 

@@ -364,3 +364,263 @@ async fn a_browser_logs_in_through_the_identity_provider_and_its_session_is_safe
     assert_eq!(after.status(), 401);
     app.stop().await;
 }
+
+/// `method` on `path` with `token` (none: no `Authorization`) and JSON `body`.
+async fn call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    app.call(method, path, token, body.as_ref()).await
+}
+
+fn firing(fingerprint: &str) -> Value {
+    json!({ "alerts": [{
+        "status": "firing",
+        "labels": { "alertname": "ServiceDown", "service": "mes-api" },
+        "annotations": { "summary": "MES does not answer" },
+        "fingerprint": fingerprint,
+    }] })
+}
+
+#[tokio::test]
+async fn alerts_are_taken_only_from_the_alert_senders_service_identity() {
+    let (app, issuer) = app().await;
+    let post = reqwest::Method::POST;
+    let (status, body) = call(&app, post.clone(), "/api/alerts", None, Some(firing("a"))).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "unauthenticated");
+    // A person, even an admin, does not send alerts.
+    for user in ["support", "admin"] {
+        let token = issuer.password_token(CLI, user, user).await.unwrap();
+        let (status, body) = call(
+            &app,
+            post.clone(),
+            "/api/alerts",
+            Some(&token),
+            Some(firing("a")),
+        )
+        .await;
+        assert_eq!(status, 403, "{user}: {body}");
+        assert_eq!(body["error"]["code"], "forbidden");
+    }
+    let machine = issuer.alertmanager_token().await.unwrap();
+    let (status, body) = call(
+        &app,
+        post.clone(),
+        "/api/alerts",
+        Some(&machine),
+        Some(firing("a")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["opened"], 1);
+    let (status, body) = call(
+        &app,
+        post.clone(),
+        "/api/alerts",
+        Some(&machine),
+        Some(json!({ "alerts": "none" })),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_body");
+
+    // The machine reads nothing, and the alert is an incident people read.
+    let (status, _) = call(
+        &app,
+        reqwest::Method::GET,
+        "/api/incidents",
+        Some(&machine),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let support = issuer
+        .password_token(CLI, "support", "support")
+        .await
+        .unwrap();
+    let (_, incidents) = call(
+        &app,
+        reqwest::Method::GET,
+        "/api/incidents",
+        Some(&support),
+        None,
+    )
+    .await;
+    assert_eq!(incidents[0]["labels"]["alertname"], "ServiceDown");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn only_an_admin_erases_trace_data_acknowledges_and_closes_incidents_and_reads_the_erasures()
+{
+    let (app, issuer) = app().await;
+    let machine = issuer.alertmanager_token().await.unwrap();
+    let (status, body) = call(
+        &app,
+        reqwest::Method::POST,
+        "/api/alerts",
+        Some(&machine),
+        Some(firing("b")),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let admin = issuer.password_token(CLI, "admin", "admin").await.unwrap();
+    let (_, incidents) = call(
+        &app,
+        reqwest::Method::GET,
+        "/api/incidents",
+        Some(&admin),
+        None,
+    )
+    .await;
+    let incident = incidents[0]["id"].as_str().unwrap().to_owned();
+    let unknown_order = uuid::Uuid::now_v7();
+    let actions = [
+        (
+            reqwest::Method::POST,
+            format!("/api/incidents/{incident}/acknowledge"),
+        ),
+        (
+            reqwest::Method::DELETE,
+            format!("/api/orders/{unknown_order}"),
+        ),
+        (reqwest::Method::GET, "/api/erasures".to_owned()),
+        (
+            reqwest::Method::POST,
+            format!("/api/incidents/{incident}/close"),
+        ),
+    ];
+    let developer = issuer
+        .password_token(CLI, "developer", "developer")
+        .await
+        .unwrap();
+    for (method, path) in &actions {
+        let (status, body) = call(&app, method.clone(), path, None, None).await;
+        assert_eq!(status, 401, "{method} {path} without a token: {body}");
+        let (status, body) = call(&app, method.clone(), path, Some(&developer), None).await;
+        assert_eq!(status, 403, "{method} {path} as developer: {body}");
+        assert_eq!(body["error"]["code"], "forbidden");
+    }
+    // The developer changed nothing.
+    let (_, incidents) = call(
+        &app,
+        reqwest::Method::GET,
+        "/api/incidents",
+        Some(&developer),
+        None,
+    )
+    .await;
+    assert!(incidents[0]["acknowledged_at"].is_null(), "{incidents}");
+
+    let mut answers = Vec::new();
+    for (method, path) in &actions {
+        answers.push(call(&app, method.clone(), path, Some(&admin), None).await);
+    }
+    let statuses: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
+    assert_eq!(statuses, [200, 404, 200, 200], "{answers:?}");
+    let (_, closed) = &answers[3];
+    assert!(
+        closed["acknowledged_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("admin ("),
+        "{closed}"
+    );
+    assert!(
+        closed["closed_by"].as_str().unwrap().starts_with("admin ("),
+        "{closed}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_developer_changes_masking_and_the_webhook_but_a_change_touching_the_retention_needs_an_admin()
+ {
+    let (app, issuer) = app().await;
+    let patch = reqwest::Method::PATCH;
+    let developer = issuer
+        .password_token(CLI, "developer", "developer")
+        .await
+        .unwrap();
+    let (status, config) = call(
+        &app,
+        patch.clone(),
+        "/api/config",
+        Some(&developer),
+        Some(json!({ "masking": { "mask_keys": ["customer.vat_id"] }, "webhook": null })),
+    )
+    .await;
+    assert_eq!(status, 200, "{config}");
+    assert!(config["webhook"].is_null());
+
+    // Touching the retention is refused whole, with what it touched besides.
+    let (status, body) = call(
+        &app,
+        patch.clone(),
+        "/api/config",
+        Some(&developer),
+        Some(json!({ "retention_days": 7, "masking": { "mask_keys": [] } })),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("retention_days needs the admin role"),
+        "{body}"
+    );
+    let (_, config) = call(
+        &app,
+        reqwest::Method::GET,
+        "/api/config",
+        Some(&developer),
+        None,
+    )
+    .await;
+    assert_eq!(config["retention_days"], 30);
+    assert_eq!(config["masking"]["mask_keys"], json!(["customer.vat_id"]));
+
+    let admin = issuer.password_token(CLI, "admin", "admin").await.unwrap();
+    let (status, config) = call(
+        &app,
+        patch.clone(),
+        "/api/config",
+        Some(&admin),
+        Some(json!({ "retention_days": 7 })),
+    )
+    .await;
+    assert_eq!(status, 200, "{config}");
+    assert_eq!(config["retention_days"], 7);
+    let (status, body) = call(
+        &app,
+        patch.clone(),
+        "/api/config",
+        Some(&admin),
+        Some(json!({ "retention_days": 0 })),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    let (_, changes) = call(
+        &app,
+        reqwest::Method::GET,
+        "/api/config/changes",
+        Some(&developer),
+        None,
+    )
+    .await;
+    let by: Vec<&str> = changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["changed_by"].as_str().unwrap())
+        .collect();
+    assert_eq!(by.len(), 2, "{changes}");
+    assert!(by[0].starts_with("admin (") && by[1].starts_with("developer ("));
+    app.stop().await;
+}

@@ -17,6 +17,7 @@ use order_watch::clock::Clock;
 use order_watch::config::Thresholds;
 use order_watch::records::RecordsConfig;
 use order_watch::startup::Ports;
+use order_watch::webhook::WebhookUrl;
 use order_watch::{Application, Settings};
 use platform::db::DatabaseConfig;
 use prost::Message;
@@ -199,6 +200,8 @@ impl Drop for TestApp {
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often order-watch asks again about a stuck order here.
 pub const RECONFIRM_INTERVAL: Duration = Duration::from_secs(600);
+/// How often a replica looks for another's configuration change here.
+pub const CONFIG_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
 
 fn settings(
     database: &TestDatabase,
@@ -218,8 +221,9 @@ fn settings(
             default: STUCK_AFTER,
             ..Thresholds::default()
         },
-        retention: Duration::from_secs(30 * 86_400),
-        webhook_url: Some(webhook.url.clone()),
+        retention_days: 30,
+        webhook: Some(WebhookUrl::parse(&webhook.url).expect("the test webhook's URL")),
+        config_reload_interval: CONFIG_RELOAD_INTERVAL,
         max_request_bytes: 1024 * 1024,
         detect_interval: Duration::from_secs(1),
         gauge_interval: Duration::from_secs(3600),
@@ -370,9 +374,39 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self.client.get(self.api(path)).send().await.unwrap();
+        self.call(reqwest::Method::GET, path, None, None).await
+    }
+
+    /// `method` on `path` of the API, with `token` as bearer and `body` as JSON when given;
+    /// answers the status and the JSON body (`null` when there is none).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut request = self.client.request(method, self.api(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `PATCH /api/config` with `body`, as anyone (an open order-watch).
+    pub async fn patch_config(&self, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PATCH, "/api/config", None, Some(&body))
+            .await
+    }
+
+    /// `POST` of `path` without a body, as anyone.
+    pub async fn post(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, None, None).await
     }
 
     pub async fn journey(&self, order: Uuid) -> Value {
