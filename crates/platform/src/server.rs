@@ -9,17 +9,63 @@ use tokio_util::sync::CancellationToken;
 
 use crate::tls::{Listener, ServerTls};
 
+/// How long a client may take to send a request's headers, from the connection's first byte
+/// or the end of its previous request; after that the connection is closed. Without it a
+/// client that sends half a request line holds a connection (and its task) for ever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves `router` on `listener` (a bound [`TcpListener`] for plain text, or a [`Listener`]
 /// that may serve TLS) until `cancel` fires, then stops accepting and lets requests in
-/// progress finish.
+/// progress finish (idle keep-alive connections are closed at once).
 pub async fn serve(
     listener: impl Into<Listener>,
     router: Router,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener.into(), router)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
+    serve_reading_headers_within(listener, router, cancel, HEADER_READ_TIMEOUT).await
+}
+
+/// [`serve`] with a header read timeout of `header_timeout`.
+pub async fn serve_reading_headers_within(
+    listener: impl Into<Listener>,
+    router: Router,
+    cancel: CancellationToken,
+    header_timeout: Duration,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+
+    let mut listener = listener.into();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let connection = tokio::select! {
+            connection = listener.accept() => connection,
+            () = cancel.cancelled() => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone().map_request(
+            |request: axum::http::Request<hyper::body::Incoming>| {
+                request.map(axum::body::Body::new)
+            },
+        ));
+        let served = builder
+            .serve_connection_with_upgrades(TokioIo::new(connection), service)
+            .into_owned();
+        let served = connections.watch(served);
+        tokio::spawn(async move {
+            if let Err(err) = served.await {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
+    Ok(())
 }
 
 /// A token cancelled on SIGINT (Ctrl-C) or SIGTERM.
@@ -144,10 +190,51 @@ pub fn with_standard_routes<S: Clone + Send + Sync + 'static>(
     api: Router<S>,
     body_limit: usize,
 ) -> Router<S> {
+    with_standard_routes_and_limits(api, body_limit, TimeLimits::default())
+}
+
+/// How long a request may take, besides [`HEADER_READ_TIMEOUT`].
+#[derive(Debug, Clone, Copy)]
+pub struct TimeLimits {
+    /// The longest pause between two pieces of a request's body; a client that stops sending
+    /// gets a 4xx once its handler reads on (default 30 s).
+    pub body_idle: Duration,
+    /// From the request's headers to the answer's: a request still running then is answered
+    /// 408 and dropped (default 10 min, time for a 50 MB upload at 1 Mbit/s).
+    pub request: Duration,
+}
+
+impl Default for TimeLimits {
+    fn default() -> Self {
+        Self {
+            body_idle: Duration::from_secs(30),
+            request: Duration::from_secs(600),
+        }
+    }
+}
+
+/// [`with_standard_routes`] with time limits of its own.
+pub fn with_standard_routes_and_limits<S: Clone + Send + Sync + 'static>(
+    api: Router<S>,
+    body_limit: usize,
+    limits: TimeLimits,
+) -> Router<S> {
     use axum::routing::get;
+    let body_idle = limits.body_idle;
     api.route("/health", get(|| async { "ok" }))
         .route("/metrics", get(crate::http::metrics))
         .fallback(crate::error::not_found)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            limits.request,
+        ))
+        .layer(axum::middleware::map_request(
+            move |request: axum::extract::Request| async move {
+                request.map(|body| {
+                    axum::body::Body::new(tower_http::timeout::TimeoutBody::new(body_idle, body))
+                })
+            },
+        ))
         .layer(axum::middleware::map_response(crate::error::json_errors))
         .layer(axum::middleware::from_fn(crate::http::trace_requests))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
