@@ -5,15 +5,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use domain::OrderStatus;
 use domain::events::{Envelope, Event, StatusChanged};
+use domain::{OrderStatus, System};
 use lapin::options::BasicGetOptions;
 use lapin::types::FieldTable;
 use messaging::consumer::{self, ConsumerConfig};
 use messaging::dead_letters::{self, Selection};
 use messaging::publisher::{Outgoing, PublishError, Publisher, header_i64, header_str};
 use messaging::topology::{CRM_ORDERS, SHOP_STATUS};
-use messaging::{Broker, Handler, HandlerError, Incoming, OutboxRelay, RelayConfig};
+use messaging::{Broker, Handler, HandlerError, Incoming, OutboxRelay, Party, RelayConfig};
 use sqlx::{PgConnection, PgPool};
 use testkit::database::TestDatabase;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,12 @@ use uuid::Uuid;
 
 struct Setup {
     pool: PgPool,
+    /// The test's administrator: declares the whole topology, reads any queue.
     broker: Broker,
+    /// CRM's connection: consumes `crm.orders` and sends CRM's messages.
+    crm: Broker,
+    /// The operator's: lists and replays dead letters.
+    operator: Broker,
     cancel: CancellationToken,
     _db: TestDatabase,
     _broker_cleanup: testkit::broker::Cleanup,
@@ -43,12 +48,19 @@ async fn setup() -> Setup {
         .unwrap();
     let config = testkit::broker::isolated();
     let broker_cleanup = testkit::broker::cleanup_on_drop(&config);
-    let broker = Broker::new(config, "messaging-test");
+    let broker = Broker::new(config.clone(), "messaging-test");
     // Declares the topology.
     broker.channel().await.unwrap();
+    let crm = Broker::service(
+        testkit::broker::as_party(&config, Party::Service(System::Crm)),
+        System::Crm,
+    );
+    let operator = testkit::broker::connect_as(&config, Party::Operator);
     Setup {
         pool,
         broker,
+        crm,
+        operator,
         cancel: CancellationToken::new(),
         _db: db,
         _broker_cleanup: broker_cleanup,
@@ -70,11 +82,12 @@ fn status_event(order_id: Uuid) -> Envelope {
     )
 }
 
-/// Publishes a fresh status event to the test's exchange, as CRM would receive it.
+/// Publishes a fresh status event to the test's exchange, as CRM announces it (and receives it
+/// back on `crm.orders`).
 async fn publish_status_event(setup: &Setup) -> Envelope {
     let envelope = status_event(Uuid::now_v7());
     publish_raw(
-        &setup.broker,
+        &setup.crm,
         envelope.message_id,
         "order.status_changed.registered",
         &envelope.to_vec(),
@@ -201,7 +214,7 @@ impl Recorder {
 fn consume(setup: &Setup, handler: Arc<Recorder>) {
     tokio::spawn(consumer::run(
         setup.pool.clone(),
-        setup.broker.clone(),
+        setup.crm.clone(),
         handler,
         ConsumerConfig {
             queue: CRM_ORDERS,
@@ -212,7 +225,7 @@ fn consume(setup: &Setup, handler: Arc<Recorder>) {
 }
 
 #[tokio::test]
-async fn a_committed_outbox_row_is_published_with_its_identity_and_trace_headers() {
+async fn a_committed_outbox_row_is_published_with_its_identity_its_sender_and_trace_headers() {
     let setup = setup().await;
     let envelope = status_event(Uuid::now_v7());
     let mut tx = setup.pool.begin().await.unwrap();
@@ -221,7 +234,7 @@ async fn a_committed_outbox_row_is_published_with_its_identity_and_trace_headers
     tokio::spawn(
         OutboxRelay::new(
             setup.pool.clone(),
-            setup.broker.clone(),
+            setup.crm.clone(),
             (),
             RelayConfig::default(),
         )
@@ -241,6 +254,11 @@ async fn a_committed_outbox_row_is_published_with_its_identity_and_trace_headers
         "order.status_changed"
     );
     assert_eq!(properties.delivery_mode(), &Some(2));
+    assert_eq!(
+        properties.user_id().as_ref().map(|u| u.as_str()),
+        Some("hallmark-crm"),
+        "the sender's account, which the broker checked"
+    );
     let headers = properties.headers().clone().unwrap();
     assert!(header_i64(&headers, "x-published-at-us").is_some());
     assert!(header_str(&headers, "traceparent").is_none_or(|t| t.starts_with("00-")));
@@ -293,14 +311,14 @@ async fn a_message_delivered_twice_is_applied_once() {
     let envelope = status_event(Uuid::now_v7());
     let body = envelope.to_vec();
     publish_raw(
-        &setup.broker,
+        &setup.crm,
         envelope.message_id,
         "order.status_changed.registered",
         &body,
     )
     .await;
     publish_raw(
-        &setup.broker,
+        &setup.crm,
         envelope.message_id,
         "order.status_changed.registered",
         &body,
@@ -411,9 +429,9 @@ async fn a_body_that_is_not_an_envelope_is_dead_lettered_at_once() {
     let setup = setup().await;
     let id = Uuid::now_v7();
     publish_raw(
-        &setup.broker,
+        &setup.crm,
         id,
-        "order.created",
+        "order.status_changed.registered",
         b"{\"this\": \"is not an envelope\"",
     )
     .await;
@@ -475,7 +493,7 @@ async fn an_operator_sees_a_dead_letter_with_its_reason_and_replays_it_to_be_app
     consume(&setup, recorder.clone());
 
     let letters = testkit::wait::until("the dead letter", Duration::from_secs(10), || async {
-        let letters = dead_letters::list(&setup.broker, CRM_ORDERS, 10)
+        let letters = dead_letters::list(&setup.operator, CRM_ORDERS, 10)
             .await
             .unwrap();
         (!letters.is_empty()).then_some(letters)
@@ -494,7 +512,7 @@ async fn an_operator_sees_a_dead_letter_with_its_reason_and_replays_it_to_be_app
     );
     assert_eq!((letter.retries, letter.replays), (2, 0));
     assert_eq!(
-        dead_letters::list(&setup.broker, CRM_ORDERS, 10)
+        dead_letters::list(&setup.operator, CRM_ORDERS, 10)
             .await
             .unwrap()
             .len(),
@@ -503,7 +521,7 @@ async fn an_operator_sees_a_dead_letter_with_its_reason_and_replays_it_to_be_app
     );
 
     let other = Selection::MessageId(Uuid::now_v7().to_string());
-    let replayed = dead_letters::replay(&setup.broker, CRM_ORDERS, &other)
+    let replayed = dead_letters::replay(&setup.operator, CRM_ORDERS, &other)
         .await
         .unwrap();
     assert!(replayed.is_empty(), "only the selected message is replayed");
@@ -511,7 +529,7 @@ async fn an_operator_sees_a_dead_letter_with_its_reason_and_replays_it_to_be_app
     // The broker puts back what the previous call left alone a moment after it closed.
     let mine = Selection::MessageId(envelope.message_id.to_string());
     let replayed = testkit::wait::until("the replay", Duration::from_secs(10), || async {
-        let replayed = dead_letters::replay(&setup.broker, CRM_ORDERS, &mine)
+        let replayed = dead_letters::replay(&setup.operator, CRM_ORDERS, &mine)
             .await
             .unwrap();
         (!replayed.is_empty()).then_some(replayed)
@@ -527,7 +545,7 @@ async fn an_operator_sees_a_dead_letter_with_its_reason_and_replays_it_to_be_app
         vec![(envelope.message_id, 0)],
         "applied once, with a fresh retry budget"
     );
-    let counts = dead_letters::counts(&setup.broker).await.unwrap();
+    let counts = dead_letters::counts(&setup.operator).await.unwrap();
     assert!(counts.iter().all(|(_, n)| *n == 0), "{counts:?}");
 }
 

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use domain::System;
 use messaging::topology::SHOP_STATUS;
 use messaging::{Broker, ConsumerConfig};
 use orderbook::OrderBook;
@@ -64,7 +65,7 @@ impl Application {
                 orderbook: OrderBook::new(SERVICE_NAME),
                 max_model_bytes: settings.max_model_bytes,
             },
-            broker: Broker::new(settings.broker, SERVICE_NAME),
+            broker: Broker::service(settings.broker, System::Shop),
             cancel,
         })
     }

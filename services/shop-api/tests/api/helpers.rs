@@ -1,7 +1,8 @@
 use std::time::Duration;
 
+use domain::System;
 use lapin::options::BasicGetOptions;
-use messaging::BrokerConfig;
+use messaging::{BrokerConfig, Party};
 use platform::db::DatabaseConfig;
 use platform::storage::StorageConfig;
 use serde_json::{Value, json};
@@ -17,6 +18,7 @@ pub const MAX_MODEL_BYTES: usize = 512 * 1024;
 pub struct TestApp {
     pub address: String,
     pub pool: PgPool,
+    /// The test's namespace with the administrator's account; Shop connects as its own.
     pub broker: BrokerConfig,
     /// Where `spawn_app()` has Shop store models; empty with any other storage.
     pub storage: tempfile::TempDir,
@@ -43,11 +45,13 @@ pub async fn spawn_app_with_storage(storage: StorageConfig) -> TestApp {
 async fn spawn(storage: StorageConfig, dir: tempfile::TempDir) -> TestApp {
     let database = TestDatabase::create("shop").await;
     let broker = testkit::broker::isolated();
+    // Shop declares only its own queue: the others' must exist for its messages to be routed.
+    testkit::broker::declare_everything(&broker).await;
     let settings = Settings {
         host: "127.0.0.1".into(),
         port: 0,
         database: DatabaseConfig::new(database.url()),
-        broker: broker.clone(),
+        broker: testkit::broker::as_party(&broker, Party::Service(System::Shop)),
         storage,
         max_model_bytes: MAX_MODEL_BYTES,
     };
