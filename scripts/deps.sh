@@ -3,8 +3,11 @@
 #
 # What it guarantees after `ensure_dependencies`:
 # - PostgreSQL on 127.0.0.1:5432 with a login role `hallmark` (password `hallmark`, CREATEDB);
-# - RabbitMQ on 127.0.0.1:5672 accepting guest/guest from this machine, with its Prometheus
-#   endpoint on 15692.
+# - RabbitMQ on 127.0.0.1:5672 accepting guest/guest from this machine (the tests' administrator
+#   account), with its Prometheus endpoint on 15692.
+# The services' own broker accounts need the built `hallmark` command: scripts/broker.sh
+# (sourced here) defines ensure_broker_accounts, which scripts/run and scripts/test call after
+# building.
 # When something is missing it installs it from Debian packages if run as root, and otherwise
 # says exactly what to install.
 
@@ -116,3 +119,5 @@ ensure_dependencies() {
   ensure_postgres
   ensure_rabbitmq
 }
+
+source "${BASH_SOURCE[0]%/*}/broker.sh"
