@@ -5,12 +5,15 @@
 //! development broker; a deployment applies the same lines to its own.
 //!
 //! A service may
-//! * configure the shared exchanges and retry queues and its own queues and their `.dlq`s (to
+//! * configure the shared exchanges and its own queues, their `.dlq`s and its retry queues (to
 //!   declare them at start-up: it starts on a fresh broker by itself);
-//! * write to the exchanges it publishes to (orders, dead letters, retries) and to its own
-//!   queues, their `.dlq`s and the retry queues (RabbitMQ asks for write on a queue to bind it);
-//! * read the exchanges it binds from and its own queues, nothing else: no other service's
-//!   queue, no `.dlq` (the operator's), no retry queue;
+//! * write to the shared exchanges and to its own queues, their `.dlq`s and its retry queues
+//!   (RabbitMQ asks for write on a queue to bind it, and on the dead-letter exchange of a queue
+//!   it declares: `hallmark.requeue` for the retry queues, where its topic permissions let it
+//!   publish nothing);
+//! * read the exchanges it binds from, its own queues and its retry queues (RabbitMQ asks for
+//!   that too of a queue declared with a dead-letter exchange), nothing else: no other
+//!   service's queue or retries, no `.dlq` (the operator's);
 //!
 //! and on the topic exchanges (topic permissions: routing keys when publishing, binding keys
 //! when binding)
@@ -122,16 +125,20 @@ pub fn of(
     let user = accounts.of(party).to_owned();
     let (configure, write, read, topics) = match party {
         Party::Service(system) => {
-            let own: Vec<String> = queues_of(system).map(|q| escape(q.name)).collect();
-            let own_with_dlq: Vec<String> = own.iter().map(|q| format!("{q}(\\.dlq)?")).collect();
-            let exchanges = |list: &str| vec![format!("hallmark\\.({list})")];
-            let configure = [
-                exchanges("orders|dlx|requeue|retry(\\.[0-9]+)?"),
-                own_with_dlq.clone(),
-            ]
-            .concat();
-            let write = [exchanges("orders|dlx|retry(\\.[0-9]+)?"), own_with_dlq].concat();
-            let read = [exchanges("orders|dlx|requeue|retry"), own].concat();
+            // `crm.retry.1`, `crm.retry.2`, …
+            let retries =
+                escape(&Names::new("").retry_queue(system, 0)).replace("\\.1", "\\.[0-9]+");
+            let mut own: Vec<String> = queues_of(system).map(|q| escape(q.name)).collect();
+            let own_with_dlq: Vec<String> = own
+                .iter()
+                .map(|q| format!("{q}(\\.dlq)?"))
+                .chain([retries.clone()])
+                .collect();
+            own.push(retries);
+            let exchanges = vec!["hallmark\\.(orders|dlx|requeue|retry)".to_owned()];
+            let configure = [exchanges.clone(), own_with_dlq.clone()].concat();
+            let write = [exchanges.clone(), own_with_dlq].concat();
+            let read = [exchanges, own].concat();
             let topics = topic_namespaces
                 .iter()
                 .flat_map(|namespace| service_topics(system, &Names::new(namespace)))
@@ -205,7 +212,7 @@ fn service_topics(system: System, names: &Names) -> Vec<TopicPermission> {
         TopicPermission {
             exchange: names.requeue_exchange(),
             write: NOTHING.to_owned(),
-            read: format!("^\\*\\.{queues}$"),
+            read: format!("^(\\*\\.)?{queues}$"),
         },
     ]
 }
@@ -324,11 +331,13 @@ mod tests {
     }
 
     #[test]
-    fn a_service_reads_only_its_own_queues_and_never_a_dead_letter_or_retry_queue() {
+    fn a_service_reads_only_its_own_queues_and_retries_and_never_a_dead_letter() {
         let crm = service(System::Crm, Namespaces::Any);
         for name in [
             "crm.orders",
             "t0a1b2c3d4e5f.crm.orders",
+            "crm.retry.1",
+            "t0a1b2c3d4e5f.crm.retry.12",
             "hallmark.orders",
             "hallmark.dlx",
         ] {
@@ -338,22 +347,24 @@ mod tests {
             "crm.orders.dlq",
             "mes.pricing",
             "shop.status",
+            "mes.retry.1",
             "hallmark.retry.1",
-            "t0a1b2c3d4e5f.hallmark.retry.2",
+            "t0a1b2c3d4e5f.shop.retry.2",
             "xcrm.orders",
             "a.b.crm.orders",
         ] {
             assert!(!matches(&crm.read, name), "{name}");
         }
         assert!(matches(&crm.configure, "crm.orders.dlq"));
-        assert!(matches(&crm.configure, "hallmark.retry.3"));
+        assert!(matches(&crm.configure, "crm.retry.3"));
+        assert!(
+            !matches(&crm.configure, "hallmark.retry.3"),
+            "an earlier version's shared retry queue"
+        );
         assert!(!matches(&crm.configure, "mes.pricing"));
         assert!(matches(&crm.write, "hallmark.retry"));
-        assert!(
-            !matches(&crm.write, "hallmark.requeue"),
-            "replays are the operator's"
-        );
         assert!(!matches(&crm.write, "mes.pricing"));
+        assert!(!matches(&crm.write, "mes.retry.1"));
     }
 
     #[test]
@@ -385,6 +396,7 @@ mod tests {
             &requeue.read,
             &names.requeue_key("*", &names.queue("mes.pricing"))
         ));
+        assert!(matches(&requeue.read, &names.queue("mes.pricing")));
         assert!(!matches(
             &requeue.read,
             &names.requeue_key("*", &names.queue("crm.orders"))

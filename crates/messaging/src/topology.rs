@@ -1,13 +1,13 @@
-//! The exchanges and queues of Hallmark. Each service declares the shared exchanges and retry
-//! queues and its own queues (a [`Scope`]), so it starts on a fresh broker by itself and needs
-//! no right over another service's queues.
+//! The exchanges and queues of Hallmark. Each service declares the shared exchanges and its own
+//! queues, retry queues included (a [`Scope`]), so it starts on a fresh broker by itself and
+//! needs no right over another service's queues.
 //!
 //! ```text
 //! hallmark.orders (topic) ──order.created, order.status_changed.#──▶ crm.orders
 //!                         ──order.pricing_requested─────────────────▶ mes.pricing
 //!                         ──order.status_changed.#──────────────────▶ mes.production
 //!                         ──order.status_changed.{not submitted}────▶ shop.status
-//! hallmark.retry (topic, key {n}.{queue}) ▶ hallmark.retry.{n} (TTL = n-th delay) ─dead-letter─▶
+//! hallmark.retry (topic, key {n}.{queue}) ▶ {service}.retry.{n} (TTL = n-th delay) ─dead-letter─▶
 //!     hallmark.requeue (topic, bound *.{queue}) ▶ the original queue
 //! hallmark.dlx (topic, key = queue name) ▶ {queue}.dlq
 //! ```
@@ -17,12 +17,18 @@
 //! `.dlq`. Publishing is mandatory, so a missing route is an error, not silence: a message for a
 //! queue whose service has never started waits in the publisher's outbox until it has.
 //!
+//! Each service has retry queues of its own (`shop.retry.1`, …): RabbitMQ lets only an account
+//! that may read a queue create it with a dead-letter exchange, and a shared retry queue would
+//! be readable by every service, with every service's retried messages in it.
+//!
 //! All four exchanges are topic exchanges, even where the keys are plain queue names, because
 //! RabbitMQ's topic permissions restrict routing keys (publishing) and binding keys (reading) on
 //! topic exchanges only: that is what keeps a service to its own keys on the shared dead-letter,
 //! retry and requeue exchanges (`crate::permissions`). Earlier versions declared
-//! `hallmark.dlx` and `hallmark.requeue` as direct exchanges and one fanout exchange per retry
-//! level named like its queue; [`declare`] replaces them.
+//! `hallmark.dlx` and `hallmark.requeue` as direct exchanges, which [`declare`] replaces, and
+//! shared retry queues `hallmark.retry.{n}` with a fanout exchange each, which it leaves alone:
+//! what they still hold returns to its queue by the plain queue-name key each queue also binds on
+//! `hallmark.requeue`; an operator deletes them once they are empty.
 
 use domain::System;
 use lapin::options::{
@@ -114,12 +120,16 @@ pub enum Scope {
 }
 
 impl Scope {
-    fn queues(self) -> Vec<QueueSpec> {
+    fn systems(self) -> Vec<System> {
         match self {
-            Self::Service(system) => queues_of(system).collect(),
-            Self::Everything => QUEUES.to_vec(),
+            Self::Service(system) => vec![system],
+            Self::Everything => System::ALL.to_vec(),
             Self::Nothing => Vec::new(),
         }
+    }
+
+    fn queues(self) -> Vec<QueueSpec> {
+        self.systems().into_iter().flat_map(queues_of).collect()
     }
 }
 
@@ -167,9 +177,14 @@ impl Names {
         format!("{}hallmark.retry", self.prefix)
     }
 
-    /// The queue holding messages for their `level`-th retry (0 is the first).
-    pub fn retry(&self, level: usize) -> String {
-        format!("{}hallmark.retry.{}", self.prefix, level + 1)
+    /// `system`'s queue holding its messages for their `level`-th retry (0 is the first).
+    pub fn retry_queue(&self, system: System, level: usize) -> String {
+        let service = match system {
+            System::Shop => "shop",
+            System::Crm => "crm",
+            System::Mes => "mes",
+        };
+        format!("{}{service}.retry.{}", self.prefix, level + 1)
     }
 
     /// The key of `queue`'s (a concrete name) `level`-th retry: `{n}.{queue}`.
@@ -291,34 +306,29 @@ pub async fn declare(
     ] {
         topic_exchange(connection, &mut channel, &exchange, exchange_options).await?;
     }
-    let queues = scope.queues();
-
-    for (level, delay) in config.retry_delays.iter().enumerate() {
-        let name = names.retry(level);
-        // The fanout exchange of this level an earlier version declared; deleting one that is
-        // not there is no error for RabbitMQ.
-        channel
-            .exchange_delete(short(&name), ExchangeDeleteOptions::default())
-            .await?;
-        let mut args = quorum_arguments(config);
-        args.insert(
-            short("x-message-ttl"),
-            AMQPValue::LongLongInt(delay.as_millis() as i64),
-        );
-        args.insert(
-            short("x-dead-letter-exchange"),
-            long(&names.requeue_exchange()),
-        );
-        args.insert(short("x-dead-letter-strategy"), long("at-least-once"));
-        args.insert(short("x-overflow"), long("reject-publish"));
-        channel.queue_declare(short(&name), durable(), args).await?;
-        // The retry queues are shared; each service routes only its own queues' retries.
-        for spec in &queues {
-            let key = names.retry_key(level, &names.queue(spec.name));
-            bind(&channel, &name, &names.retry_exchange(), &key).await?;
+    for system in scope.systems() {
+        for (level, delay) in config.retry_delays.iter().enumerate() {
+            let name = names.retry_queue(system, level);
+            let mut args = quorum_arguments(config);
+            args.insert(
+                short("x-message-ttl"),
+                AMQPValue::LongLongInt(delay.as_millis() as i64),
+            );
+            args.insert(
+                short("x-dead-letter-exchange"),
+                long(&names.requeue_exchange()),
+            );
+            args.insert(short("x-dead-letter-strategy"), long("at-least-once"));
+            args.insert(short("x-overflow"), long("reject-publish"));
+            channel.queue_declare(short(&name), durable(), args).await?;
+            for spec in queues_of(system) {
+                let key = names.retry_key(level, &names.queue(spec.name));
+                bind(&channel, &name, &names.retry_exchange(), &key).await?;
+            }
         }
     }
 
+    let queues = scope.queues();
     for spec in &queues {
         let queue = names.queue(spec.name);
         let dlq = names.dead_letter_queue(spec.name);
@@ -359,6 +369,9 @@ pub async fn declare(
         }
         let back = names.requeue_key("*", &queue);
         bind(&channel, &queue, &names.requeue_exchange(), &back).await?;
+        // What the shared retry queues of earlier versions still hold comes back with the
+        // queue's name as its key.
+        bind(&channel, &queue, &names.requeue_exchange(), &queue).await?;
     }
     let _ = channel.close(200, "topology declared".into()).await;
     Ok(())
@@ -373,7 +386,7 @@ mod tests {
         let plain = Names::new("");
         assert_eq!(plain.orders_exchange(), "hallmark.orders");
         assert_eq!(plain.dead_letter_queue("crm.orders"), "crm.orders.dlq");
-        assert_eq!(plain.retry(0), "hallmark.retry.1");
+        assert_eq!(plain.retry_queue(System::Crm, 0), "crm.retry.1");
         assert_eq!(plain.retry_exchange(), "hallmark.retry");
         assert_eq!(plain.retry_key(0, "crm.orders"), "1.crm.orders");
         let test = Names::new("t42");

@@ -179,8 +179,12 @@ async fn delete_namespace(config: &BrokerConfig) {
         return;
     };
     let names = Names::new(&config.namespace);
-    let retries: Vec<String> = (0..config.retry_delays.len())
-        .map(|level| names.retry(level))
+    let names = &names;
+    let retries: Vec<String> = domain::System::ALL
+        .into_iter()
+        .flat_map(|system| {
+            (0..config.retry_delays.len()).map(move |level| names.retry_queue(system, level))
+        })
         .collect();
     let queues = QUEUES
         .iter()
@@ -191,15 +195,12 @@ async fn delete_namespace(config: &BrokerConfig) {
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
-    let exchanges = [
+    for exchange in [
         names.orders_exchange(),
         names.dead_letter_exchange(),
         names.requeue_exchange(),
         names.retry_exchange(),
-    ]
-    .into_iter()
-    .chain(retries);
-    for exchange in exchanges {
+    ] {
         let _ = channel
             .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
             .await;
