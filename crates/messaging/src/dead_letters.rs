@@ -90,12 +90,22 @@ pub fn queue(logical: &str) -> Result<QueueSpec, DeadLetterError> {
         .ok_or_else(|| DeadLetterError::UnknownQueue(logical.to_owned()))
 }
 
-/// Messages waiting in each dead-letter queue, in the order of [`QUEUES`].
+/// Messages waiting in each dead-letter queue, in the order of [`QUEUES`]. A queue that does not
+/// exist yet (its service has never connected: each declares its own) holds none.
 pub async fn counts(broker: &Broker) -> Result<Vec<(&'static str, u32)>, DeadLetterError> {
-    let channel = broker.channel().await?;
+    let mut channel = broker.channel().await?;
     let mut counts = Vec::with_capacity(QUEUES.len());
     for spec in QUEUES {
-        counts.push((spec.name, depth(&channel, broker, spec).await?));
+        let count = match depth(&channel, broker, spec).await {
+            Ok(count) => count,
+            Err(err) if crate::topology::reply_code(&err) == Some(404) => {
+                // The broker closed the channel over it.
+                channel = broker.channel().await?;
+                0
+            }
+            Err(err) => return Err(err.into()),
+        };
+        counts.push((spec.name, count));
     }
     let _ = channel.close(200, "dead letters counted".into()).await;
     Ok(counts)
@@ -201,10 +211,16 @@ async fn depth(channel: &Channel, broker: &Broker, spec: QueueSpec) -> lapin::Re
     Ok(queue.message_count())
 }
 
+/// The next message of `queue`; `None` when it is empty or does not exist yet (its service has
+/// never connected), after which the broker has closed the channel.
 async fn get(channel: &Channel, queue: &str) -> lapin::Result<Option<BasicGetMessage>> {
-    channel
+    match channel
         .basic_get(ShortString::from(queue), BasicGetOptions { no_ack: false })
         .await
+    {
+        Err(err) if crate::topology::reply_code(&err) == Some(404) => Ok(None),
+        other => other,
+    }
 }
 
 fn describe(broker: &Broker, spec: QueueSpec, message: &BasicGetMessage) -> DeadLetter {
