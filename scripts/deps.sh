@@ -4,7 +4,8 @@
 # What it guarantees after `ensure_dependencies`:
 # - PostgreSQL on 127.0.0.1:5432 with a login role `hallmark` (password `hallmark`, CREATEDB);
 # - RabbitMQ on 127.0.0.1:5672 accepting guest/guest from this machine (the tests' administrator
-#   account), with its Prometheus endpoint on 15692.
+#   account), with its Prometheus endpoint on 15692, and a TLS listener on 5671 with certificates
+#   of a local CA in /etc/rabbitmq/hallmark-tls (scripts/broker.sh, ensure_broker_tls).
 # The services' own broker accounts need the built `hallmark` command: scripts/broker.sh
 # (sourced here) defines ensure_broker_accounts, which scripts/run and scripts/test call after
 # building.
@@ -118,6 +119,7 @@ ensure_browser_test() {
 ensure_dependencies() {
   ensure_postgres
   ensure_rabbitmq
+  ensure_broker_tls
 }
 
 source "${BASH_SOURCE[0]%/*}/broker.sh"
