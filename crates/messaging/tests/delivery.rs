@@ -720,3 +720,125 @@ async fn shop_no_longer_receives_its_own_submission_once_a_restart_retires_the_o
         "Shop's own submission was routed to it"
     );
 }
+
+#[tokio::test]
+async fn a_service_replaces_an_earlier_versions_exchanges_and_what_its_retry_queues_hold_still_comes_back()
+ {
+    use lapin::ExchangeKind;
+    use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+
+    let config = testkit::broker::isolated();
+    let _cleanup = testkit::broker::cleanup_on_drop(&config);
+    let names = messaging::topology::Names::new(&config.namespace);
+    // What the version before declared: direct dead-letter and requeue exchanges, and a shared
+    // retry queue behind a fanout exchange of its name, holding a retry for crm.orders.
+    let admin = Broker::operator(config.clone(), "messaging-test");
+    let channel = admin.channel().await.unwrap();
+    let options = ExchangeDeclareOptions {
+        durable: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    for (exchange, kind) in [
+        (names.dead_letter_exchange(), ExchangeKind::Direct),
+        (names.requeue_exchange(), ExchangeKind::Direct),
+    ] {
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                kind,
+                options,
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let old_retry = format!("{}.hallmark.retry.1", config.namespace);
+    let mut args = FieldTable::default();
+    let text = |t: &str| lapin::types::AMQPValue::LongString(t.into());
+    args.insert("x-queue-type".into(), text("quorum"));
+    args.insert(
+        "x-expires".into(),
+        lapin::types::AMQPValue::LongLongInt(600_000),
+    );
+    args.insert(
+        "x-message-ttl".into(),
+        lapin::types::AMQPValue::LongLongInt(300),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        text(&names.requeue_exchange()),
+    );
+    channel
+        .queue_declare(
+            old_retry.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    channel
+        .exchange_declare(
+            old_retry.as_str().into(),
+            ExchangeKind::Fanout,
+            options,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            old_retry.as_str().into(),
+            old_retry.as_str().into(),
+            "".into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    // The current CRM connects: its exchanges are topic exchanges now, its queues bound again.
+    let crm = Broker::service(
+        testkit::broker::as_party(&config, Party::Service(System::Crm)),
+        System::Crm,
+    );
+    crm.channel().await.expect("CRM replaces the old exchanges");
+    let check = admin.channel().await.unwrap();
+    for exchange in [names.dead_letter_exchange(), names.requeue_exchange()] {
+        check
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                options,
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|err| panic!("{exchange} is not a topic exchange: {err}"));
+    }
+
+    // A retry the old version scheduled comes back to crm.orders by the queue's name.
+    let envelope = status_event(Uuid::now_v7());
+    let publisher = Publisher::open(&admin).await.unwrap();
+    publisher
+        .publish(
+            &old_retry,
+            &names.queue("crm.orders"),
+            Outgoing {
+                message_id: envelope.message_id,
+                kind: &envelope.kind,
+                body: &envelope.to_vec(),
+                headers: FieldTable::default(),
+                occurred_at: Utc::now(),
+            },
+        )
+        .await
+        .unwrap();
+    let back = take(&admin, &names.queue("crm.orders"))
+        .await
+        .expect("the old retry comes back");
+    assert_eq!(Envelope::from_slice(&back.delivery.data).unwrap(), envelope);
+    let _ = channel.close(200, "done".into()).await;
+}
