@@ -261,6 +261,14 @@ async fn consume<H: Handler>(
             _ = cancel.cancelled() => break Ok(()),
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
+        // Without its publisher (the broker closed that channel, e.g. refusing a publish) every
+        // retry or dead letter would be requeued at once, again and again: start over instead.
+        if !publisher.is_open() {
+            break Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+                lapin::ChannelState::Closed,
+                "publisher",
+            )));
+        }
         let delivery = tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
             next = consumer.next() => next,
