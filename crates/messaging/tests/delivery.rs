@@ -840,5 +840,10 @@ async fn a_service_replaces_an_earlier_versions_exchanges_and_what_its_retry_que
         .await
         .expect("the old retry comes back");
     assert_eq!(Envelope::from_slice(&back.delivery.data).unwrap(), envelope);
+    // The namespace's clean-up knows only the current names.
+    channel
+        .queue_delete(old_retry.as_str().into(), Default::default())
+        .await
+        .unwrap();
     let _ = channel.close(200, "done".into()).await;
 }
