@@ -3,11 +3,15 @@
 #
 # What it guarantees after `ensure_dependencies`:
 # - PostgreSQL on 127.0.0.1:5432 with a login role `hallmark` (password `hallmark`, CREATEDB);
-# - RabbitMQ on 127.0.0.1:5672 accepting guest/guest from this machine, with its Prometheus
-#   endpoint on 15692;
+# - RabbitMQ on 127.0.0.1:5672 accepting guest/guest from this machine (the tests' administrator
+#   account), with its Prometheus endpoint on 15692, and a TLS listener on 5671 with certificates
+#   of a local CA in /etc/rabbitmq/hallmark-tls (scripts/broker.sh, ensure_broker_tls);
 # - a certificate authority of this machine's own (ensure_local_ca) and, when run as root,
 #   PostgreSQL serving TLS with a certificate it signed, so a client that checks the server
 #   (`sslmode=verify-full&sslrootcert=$HALLMARK_TLS_DIR/ca.pem`) can (docs/security.md).
+# The services' own broker accounts need the built `hallmark` command: scripts/broker.sh
+# (sourced here) defines ensure_broker_accounts, which scripts/run and scripts/test call after
+# building.
 # When something is missing it installs it from Debian packages if run as root, and otherwise
 # says exactly what to install.
 
@@ -195,4 +199,7 @@ ensure_dependencies() {
   ensure_postgres
   ensure_postgres_tls
   ensure_rabbitmq
+  ensure_broker_tls
 }
+
+source "${BASH_SOURCE[0]%/*}/broker.sh"

@@ -8,7 +8,7 @@ pub mod watch;
 use std::time::Duration;
 
 use messaging::dead_letters;
-use messaging::{Broker, BrokerConfig};
+use messaging::{Broker, BrokerConfig, Party};
 use serde_json::{Value, json};
 use testkit::database::TestDatabase;
 use testkit::otlp::OtlpCapture;
@@ -21,7 +21,8 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 pub struct System {
     /// Prefix of this system's exchanges and queues.
     pub namespace: String,
-    /// The services' broker settings, for looking at their queues.
+    /// The services' broker settings with the administrator's account, for looking at their
+    /// queues; each service connects with its own ([`Service::party`]).
     pub broker: BrokerConfig,
     pub shop: ServiceProcess,
     pub crm: ServiceProcess,
@@ -30,7 +31,7 @@ pub struct System {
     pub client: reqwest::Client,
     /// The customer's token of each order placed through this system, for Shop's order URLs.
     tokens: std::sync::Mutex<std::collections::HashMap<Uuid, String>>,
-    /// What every service is started with (its database URL comes on top).
+    /// What every service is started with (its database URL and broker account come on top).
     env: Vec<(String, String)>,
     /// Shop's, CRM's and MES's, in that order.
     databases: [TestDatabase; 3],
@@ -77,6 +78,19 @@ impl Service {
     fn index(self) -> usize {
         self as usize
     }
+
+    pub fn system(self) -> domain::System {
+        match self {
+            Self::Shop => domain::System::Shop,
+            Self::Crm => domain::System::Crm,
+            Self::Mes => domain::System::Mes,
+        }
+    }
+
+    /// Who it is on the broker: it connects with this party's own account.
+    pub fn party(self) -> Party {
+        Party::Service(self.system())
+    }
 }
 
 /// A placed order and the answer to placing it.
@@ -97,8 +111,7 @@ impl System {
         let broker = testkit::broker::isolated();
         let storage = tempfile::tempdir().expect("a storage directory");
         let otlp = OtlpCapture::start().await;
-        let mut env = testkit::broker::env(&broker);
-        env.extend(otlp.env());
+        let mut env = otlp.env();
         env.push((
             "HALLMARK_STORAGE_DIR".into(),
             storage.path().display().to_string(),
@@ -122,11 +135,7 @@ impl System {
             TestDatabase::create("mes").await,
         ];
         let start = |service: Service| {
-            let mut env = env.clone();
-            env.push((
-                service.database_variable().into(),
-                databases[service.index()].url().into(),
-            ));
+            let env = service_env(&env, &broker, &databases, service);
             async move { ServiceProcess::start(service.binary(), service.port_variable(), &env).await }
         };
         let mes = start(Service::Mes).await;
@@ -162,16 +171,13 @@ impl System {
     /// listens on a new port.
     pub async fn restart(&mut self, service: Service) {
         self.process(service).kill().await;
-        let mut env: Vec<(String, String)> = self
+        let env: Vec<(String, String)> = self
             .env
             .iter()
             .filter(|(k, _)| k != messaging::crash::ENV)
             .cloned()
             .collect();
-        env.push((
-            service.database_variable().into(),
-            self.databases[service.index()].url().into(),
-        ));
+        let env = service_env(&env, &self.broker, &self.databases, service);
         *self.process(service) =
             ServiceProcess::start(service.binary(), service.port_variable(), &env).await;
     }
@@ -379,6 +385,32 @@ impl System {
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
+}
+
+/// What `service` is started with: `common`, its own database, and the broker settings with its
+/// own account.
+fn service_env(
+    common: &[(String, String)],
+    broker: &BrokerConfig,
+    databases: &[TestDatabase; 3],
+    service: Service,
+) -> Vec<(String, String)> {
+    let mut env = common.to_vec();
+    env.extend(testkit::broker::env(&testkit::broker::as_party(
+        broker,
+        service.party(),
+    )));
+    env.push((
+        service.database_variable().into(),
+        databases[service.index()].url().into(),
+    ));
+    env
+}
+
+/// The broker settings of `party` in `system`'s namespace as environment variables, e.g. for the
+/// `hallmark dlq` command as the operator.
+pub fn broker_env(system: &System, party: Party) -> Vec<(String, String)> {
+    testkit::broker::env(&testkit::broker::as_party(&system.broker, party))
 }
 
 /// Places an order for `fixture` at the Shop at `shop_url` (multipart, with a customer whose

@@ -10,7 +10,7 @@ use chrono::Utc;
 use e2e::checker::{self, Verdict};
 use e2e::{PATIENCE, Service, System};
 use lapin::types::FieldTable;
-use messaging::Broker;
+use messaging::Party;
 use messaging::crash;
 use messaging::publisher::{Outgoing, Publisher};
 use testkit::otlp::kind;
@@ -148,7 +148,8 @@ async fn sigterm_drains_in_flight_work_and_a_restart_finishes_the_rest() {
 #[tokio::test]
 async fn a_poison_message_is_dead_lettered_at_once_and_an_operator_sees_and_replays_it() {
     let system = System::start().await;
-    let broker = Broker::new(system.broker.clone(), "e2e-poison");
+    // Sent by CRM's account, whose word a price request is: only its body is wrong.
+    let broker = testkit::broker::connect_as(&system.broker, Service::Crm.party());
     let message_id = Uuid::now_v7();
     let publisher = Publisher::open(&broker).await.unwrap();
     publisher
@@ -169,7 +170,7 @@ async fn a_poison_message_is_dead_lettered_at_once_and_an_operator_sees_and_repl
     let cli = |args: &[&str]| {
         let output = std::process::Command::new(binary("hallmark"))
             .args(args)
-            .envs(testkit::broker::env(&system.broker))
+            .envs(e2e::broker_env(&system, Party::Operator))
             .output()
             .expect("the hallmark command runs");
         assert!(output.status.success(), "hallmark {args:?}: {output:?}");

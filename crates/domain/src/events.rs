@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::material::Material;
 use crate::pricing::Quote;
-use crate::status::OrderStatus;
+use crate::status::{OrderStatus, System};
 
 /// The body schema version this build writes and reads.
 pub const ENVELOPE_VERSION: u16 = 1;
@@ -124,10 +124,44 @@ impl Event {
     /// (`order.status_changed.confirmed`) so a queue can bind to just the moves it acts on.
     pub fn routing_key(&self) -> String {
         match self {
-            Self::StatusChanged(change) => format!("{ORDER_STATUS_CHANGED}.{}", change.to),
+            Self::StatusChanged(change) => status_routing_key(change.to),
             other => other.kind().to_owned(),
         }
     }
+
+    /// The system whose word this event is, and so the only one that may send it: Shop
+    /// announces new orders, CRM asks for prices, and a status change belongs to the owner of
+    /// the status it moves to ([`OrderStatus::owner`]). Consumers apply an event only when it
+    /// comes from its owner.
+    pub fn owner(&self) -> System {
+        match self {
+            Self::OrderCreated(_) => System::Shop,
+            Self::PricingRequested(_) => System::Crm,
+            Self::StatusChanged(change) => change.to.owner(),
+        }
+    }
+}
+
+/// The routing key of a move to `status`.
+pub fn status_routing_key(status: OrderStatus) -> String {
+    format!("{ORDER_STATUS_CHANGED}.{status}")
+}
+
+/// Every routing key `system` publishes, as [`Event::owner`] assigns them: what the broker lets
+/// its account publish and nothing more.
+pub fn routing_keys_owned_by(system: System) -> Vec<String> {
+    let own_kinds = [
+        (ORDER_CREATED, System::Shop),
+        (ORDER_PRICING_REQUESTED, System::Crm),
+    ]
+    .into_iter()
+    .filter(|(_, owner)| *owner == system)
+    .map(|(key, _)| key.to_owned());
+    let own_statuses = OrderStatus::ALL
+        .into_iter()
+        .filter(|status| status.owner() == system)
+        .map(status_routing_key);
+    own_kinds.chain(own_statuses).collect()
 }
 
 /// Where an order came from.
@@ -166,13 +200,35 @@ pub struct Customer {
 /// Where the uploaded model is stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelRef {
-    /// Object key, `models/{order_id}/{file}.stl`.
+    /// Object key, `models/{order_id}/{file}.stl` ([`ModelRef::key_for`]).
     pub key: String,
     /// The customer's file name, sanitized.
     pub file_name: String,
     pub size_bytes: u64,
     /// Hex SHA-256 of the stored bytes, so a reader can tell it got the same file.
     pub sha256: String,
+}
+
+impl ModelRef {
+    /// Where the model of `order_id` is stored: under the order's own folder, in a file whose
+    /// name is letters, digits, `-`, `_` and `.` only (Shop sanitizes the customer's).
+    pub fn key_for(order_id: Uuid, file_name: &str) -> String {
+        format!("models/{order_id}/{file_name}")
+    }
+
+    /// Whether the key names a file directly in `order_id`'s folder: one file name of safe
+    /// characters, not starting with a dot, so no `..`, slash or other order's folder can make
+    /// a message about one order read another order's model.
+    pub fn belongs_to(&self, order_id: Uuid) -> bool {
+        let folder = format!("models/{order_id}/");
+        self.key.strip_prefix(&folder).is_some_and(|file| {
+            !file.is_empty()
+                && !file.starts_with('.')
+                && file
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -282,6 +338,68 @@ mod tests {
             Envelope::from_slice(br#"{"message_id": 5}"#),
             Err(EnvelopeError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn every_routing_key_has_exactly_one_owner_and_the_owner_of_an_event_publishes_its_key() {
+        let owned: Vec<(System, String)> = System::ALL
+            .into_iter()
+            .flat_map(|system| {
+                routing_keys_owned_by(system)
+                    .into_iter()
+                    .map(move |key| (system, key))
+            })
+            .collect();
+        let mut keys: Vec<&String> = owned.iter().map(|(_, key)| key).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), owned.len(), "a key owned twice: {owned:?}");
+        assert_eq!(owned.len(), 2 + OrderStatus::ALL.len());
+        for status in OrderStatus::ALL {
+            let event = status_changed(status);
+            let owner = event.data.owner();
+            assert!(
+                routing_keys_owned_by(owner).contains(&event.routing_key()),
+                "{status}"
+            );
+        }
+        assert_eq!(
+            routing_keys_owned_by(System::Shop)[0],
+            "order.created",
+            "Shop announces new orders"
+        );
+        assert!(routing_keys_owned_by(System::Crm).contains(&"order.pricing_requested".into()));
+        assert!(
+            !routing_keys_owned_by(System::Shop).contains(&"order.status_changed.priced".into())
+        );
+    }
+
+    #[test]
+    fn a_model_key_belongs_only_to_its_own_order() {
+        let order = Uuid::now_v7();
+        let model = |key: String| ModelRef {
+            key,
+            file_name: "ring.stl".into(),
+            size_bytes: 1,
+            sha256: String::new(),
+        };
+        assert!(model(ModelRef::key_for(order, "ring.stl")).belongs_to(order));
+        assert!(model(ModelRef::key_for(order, "Ring_v2-final.stl")).belongs_to(order));
+        let other = Uuid::now_v7();
+        for key in [
+            ModelRef::key_for(other, "ring.stl"),
+            format!("models/{order}/../{other}/ring.stl"),
+            format!("models/{order}/.."),
+            format!("models/{order}/"),
+            format!("models/{order}/sub/ring.stl"),
+            format!("models/{order}/.hidden.stl"),
+            format!("models/{order}ring.stl"),
+            format!("/models/{order}/ring.stl"),
+            format!("models/{order}/ring.stl\n"),
+            format!("models/{}/ring.stl", order.simple()),
+        ] {
+            assert!(!model(key.clone()).belongs_to(order), "{key}");
+        }
     }
 
     #[test]

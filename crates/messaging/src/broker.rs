@@ -5,13 +5,15 @@ use secrecy::ExposeSecret as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use domain::System;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Channel, Connection, ConnectionProperties};
 use platform::server::CLOSE_TIMEOUT;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::BrokerConfig;
-use crate::topology::{self, Names};
+use crate::config::{BrokerConfig, TlsFiles};
+use crate::topology::{self, Names, Scope};
 
 /// Shared handle to the broker. Components ask it for channels; when the connection has died it
 /// connects again, so each component only has to retry its own loop.
@@ -23,24 +25,50 @@ pub struct Broker {
 struct Inner {
     config: BrokerConfig,
     names: Names,
+    scope: Scope,
+    /// The account this connects as: the `user-id` of every message it publishes.
+    user: Option<String>,
     connection_name: String,
     connection: Mutex<Option<Connection>>,
 }
 
 impl Broker {
-    /// `connection_name` shows in the broker's management UI, e.g. `shop-api`; under a
-    /// namespace it is followed by the namespace in brackets, so the connections of one
-    /// namespace can be told apart (and cut by fault-injection tests).
+    /// A connection that declares the whole topology (`Scope::Everything`): for tests and tools
+    /// with an administrator's account. `connection_name` shows in the broker's management UI,
+    /// e.g. `shop-api`; under a namespace it is followed by the namespace in brackets, so the
+    /// connections of one namespace can be told apart (and cut by fault-injection tests).
     pub fn new(config: BrokerConfig, connection_name: impl Into<String>) -> Self {
+        Self::with_scope(config, connection_name, Scope::Everything)
+    }
+
+    /// `system`'s connection, named after it: it declares the shared exchanges and its own
+    /// queues (`Scope::Service`), which is what its account may do.
+    pub fn service(config: BrokerConfig, system: System) -> Self {
+        Self::with_scope(config, system.service_name(), Scope::Service(system))
+    }
+
+    /// The operator's connection: it declares nothing and works on what the services declared.
+    pub fn operator(config: BrokerConfig, connection_name: impl Into<String>) -> Self {
+        Self::with_scope(config, connection_name, Scope::Nothing)
+    }
+
+    pub fn with_scope(
+        config: BrokerConfig,
+        connection_name: impl Into<String>,
+        scope: Scope,
+    ) -> Self {
         let names = Names::new(&config.namespace);
         let connection_name = match config.namespace.as_str() {
             "" => connection_name.into(),
             namespace => format!("{} [{namespace}]", connection_name.into()),
         };
+        let user = config.user();
         Self {
             inner: Arc::new(Inner {
                 config,
                 names,
+                scope,
+                user,
                 connection_name,
                 connection: Mutex::new(None),
             }),
@@ -55,9 +83,15 @@ impl Broker {
         &self.inner.names
     }
 
-    /// A new channel on the live connection. When there is none it connects and declares the
-    /// whole topology first, so every channel handed out can publish and consume, also after the
-    /// broker lost its state.
+    /// The account this connects as, which the broker checks as the `user-id` of every message
+    /// it publishes.
+    pub fn user(&self) -> Option<&str> {
+        self.inner.user.as_deref()
+    }
+
+    /// A new channel on the live connection. When there is none it connects and declares its
+    /// topology ([`Scope`]) first, so every channel handed out can publish and consume, also after
+    /// the broker lost its state.
     pub async fn channel(&self) -> lapin::Result<Channel> {
         let mut guard = self.inner.connection.lock().await;
         if let Some(connection) = guard.as_ref()
@@ -70,15 +104,15 @@ impl Broker {
         }
         let properties = ConnectionProperties::default()
             .with_connection_name(self.inner.connection_name.clone().into());
-        let connection = Connection::connect(
+        let connection = Connection::connect_with_config(
             self.inner.config.url_with_heartbeat().expose_secret(),
             properties,
+            tls_config(&self.inner.config.tls)?,
+            lapin::runtime::default_runtime()?,
         )
         .await?;
-        let setup = connection.create_channel().await?;
-        topology::declare(&setup, &self.inner.config).await?;
-        let _ = setup.close(200, "topology declared".into()).await;
-        tracing::info!(connection = %self.inner.connection_name, "amqp connected, topology declared");
+        topology::declare(&connection, &self.inner.config, self.inner.scope).await?;
+        tracing::info!(connection = %self.inner.connection_name, user = self.user().unwrap_or_default(), "amqp connected, topology declared");
         let channel = connection.create_channel().await?;
         *guard = Some(connection);
         Ok(channel)
@@ -121,6 +155,41 @@ impl Broker {
             );
         }
     }
+}
+
+/// The certificates of a TLS connection, read afresh at each connection (so renewed files are
+/// picked up when the connection is next made). Used only for `amqps://` URIs.
+fn tls_config(files: &TlsFiles) -> lapin::Result<OwnedTLSConfig> {
+    let read = |variable: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|err| {
+            lapin::Error::from(std::io::Error::new(
+                err.kind(),
+                format!("cannot read {variable} {}: {err}", path.display()),
+            ))
+        })
+    };
+    let cert_chain = match &files.ca_file {
+        Some(path) => Some(
+            String::from_utf8(read("HALLMARK_AMQP_CA_FILE", path)?).map_err(|_| {
+                lapin::Error::from(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("HALLMARK_AMQP_CA_FILE {} is not PEM text", path.display()),
+                ))
+            })?,
+        ),
+        None => None,
+    };
+    let identity = match (&files.client_cert, &files.client_key) {
+        (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+            pem: read("HALLMARK_AMQP_CLIENT_CERT", cert)?,
+            key: read("HALLMARK_AMQP_CLIENT_KEY", key)?,
+        }),
+        _ => None,
+    };
+    Ok(OwnedTLSConfig {
+        identity,
+        cert_chain,
+    })
 }
 
 /// How reconnecting to the broker and restarting a consumer or relay wait between attempts:

@@ -1,20 +1,35 @@
 //! Broker settings shared by every service. All services of one deployment must agree on the
-//! topology settings (namespace, retry delays, delivery limit): they declare the same queues, and
-//! RabbitMQ refuses a redeclaration with different arguments.
+//! topology settings (namespace, retry delays, delivery limit) and on the accounts: they declare
+//! the same exchanges and queues, RabbitMQ refuses a redeclaration with different arguments, and
+//! a consumer judges who sent a message by the accounts map.
+
+use std::path::PathBuf;
 
 use secrecy::{ExposeSecret as _, SecretString};
 use settings::ConfigError;
 use std::time::Duration;
 
-/// Where the broker is and how the topology is shaped.
+use crate::accounts::{self, Accounts, Party};
+
+/// Where the broker is, who this process is on it, and how the topology is shaped.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    /// AMQP URI, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`: a secret, it holds the password
-    /// (`Debug` does not show it). A `heartbeat` query parameter is added (15 s) when absent so a
-    /// dead connection is noticed within seconds. Env: `HALLMARK_AMQP_URL` (required unless
-    /// `HALLMARK_ENV` is `development` or `test`, where it defaults to the development broker's
-    /// `guest` account on this machine, which RabbitMQ accepts only from loopback).
+    /// AMQP URI with this process's own account, e.g.
+    /// `amqps://hallmark-shop:…@broker:5671/%2f`: a secret, it holds the password (`Debug` does
+    /// not show it). `amqps://` connects with TLS ([`BrokerConfig::tls`]). A `heartbeat` query
+    /// parameter is added (15 s) when absent so a dead connection is noticed within seconds.
+    /// Env: `HALLMARK_AMQP_URL` (required unless `HALLMARK_ENV` is `development` or `test`, where
+    /// it defaults to the process's development account on this machine's broker, e.g.
+    /// `amqp://hallmark-shop:hallmark-shop-local-only@127.0.0.1:5672/%2f`). Its user must be the
+    /// process's account in [`BrokerConfig::accounts`]; RabbitMQ's `guest` and the development
+    /// passwords are refused outside development.
     pub url: SecretString,
+    /// The broker account of each service and of the operator: whose messages a consumer
+    /// accepts. Env: `HALLMARK_AMQP_ACCOUNTS` (see [`Accounts`]).
+    pub accounts: Accounts,
+    /// Certificates for `amqps://`. Env: `HALLMARK_AMQP_CA_FILE`, `HALLMARK_AMQP_CLIENT_CERT`,
+    /// `HALLMARK_AMQP_CLIENT_KEY` (see [`TlsFiles`]).
+    pub tls: TlsFiles,
     /// Prefix for every exchange and queue name (`{namespace}.hallmark.orders`). Empty in
     /// production; tests use a unique one each. Env: `HALLMARK_AMQP_NAMESPACE`.
     pub namespace: String,
@@ -38,10 +53,52 @@ pub struct BrokerConfig {
     pub inbox_retention: Duration,
 }
 
+/// The certificate files of a TLS connection (`amqps://`), all PEM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate authority that signed the broker's certificate, trusted in addition to
+    /// the system's. Env: `HALLMARK_AMQP_CA_FILE` (default: the system's trust store only).
+    pub ca_file: Option<PathBuf>,
+    /// This process's certificate, for brokers that ask clients for one
+    /// (`ssl_options.verify = verify_peer`); with [`TlsFiles::client_key`].
+    /// Env: `HALLMARK_AMQP_CLIENT_CERT`.
+    pub client_cert: Option<PathBuf>,
+    /// The private key of [`TlsFiles::client_cert`] (PKCS#8). Env: `HALLMARK_AMQP_CLIENT_KEY`.
+    pub client_key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// From `HALLMARK_AMQP_CA_FILE`, `HALLMARK_AMQP_CLIENT_CERT` and `HALLMARK_AMQP_CLIENT_KEY`;
+    /// a certificate without its key (or the reverse) is refused.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let path = |variable: &str| settings::optional(variable).map(PathBuf::from);
+        let files = Self {
+            ca_file: path("HALLMARK_AMQP_CA_FILE"),
+            client_cert: path("HALLMARK_AMQP_CLIENT_CERT"),
+            client_key: path("HALLMARK_AMQP_CLIENT_KEY"),
+        };
+        match (&files.client_cert, &files.client_key) {
+            (Some(_), None) => Err(ConfigError {
+                variable: "HALLMARK_AMQP_CLIENT_KEY".to_owned(),
+                message: "must be set with HALLMARK_AMQP_CLIENT_CERT (the certificate's key)"
+                    .to_owned(),
+            }),
+            (None, Some(_)) => Err(ConfigError {
+                variable: "HALLMARK_AMQP_CLIENT_CERT".to_owned(),
+                message: "must be set with HALLMARK_AMQP_CLIENT_KEY (the key's certificate)"
+                    .to_owned(),
+            }),
+            _ => Ok(files),
+        }
+    }
+}
+
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
-            url: SecretString::from("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            url: SecretString::from(Party::Operator.development_url()),
+            accounts: Accounts::default(),
+            tls: TlsFiles::default(),
             namespace: String::new(),
             retry_delays: vec![
                 Duration::from_secs(1),
@@ -64,13 +121,29 @@ fn parse_duration(variable: &str, text: &str) -> Result<Duration, ConfigError> {
 }
 
 impl BrokerConfig {
-    /// Defaults overridden by the `HALLMARK_AMQP_*` variables documented on each field.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let mut config = Self::default();
+    /// Defaults overridden by the `HALLMARK_AMQP_*` variables documented on each field, for
+    /// `party` (whose account the URL must name).
+    pub fn from_env(party: Party) -> Result<Self, ConfigError> {
+        let mut config = Self::shared_from_env()?;
         config.url = SecretString::from(settings::credential(
             "HALLMARK_AMQP_URL",
-            config.url.expose_secret(),
+            &party.development_url(),
         )?);
+        accounts::check(
+            party,
+            config.url.expose_secret(),
+            &config.accounts,
+            settings::development(),
+        )?;
+        config.tls = TlsFiles::from_env()?;
+        Ok(config)
+    }
+
+    /// The settings every party of a deployment shares (accounts map, namespace, retries, …),
+    /// without a connection of its own: the default URL and no TLS files.
+    pub fn shared_from_env() -> Result<Self, ConfigError> {
+        let mut config = Self::default();
+        config.accounts = Accounts::from_env()?;
         config.namespace = settings::string("HALLMARK_AMQP_NAMESPACE", &config.namespace);
         if let Some(delays) = settings::optional("HALLMARK_RETRY_DELAYS") {
             config.retry_delays = delays
@@ -106,6 +179,14 @@ impl BrokerConfig {
             });
         }
         Ok(())
+    }
+
+    /// The user this configuration connects as (the AMQP `user-id` of what it publishes);
+    /// `None` when the URL does not read.
+    pub fn user(&self) -> Option<String> {
+        accounts::credentials_of(self.url.expose_secret())
+            .ok()
+            .map(|(user, _)| user)
     }
 
     /// The URI with a heartbeat, so a dead peer is detected; for connecting only (it exposes

@@ -5,6 +5,12 @@
 //! A redelivered message finds its inbox row and is acknowledged without running the handler
 //! again, so effects happen exactly once per message id.
 //!
+//! Before any of that, the message must come from its owner (`domain::events::Event::owner`):
+//! its sender ([`crate::sender`], from the AMQP `user-id` the broker checked) must be the
+//! owner's account. A message from anyone else, or from nobody, goes to `{queue}.dlq` with the
+//! code `forged_sender`, is counted in `hallmark.messages.forged` and touches neither the inbox
+//! nor the service's data, so a forged copy cannot take the inbox key of a real message.
+//!
 //! Failures:
 //! * a body that is not a valid envelope can never succeed: it goes straight to `{queue}.dlq`;
 //! * [`HandlerError::Permanent`]: likewise, with the handler's code and message;
@@ -53,9 +59,10 @@ use crate::broker::{Backoff, Broker};
 use crate::crash;
 use crate::publisher::{
     HEADER_ERROR_CODE, HEADER_ERROR_MESSAGE, HEADER_FAILED_QUEUE, HEADER_ORIGINAL_EXCHANGE,
-    HEADER_ORIGINAL_ROUTING_KEY, HEADER_PUBLISHED_AT_US, HEADER_RETRY_COUNT, Outgoing, Publisher,
-    header_i64, header_str,
+    HEADER_ORIGINAL_ROUTING_KEY, HEADER_ORIGINAL_USER_ID, HEADER_PUBLISHED_AT_US,
+    HEADER_RETRY_COUNT, Outgoing, Publisher, header_i64, header_str,
 };
+use crate::sender::{self, FORGED_SENDER};
 use crate::topology::QueueSpec;
 
 /// A message handed to a [`Handler`].
@@ -182,6 +189,8 @@ struct Shared<H> {
     broker: Broker,
     handler: Arc<H>,
     queue: &'static str,
+    /// Whose copies of this queue's messages name their first sender.
+    republishers: [String; 2],
     cancel: CancellationToken,
 }
 
@@ -195,11 +204,14 @@ pub async fn run<H: Handler>(
     config: ConsumerConfig,
     cancel: CancellationToken,
 ) {
+    let republishers =
+        sender::republishers(&config.queue, &broker.config().accounts).map(str::to_owned);
     let shared = Arc::new(Shared {
         pool,
         broker,
         handler,
         queue: config.queue.name,
+        republishers,
         cancel: cancel.clone(),
     });
     let mut backoff = Backoff::default();
@@ -249,6 +261,14 @@ async fn consume<H: Handler>(
             _ = cancel.cancelled() => break Ok(()),
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
+        // Without its publisher (the broker closed that channel, e.g. refusing a publish) every
+        // retry or dead letter would be requeued at once, again and again: start over instead.
+        if !publisher.is_open() {
+            break Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+                lapin::ChannelState::Closed,
+                "publisher",
+            )));
+        }
         let delivery = tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
             next = consumer.next() => next,
@@ -319,6 +339,9 @@ impl Origin {
 async fn process<H: Handler>(shared: &Shared<H>, publisher: &Publisher, delivery: Delivery) {
     let started = Instant::now();
     let headers = headers_of(&delivery);
+    let user_id = delivery.properties.user_id().as_ref().map(|u| u.as_str());
+    let [own, operator] = &shared.republishers;
+    let sender = sender::sender_of(user_id, &headers, [own, operator]);
     let creation = extract_amqp(&headers);
     let retry_count = header_i64(&headers, HEADER_RETRY_COUNT)
         .and_then(|v| u32::try_from(v).ok())
@@ -365,6 +388,9 @@ async fn process<H: Handler>(shared: &Shared<H>, publisher: &Publisher, delivery
             KeyValue::new(MESSAGING_MESSAGE_BODY_SIZE, delivery.data.len() as i64),
             KeyValue::new(attr::RETRY_COUNT, i64::from(retry_count)),
         ]);
+        if let Some(sender) = &sender {
+            attributes.push(KeyValue::new(attr::MESSAGE_SENDER, sender.clone()));
+        }
         if let Some(wait) = queue_wait {
             attributes.push(KeyValue::new(attr::QUEUE_WAIT_MS, wait.as_millis() as i64));
         }
@@ -392,14 +418,35 @@ async fn process<H: Handler>(shared: &Shared<H>, publisher: &Publisher, delivery
                     shared,
                     publisher,
                     &delivery,
-                    None,
-                    "message_malformed",
-                    &err.to_string(),
+                    Verdict::new("message_malformed", &err.to_string(), &sender),
                 )
                 .await;
             }
         };
         spans::record(KeyValue::new(attr::MESSAGE_TYPE, envelope.kind.clone()));
+        // Checked before the inbox: a forged copy must neither be applied nor take the inbox
+        // key of the real message.
+        if let Err(forged) = sender::check(
+            &envelope.data,
+            sender.as_deref(),
+            &shared.broker.config().accounts,
+        ) {
+            metrics().forged.add(
+                1,
+                &[
+                    KeyValue::new("queue", shared.queue),
+                    KeyValue::new("claimed_owner", forged.owner.service_name()),
+                ],
+            );
+            telemetry::metrics::record_failure("consume", shared.queue, FORGED_SENDER);
+            return dead_letter(
+                shared,
+                publisher,
+                &delivery,
+                Verdict::new(FORGED_SENDER, &forged.to_string(), &sender),
+            )
+            .await;
+        }
         let incoming = Incoming {
             envelope,
             queue: shared.queue,
@@ -451,21 +498,12 @@ async fn process<H: Handler>(shared: &Shared<H>, publisher: &Publisher, delivery
                 telemetry::metrics::record_failure("consume", shared.queue, err.code());
                 match err {
                     HandlerError::Transient { code, message } => {
-                        retry_or_dead_letter(
-                            shared, publisher, &delivery, &incoming, code, &message,
-                        )
-                        .await
+                        let verdict = Verdict::new(code, &message, &sender).of(&incoming);
+                        retry_or_dead_letter(shared, publisher, &delivery, verdict).await
                     }
                     HandlerError::Permanent { code, message } => {
-                        dead_letter(
-                            shared,
-                            publisher,
-                            &delivery,
-                            Some(&incoming),
-                            code,
-                            &message,
-                        )
-                        .await
+                        let verdict = Verdict::new(code, &message, &sender).of(&incoming);
+                        dead_letter(shared, publisher, &delivery, verdict).await
                     }
                     HandlerError::Unavailable(_) => unreachable!("waited out above"),
                 }
@@ -542,18 +580,54 @@ fn message_id_of(delivery: &Delivery) -> Uuid {
         .unwrap_or_else(Uuid::now_v7)
 }
 
+/// Why a message is republished, and what the copy must say about it.
+struct Verdict<'a> {
+    code: &'a str,
+    message: &'a str,
+    /// Its first sender, written into every copy; `None` writes an empty name.
+    sender: &'a Option<String>,
+    /// The parsed message, for a message from its owner: its handler hears of a dead letter.
+    incoming: Option<&'a Incoming>,
+}
+
+impl<'a> Verdict<'a> {
+    fn new(code: &'a str, message: &'a str, sender: &'a Option<String>) -> Self {
+        Self {
+            code,
+            message,
+            sender,
+            incoming: None,
+        }
+    }
+
+    fn of(self, incoming: &'a Incoming) -> Self {
+        Self {
+            incoming: Some(incoming),
+            ..self
+        }
+    }
+
+    /// The header naming the first sender, for a copy this consumer publishes.
+    fn sender_header(&self) -> (&'static str, AMQPValue) {
+        let sender = self.sender.as_deref().unwrap_or_default();
+        (
+            HEADER_ORIGINAL_USER_ID,
+            AMQPValue::LongString(LongString::from(sender)),
+        )
+    }
+}
+
 async fn retry_or_dead_letter<H: Handler>(
     shared: &Shared<H>,
     publisher: &Publisher,
     delivery: &Delivery,
-    incoming: &Incoming,
-    code: &str,
-    message: &str,
+    verdict: Verdict<'_>,
 ) -> Outcome {
     let delays = &shared.broker.config().retry_delays;
-    let level = incoming.retry_count as usize;
+    let retry_count = verdict.incoming.map_or(0, |incoming| incoming.retry_count);
+    let level = retry_count as usize;
     if level >= delays.len() {
-        return dead_letter(shared, publisher, delivery, Some(incoming), code, message).await;
+        return dead_letter(shared, publisher, delivery, verdict).await;
     }
     let names = shared.broker.names();
     let [exchange, routing_key] = Origin::of(delivery, &headers_of(delivery)).headers();
@@ -562,10 +636,11 @@ async fn retry_or_dead_letter<H: Handler>(
         &[
             (
                 HEADER_RETRY_COUNT,
-                AMQPValue::LongLongInt(i64::from(incoming.retry_count + 1)),
+                AMQPValue::LongLongInt(i64::from(retry_count + 1)),
             ),
             exchange,
             routing_key,
+            verdict.sender_header(),
         ],
     );
     let kind = delivery
@@ -576,8 +651,8 @@ async fn retry_or_dead_letter<H: Handler>(
         .unwrap_or_default();
     let result = publisher
         .publish(
-            &names.retry(level),
-            &names.queue(shared.queue),
+            &names.retry_exchange(),
+            &names.retry_key(level, &names.queue(shared.queue)),
             Outgoing {
                 message_id: message_id_of(delivery),
                 kind: &kind,
@@ -590,9 +665,9 @@ async fn retry_or_dead_letter<H: Handler>(
     match result {
         Ok(()) => {
             tracing::warn!(
-                code,
-                error = message,
-                retry = incoming.retry_count + 1,
+                code = verdict.code,
+                error = verdict.message,
+                retry = retry_count + 1,
                 delay_ms = delays[level].as_millis() as u64,
                 "message processing failed, retrying later"
             );
@@ -610,10 +685,9 @@ async fn dead_letter<H: Handler>(
     shared: &Shared<H>,
     publisher: &Publisher,
     delivery: &Delivery,
-    incoming: Option<&Incoming>,
-    code: &str,
-    message: &str,
+    verdict: Verdict<'_>,
 ) -> Outcome {
+    let Verdict { code, message, .. } = verdict;
     let names = shared.broker.names();
     let exchange = names.dead_letter_exchange();
     let queue = names.queue(shared.queue);
@@ -641,6 +715,7 @@ async fn dead_letter<H: Handler>(
             ),
             original_exchange,
             original_routing_key,
+            verdict.sender_header(),
         ],
     );
     let kind = delivery
@@ -670,7 +745,7 @@ async fn dead_letter<H: Handler>(
     metrics()
         .dead_lettered
         .add(1, &[KeyValue::new("queue", shared.queue)]);
-    if let Some(incoming) = incoming
+    if let Some(incoming) = verdict.incoming
         && let Err(err) = mark_dead_lettered(shared, incoming, code, message).await
     {
         tracing::warn!(error = %err, "cannot record the dead letter on the order");

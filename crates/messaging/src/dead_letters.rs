@@ -7,7 +7,10 @@
 //! exchange so that no other queue sees it again, with publisher confirms, and only then
 //! acknowledges the dead letter: a crash in between leaves a message in both places, which the
 //! consumer's inbox makes harmless. The replayed copy keeps its message id and trace context,
-//! starts its retries from zero and counts its replays in `x-replay-count`.
+//! starts its retries from zero and counts its replays in `x-replay-count`. It is published
+//! with the operator's account and names the message's first sender (`x-original-user-id`) as
+//! the consumer would judge it ([`crate::sender`]): a replay vouches for no more than the dead
+//! letter did, so a forged message replayed is refused again.
 //!
 //! The `hallmark dlq` command drives this module; see docs/reliability.md.
 
@@ -23,9 +26,10 @@ use uuid::Uuid;
 use crate::broker::Broker;
 use crate::publisher::{
     HEADER_ERROR_CODE, HEADER_ERROR_MESSAGE, HEADER_FAILED_QUEUE, HEADER_ORIGINAL_ROUTING_KEY,
-    HEADER_PUBLISHED_AT_US, HEADER_RETRY_COUNT, Outgoing, PublishError, Publisher, header_i64,
-    header_str,
+    HEADER_ORIGINAL_USER_ID, HEADER_PUBLISHED_AT_US, HEADER_RETRY_COUNT, Outgoing, PublishError,
+    Publisher, header_i64, header_str,
 };
+use crate::sender;
 use crate::topology::{QUEUES, QueueSpec};
 
 /// Header counting how often an operator replayed a message.
@@ -44,6 +48,9 @@ pub struct DeadLetter {
     pub order_id: Option<Uuid>,
     /// The routing key it was first published with.
     pub routing_key: Option<String>,
+    /// The broker account that first sent it, as its consumer judges it; `None` when it came
+    /// without one.
+    pub sender: Option<String>,
     /// Why it was dead-lettered (`x-error-code` / `x-error-message`).
     pub error_code: Option<String>,
     pub error_message: Option<String>,
@@ -83,12 +90,22 @@ pub fn queue(logical: &str) -> Result<QueueSpec, DeadLetterError> {
         .ok_or_else(|| DeadLetterError::UnknownQueue(logical.to_owned()))
 }
 
-/// Messages waiting in each dead-letter queue, in the order of [`QUEUES`].
+/// Messages waiting in each dead-letter queue, in the order of [`QUEUES`]. A queue that does not
+/// exist yet (its service has never connected: each declares its own) holds none.
 pub async fn counts(broker: &Broker) -> Result<Vec<(&'static str, u32)>, DeadLetterError> {
-    let channel = broker.channel().await?;
+    let mut channel = broker.channel().await?;
     let mut counts = Vec::with_capacity(QUEUES.len());
     for spec in QUEUES {
-        counts.push((spec.name, depth(&channel, broker, spec).await?));
+        let count = match depth(&channel, broker, spec).await {
+            Ok(count) => count,
+            Err(err) if crate::topology::reply_code(&err) == Some(404) => {
+                // The broker closed the channel over it.
+                channel = broker.channel().await?;
+                0
+            }
+            Err(err) => return Err(err.into()),
+        };
+        counts.push((spec.name, count));
     }
     let _ = channel.close(200, "dead letters counted".into()).await;
     Ok(counts)
@@ -107,7 +124,7 @@ pub async fn list(
         let Some(message) = get(&channel, &dlq).await? else {
             break;
         };
-        letters.push(describe(spec.name, &message));
+        letters.push(describe(broker, spec, &message));
     }
     // Closing without acknowledging returns every message taken, in order.
     let _ = channel.close(200, "dead letters listed".into()).await;
@@ -127,9 +144,10 @@ pub async fn replay(
     let dlq = broker.names().dead_letter_queue(spec.name);
     let queue = broker.names().queue(spec.name);
     let requeue = broker.names().requeue_exchange();
+    let key = broker.names().requeue_key("replay", &queue);
     let mut replayed: Vec<DeadLetter> = Vec::new();
     while let Some(message) = get(&channel, &dlq).await? {
-        let letter = describe(spec.name, &message);
+        let letter = describe(broker, spec, &message);
         if letter.message_id.is_some() && replayed.iter().any(|r| r.message_id == letter.message_id)
         {
             break;
@@ -145,7 +163,7 @@ pub async fn replay(
         publisher
             .publish(
                 &requeue,
-                &queue,
+                &key,
                 Outgoing {
                     message_id: letter
                         .message_id
@@ -154,7 +172,7 @@ pub async fn replay(
                         .unwrap_or_else(Uuid::now_v7),
                     kind: &kind,
                     body: &message.delivery.data,
-                    headers: replay_headers(&message, letter.replays + 1),
+                    headers: replay_headers(&message, letter.replays + 1, &letter.sender),
                     occurred_at: chrono::Utc::now(),
                 },
             )
@@ -193,20 +211,28 @@ async fn depth(channel: &Channel, broker: &Broker, spec: QueueSpec) -> lapin::Re
     Ok(queue.message_count())
 }
 
+/// The next message of `queue`; `None` when it is empty or does not exist yet (its service has
+/// never connected), after which the broker has closed the channel.
 async fn get(channel: &Channel, queue: &str) -> lapin::Result<Option<BasicGetMessage>> {
-    channel
+    match channel
         .basic_get(ShortString::from(queue), BasicGetOptions { no_ack: false })
         .await
+    {
+        Err(err) if crate::topology::reply_code(&err) == Some(404) => Ok(None),
+        other => other,
+    }
 }
 
-fn describe(queue: &'static str, message: &BasicGetMessage) -> DeadLetter {
+fn describe(broker: &Broker, spec: QueueSpec, message: &BasicGetMessage) -> DeadLetter {
     let properties = &message.delivery.properties;
     let headers = properties.headers().clone().unwrap_or_default();
     let text = |key| header_str(&headers, key).map(str::to_owned);
+    let user_id = properties.user_id().as_ref().map(|u| u.as_str());
+    let republishers = sender::republishers(&spec, &broker.config().accounts);
     let body = &message.delivery.data;
     const BODY_PREVIEW: usize = 4096;
     DeadLetter {
-        queue,
+        queue: spec.name,
         message_id: properties.message_id().as_ref().map(|m| m.to_string()),
         kind: properties.kind().as_ref().map(|k| k.to_string()),
         order_id: serde_json::from_slice::<serde_json::Value>(body)
@@ -214,6 +240,7 @@ fn describe(queue: &'static str, message: &BasicGetMessage) -> DeadLetter {
             .and_then(|v| v.get("order_id")?.as_str().map(str::to_owned))
             .and_then(|id| Uuid::parse_str(&id).ok()),
         routing_key: text(HEADER_ORIGINAL_ROUTING_KEY),
+        sender: sender::sender_of(user_id, &headers, republishers),
         error_code: text(HEADER_ERROR_CODE),
         error_message: text(HEADER_ERROR_MESSAGE),
         retries: header_i64(&headers, HEADER_RETRY_COUNT).unwrap_or(0),
@@ -223,8 +250,9 @@ fn describe(queue: &'static str, message: &BasicGetMessage) -> DeadLetter {
 }
 
 /// The dead letter's headers (trace context, origin) without its verdict, with a fresh retry
-/// budget and publication time, and the replay counted.
-fn replay_headers(message: &BasicGetMessage, replays: i64) -> FieldTable {
+/// budget and publication time, the replay counted, and its first sender named (empty for
+/// none).
+fn replay_headers(message: &BasicGetMessage, replays: i64, sender: &Option<String>) -> FieldTable {
     const VERDICT: [&str; 5] = [
         HEADER_ERROR_CODE,
         HEADER_ERROR_MESSAGE,
@@ -248,5 +276,9 @@ fn replay_headers(message: &BasicGetMessage, replays: i64) -> FieldTable {
         })
         .unwrap_or_default();
     headers.insert(HEADER_REPLAY_COUNT.into(), AMQPValue::LongLongInt(replays));
+    headers.insert(
+        HEADER_ORIGINAL_USER_ID.into(),
+        AMQPValue::LongString(sender.as_deref().unwrap_or_default().into()),
+    );
     headers
 }

@@ -1,6 +1,6 @@
 //! Hallmark's messaging over RabbitMQ: nothing lost, nothing applied twice.
 //!
-//! * [`topology`]: the exchanges and quorum queues every service declares at start-up.
+//! * [`topology`]: the exchanges and quorum queues the services declare at start-up.
 //! * [`outbox`]: messages written in the business transaction and published by a relay with
 //!   publisher confirms and mandatory routing.
 //! * [`consumer`]: deliveries applied through an inbox in one transaction with their effects,
@@ -8,10 +8,14 @@
 //! * [`dead_letters`]: listing and replaying what ended in a dead-letter queue.
 //! * [`retention`]: old outbox and inbox rows deleted on a schedule.
 //! * [`broker`]: the connection, reopened with back-off after any failure.
+//! * [`accounts`], [`sender`], [`permissions`]: each service is its own broker account, every
+//!   message names its sender (the AMQP `user-id` RabbitMQ checks), consumers apply a message
+//!   only from its owner, and each account may do only what its service needs.
 //!
 //! The outbox and inbox tables live in the `messaging` schema of each service's own database
 //! and are created by [`install_schema`].
 
+pub mod accounts;
 pub mod broker;
 pub mod config;
 pub mod consumer;
@@ -20,10 +24,13 @@ pub mod dead_letters;
 pub mod headers;
 mod metrics;
 pub mod outbox;
+pub mod permissions;
 pub mod publisher;
 pub mod retention;
+pub mod sender;
 pub mod topology;
 
+pub use accounts::{Accounts, Party};
 pub use broker::{Backoff, Broker};
 pub use config::BrokerConfig;
 pub use consumer::{ConsumerConfig, Handler, HandlerError, Incoming};

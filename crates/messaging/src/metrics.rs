@@ -13,6 +13,10 @@ pub(crate) struct Metrics {
     pub queue_wait: Histogram<f64>,
     /// Messages moved to a dead-letter queue. Label: `queue`.
     pub dead_lettered: Counter<u64>,
+    /// Messages dead-lettered because they did not come from their owner (`forged_sender`),
+    /// also counted in `dead_lettered`. Labels: `queue`, `claimed_owner` (the `service.name` of
+    /// the message's owner, whom the sender was not).
+    pub forged: Counter<u64>,
     /// Messages the inbox recognised as already processed. Label: `queue`.
     pub duplicates_skipped: Counter<u64>,
     /// Outbox rows not published yet, sampled periodically. No labels (the service is in the
@@ -38,6 +42,12 @@ pub(crate) fn metrics() -> &'static Metrics {
             dead_lettered: meter
                 .u64_counter("hallmark.messages.dead_lettered")
                 .with_description("Messages moved to a dead-letter queue")
+                .build(),
+            forged: meter
+                .u64_counter("hallmark.messages.forged")
+                .with_description(
+                    "Messages dead-lettered because they did not come from their owner's account",
+                )
                 .build(),
             duplicates_skipped: meter
                 .u64_counter("hallmark.messages.duplicates")

@@ -21,6 +21,11 @@ pub const HEADER_ERROR_MESSAGE: &str = "x-error-message";
 pub const HEADER_FAILED_QUEUE: &str = "x-failed-queue";
 pub const HEADER_ORIGINAL_EXCHANGE: &str = "x-original-exchange";
 pub const HEADER_ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
+/// Header naming who first sent a message that a consumer republished (a retry, a dead letter)
+/// or an operator replayed: the AMQP `user-id` of those copies is the republisher's own. Empty
+/// when the message came without a sender. Trusted only from the queue's consumer and the
+/// operator (see `crate::sender`).
+pub const HEADER_ORIGINAL_USER_ID: &str = "x-original-user-id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -54,9 +59,11 @@ pub struct Outgoing<'a> {
     pub occurred_at: DateTime<Utc>,
 }
 
-/// A confirm-mode channel.
+/// A confirm-mode channel. Every message it sends carries the connection's account as its AMQP
+/// `user-id`, which RabbitMQ checks: the sender identity consumers trust.
 pub struct Publisher {
     channel: Channel,
+    user: Option<ShortString>,
 }
 
 /// A sent message whose confirmation has not arrived yet.
@@ -72,7 +79,10 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Self { channel })
+        Ok(Self {
+            channel,
+            user: broker.user().map(ShortString::from),
+        })
     }
 
     pub fn is_open(&self) -> bool {
@@ -94,7 +104,11 @@ impl Publisher {
                 AMQPValue::LongLongInt(Utc::now().timestamp_micros()),
             );
         }
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default();
+        if let Some(user) = &self.user {
+            properties = properties.with_user_id(user.clone());
+        }
+        let properties = properties
             .with_message_id(ShortString::from(message.message_id.to_string()))
             .with_type(ShortString::from(message.kind))
             .with_timestamp(message.occurred_at.timestamp().max(0) as u64)

@@ -5,15 +5,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use domain::OrderStatus;
 use domain::events::{Envelope, Event, StatusChanged};
+use domain::{OrderStatus, System};
 use lapin::options::BasicGetOptions;
 use lapin::types::FieldTable;
 use messaging::consumer::{self, ConsumerConfig};
 use messaging::dead_letters::{self, Selection};
 use messaging::publisher::{Outgoing, PublishError, Publisher, header_i64, header_str};
 use messaging::topology::{CRM_ORDERS, SHOP_STATUS};
-use messaging::{Broker, Handler, HandlerError, Incoming, OutboxRelay, RelayConfig};
+use messaging::{Broker, Handler, HandlerError, Incoming, OutboxRelay, Party, RelayConfig};
 use sqlx::{PgConnection, PgPool};
 use testkit::database::TestDatabase;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,12 @@ use uuid::Uuid;
 
 struct Setup {
     pool: PgPool,
+    /// The test's administrator: declares the whole topology, reads any queue.
     broker: Broker,
+    /// CRM's connection: consumes `crm.orders` and sends CRM's messages.
+    crm: Broker,
+    /// The operator's: lists and replays dead letters.
+    operator: Broker,
     cancel: CancellationToken,
     _db: TestDatabase,
     _broker_cleanup: testkit::broker::Cleanup,
@@ -43,12 +48,19 @@ async fn setup() -> Setup {
         .unwrap();
     let config = testkit::broker::isolated();
     let broker_cleanup = testkit::broker::cleanup_on_drop(&config);
-    let broker = Broker::new(config, "messaging-test");
+    let broker = Broker::new(config.clone(), "messaging-test");
     // Declares the topology.
     broker.channel().await.unwrap();
+    let crm = Broker::service(
+        testkit::broker::as_party(&config, Party::Service(System::Crm)),
+        System::Crm,
+    );
+    let operator = testkit::broker::connect_as(&config, Party::Operator);
     Setup {
         pool,
         broker,
+        crm,
+        operator,
         cancel: CancellationToken::new(),
         _db: db,
         _broker_cleanup: broker_cleanup,
@@ -70,11 +82,12 @@ fn status_event(order_id: Uuid) -> Envelope {
     )
 }
 
-/// Publishes a fresh status event to the test's exchange, as CRM would receive it.
+/// Publishes a fresh status event to the test's exchange, as CRM announces it (and receives it
+/// back on `crm.orders`).
 async fn publish_status_event(setup: &Setup) -> Envelope {
     let envelope = status_event(Uuid::now_v7());
     publish_raw(
-        &setup.broker,
+        &setup.crm,
         envelope.message_id,
         "order.status_changed.registered",
         &envelope.to_vec(),
@@ -201,7 +214,7 @@ impl Recorder {
 fn consume(setup: &Setup, handler: Arc<Recorder>) {
     tokio::spawn(consumer::run(
         setup.pool.clone(),
-        setup.broker.clone(),
+        setup.crm.clone(),
         handler,
         ConsumerConfig {
             queue: CRM_ORDERS,
@@ -212,7 +225,7 @@ fn consume(setup: &Setup, handler: Arc<Recorder>) {
 }
 
 #[tokio::test]
-async fn a_committed_outbox_row_is_published_with_its_identity_and_trace_headers() {
+async fn a_committed_outbox_row_is_published_with_its_identity_its_sender_and_trace_headers() {
     let setup = setup().await;
     let envelope = status_event(Uuid::now_v7());
     let mut tx = setup.pool.begin().await.unwrap();
@@ -221,7 +234,7 @@ async fn a_committed_outbox_row_is_published_with_its_identity_and_trace_headers
     tokio::spawn(
         OutboxRelay::new(
             setup.pool.clone(),
-            setup.broker.clone(),
+            setup.crm.clone(),
             (),
             RelayConfig::default(),
         )
@@ -241,6 +254,11 @@ async fn a_committed_outbox_row_is_published_with_its_identity_and_trace_headers
         "order.status_changed"
     );
     assert_eq!(properties.delivery_mode(), &Some(2));
+    assert_eq!(
+        properties.user_id().as_ref().map(|u| u.as_str()),
+        Some("hallmark-crm"),
+        "the sender's account, which the broker checked"
+    );
     let headers = properties.headers().clone().unwrap();
     assert!(header_i64(&headers, "x-published-at-us").is_some());
     assert!(header_str(&headers, "traceparent").is_none_or(|t| t.starts_with("00-")));
@@ -293,14 +311,14 @@ async fn a_message_delivered_twice_is_applied_once() {
     let envelope = status_event(Uuid::now_v7());
     let body = envelope.to_vec();
     publish_raw(
-        &setup.broker,
+        &setup.crm,
         envelope.message_id,
         "order.status_changed.registered",
         &body,
     )
     .await;
     publish_raw(
-        &setup.broker,
+        &setup.crm,
         envelope.message_id,
         "order.status_changed.registered",
         &body,
@@ -411,9 +429,9 @@ async fn a_body_that_is_not_an_envelope_is_dead_lettered_at_once() {
     let setup = setup().await;
     let id = Uuid::now_v7();
     publish_raw(
-        &setup.broker,
+        &setup.crm,
         id,
-        "order.created",
+        "order.status_changed.registered",
         b"{\"this\": \"is not an envelope\"",
     )
     .await;
@@ -475,7 +493,7 @@ async fn an_operator_sees_a_dead_letter_with_its_reason_and_replays_it_to_be_app
     consume(&setup, recorder.clone());
 
     let letters = testkit::wait::until("the dead letter", Duration::from_secs(10), || async {
-        let letters = dead_letters::list(&setup.broker, CRM_ORDERS, 10)
+        let letters = dead_letters::list(&setup.operator, CRM_ORDERS, 10)
             .await
             .unwrap();
         (!letters.is_empty()).then_some(letters)
@@ -494,7 +512,7 @@ async fn an_operator_sees_a_dead_letter_with_its_reason_and_replays_it_to_be_app
     );
     assert_eq!((letter.retries, letter.replays), (2, 0));
     assert_eq!(
-        dead_letters::list(&setup.broker, CRM_ORDERS, 10)
+        dead_letters::list(&setup.operator, CRM_ORDERS, 10)
             .await
             .unwrap()
             .len(),
@@ -503,7 +521,7 @@ async fn an_operator_sees_a_dead_letter_with_its_reason_and_replays_it_to_be_app
     );
 
     let other = Selection::MessageId(Uuid::now_v7().to_string());
-    let replayed = dead_letters::replay(&setup.broker, CRM_ORDERS, &other)
+    let replayed = dead_letters::replay(&setup.operator, CRM_ORDERS, &other)
         .await
         .unwrap();
     assert!(replayed.is_empty(), "only the selected message is replayed");
@@ -511,7 +529,7 @@ async fn an_operator_sees_a_dead_letter_with_its_reason_and_replays_it_to_be_app
     // The broker puts back what the previous call left alone a moment after it closed.
     let mine = Selection::MessageId(envelope.message_id.to_string());
     let replayed = testkit::wait::until("the replay", Duration::from_secs(10), || async {
-        let replayed = dead_letters::replay(&setup.broker, CRM_ORDERS, &mine)
+        let replayed = dead_letters::replay(&setup.operator, CRM_ORDERS, &mine)
             .await
             .unwrap();
         (!replayed.is_empty()).then_some(replayed)
@@ -527,7 +545,7 @@ async fn an_operator_sees_a_dead_letter_with_its_reason_and_replays_it_to_be_app
         vec![(envelope.message_id, 0)],
         "applied once, with a fresh retry budget"
     );
-    let counts = dead_letters::counts(&setup.broker).await.unwrap();
+    let counts = dead_letters::counts(&setup.operator).await.unwrap();
     assert!(counts.iter().all(|(_, n)| *n == 0), "{counts:?}");
 }
 
@@ -701,4 +719,131 @@ async fn shop_no_longer_receives_its_own_submission_once_a_restart_retires_the_o
             .is_none(),
         "Shop's own submission was routed to it"
     );
+}
+
+#[tokio::test]
+async fn a_service_replaces_an_earlier_versions_exchanges_and_what_its_retry_queues_hold_still_comes_back()
+ {
+    use lapin::ExchangeKind;
+    use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+
+    let config = testkit::broker::isolated();
+    let _cleanup = testkit::broker::cleanup_on_drop(&config);
+    let names = messaging::topology::Names::new(&config.namespace);
+    // What the version before declared: direct dead-letter and requeue exchanges, and a shared
+    // retry queue behind a fanout exchange of its name, holding a retry for crm.orders.
+    let admin = Broker::operator(config.clone(), "messaging-test");
+    let channel = admin.channel().await.unwrap();
+    let options = ExchangeDeclareOptions {
+        durable: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    for (exchange, kind) in [
+        (names.dead_letter_exchange(), ExchangeKind::Direct),
+        (names.requeue_exchange(), ExchangeKind::Direct),
+    ] {
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                kind,
+                options,
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+    let old_retry = format!("{}.hallmark.retry.1", config.namespace);
+    let mut args = FieldTable::default();
+    let text = |t: &str| lapin::types::AMQPValue::LongString(t.into());
+    args.insert("x-queue-type".into(), text("quorum"));
+    args.insert(
+        "x-expires".into(),
+        lapin::types::AMQPValue::LongLongInt(600_000),
+    );
+    args.insert(
+        "x-message-ttl".into(),
+        lapin::types::AMQPValue::LongLongInt(300),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        text(&names.requeue_exchange()),
+    );
+    channel
+        .queue_declare(
+            old_retry.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    channel
+        .exchange_declare(
+            old_retry.as_str().into(),
+            ExchangeKind::Fanout,
+            options,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            old_retry.as_str().into(),
+            old_retry.as_str().into(),
+            "".into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    // The current CRM connects: its exchanges are topic exchanges now, its queues bound again.
+    let crm = Broker::service(
+        testkit::broker::as_party(&config, Party::Service(System::Crm)),
+        System::Crm,
+    );
+    crm.channel().await.expect("CRM replaces the old exchanges");
+    let check = admin.channel().await.unwrap();
+    for exchange in [names.dead_letter_exchange(), names.requeue_exchange()] {
+        check
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                options,
+                FieldTable::default(),
+            )
+            .await
+            .unwrap_or_else(|err| panic!("{exchange} is not a topic exchange: {err}"));
+    }
+
+    // A retry the old version scheduled comes back to crm.orders by the queue's name.
+    let envelope = status_event(Uuid::now_v7());
+    let publisher = Publisher::open(&admin).await.unwrap();
+    publisher
+        .publish(
+            &old_retry,
+            &names.queue("crm.orders"),
+            Outgoing {
+                message_id: envelope.message_id,
+                kind: &envelope.kind,
+                body: &envelope.to_vec(),
+                headers: FieldTable::default(),
+                occurred_at: Utc::now(),
+            },
+        )
+        .await
+        .unwrap();
+    let back = take(&admin, &names.queue("crm.orders"))
+        .await
+        .expect("the old retry comes back");
+    assert_eq!(Envelope::from_slice(&back.delivery.data).unwrap(), envelope);
+    // The namespace's clean-up knows only the current names.
+    channel
+        .queue_delete(old_retry.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let _ = channel.close(200, "done".into()).await;
 }

@@ -51,6 +51,16 @@ pub fn credential(variable: &str, development_default: &str) -> Result<String, C
     )
 }
 
+/// Whether this is a development or test environment (see [`DEVELOPMENT`]), where development
+/// defaults (local accounts and their well-known passwords) may be used.
+pub fn development() -> bool {
+    is_development(&string("HALLMARK_ENV", "development"))
+}
+
+fn is_development(environment: &str) -> bool {
+    DEVELOPMENT.contains(&environment.trim())
+}
+
 fn credential_value(
     variable: &str,
     value: Option<String>,
@@ -59,7 +69,7 @@ fn credential_value(
 ) -> Result<String, ConfigError> {
     match present(value) {
         Some(value) => Ok(value),
-        None if DEVELOPMENT.contains(&environment.trim()) => Ok(development_default.to_owned()),
+        None if is_development(environment) => Ok(development_default.to_owned()),
         None => Err(ConfigError {
             variable: variable.to_owned(),
             message: format!(

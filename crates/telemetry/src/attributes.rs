@@ -39,6 +39,9 @@ pub const ERROR_CODE: &str = "hallmark.error.code";
 pub const MESSAGE_DUPLICATE: &str = "hallmark.message.duplicate";
 /// The event type carried by a message, e.g. `order.status_changed`.
 pub const MESSAGE_TYPE: &str = "hallmark.message.type";
+/// The broker account that sent a message: its AMQP `user-id`, or the first sender a retry or
+/// replay names. Absent when the message has none.
+pub const MESSAGE_SENDER: &str = "hallmark.message.sender";
 /// Material of the piece, e.g. `gold_750`.
 pub const ORDER_MATERIAL: &str = "order.material";
 /// Where models are stored: `s3` or `filesystem`.
@@ -66,6 +69,7 @@ pub const REGISTRY: &[&str] = &[
     ERROR_CODE,
     MESSAGE_DUPLICATE,
     MESSAGE_TYPE,
+    MESSAGE_SENDER,
     STORAGE_BACKEND,
     STORAGE_SIZE_BYTES,
 ];

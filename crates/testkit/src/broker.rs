@@ -1,20 +1,96 @@
-//! A unique broker namespace per test.
+//! A unique broker namespace per test, and the accounts the services use on it.
 
-use secrecy::ExposeSecret as _;
+use secrecy::{ExposeSecret as _, SecretString};
 use std::time::Duration;
 
-use messaging::BrokerConfig;
+use lapin::uri::AMQPUri;
+use messaging::topology::Scope;
+use messaging::{Broker, BrokerConfig, Party};
 use uuid::Uuid;
 
-/// The broker tests use.
+/// The broker tests use, with an administrator's account (RabbitMQ's `guest` on a development
+/// broker): tests declare and delete their namespaces with it. The services and the operator
+/// connect with their own accounts ([`as_party`]).
 pub fn amqp_url() -> String {
     std::env::var("HALLMARK_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// The namespace whose exchanges carry the development accounts' topic permissions
+/// (`scripts/broker.sh` gives them, as for the un-namespaced exchanges): tests of what the
+/// broker refuses use it. Nothing consumes there, so nothing a test publishes is delivered to
+/// a service.
+pub const ACL_NAMESPACE: &str = "acl-test";
+
+/// The same settings as `party`, with its development account (`scripts/broker.sh` creates
+/// them) on the same broker as `config`.
+pub fn as_party(config: &BrokerConfig, party: Party) -> BrokerConfig {
+    let (user, password) = party.development_account();
+    with_credentials(config, user, password)
+}
+
+/// The same settings with another user and password, e.g. RabbitMQ's `guest` or a stranger.
+pub fn with_credentials(config: &BrokerConfig, user: &str, password: &str) -> BrokerConfig {
+    let mut uri: AMQPUri = config
+        .url
+        .expose_secret()
+        .parse()
+        .expect("the test broker's URL is an AMQP URI");
+    uri.authority.userinfo.username = user.to_owned();
+    uri.authority.userinfo.password = password.to_owned();
+    BrokerConfig {
+        url: SecretString::from(uri.to_string()),
+        ..config.clone()
+    }
+}
+
+/// Declares the whole topology of `config`'s namespace with `config`'s (an administrator's)
+/// account. A service declares only its own queues, so a test that runs fewer than all of them
+/// declares the rest first, or what its service publishes has nowhere to go.
+pub async fn declare_everything(config: &BrokerConfig) {
+    let broker = Broker::new(config.clone(), "test-topology");
+    broker
+        .channel()
+        .await
+        .expect("the test's administrator declares the topology");
+    broker.close().await;
+}
+
+/// A connection as `party` (its development account) that declares nothing: for a test that
+/// publishes or reads as a service or the operator on a topology already declared.
+pub fn connect_as(config: &BrokerConfig, party: Party) -> Broker {
+    Broker::with_scope(
+        as_party(config, party),
+        format!("test as {party}"),
+        Scope::Nothing,
+    )
+}
+
+/// Panics, saying how to make them, unless every development account can log in.
+pub async fn require_accounts() {
+    let admin = isolated();
+    for party in Party::ALL {
+        let config = as_party(&admin, party);
+        let connected =
+            lapin::Connection::connect(config.url.expose_secret(), Default::default()).await;
+        match connected {
+            Ok(connection) => {
+                let _ = connection.close(200, "account checked".into()).await;
+            }
+            Err(err) => panic!(
+                "the development broker account `{}` cannot log in ({err}): create the accounts \
+                 with `source scripts/deps.sh && ensure_broker_accounts target/debug/hallmark` \
+                 after building (scripts/test does)",
+                party.development_account().0
+            ),
+        }
+    }
+}
+
 /// Broker settings with a namespace of their own: every exchange and queue of the test is
 /// prefixed with it, so tests run in parallel on one broker. Retries are quick (100 ms, 200 ms)
-/// and everything expires ten minutes after the test stops using it.
+/// and everything expires ten minutes after the test stops using it. The account is the
+/// administrator's ([`amqp_url`]).
 pub fn isolated() -> BrokerConfig {
     BrokerConfig {
         url: amqp_url().into(),
@@ -103,8 +179,12 @@ async fn delete_namespace(config: &BrokerConfig) {
         return;
     };
     let names = Names::new(&config.namespace);
-    let retries: Vec<String> = (0..config.retry_delays.len())
-        .map(|level| names.retry(level))
+    let names = &names;
+    let retries: Vec<String> = domain::System::ALL
+        .into_iter()
+        .flat_map(|system| {
+            (0..config.retry_delays.len()).map(move |level| names.retry_queue(system, level))
+        })
         .collect();
     let queues = QUEUES
         .iter()
@@ -115,14 +195,12 @@ async fn delete_namespace(config: &BrokerConfig) {
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
-    let exchanges = [
+    for exchange in [
         names.orders_exchange(),
         names.dead_letter_exchange(),
         names.requeue_exchange(),
-    ]
-    .into_iter()
-    .chain(retries);
-    for exchange in exchanges {
+        names.retry_exchange(),
+    ] {
         let _ = channel
             .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
             .await;

@@ -1,6 +1,7 @@
 //! CRM API settings, all from the environment.
 
-use messaging::BrokerConfig;
+use domain::System;
+use messaging::{BrokerConfig, Party};
 use platform::db::DatabaseConfig;
 use platform::tls::CertifiedKeyFiles;
 
@@ -17,7 +18,8 @@ pub struct Settings {
     pub port: u16,
     /// Env: `CRM_DATABASE_URL` (required unless `HALLMARK_ENV` is `development` or `test`, where it defaults to `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_crm`).
     pub database: DatabaseConfig,
-    /// Env: `HALLMARK_AMQP_*` (see `messaging::BrokerConfig`).
+    /// Env: `HALLMARK_AMQP_*` (see `messaging::BrokerConfig`); the URL names this service's own
+    /// broker account (development default `hallmark-crm`).
     pub broker: BrokerConfig,
 }
 
@@ -31,7 +33,7 @@ impl Settings {
                 "CRM_DATABASE_URL",
                 "postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_crm",
             )?),
-            broker: BrokerConfig::from_env()?,
+            broker: BrokerConfig::from_env(Party::Service(System::Crm))?,
         })
     }
 }

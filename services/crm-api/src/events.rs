@@ -64,6 +64,16 @@ impl Registrar {
         if let Some(partner) = &created.partner_id {
             spans::record(KeyValue::new(attr::PARTNER_ID, partner.clone()));
         }
+        // CRM passes the model on to MES for pricing: it must be this order's.
+        if !created.model.belongs_to(envelope.order_id) {
+            return Err(HandlerError::permanent(
+                "model_not_of_order",
+                format!(
+                    "the model `{}` is not in order {}'s folder",
+                    created.model.key, envelope.order_id
+                ),
+            ));
+        }
 
         sqlx::query(
             "INSERT INTO orders (id, customer_id, customer_name, customer_email, customer_phone, \

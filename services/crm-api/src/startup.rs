@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use domain::System;
 use messaging::topology::CRM_ORDERS;
 use messaging::{Broker, ConsumerConfig};
 use orderbook::OrderBook;
@@ -61,7 +62,7 @@ impl Application {
                 pool,
                 orderbook: OrderBook::new(SERVICE_NAME),
             },
-            broker: Broker::new(settings.broker, SERVICE_NAME),
+            broker: Broker::service(settings.broker, System::Crm),
             cancel,
         })
     }

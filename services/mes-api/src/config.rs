@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use messaging::BrokerConfig;
+use domain::System;
+use messaging::{BrokerConfig, Party};
 use platform::db::DatabaseConfig;
 use platform::storage::StorageConfig;
 use platform::tls::CertifiedKeyFiles;
@@ -21,7 +22,8 @@ pub struct Settings {
     pub port: u16,
     /// Env: `MES_DATABASE_URL` (required unless `HALLMARK_ENV` is `development` or `test`, where it defaults to `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_mes`).
     pub database: DatabaseConfig,
-    /// Env: `HALLMARK_AMQP_*` (see `messaging::BrokerConfig`).
+    /// Env: `HALLMARK_AMQP_*` (see `messaging::BrokerConfig`); the URL names this service's own
+    /// broker account (development default `hallmark-mes`).
     pub broker: BrokerConfig,
     /// Where Shop stored the models. Env: `HALLMARK_STORAGE_DIR` or `HALLMARK_S3_*`.
     pub storage: StorageConfig,
@@ -56,7 +58,7 @@ impl Settings {
                 "MES_DATABASE_URL",
                 "postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_mes",
             )?),
-            broker: BrokerConfig::from_env()?,
+            broker: BrokerConfig::from_env(Party::Service(System::Mes))?,
             storage: StorageConfig::from_env()?,
             calc: CalcSettings {
                 binary: match settings::optional("MES_CALC_BIN") {

@@ -57,6 +57,17 @@ impl PricingIntake {
             attr::ORDER_MATERIAL,
             request.material.as_str(),
         ));
+        // MES reads the model the message names: it must be this order's, or one message could
+        // price (and show the customer the price of) another order's model.
+        if !request.model.belongs_to(envelope.order_id) {
+            return Err(HandlerError::permanent(
+                "model_not_of_order",
+                format!(
+                    "the model `{}` is not in order {}'s folder",
+                    request.model.key, envelope.order_id
+                ),
+            ));
+        }
         sqlx::query(
             "INSERT INTO orders (id, material, model_key, model_size_bytes, model_sha256, requester) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use domain::System;
 use messaging::topology::{MES_PRICING, MES_PRODUCTION};
 use messaging::{Broker, ConsumerConfig};
 use orderbook::OrderBook;
@@ -74,7 +75,7 @@ impl Application {
                 orderbook: OrderBook::new(SERVICE_NAME),
             },
             storage,
-            broker: Broker::new(settings.broker.clone(), SERVICE_NAME),
+            broker: Broker::service(settings.broker.clone(), System::Mes),
             settings,
             cancel,
         })

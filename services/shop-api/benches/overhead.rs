@@ -394,6 +394,8 @@ impl Server {
     ) -> anyhow::Result<Self> {
         let database = TestDatabase::create("bench_shop").await;
         let broker = testkit::broker::isolated();
+        // Shop declares only its own queue; CRM's must exist for its orders to be routed.
+        testkit::broker::declare_everything(&broker).await;
         let storage = storage_dir()?;
         let port = testkit::process::free_port();
         let mut command = match profile {
@@ -413,7 +415,10 @@ impl Server {
             .env("SHOP_PORT", port.to_string())
             .env("SHOP_DATABASE_URL", database.url())
             .env("HALLMARK_STORAGE_DIR", storage.path())
-            .envs(testkit::broker::env(&broker))
+            .envs(testkit::broker::env(&testkit::broker::as_party(
+                &broker,
+                messaging::Party::Service(domain::System::Shop),
+            )))
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
             .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
             .env_remove("RUST_LOG")

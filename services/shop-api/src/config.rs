@@ -1,6 +1,7 @@
 //! Shop API settings, all from the environment.
 
-use messaging::BrokerConfig;
+use domain::System;
+use messaging::{BrokerConfig, Party};
 use platform::db::DatabaseConfig;
 use platform::storage::StorageConfig;
 use platform::tls::CertifiedKeyFiles;
@@ -19,7 +20,8 @@ pub struct Settings {
     pub port: u16,
     /// Env: `SHOP_DATABASE_URL` (required unless `HALLMARK_ENV` is `development` or `test`, where it defaults to `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_shop`).
     pub database: DatabaseConfig,
-    /// Env: `HALLMARK_AMQP_*` (see `messaging::BrokerConfig`).
+    /// Env: `HALLMARK_AMQP_*` (see `messaging::BrokerConfig`); the URL names this service's own
+    /// broker account (development default `hallmark-shop`).
     pub broker: BrokerConfig,
     /// Env: `HALLMARK_STORAGE_DIR` or `HALLMARK_S3_*` (see `platform::storage`).
     pub storage: StorageConfig,
@@ -44,7 +46,7 @@ impl Settings {
                 "SHOP_DATABASE_URL",
                 "postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_shop",
             )?),
-            broker: BrokerConfig::from_env()?,
+            broker: BrokerConfig::from_env(Party::Service(System::Shop))?,
             storage: StorageConfig::from_env()?,
             max_model_bytes: settings::parse("SHOP_MAX_MODEL_BYTES", DEFAULT_MAX_MODEL_BYTES)?,
             order_token_key: SecretString::from(settings::credential(

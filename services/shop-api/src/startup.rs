@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use domain::System;
 use messaging::topology::SHOP_STATUS;
 use messaging::{Broker, ConsumerConfig};
 use orderbook::OrderBook;
@@ -67,7 +68,7 @@ impl Application {
                 max_model_bytes: settings.max_model_bytes,
                 tokens: crate::orders::OrderTokens::new(settings.order_token_key),
             },
-            broker: Broker::new(settings.broker, SERVICE_NAME),
+            broker: Broker::service(settings.broker, System::Shop),
             cancel,
         })
     }

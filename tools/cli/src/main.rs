@@ -6,6 +6,7 @@
 //! hallmark show  [--shop URL] <order_id> --token ord_…
 //! hallmark dlq   list [QUEUE] [--limit N]
 //! hallmark dlq   replay QUEUE MESSAGE_ID|all
+//! hallmark broker accounts [--any-namespace] [--topic-namespace NS]...
 //! ```
 //!
 //! `--help` on every command says the rest; `--shop` is also `HALLMARK_SHOP_URL`.
@@ -18,7 +19,13 @@
 //! `replay` sends one message (by message id) or all of a queue's dead letters back to the queue
 //! they failed in. It reads the broker settings (`HALLMARK_AMQP_URL`, `HALLMARK_AMQP_NAMESPACE`,
 //! `HALLMARK_RETRY_DELAYS`, ...) from the environment, exactly as the services do, and must be
-//! given the same values.
+//! given the same values, with the operator's own account in the URL (development default
+//! `hallmark-ops`).
+//!
+//! `broker accounts` prints the RabbitMQ permissions of every account (`messaging::permissions`)
+//! as tab-separated lines, `permissions USER CONFIGURE WRITE READ` and
+//! `topic USER EXCHANGE WRITE READ`, for `rabbitmqctl set_permissions` and
+//! `set_topic_permissions`; `scripts/broker.sh` applies them to the development broker.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -26,7 +33,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use messaging::dead_letters::{self, Selection};
-use messaging::{Broker, BrokerConfig};
+use messaging::permissions::{self, Namespaces};
+use messaging::{Broker, BrokerConfig, Party};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -66,6 +74,26 @@ enum Command {
     /// environment exactly as the services do; give it the same values.
     #[command(subcommand)]
     Dlq(Dlq),
+    /// The broker's accounts: what each may do.
+    #[command(subcommand)]
+    Broker(BrokerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BrokerCommand {
+    /// Print the RabbitMQ permissions of each account (HALLMARK_AMQP_ACCOUNTS) as tab-separated
+    /// lines: `permissions USER CONFIGURE WRITE READ` (rabbitmqctl set_permissions) and
+    /// `topic USER EXCHANGE WRITE READ` (rabbitmqctl set_topic_permissions), for the namespace
+    /// HALLMARK_AMQP_NAMESPACE.
+    Accounts {
+        /// Let the permissions cover any namespace, for a development broker on which every
+        /// test makes its own (topic permissions still name exchanges exactly).
+        #[arg(long)]
+        any_namespace: bool,
+        /// Also print topic permissions for the exchanges of this namespace (repeatable).
+        #[arg(long = "topic-namespace", value_name = "NAMESPACE")]
+        topic_namespaces: Vec<String>,
+    },
 }
 
 /// The model of an order and what to make it of.
@@ -128,12 +156,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dlq(command) => dlq(command).await,
+        Command::Broker(BrokerCommand::Accounts {
+            any_namespace,
+            topic_namespaces,
+        }) => accounts(any_namespace, topic_namespaces),
     }
 }
 
+fn accounts(any_namespace: bool, extra_topic_namespaces: Vec<String>) -> anyhow::Result<()> {
+    let config = BrokerConfig::shared_from_env()?;
+    let namespaces = if any_namespace {
+        Namespaces::Any
+    } else {
+        Namespaces::Exactly(config.namespace.clone())
+    };
+    let mut topic_namespaces = vec![config.namespace.clone()];
+    topic_namespaces.extend(extra_topic_namespaces);
+    for account in permissions::all(&config.accounts, &namespaces, &topic_namespaces) {
+        let user = &account.user;
+        println!(
+            "permissions\t{user}\t{}\t{}\t{}",
+            account.configure, account.write, account.read
+        );
+        for topic in &account.topics {
+            println!(
+                "topic\t{user}\t{}\t{}\t{}",
+                topic.exchange, topic.write, topic.read
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn dlq(command: Dlq) -> anyhow::Result<()> {
-    let config = BrokerConfig::from_env()?;
-    let broker = Broker::new(config, "hallmark-cli");
+    let config = BrokerConfig::from_env(Party::Operator)?;
+    let broker = Broker::operator(config, "hallmark-cli");
     match command {
         Dlq::List { queue: None, .. } => {
             for (queue, count) in dead_letters::counts(&broker).await? {

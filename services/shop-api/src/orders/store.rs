@@ -57,7 +57,7 @@ pub(crate) async fn create(
     scope: &str,
     upload: &Upload,
 ) -> Result<Created, ApiError> {
-    let model_key = format!("models/{order_id}/{}", upload.model.file_name);
+    let model_key = ModelRef::key_for(order_id, &upload.model.file_name);
     state
         .storage
         .put(&model_key, upload.model.bytes.clone())

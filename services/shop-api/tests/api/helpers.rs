@@ -1,7 +1,8 @@
 use std::time::Duration;
 
+use domain::System;
 use lapin::options::BasicGetOptions;
-use messaging::BrokerConfig;
+use messaging::{BrokerConfig, Party};
 use platform::db::DatabaseConfig;
 use platform::storage::StorageConfig;
 use serde_json::{Value, json};
@@ -19,6 +20,7 @@ pub const ORDER_TOKEN_KEY: &str = "test-order-token-key";
 pub struct TestApp {
     pub address: String,
     pub pool: PgPool,
+    /// The test's namespace with the administrator's account; Shop connects as its own.
     pub broker: BrokerConfig,
     /// Where `spawn_app()` has Shop store models; empty with any other storage.
     pub storage: tempfile::TempDir,
@@ -68,12 +70,14 @@ async fn spawn(
     let scheme = if tls.is_some() { "https" } else { "http" };
     let database = TestDatabase::create("shop").await;
     let broker = testkit::broker::isolated();
+    // Shop declares only its own queue: the others' must exist for its messages to be routed.
+    testkit::broker::declare_everything(&broker).await;
     let settings = Settings {
         host: "127.0.0.1".into(),
         tls,
         port: 0,
         database: DatabaseConfig::new(database.url()),
-        broker: broker.clone(),
+        broker: testkit::broker::as_party(&broker, Party::Service(System::Shop)),
         storage,
         max_model_bytes: MAX_MODEL_BYTES,
         order_token_key: ORDER_TOKEN_KEY.to_owned().into(),

@@ -2,9 +2,10 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use domain::OrderStatus;
+use domain::System;
 use domain::events::{Envelope, Event, StatusChanged};
 use lapin::types::FieldTable;
-use messaging::Broker;
+use messaging::Party;
 use messaging::publisher::{Outgoing, Publisher};
 use serde_json::Value;
 use uuid::Uuid;
@@ -32,7 +33,12 @@ impl TestApp {
                 price: None,
             }),
         );
-        let broker = Broker::new(self.broker.clone(), "shop-api-test");
+        // Sent by the service that owns the move, with its account.
+        let owner = System::ALL
+            .into_iter()
+            .find(|system| system.service_name() == source)
+            .expect("a service");
+        let broker = testkit::broker::connect_as(&self.broker, Party::Service(owner));
         let publisher = Publisher::open(&broker).await.unwrap();
         publisher
             .publish(

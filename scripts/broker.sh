@@ -1,0 +1,159 @@
+# The development broker's accounts: sourced by scripts/deps.sh (which defines say, die and
+# is_root); defines functions only.
+#
+# Every service connects to RabbitMQ as its own user and the `hallmark dlq` command as the
+# operator's (docs/security.md, "The broker"). ensure_broker_accounts creates them on this
+# machine's RabbitMQ with their development passwords and gives each exactly the permissions
+# `hallmark broker accounts` prints (derived from the code: who owns which message, who consumes
+# which queue). It needs root (rabbitmqctl) and the built `hallmark` command, so scripts/run and
+# scripts/test call it after building. It is idempotent and only changes what differs: when
+# nothing does, it costs three rabbitmqctl calls (about 3 s).
+#
+# The development accounts and passwords (local only; `guest` and these passwords are refused
+# wherever HALLMARK_ENV is not development or test):
+#   hallmark-shop / hallmark-shop-local-only    hallmark-crm / hallmark-crm-local-only
+#   hallmark-mes  / hallmark-mes-local-only     hallmark-ops / hallmark-ops-local-only
+# (the same as messaging::Party::development_account).
+#
+# The vhost permissions cover any one-word namespace (the tests make their own); the topic
+# permissions, which RabbitMQ gives per exchange name, are given for the exchanges without a
+# namespace and for those of the namespace acl-test (testkit::broker::ACL_NAMESPACE), on which
+# the tests check what the broker refuses.
+
+HALLMARK_ACL_TEST_NAMESPACE=acl-test
+
+# rabbitmqctl, quiet and kept away from the caller's stdin (it reads it, which would swallow the
+# lines of a `while read` loop).
+rabbitmqctl_quiet() { rabbitmqctl -q "$@" </dev/null >/dev/null; }
+
+# ensure_broker_accounts [HALLMARK]: HALLMARK is the built `hallmark` command (default
+# target/debug/hallmark).
+ensure_broker_accounts() {
+  local hallmark=${1:-target/debug/hallmark}
+  [ -x "$hallmark" ] || die "ensure_broker_accounts needs the hallmark command; build it first (cargo build -p hallmark-cli)"
+  if ! is_root || ! command -v rabbitmqctl >/dev/null 2>&1; then
+    say "not creating RabbitMQ's development accounts (needs root and rabbitmqctl); services and tests need them: run 'source scripts/deps.sh && ensure_broker_accounts' as root"
+    return 0
+  fi
+  local desired users permissions topics kind user a b c line
+  # Only the accounts map and the namespace matter here, never a connection's URL.
+  desired=$(env -u HALLMARK_AMQP_URL HALLMARK_ENV=development "$hallmark" broker accounts \
+    --any-namespace --topic-namespace "$HALLMARK_ACL_TEST_NAMESPACE") \
+    || die "hallmark broker accounts failed"
+  users=$(rabbitmqctl -q --no-table-headers list_users </dev/null | cut -f1)
+  permissions=$(rabbitmqctl -q --no-table-headers list_permissions -p / </dev/null)
+  topics=$(rabbitmqctl -q --no-table-headers list_topic_permissions -p / </dev/null)
+  while IFS=$'\t' read -r kind user a b c; do
+    line="$user"$'\t'"$a"$'\t'"$b"$'\t'"$c"
+    case $kind in
+      permissions)
+        if ! grep -qxF -- "$user" <<<"$users"; then
+          say "creating the RabbitMQ account $user (development password $user-local-only)"
+          rabbitmqctl_quiet add_user "$user" "$user-local-only"
+        fi
+        if ! grep -qxF -- "$line" <<<"$permissions"; then
+          say "setting the permissions of $user"
+          rabbitmqctl_quiet set_permissions -p / "$user" "$a" "$b" "$c"
+        fi
+        ;;
+      topic)
+        if ! grep -qxF -- "$line" <<<"$topics"; then
+          say "setting the topic permissions of $user on $a"
+          rabbitmqctl_quiet set_topic_permissions -p / "$user" "$a" "$b" "$c"
+        fi
+        ;;
+    esac
+  done <<<"$desired"
+  # Topic permissions an earlier version gave on exchanges that are no longer ours to restrict.
+  while IFS=$'\t' read -r user a b c; do
+    [ -n "$user" ] || continue
+    grep -q -- "^permissions"$'\t'"$user"$'\t' <<<"$desired" || continue
+    if ! grep -q -- "^topic"$'\t'"$user"$'\t'"$a"$'\t' <<<"$desired"; then
+      say "clearing the topic permissions of $user on $a"
+      rabbitmqctl_quiet clear_topic_permissions -p / "$user" "$a"
+    fi
+  done <<<"$topics"
+}
+
+# TLS for the development broker: a listener on 5671 (amqps://) with a certificate of a local
+# certificate authority, for the tests that connect with TLS (messaging's tests/tls.rs) and for
+# trying HALLMARK_AMQP_CA_FILE by hand. ensure_broker_tls makes, once, in $HALLMARK_BROKER_TLS_DIR:
+#   ca.pem            the local CA (its key ca.key stays readable by root only)
+#   server.pem/.key   the broker's certificate, for localhost and 127.0.0.1, signed by the CA
+#   client.pem/.key   a client certificate signed by the CA (HALLMARK_AMQP_CLIENT_CERT/KEY)
+#   other-ca.pem      an unrelated CA that signed nothing: trusting it instead must fail
+# adds the listener to RabbitMQ's configuration (a marked block in /etc/rabbitmq/rabbitmq.conf,
+# used from its next start on) and starts it in the running broker without a restart. When the
+# port is open and the files are there it does nothing. The broker asks clients for a
+# certificate (verify_peer) but lets them connect without one, so a client with a certificate
+# of another CA is refused while password logins work as on 5672.
+HALLMARK_BROKER_TLS_DIR=${HALLMARK_BROKER_TLS_DIR:-/etc/rabbitmq/hallmark-tls}
+HALLMARK_BROKER_TLS_PORT=5671
+
+# tls_certificate NAME CA USAGE SUBJECT [SAN]: a key and certificate NAME.{key,pem} signed by CA.
+tls_certificate() {
+  local name=$1 ca=$2 usage=$3 subject=$4 san=${5:-} extensions
+  extensions="basicConstraints=critical,CA:FALSE"$'\n'"keyUsage=critical,digitalSignature"$'\n'"extendedKeyUsage=$usage"
+  [ -n "$san" ] && extensions+=$'\n'"subjectAltName=$san"
+  openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -keyout "$name.key" \
+    -out "$name.csr" -subj "$subject" 2>/dev/null
+  openssl x509 -req -in "$name.csr" -CA "$ca.pem" -CAkey "$ca.key" -CAcreateserial -days 825 \
+    -sha256 -out "$name.pem" -extfile <(printf '%s\n' "$extensions") 2>/dev/null
+  rm -f "$name.csr"
+}
+
+# tls_authority NAME SUBJECT: a self-signed CA NAME.{key,pem}.
+tls_authority() {
+  openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -sha256 \
+    -keyout "$1.key" -out "$1.pem" -days 3650 -subj "$2" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    2>/dev/null
+}
+
+ensure_broker_tls() {
+  local dir=$HALLMARK_BROKER_TLS_DIR port=$HALLMARK_BROKER_TLS_PORT conf=/etc/rabbitmq/rabbitmq.conf
+  if port_open "$port" && [ -f "$dir/ca.pem" ] && [ -f "$dir/other-ca.pem" ]; then
+    return 0
+  fi
+  if ! is_root || ! command -v rabbitmqctl >/dev/null 2>&1; then
+    say "not enabling RabbitMQ's TLS listener (needs root and rabbitmqctl): the TLS tests need it; run 'source scripts/deps.sh && ensure_broker_tls' as root"
+    return 0
+  fi
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
+  if [ ! -f "$dir/server.pem" ] || [ ! -f "$dir/other-ca.pem" ]; then
+    say "making a local CA and certificates for RabbitMQ's TLS listener in $dir"
+    mkdir -p "$dir"
+    (
+      set -e
+      cd "$dir"
+      umask 077
+      tls_authority ca "/CN=Hallmark development broker CA"
+      tls_certificate server ca serverAuth "/CN=localhost" "DNS:localhost,IP:127.0.0.1"
+      tls_certificate client ca clientAuth "/CN=hallmark-shop"
+      tls_authority other-ca "/CN=Not the Hallmark broker CA"
+      rm -f other-ca.key ca.srl
+      chmod 644 ca.pem server.pem client.pem other-ca.pem client.key
+      chgrp rabbitmq server.key && chmod 640 server.key
+      chmod 755 .
+    ) || die "cannot make the broker's TLS certificates in $dir"
+  fi
+  if ! grep -q '^# hallmark: TLS listener' "$conf" 2>/dev/null; then
+    say "adding the TLS listener on $port to $conf (used from RabbitMQ's next start)"
+    cat >>"$conf" <<CONF
+# hallmark: TLS listener for development (scripts/broker.sh, ensure_broker_tls)
+listeners.ssl.default = $port
+ssl_options.cacertfile = $dir/ca.pem
+ssl_options.certfile = $dir/server.pem
+ssl_options.keyfile = $dir/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+# hallmark: end
+CONF
+  fi
+  if ! port_open "$port"; then
+    say "starting RabbitMQ's TLS listener on $port (no restart)"
+    rabbitmqctl -q eval "{ok, _} = application:ensure_all_started(ssl), rabbit_networking:start_ssl_listener($port, [{cacertfile, \"$dir/ca.pem\"}, {certfile, \"$dir/server.pem\"}, {keyfile, \"$dir/server.key\"}, {verify, verify_peer}, {fail_if_no_peer_cert, false}], 10)." </dev/null >/dev/null \
+      || die "RabbitMQ did not start its TLS listener; restarting it picks up $conf"
+    wait_for_port "$port" "RabbitMQ's TLS listener" 30
+  fi
+}
