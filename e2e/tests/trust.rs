@@ -315,6 +315,7 @@ async fn a_forged_order_is_not_registered_and_no_order_is_priced_from_another_or
         Event::PricingRequested(PricingRequested {
             material: Material::Platinum950,
             model,
+            requester: None,
         }),
     );
     send(&system, From::Party(Service::Crm.party()), &request).await;
