@@ -56,22 +56,6 @@ async fn upload(system: &System, parts: Vec<Part>, headers: &[(&str, &str)]) -> 
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-/// A binary STL of `triangles`.
-fn binary(triangles: &[[[f32; 3]; 3]]) -> Vec<u8> {
-    let mut bytes = vec![b' '; 80];
-    bytes.extend_from_slice(&(triangles.len() as u32).to_le_bytes());
-    for triangle in triangles {
-        bytes.extend_from_slice(&[0; 12]);
-        for vertex in triangle {
-            for c in vertex {
-                bytes.extend_from_slice(&c.to_le_bytes());
-            }
-        }
-        bytes.extend_from_slice(&[0, 0]);
-    }
-    bytes
-}
-
 /// An axis-aligned cube of side `s` at `origin`, outward-facing.
 fn cube(origin: [f32; 3], s: f32) -> Vec<[[f32; 3]; 3]> {
     let p = |i: u8| {
@@ -103,7 +87,7 @@ fn nested_cubes(count: usize) -> Vec<u8> {
             cube([k, k, k], 100.0 - 2.0 * k)
         })
         .collect();
-    binary(&triangles)
+    domain::stl::to_binary(&triangles)
 }
 
 fn assert_refused(what: &str, (status, body): (u16, Value), expected: (u16, &str)) {
@@ -249,7 +233,7 @@ async fn the_system_stays_correct_and_responsive_under_hostile_input() {
         ),
         (
             "a cube of 500 m",
-            binary(&cube([0.0; 3], 500_000.0)),
+            domain::stl::to_binary(&cube([0.0; 3], 500_000.0)),
             "model_too_large",
         ),
     ] {

@@ -11,7 +11,7 @@ use std::f64::consts::PI;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use domain::stl::{Triangle, analyze_bytes};
+use domain::stl::{Triangle, analyze_bytes, to_binary};
 
 /// A closed UV sphere of about `triangles` triangles; inside out when `inward`.
 fn sphere(centre: [f64; 3], radius: f64, triangles: usize, inward: bool) -> Vec<Triangle> {
@@ -50,21 +50,6 @@ fn sphere(centre: [f64; 3], radius: f64, triangles: usize, inward: bool) -> Vec<
     out
 }
 
-fn binary(triangles: &[Triangle]) -> Vec<u8> {
-    let mut bytes = vec![b' '; 80];
-    bytes.extend_from_slice(&(triangles.len() as u32).to_le_bytes());
-    for t in triangles {
-        bytes.extend_from_slice(&[0u8; 12]);
-        for v in t {
-            for c in v {
-                bytes.extend_from_slice(&c.to_le_bytes());
-            }
-        }
-        bytes.extend_from_slice(&[0, 0]);
-    }
-    bytes
-}
-
 fn models() -> Vec<(&'static str, Vec<Triangle>)> {
     let mut models = vec![
         ("sphere-10k", sphere([0.0; 3], 10.0, 10_000, false)),
@@ -98,7 +83,7 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("target/stl-bench");
     println!("model\ttriangles\tbodies\tcavities\tMB\tmedian ms");
     for (name, triangles) in models() {
-        let bytes = binary(&triangles);
+        let bytes = to_binary(&triangles);
         std::fs::write(dir.join(format!("{name}.stl")), &bytes).expect("write model");
         let mut times = Vec::new();
         let mut report = None;

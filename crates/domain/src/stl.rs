@@ -273,6 +273,24 @@ fn parse_ascii(bytes: &[u8]) -> Result<Mesh, StlError> {
     Ok(Mesh { triangles, solids })
 }
 
+/// `triangles` as a binary STL file (a blank header, no normals): for tools, tests and
+/// benchmarks that make models.
+pub fn to_binary(triangles: &[Triangle]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(BINARY_PREFIX + BINARY_TRIANGLE * triangles.len());
+    bytes.resize(HEADER, b' ');
+    bytes.extend_from_slice(&(triangles.len() as u32).to_le_bytes());
+    for triangle in triangles {
+        bytes.extend_from_slice(&[0u8; 12]);
+        for vertex in triangle {
+            for c in vertex {
+                bytes.extend_from_slice(&c.to_le_bytes());
+            }
+        }
+        bytes.extend_from_slice(&[0, 0]);
+    }
+    bytes
+}
+
 /// Parses and analyses in one step: what the services call.
 pub fn analyze_bytes(bytes: &[u8]) -> Result<MeshReport, StlError> {
     analyze(&parse(bytes)?)
@@ -777,18 +795,8 @@ mod tests {
     }
 
     fn binary(triangles: &[Triangle], header: &[u8]) -> Vec<u8> {
-        let mut bytes = vec![b' '; 80];
+        let mut bytes = to_binary(triangles);
         bytes[..header.len()].copy_from_slice(header);
-        bytes.extend_from_slice(&(triangles.len() as u32).to_le_bytes());
-        for t in triangles {
-            bytes.extend_from_slice(&[0u8; 12]);
-            for v in t {
-                for c in v {
-                    bytes.extend_from_slice(&c.to_le_bytes());
-                }
-            }
-            bytes.extend_from_slice(&[0, 0]);
-        }
         bytes
     }
 

@@ -94,61 +94,52 @@ impl Issuer {
         user: &str,
         password: &str,
     ) -> anyhow::Result<String> {
-        let endpoint = self.token_endpoint().await?;
-        let response = reqwest::Client::new()
-            .post(&endpoint)
-            .form(&[
+        self.token(
+            &format!("for {user} via {client_id}"),
+            &[
                 ("grant_type", "password"),
                 ("client_id", client_id),
                 ("username", user),
                 ("password", password),
                 ("scope", "openid"),
-            ])
-            .send()
-            .await
-            .with_context(|| format!("asking {endpoint} for a token for {user}"))?;
-        let status = response.status();
-        let body: Value = response
-            .json()
-            .await
-            .with_context(|| format!("the answer of {endpoint} ({status}) is not JSON"))?;
-        if !status.is_success() {
-            // The error and its description, never the request (which holds the password).
-            bail!(
-                "{endpoint} refused a token for {user} via {client_id}: {status} {} {}",
-                body["error"].as_str().unwrap_or("(no error code)"),
-                body["error_description"].as_str().unwrap_or("")
-            );
-        }
-        body["access_token"]
-            .as_str()
-            .map(str::to_owned)
-            .with_context(|| format!("the answer of {endpoint} has no access_token"))
+            ],
+        )
+        .await
     }
 
     /// An access token of confidential client `client_id` itself (its service account), from
     /// the client credentials grant with `secret`.
     pub async fn client_token(&self, client_id: &str, secret: &str) -> anyhow::Result<String> {
-        let endpoint = self.token_endpoint().await?;
-        let response = reqwest::Client::new()
-            .post(&endpoint)
-            .form(&[
+        self.token(
+            &format!("of {client_id}"),
+            &[
                 ("grant_type", "client_credentials"),
                 ("client_id", client_id),
                 ("client_secret", secret),
-            ])
+            ],
+        )
+        .await
+    }
+
+    /// The access token the token endpoint answers `form` with; `whose` names it in errors.
+    async fn token(&self, whose: &str, form: &[(&str, &str)]) -> anyhow::Result<String> {
+        let endpoint = self.token_endpoint().await?;
+        let response = reqwest::Client::new()
+            .post(&endpoint)
+            .form(form)
             .send()
             .await
-            .with_context(|| format!("asking {endpoint} for a token of {client_id}"))?;
+            .with_context(|| format!("asking {endpoint} for a token {whose}"))?;
         let status = response.status();
         let body: Value = response
             .json()
             .await
             .with_context(|| format!("the answer of {endpoint} ({status}) is not JSON"))?;
         if !status.is_success() {
-            // The error and its description, never the request (which holds the secret).
+            // The error and its description, never the request (which holds the password or
+            // the secret).
             bail!(
-                "{endpoint} refused a token of {client_id}: {status} {} {}",
+                "{endpoint} refused a token {whose}: {status} {} {}",
                 body["error"].as_str().unwrap_or("(no error code)"),
                 body["error_description"].as_str().unwrap_or("")
             );
