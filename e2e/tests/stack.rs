@@ -387,7 +387,7 @@ async fn restarting_the_collector_and_jaeger_under_traffic_loses_no_span_the_exp
                     e2e::place_order_at(&client, &shop, "20mm-xyz-cube.stl", "gold_750", &[], None)
                         .await
                 {
-                    placed.push(order.id);
+                    placed.push((order.id, order.token));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -411,13 +411,14 @@ async fn restarting_the_collector_and_jaeger_under_traffic_loses_no_span_the_exp
         refused > 0,
         "the collector's restart refused no export: nothing was retried"
     );
-    for id in &placed {
+    for (id, token) in &placed {
+        stack.system.remember_token(*id, token);
         stack.system.until_shop_status(*id, "priced").await;
     }
 
     // Every span of those orders that the collector took (the exporters' view, counted by the
     // capture in front of it) is in Jaeger.
-    let orders: BTreeSet<String> = placed.iter().map(Uuid::to_string).collect();
+    let orders: BTreeSet<String> = placed.iter().map(|(id, _)| id.to_string()).collect();
     let delivered = || -> BTreeSet<(String, String)> {
         stack
             .system
@@ -431,7 +432,7 @@ async fn restarting_the_collector_and_jaeger_under_traffic_loses_no_span_the_exp
     let stored = testkit::wait::until("every delivered span in Jaeger", PATIENCE, || async {
         let expected = delivered();
         let mut stored = BTreeSet::new();
-        for id in &placed {
+        for (id, _) in &placed {
             for service in ["shop-api", "crm-api", "mes-api"] {
                 for trace in stack.jaeger_traces_of_order(service, *id).await {
                     for span in trace["spans"].as_array().into_iter().flatten() {

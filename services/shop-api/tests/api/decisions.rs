@@ -94,9 +94,12 @@ async fn only_the_orders_own_token_reads_or_decides_it() {
             "{url}"
         );
     }
-    // Nothing moved.
+    // No decision was taken (the relay may have moved it on to `submitted` meanwhile).
     let order: Value = app.get_order(&id.to_string()).await.json().await.unwrap();
-    assert_eq!(order["status"], "created", "{order}");
+    assert!(
+        matches!(order["status"].as_str(), Some("created" | "submitted")),
+        "{order}"
+    );
 }
 
 #[tokio::test]
