@@ -161,6 +161,14 @@ pub enum ApiError {
     Conflict { code: &'static str, message: String },
     #[error("the upload is larger than the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    /// Over a rate limit: a 429 with `Retry-After` and `headers` (e.g. the IETF draft's
+    /// `RateLimit-Policy` and `RateLimit`).
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+        headers: Vec<(&'static str, String)>,
+    },
     /// The request does not say who it is from, or its credential is not valid for what it
     /// names (a 401 with `WWW-Authenticate: Bearer`).
     #[error("{message}")]
@@ -258,6 +266,25 @@ impl IntoResponse for ApiError {
             Self::Conflict { code, .. } => error_response(StatusCode::CONFLICT, code, &message),
             Self::TooLarge { .. } => {
                 error_response(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &message)
+            }
+            Self::RateLimited {
+                retry_after_secs,
+                headers,
+                ..
+            } => {
+                let mut response =
+                    error_response(StatusCode::TOO_MANY_REQUESTS, "rate_limited", &message);
+                let answer = response.headers_mut();
+                answer.insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from(retry_after_secs),
+                );
+                for (name, value) in headers {
+                    if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+                        answer.insert(name, value);
+                    }
+                }
+                response
             }
             Self::Unauthorized { code, .. } => {
                 let mut response = error_response(StatusCode::UNAUTHORIZED, code, &message);

@@ -7,6 +7,8 @@ use platform::storage::StorageConfig;
 use platform::tls::CertifiedKeyFiles;
 use secrecy::SecretString;
 
+use crate::orders::{PartnerLimits, Rate};
+
 /// Everything Shop needs to run.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -32,6 +34,11 @@ pub struct Settings {
     /// invalidates every token handed out before. Env: `SHOP_ORDER_TOKEN_KEY` (required unless
     /// `HALLMARK_ENV` is `development` or `test`, where a fixed development key is used).
     pub order_token_key: SecretString,
+    /// How many orders each partner may place, shared by every replica (`orders::limit`).
+    /// Env: `SHOP_PARTNER_RATE` (every partner's, `count/duration`, default `60/1m`) and
+    /// `SHOP_PARTNER_RATES` (some partners' own, e.g. `acme=600/1m,bulk=30/1m`). Customers'
+    /// web orders are not limited.
+    pub partner_limits: PartnerLimits,
 }
 
 pub const DEFAULT_MAX_MODEL_BYTES: usize = 50 * 1024 * 1024;
@@ -49,10 +56,24 @@ impl Settings {
             broker: BrokerConfig::from_env(Party::Service(System::Shop))?,
             storage: StorageConfig::from_env()?,
             max_model_bytes: settings::parse("SHOP_MAX_MODEL_BYTES", DEFAULT_MAX_MODEL_BYTES)?,
+            partner_limits: partner_limits()?,
             order_token_key: SecretString::from(settings::credential(
                 "SHOP_ORDER_TOKEN_KEY",
                 "hallmark-order-token-key-for-local-use-only",
             )?),
         })
     }
+}
+
+fn partner_limits() -> anyhow::Result<PartnerLimits> {
+    let default = Rate::parse(&settings::string("SHOP_PARTNER_RATE", "60/1m"))
+        .map_err(|e| anyhow::anyhow!("SHOP_PARTNER_RATE: {e}"))?;
+    let per_partner = PartnerLimits::parse_overrides(
+        &settings::optional("SHOP_PARTNER_RATES").unwrap_or_default(),
+    )
+    .map_err(|e| anyhow::anyhow!("SHOP_PARTNER_RATES: {e}"))?;
+    Ok(PartnerLimits {
+        default,
+        per_partner,
+    })
 }

@@ -15,7 +15,7 @@ mod orders;
 mod startup;
 
 pub use config::Settings;
-pub use orders::OrderTokens;
+pub use orders::{OrderTokens, PartnerLimits, Rate};
 pub use startup::Application;
 
 /// `service.name` of this service.

@@ -27,6 +27,7 @@ pub(crate) struct AppState {
     pub orderbook: OrderBook,
     pub max_model_bytes: usize,
     pub tokens: crate::orders::OrderTokens,
+    pub partner_limits: Arc<crate::orders::PartnerLimits>,
 }
 
 /// The status listing (`orderbook::statuses`) reads the pool from the state.
@@ -67,6 +68,7 @@ impl Application {
                 orderbook: OrderBook::new(SERVICE_NAME),
                 max_model_bytes: settings.max_model_bytes,
                 tokens: crate::orders::OrderTokens::new(settings.order_token_key),
+                partner_limits: Arc::new(settings.partner_limits),
             },
             broker: Broker::service(settings.broker, System::Shop),
             cancel,

@@ -1,9 +1,11 @@
 //! The order endpoints.
 
 mod intake;
+mod limit;
 mod store;
 mod token;
 
+pub use limit::{PartnerLimits, Rate};
 pub use token::OrderTokens;
 
 use axum::Router;
@@ -48,6 +50,31 @@ async fn create(
     {
         return replay(&state, existing, &upload.request_hash).await;
     }
+    // A partner's new order draws on its budget before anything is stored.
+    let verdict = match &upload.order.partner_id {
+        Some(partner) => {
+            let verdict =
+                limit::take(&state.pool, partner, state.partner_limits.rate_of(partner)).await?;
+            if let Some(refusal) = verdict.refusal(partner) {
+                let span = Context::current();
+                span.span()
+                    .set_attribute(KeyValue::new(attr::PARTNER_ID, partner.clone()));
+                span.span()
+                    .set_attribute(KeyValue::new("hallmark.rate_limited", true));
+                partner_orders_limited().add(
+                    1,
+                    &[KeyValue::new(
+                        "partner",
+                        state.partner_limits.label_of(partner),
+                    )],
+                );
+                tracing::info!(partner = %partner, retry_after_s = verdict.reset_secs, "partner over its rate: refused");
+                return Err(refusal);
+            }
+            Some(verdict)
+        }
+        None => None,
+    };
 
     let order_id = Uuid::now_v7();
     let key = key.unwrap_or_else(|| order_id.to_string());
@@ -86,7 +113,26 @@ async fn create(
     };
     let result = spans::under(cx.as_ref(), work).await;
     spans::end_in(cx.as_ref());
-    result
+    let mut response = result?;
+    for (name, value) in verdict.iter().flat_map(limit::Verdict::headers) {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    Ok(response)
+}
+
+/// Partners' orders refused for their rate, by partner (one with a rate of its own, else
+/// `other`, so that names in requests cannot grow the series).
+fn partner_orders_limited() -> &'static opentelemetry::metrics::Counter<u64> {
+    static LIMITED: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>> =
+        std::sync::OnceLock::new();
+    LIMITED.get_or_init(|| {
+        telemetry::metrics::meter()
+            .u64_counter("hallmark.partner_orders.limited")
+            .with_description("Partners' orders refused with 429 for being over the partner's rate")
+            .build()
+    })
 }
 
 /// The context to run an order's work under: the request span gets `order.id` (and

@@ -6,7 +6,7 @@ use messaging::{BrokerConfig, Party};
 use platform::db::DatabaseConfig;
 use platform::storage::StorageConfig;
 use serde_json::{Value, json};
-use shop_api::{Application, Settings};
+use shop_api::{Application, PartnerLimits, Rate, Settings};
 use sqlx::PgPool;
 use testkit::database::TestDatabase;
 use tokio_util::sync::CancellationToken;
@@ -62,10 +62,68 @@ pub async fn spawn_app_with_tls(certificates: &testkit::tls::Certificates) -> Te
     app
 }
 
+/// The partners' rates of the test apps unless a test sets its own: high enough never to get in
+/// the way.
+pub fn generous_limits() -> PartnerLimits {
+    PartnerLimits {
+        default: Rate::parse("1000/1m").unwrap(),
+        per_partner: Default::default(),
+    }
+}
+
+/// Two Shop replicas with `limits` on one database, broker namespace and storage: the first as
+/// the test app, the address of the second (which stops with the first).
+pub async fn spawn_two_replicas(limits: PartnerLimits) -> (TestApp, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = StorageConfig::Filesystem {
+        root: dir.path().to_owned(),
+    };
+    let app = spawn_with(storage.clone(), dir, None, limits.clone()).await;
+    let settings = Settings {
+        port: 0,
+        partner_limits: limits,
+        ..settings_of(&app, storage, None)
+    };
+    let second = Application::build(settings, app.cancel.child_token())
+        .await
+        .expect("the second replica builds");
+    let address = format!("http://127.0.0.1:{}", second.port());
+    tokio::spawn(second.run_until_stopped());
+    (app, address)
+}
+
+/// The settings `app` runs with (its database and broker namespace), on a new port.
+fn settings_of(
+    app: &TestApp,
+    storage: StorageConfig,
+    tls: Option<platform::tls::CertifiedKeyFiles>,
+) -> Settings {
+    Settings {
+        host: "127.0.0.1".into(),
+        tls,
+        port: 0,
+        database: DatabaseConfig::new(app._database.url()),
+        broker: testkit::broker::as_party(&app.broker, Party::Service(System::Shop)),
+        storage,
+        max_model_bytes: MAX_MODEL_BYTES,
+        order_token_key: ORDER_TOKEN_KEY.to_owned().into(),
+        partner_limits: generous_limits(),
+    }
+}
+
 async fn spawn(
     storage: StorageConfig,
     dir: tempfile::TempDir,
     tls: Option<platform::tls::CertifiedKeyFiles>,
+) -> TestApp {
+    spawn_with(storage, dir, tls, generous_limits()).await
+}
+
+async fn spawn_with(
+    storage: StorageConfig,
+    dir: tempfile::TempDir,
+    tls: Option<platform::tls::CertifiedKeyFiles>,
+    partner_limits: PartnerLimits,
 ) -> TestApp {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let database = TestDatabase::create("shop").await;
@@ -81,6 +139,7 @@ async fn spawn(
         storage,
         max_model_bytes: MAX_MODEL_BYTES,
         order_token_key: ORDER_TOKEN_KEY.to_owned().into(),
+        partner_limits,
     };
     let cancel = CancellationToken::new();
     let app = Application::build(settings, cancel.clone())
