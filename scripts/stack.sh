@@ -116,7 +116,16 @@ export HALLMARK_STACK_TLS_CLIENT_CA="${HALLMARK_STACK_TLS_CLIENT_CA:-}" \
   HALLMARK_ORDER_WATCH_CA="${HALLMARK_ORDER_WATCH_CA:-}" \
   HALLMARK_COLLECTOR_CLIENT_CERT="${HALLMARK_COLLECTOR_CLIENT_CERT:-}" \
   HALLMARK_COLLECTOR_CLIENT_KEY="${HALLMARK_COLLECTOR_CLIENT_KEY:-}"
-: "${HALLMARK_ORDER_WATCH_ALERTS_URL:=http://$HALLMARK_STACK_HOST:$ORDER_WATCH_PORT/api/alerts}"
+# Prometheus scrapes order-watch, and Alertmanager posts alerts to it, over https when it serves
+# TLS, checking its certificate against HALLMARK_ORDER_WATCH_CA when given (else the system's
+# roots); likewise the services' /metrics when they serve TLS (HALLMARK_TLS_CERT), against
+# HALLMARK_SERVICES_CA.
+HALLMARK_ORDER_WATCH_TLS=${ORDER_WATCH_TLS_CERT:+yes}
+HALLMARK_SERVICES_TLS=${HALLMARK_TLS_CERT:+yes}
+export HALLMARK_ORDER_WATCH_TLS HALLMARK_SERVICES_TLS HALLMARK_SERVICES_CA="${HALLMARK_SERVICES_CA:-}"
+watch_scheme=http
+[ -n "$HALLMARK_ORDER_WATCH_TLS" ] && watch_scheme=https
+: "${HALLMARK_ORDER_WATCH_ALERTS_URL:=$watch_scheme://$HALLMARK_STACK_HOST:$ORDER_WATCH_PORT/api/alerts}"
 export HALLMARK_ORDER_WATCH_ALERTS_URL
 
 # Renders template $1 into $2: each ${HALLMARK_…} is replaced from the environment (an unset one
