@@ -75,70 +75,50 @@ ensure_broker_accounts() {
   done <<<"$topics"
 }
 
-# TLS for the development broker: a listener on 5671 (amqps://) with a certificate of a local
-# certificate authority, for the tests that connect with TLS (messaging's tests/tls.rs) and for
-# trying HALLMARK_AMQP_CA_FILE by hand. ensure_broker_tls makes, once, in $HALLMARK_BROKER_TLS_DIR:
-#   ca.pem            the local CA (its key ca.key stays readable by root only)
-#   server.pem/.key   the broker's certificate, for localhost and 127.0.0.1, signed by the CA
-#   client.pem/.key   a client certificate signed by the CA (HALLMARK_AMQP_CLIENT_CERT/KEY)
+# TLS for the development broker: a listener on 5671 (amqps://) with a certificate of the
+# machine's local certificate authority (scripts/deps.sh, ensure_local_ca: the one PostgreSQL's
+# certificate comes from too), for the tests that connect with TLS (messaging's tests/tls.rs) and
+# for trying HALLMARK_AMQP_CA_FILE by hand. ensure_broker_tls keeps in $HALLMARK_BROKER_TLS_DIR:
+#   ca.pem            the local CA's certificate (its key never leaves $HALLMARK_TLS_DIR)
+#   server.pem/.key   the broker's certificate, for localhost, 127.0.0.1 and ::1
+#   client.pem/.key   a client certificate of the same CA (HALLMARK_AMQP_CLIENT_CERT/KEY)
 #   other-ca.pem      an unrelated CA that signed nothing: trusting it instead must fail
-# adds the listener to RabbitMQ's configuration (a marked block in /etc/rabbitmq/rabbitmq.conf,
-# used from its next start on) and starts it in the running broker without a restart. When the
-# port is open and the files are there it does nothing. The broker asks clients for a
-# certificate (verify_peer) but lets them connect without one, so a client with a certificate
-# of another CA is refused while password logins work as on 5672.
+# and the listener in RabbitMQ's configuration (a marked block in /etc/rabbitmq/rabbitmq.conf).
+# When the files change (first run, a renewed certificate, another CA) it installs them and
+# restarts the broker's application so that the listener takes them; otherwise it does nothing.
+# The broker asks clients for a certificate (verify_peer) but lets them connect without one, so
+# a client with a certificate of another CA is refused while password logins work as on 5672.
 HALLMARK_BROKER_TLS_DIR=${HALLMARK_BROKER_TLS_DIR:-/etc/rabbitmq/hallmark-tls}
 HALLMARK_BROKER_TLS_PORT=5671
 
-# tls_certificate NAME CA USAGE SUBJECT [SAN]: a key and certificate NAME.{key,pem} signed by CA.
-tls_certificate() {
-  local name=$1 ca=$2 usage=$3 subject=$4 san=${5:-} extensions
-  extensions="basicConstraints=critical,CA:FALSE"$'\n'"keyUsage=critical,digitalSignature"$'\n'"extendedKeyUsage=$usage"
-  [ -n "$san" ] && extensions+=$'\n'"subjectAltName=$san"
-  openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -keyout "$name.key" \
-    -out "$name.csr" -subj "$subject" 2>/dev/null
-  openssl x509 -req -in "$name.csr" -CA "$ca.pem" -CAkey "$ca.key" -CAcreateserial -days 825 \
-    -sha256 -out "$name.pem" -extfile <(printf '%s\n' "$extensions") 2>/dev/null
-  rm -f "$name.csr"
-}
-
-# tls_authority NAME SUBJECT: a self-signed CA NAME.{key,pem}.
-tls_authority() {
-  openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -sha256 \
-    -keyout "$1.key" -out "$1.pem" -days 3650 -subj "$2" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-    2>/dev/null
-}
-
 ensure_broker_tls() {
   local dir=$HALLMARK_BROKER_TLS_DIR port=$HALLMARK_BROKER_TLS_PORT conf=/etc/rabbitmq/rabbitmq.conf
-  if port_open "$port" && [ -f "$dir/ca.pem" ] && [ -f "$dir/other-ca.pem" ]; then
-    return 0
-  fi
   if ! is_root || ! command -v rabbitmqctl >/dev/null 2>&1; then
     say "not enabling RabbitMQ's TLS listener (needs root and rabbitmqctl): the TLS tests need it; run 'source scripts/deps.sh && ensure_broker_tls' as root"
     return 0
   fi
-  command -v openssl >/dev/null 2>&1 || apt_install openssl
-  if [ ! -f "$dir/server.pem" ] || [ ! -f "$dir/other-ca.pem" ]; then
-    say "making a local CA and certificates for RabbitMQ's TLS listener in $dir"
-    mkdir -p "$dir"
-    (
-      set -e
-      cd "$dir"
-      umask 077
-      tls_authority ca "/CN=Hallmark development broker CA"
-      tls_certificate server ca serverAuth "/CN=localhost" "DNS:localhost,IP:127.0.0.1"
-      tls_certificate client ca clientAuth "/CN=hallmark-shop"
-      tls_authority other-ca "/CN=Not the Hallmark broker CA"
-      rm -f other-ca.key ca.srl
-      chmod 644 ca.pem server.pem client.pem other-ca.pem client.key
-      chgrp rabbitmq server.key && chmod 640 server.key
-      chmod 755 .
-    ) || die "cannot make the broker's TLS certificates in $dir"
+  issue_local_cert rabbitmq
+  issue_local_cert amqp-client
+  local changed= tls=$HALLMARK_TLS_DIR
+  if ! cmp -s "$tls/ca.pem" "$dir/ca.pem" || ! cmp -s "$tls/rabbitmq.pem" "$dir/server.pem" \
+    || ! cmp -s "$tls/amqp-client.pem" "$dir/client.pem" || [ ! -f "$dir/other-ca.pem" ]; then
+    say "installing RabbitMQ's TLS certificates (of the local CA) in $dir"
+    install -d -m 755 "$dir"
+    install -m 644 "$tls/ca.pem" "$dir/ca.pem"
+    install -m 644 "$tls/rabbitmq.pem" "$dir/server.pem"
+    install -m 640 -g rabbitmq "$tls/rabbitmq.key" "$dir/server.key"
+    install -m 644 "$tls/amqp-client.pem" "$dir/client.pem"
+    install -m 644 "$tls/amqp-client.key" "$dir/client.key"
+    if [ ! -f "$dir/other-ca.pem" ]; then
+      new_authority "$dir/other-ca" "/CN=Not the Hallmark CA"
+      rm -f "$dir/other-ca.key"
+      chmod 644 "$dir/other-ca.pem"
+    fi
+    rm -f "$dir/ca.key" "$dir/ca.srl"
+    changed=1
   fi
   if ! grep -q '^# hallmark: TLS listener' "$conf" 2>/dev/null; then
-    say "adding the TLS listener on $port to $conf (used from RabbitMQ's next start)"
+    say "adding the TLS listener on $port to $conf"
     cat >>"$conf" <<CONF
 # hallmark: TLS listener for development (scripts/broker.sh, ensure_broker_tls)
 listeners.ssl.default = $port
@@ -149,11 +129,16 @@ ssl_options.verify = verify_peer
 ssl_options.fail_if_no_peer_cert = false
 # hallmark: end
 CONF
+    changed=1
   fi
-  if ! port_open "$port"; then
-    say "starting RabbitMQ's TLS listener on $port (no restart)"
-    rabbitmqctl -q eval "{ok, _} = application:ensure_all_started(ssl), rabbit_networking:start_ssl_listener($port, [{cacertfile, \"$dir/ca.pem\"}, {certfile, \"$dir/server.pem\"}, {keyfile, \"$dir/server.key\"}, {verify, verify_peer}, {fail_if_no_peer_cert, false}], 10)." </dev/null >/dev/null \
-      || die "RabbitMQ did not start its TLS listener; restarting it picks up $conf"
+  if [ -n "$changed" ] || ! port_open "$port"; then
+    say "restarting RabbitMQ's application so that its TLS listener on $port takes the certificates"
+    # Erlang keeps PEM files it read in a cache keyed by path: forget them, or the listener
+    # would come back with the old certificate.
+    rabbitmqctl -q eval 'ssl:clear_pem_cache().' >/dev/null 2>&1 || true
+    rabbitmqctl -q stop_app >/dev/null && rabbitmqctl -q start_app >/dev/null \
+      || die "RabbitMQ did not restart its application; see its log"
+    wait_for_port 5672 RabbitMQ 60
     wait_for_port "$port" "RabbitMQ's TLS listener" 30
   fi
 }

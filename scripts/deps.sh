@@ -129,14 +129,19 @@ export HALLMARK_TLS_DIR
 # development and tests only; a deployment uses its own PKI.
 ensure_local_ca() {
   [ -s "$HALLMARK_TLS_DIR/ca.pem" ] && [ -s "$HALLMARK_TLS_DIR/ca.key" ] && return 0
-  command -v openssl >/dev/null 2>&1 || apt_install openssl
   say "creating a local certificate authority in $HALLMARK_TLS_DIR"
   mkdir -p "$HALLMARK_TLS_DIR" && chmod 700 "$HALLMARK_TLS_DIR"
+  new_authority "$HALLMARK_TLS_DIR/ca" "/CN=Hallmark local development CA"
+}
+
+# new_authority PATH SUBJECT: a self-signed certificate authority PATH.pem with its key PATH.key.
+new_authority() {
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
-    -subj "/CN=Hallmark local development CA" \
+    -subj "$2" \
     -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
-    -keyout "$HALLMARK_TLS_DIR/ca.key" -out "$HALLMARK_TLS_DIR/ca.pem" 2>/dev/null \
-    || die "openssl could not create the local certificate authority"
+    -keyout "$1.key" -out "$1.pem" 2>/dev/null \
+    || die "openssl could not create the certificate authority $1.pem"
 }
 
 # issue_local_cert NAME: $HALLMARK_TLS_DIR/NAME.pem and NAME.key, a certificate for 127.0.0.1,
