@@ -10,12 +10,8 @@ use domain::events::{
 };
 use domain::{Material, OrderStatus};
 use e2e::{PATIENCE, Service, System};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Confirmation};
-use messaging::publisher::{Outgoing, Publisher};
+use lapin::types::FieldTable;
 use messaging::{Broker, Party};
-use secrecy::ExposeSecret as _;
 use serde_json::Value;
 use testkit::otlp::kind;
 use testkit::process::binary;
@@ -35,56 +31,14 @@ async fn send(system: &System, from: From, envelope: &Envelope) {
     let broker = match from {
         From::Party(party) => testkit::broker::connect_as(&system.broker, party),
         From::Guest => Broker::operator(system.broker.clone(), "e2e-guest"),
-        From::Nobody => return send_without_user_id(system, envelope).await,
+        From::Nobody => {
+            return testkit::broker::send_without_user_id(&system.broker, envelope).await;
+        }
     };
-    let publisher = Publisher::open(&broker).await.unwrap();
-    publisher
-        .publish(
-            &broker.names().orders_exchange(),
-            &key,
-            Outgoing {
-                message_id: envelope.message_id,
-                kind: &envelope.kind,
-                body: &envelope.to_vec(),
-                headers: FieldTable::default(),
-                occurred_at: envelope.occurred_at,
-            },
-        )
+    testkit::broker::send(&broker, envelope, FieldTable::default())
         .await
         .unwrap_or_else(|err| panic!("{from:?} sending {key}: {err}"));
     broker.close().await;
-}
-
-async fn send_without_user_id(system: &System, envelope: &Envelope) {
-    let connection =
-        lapin::Connection::connect(system.broker.url.expose_secret(), Default::default())
-            .await
-            .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let exchange = messaging::topology::Names::new(&system.namespace).orders_exchange();
-    let confirmation = channel
-        .basic_publish(
-            exchange.as_str().into(),
-            envelope.routing_key().as_str().into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            &envelope.to_vec(),
-            BasicProperties::default()
-                .with_message_id(ShortString::from(envelope.message_id.to_string()))
-                .with_type(ShortString::from(envelope.kind.as_str())),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert_eq!(confirmation, Confirmation::Ack(None));
-    let _ = connection.close(200, "sent".into()).await;
 }
 
 /// `hallmark` as the operator, on `system`'s namespace.

@@ -9,15 +9,13 @@ use std::time::Duration;
 use chrono::Utc;
 use domain::events::{Envelope, Event, StatusChanged};
 use domain::{OrderStatus, System};
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Confirmation};
+use lapin::options::BasicGetOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use messaging::consumer::{self, ConsumerConfig};
 use messaging::dead_letters::{self, Selection};
-use messaging::publisher::{Outgoing, Publisher, header_i64, header_str};
+use messaging::publisher::{header_i64, header_str};
 use messaging::topology::CRM_ORDERS;
 use messaging::{Broker, BrokerConfig, Handler, HandlerError, Incoming, Party};
-use secrecy::ExposeSecret as _;
 use sqlx::{PgConnection, PgPool};
 use testkit::database::TestDatabase;
 use tokio_util::sync::CancellationToken;
@@ -137,59 +135,15 @@ fn priced() -> Envelope {
 /// Publishes `envelope` as `party` (its account, which the broker puts in the user-id), with
 /// extra `headers`.
 async fn send_as(setup: &Setup, party: Party, envelope: &Envelope, headers: FieldTable) {
-    let broker = testkit::broker::connect_as(&setup.config, party);
-    send(&broker, envelope, headers).await;
-    broker.close().await;
+    testkit::broker::send_as(&setup.config, party, envelope, headers)
+        .await
+        .unwrap();
 }
 
 async fn send(broker: &Broker, envelope: &Envelope, headers: FieldTable) {
-    let publisher = Publisher::open(broker).await.unwrap();
-    publisher
-        .publish(
-            &broker.names().orders_exchange(),
-            &envelope.routing_key(),
-            Outgoing {
-                message_id: envelope.message_id,
-                kind: &envelope.kind,
-                body: &envelope.to_vec(),
-                headers,
-                occurred_at: envelope.occurred_at,
-            },
-        )
+    testkit::broker::send(broker, envelope, headers)
         .await
         .unwrap();
-}
-
-/// Publishes `envelope` with `config`'s account and no user-id at all.
-async fn send_without_user_id(config: &BrokerConfig, envelope: &Envelope) {
-    let connection = lapin::Connection::connect(config.url.expose_secret(), Default::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let names = messaging::topology::Names::new(&config.namespace);
-    let confirm = channel
-        .basic_publish(
-            names.orders_exchange().as_str().into(),
-            envelope.routing_key().as_str().into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            &envelope.to_vec(),
-            BasicProperties::default()
-                .with_message_id(ShortString::from(envelope.message_id.to_string()))
-                .with_type(ShortString::from(envelope.kind.as_str())),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert_eq!(confirm, Confirmation::Ack(None), "routed to crm.orders");
-    let _ = connection.close(200, "sent".into()).await;
 }
 
 fn claims_to_be_mes() -> FieldTable {
@@ -265,7 +219,7 @@ async fn a_message_sent_by_anyone_but_its_owner_is_dead_lettered_as_forged_and_n
     send_as(&setup, SHOP, &forged[0].0, FieldTable::default()).await;
     send_as(&setup, CRM, &forged[1].0, FieldTable::default()).await;
     send(&setup.admin, &forged[2].0, FieldTable::default()).await;
-    send_without_user_id(&setup.config, &forged[3].0).await;
+    testkit::broker::send_without_user_id(&setup.config, &forged[3].0).await;
     send_as(&setup, SHOP, &forged[4].0, claims_to_be_mes()).await;
 
     let letters = dead_letters(&setup, forged.len()).await;

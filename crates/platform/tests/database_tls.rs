@@ -82,7 +82,7 @@ async fn a_server_whose_certificate_the_given_ca_did_not_sign_is_refused() {
 }
 
 #[tokio::test]
-async fn a_url_that_requires_tls_never_falls_back_to_plain_text() {
+async fn a_url_that_requires_tls_gets_an_encrypted_connection() {
     let pool = connect(server_url_with("sslmode=require"))
         .await
         .expect("sslmode=require");

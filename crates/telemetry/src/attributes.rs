@@ -27,6 +27,8 @@ pub const ORDER_STAGE: &str = "order.stage";
 pub const CUSTOMER_ID: &str = "customer.id";
 /// The partner that placed the order through the API.
 pub const PARTNER_ID: &str = "partner.id";
+/// `true` on a request refused because its partner was over its order rate.
+pub const RATE_LIMITED: &str = "hallmark.rate_limited";
 /// Milliseconds the message waited between publication and the start of processing.
 pub const QUEUE_WAIT_MS: &str = "hallmark.queue.wait_ms";
 /// How many times this message was retried before this attempt (0 on the first attempt).

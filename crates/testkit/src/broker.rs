@@ -66,6 +66,82 @@ pub fn connect_as(config: &BrokerConfig, party: Party) -> Broker {
     )
 }
 
+/// Publishes `envelope` on the orders exchange through `broker`, whose account the broker puts
+/// in the user-id, with extra `headers`; returns once the broker confirmed it.
+pub async fn send(
+    broker: &Broker,
+    envelope: &domain::events::Envelope,
+    headers: lapin::types::FieldTable,
+) -> Result<(), messaging::publisher::PublishError> {
+    use messaging::publisher::{Outgoing, Publisher};
+    let publisher = Publisher::open(broker).await?;
+    publisher
+        .publish(
+            &broker.names().orders_exchange(),
+            &envelope.routing_key(),
+            Outgoing {
+                message_id: envelope.message_id,
+                kind: &envelope.kind,
+                body: &envelope.to_vec(),
+                headers,
+                occurred_at: envelope.occurred_at,
+            },
+        )
+        .await
+}
+
+/// [`send`] as `party`, closing the connection afterwards.
+pub async fn send_as(
+    config: &BrokerConfig,
+    party: Party,
+    envelope: &domain::events::Envelope,
+    headers: lapin::types::FieldTable,
+) -> Result<(), messaging::publisher::PublishError> {
+    let broker = connect_as(config, party);
+    let sent = send(&broker, envelope, headers).await;
+    broker.close().await;
+    sent
+}
+
+/// Publishes `envelope` with `config`'s account and no user-id at all, as a client of its own
+/// would: the mandatory publish must be routed and confirmed.
+pub async fn send_without_user_id(config: &BrokerConfig, envelope: &domain::events::Envelope) {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::types::ShortString;
+    let connection = lapin::Connection::connect(config.url.expose_secret(), Default::default())
+        .await
+        .expect("the broker accepts the connection");
+    let channel = connection.create_channel().await.expect("a channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("publisher confirms");
+    let exchange = messaging::topology::Names::new(&config.namespace).orders_exchange();
+    let confirmation = channel
+        .basic_publish(
+            exchange.as_str().into(),
+            envelope.routing_key().as_str().into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &envelope.to_vec(),
+            lapin::BasicProperties::default()
+                .with_message_id(ShortString::from(envelope.message_id.to_string()))
+                .with_type(ShortString::from(envelope.kind.as_str())),
+        )
+        .await
+        .expect("published")
+        .await
+        .expect("confirmed");
+    assert_eq!(
+        confirmation,
+        lapin::Confirmation::Ack(None),
+        "the message was routed"
+    );
+    let _ = connection.close(200, "sent".into()).await;
+}
+
 /// Panics, saying how to make them, unless every development account can log in.
 pub async fn require_accounts() {
     let admin = isolated();

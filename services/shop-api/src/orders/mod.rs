@@ -60,7 +60,7 @@ async fn create(
                 span.span()
                     .set_attribute(KeyValue::new(attr::PARTNER_ID, partner.clone()));
                 span.span()
-                    .set_attribute(KeyValue::new("hallmark.rate_limited", true));
+                    .set_attribute(KeyValue::new(attr::RATE_LIMITED, true));
                 partner_orders_limited().add(
                     1,
                     &[KeyValue::new(

@@ -184,6 +184,16 @@ pub enum Part {
 
 impl TestApp {
     pub async fn post_order(&self, parts: Vec<Part>, key: Option<&str>) -> reqwest::Response {
+        self.post_order_to(&self.address, parts, key).await
+    }
+
+    /// [`TestApp::post_order`] to the Shop at `address` (another replica).
+    pub async fn post_order_to(
+        &self,
+        address: &str,
+        parts: Vec<Part>,
+        key: Option<&str>,
+    ) -> reqwest::Response {
         let mut form = reqwest::multipart::Form::new();
         for part in parts {
             form = match part {
@@ -202,7 +212,7 @@ impl TestApp {
         }
         let mut request = self
             .client
-            .post(format!("{}/api/orders", self.address))
+            .post(format!("{address}/api/orders"))
             .multipart(form);
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);

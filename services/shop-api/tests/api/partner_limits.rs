@@ -3,36 +3,19 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use shop_api::{PartnerLimits, Rate};
 
-use crate::helpers::{error_code, order_json, spawn_two_replicas};
+use crate::helpers::{Part, TestApp, error_code, order_json, spawn_two_replicas};
 
-/// Places one order at `address`, as partner `partner` when given.
-async fn place(
-    client: &reqwest::Client,
-    address: &str,
-    partner: Option<&str>,
-) -> reqwest::Response {
+/// Places the ring at the Shop at `address`, as partner `partner` when given.
+async fn place(app: &TestApp, address: &str, partner: Option<&str>) -> reqwest::Response {
     let mut order = order_json();
     if let Some(partner) = partner {
         order["partner_id"] = partner.into();
     }
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "order",
-            reqwest::multipart::Part::text(order.to_string())
-                .mime_str("application/json")
-                .unwrap(),
-        )
-        .part(
-            "model",
-            reqwest::multipart::Part::bytes(testkit::fixtures::stl("torus.STL"))
-                .file_name("ring.stl"),
-        );
-    client
-        .post(format!("{address}/api/orders"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
+    let parts = vec![
+        Part::Order(order.to_string()),
+        Part::Model("ring.stl", testkit::fixtures::stl("torus.STL")),
+    ];
+    app.post_order_to(address, parts, None).await
 }
 
 #[tokio::test]
@@ -47,7 +30,7 @@ async fn a_partner_over_its_rate_gets_429_with_the_draft_headers_across_replicas
 
     // Its burst of three, through both replicas: one shared budget.
     for (n, address) in [&first, &second, &first].into_iter().enumerate() {
-        let accepted = place(&app.client, address, Some("bulk")).await;
+        let accepted = place(&app, address, Some("bulk")).await;
         assert_eq!(accepted.status(), 201, "order {n}");
         assert_eq!(
             accepted.headers()["ratelimit-policy"],
@@ -60,7 +43,7 @@ async fn a_partner_over_its_rate_gets_429_with_the_draft_headers_across_replicas
         );
     }
     for address in [&second, &first] {
-        let refused = place(&app.client, address, Some("bulk")).await;
+        let refused = place(&app, address, Some("bulk")).await;
         let retry_after: u64 = refused.headers()["retry-after"]
             .to_str()
             .unwrap()
@@ -90,11 +73,8 @@ async fn a_partner_over_its_rate_gets_429_with_the_draft_headers_across_replicas
     );
 
     // Another partner, and customers of the web shop, are not held back by it.
-    assert_eq!(
-        place(&app.client, &second, Some("acme")).await.status(),
-        201
-    );
-    let web = place(&app.client, &first, None).await;
+    assert_eq!(place(&app, &second, Some("acme")).await.status(), 201);
+    let web = place(&app, &first, None).await;
     assert_eq!(web.status(), 201);
     assert!(web.headers().get("ratelimit").is_none());
     let created: Value = web.json().await.unwrap();

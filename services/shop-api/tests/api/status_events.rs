@@ -6,7 +6,6 @@ use domain::System;
 use domain::events::{Envelope, Event, StatusChanged};
 use lapin::types::FieldTable;
 use messaging::Party;
-use messaging::publisher::{Outgoing, Publisher};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -38,22 +37,14 @@ impl TestApp {
             .into_iter()
             .find(|system| system.service_name() == source)
             .expect("a service");
-        let broker = testkit::broker::connect_as(&self.broker, Party::Service(owner));
-        let publisher = Publisher::open(&broker).await.unwrap();
-        publisher
-            .publish(
-                &broker.names().orders_exchange(),
-                &envelope.routing_key(),
-                Outgoing {
-                    message_id: envelope.message_id,
-                    kind: &envelope.kind,
-                    body: &envelope.to_vec(),
-                    headers: FieldTable::default(),
-                    occurred_at: envelope.occurred_at,
-                },
-            )
-            .await
-            .unwrap();
+        testkit::broker::send_as(
+            &self.broker,
+            Party::Service(owner),
+            &envelope,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     }
 
     async fn until_history_has(&self, id: &str, steps: usize) -> Value {
