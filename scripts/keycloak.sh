@@ -33,6 +33,14 @@
 #                                      credentials; scripts/stack.sh gives Alertmanager the same):
 #                                      taken from the environment at import like the one above; a
 #                                      development default, for local use only
+#   HALLMARK_ORDER_WATCH_SERVICE_SECRET the secret of the client order-watch-service, order-watch's
+#                                      own identity for reading Shop's, CRM's and MES's status
+#                                      listings (client credentials, role status-reader); a
+#                                      development default, for local use only
+#   HALLMARK_PARTNER_ACME_SECRET, HALLMARK_PARTNER_GLOBEX_SECRET
+#                                      the secrets of the demo partners' clients partner-acme and
+#                                      partner-globex (client credentials, role partner, claim
+#                                      partner_id); development defaults, for local use only
 
 : "${HALLMARK_KEYCLOAK_HOST:=127.0.0.1}"
 : "${HALLMARK_KEYCLOAK_PORT:=8180}" "${HALLMARK_KEYCLOAK_MANAGEMENT_PORT:=9001}"
@@ -43,6 +51,10 @@
 # The same defaults as scripts/stack.sh's.
 : "${HALLMARK_STACK_PROXY_SECRET:=hallmark-stack-proxy-local-only}"
 : "${HALLMARK_ALERTMANAGER_SECRET:=hallmark-alertmanager-local-only}"
+: "${HALLMARK_ORDER_WATCH_SERVICE_SECRET:=hallmark-order-watch-local-only}"
+: "${HALLMARK_PARTNER_ACME_SECRET:=hallmark-partner-acme-local-only}"
+: "${HALLMARK_PARTNER_GLOBEX_SECRET:=hallmark-partner-globex-local-only}"
+export HALLMARK_ORDER_WATCH_SERVICE_SECRET HALLMARK_PARTNER_ACME_SECRET HALLMARK_PARTNER_GLOBEX_SECRET
 export HALLMARK_KEYCLOAK_HOST HALLMARK_KEYCLOAK_PORT HALLMARK_KEYCLOAK_MANAGEMENT_PORT
 # The process started by launch_keycloak (empty when an already running Keycloak is reused), when
 # it started and where it logs.
@@ -67,16 +79,45 @@ keycloak_ready() {
     | grep -qF "\"issuer\":\"$issuer\""
 }
 
+# Where launch_keycloak records the realm files (their digest) and the process of the Keycloak
+# it started on the port, so that a later launch reuses it only while the realm files are the
+# same and restarts it when they changed (a test of a new client or role must not meet an old
+# realm).
+HALLMARK_KEYCLOAK_RECORD="${XDG_STATE_HOME:-$HOME/.local/state}/hallmark/keycloak-$HALLMARK_KEYCLOAK_PORT.realms"
+
+# Prints the digest of the realm files in deploy/keycloak/.
+keycloak_realms_digest() {
+  cat deploy/keycloak/realm-*.json | sha256sum | cut -d' ' -f1
+}
+
 # Starts Keycloak in the background with its home under directory $1 (its log in
-# $1/logs/keycloak.log) unless one with the hallmark and other realms already answers; await_keycloak
+# $1/logs/keycloak.log) unless one with the hallmark and other realms already answers, imported
+# from the realm files as they are now (one started by a launch with other realm files is
+# stopped and started again; one started otherwise is reused with a warning); await_keycloak
 # waits for it, so that something else (a build) can run meanwhile. Sets HALLMARK_KEYCLOAK_PID
 # to the process it started (stop it with stop_keycloak).
 launch_keycloak() {
   local state=$1
   HALLMARK_KEYCLOAK_LOG=
+  local digest recorded old
+  digest=$(keycloak_realms_digest)
   if keycloak_ready hallmark && keycloak_ready other; then
-    say "Keycloak is already running at $(keycloak_url) with the hallmark realm: using it"
-    return
+    recorded=$(sed -n 1p "$HALLMARK_KEYCLOAK_RECORD" 2>/dev/null || true)
+    old=$(sed -n 2p "$HALLMARK_KEYCLOAK_RECORD" 2>/dev/null || true)
+    if [ -z "$recorded" ]; then
+      say "Keycloak is already running at $(keycloak_url) with the hallmark realm, not started by these scripts: using it as it is"
+      return
+    fi
+    if [ "$recorded" = "$digest" ]; then
+      say "Keycloak is already running at $(keycloak_url) with the realm files as they are: using it"
+      return
+    fi
+    if [ -n "$old" ] && kill -0 "$old" 2>/dev/null; then
+      say "Keycloak (pid $old) runs with older realm files: restarting it"
+      kill -TERM "$old" 2>/dev/null || true
+      local waited=0
+      while port_open "$HALLMARK_KEYCLOAK_PORT" && [ "$waited" -lt 60 ]; do sleep 1; waited=$((waited + 1)); done
+    fi
   fi
   port_open "$HALLMARK_KEYCLOAK_PORT" \
     && die "port $HALLMARK_KEYCLOAK_PORT is taken by something that is not a Keycloak with the hallmark and other realms; stop it or set HALLMARK_KEYCLOAK_PORT"
@@ -110,6 +151,9 @@ launch_keycloak() {
     KC_BOOTSTRAP_ADMIN_PASSWORD="$HALLMARK_KEYCLOAK_ADMIN_PASSWORD" \
     HALLMARK_STACK_PROXY_SECRET="$HALLMARK_STACK_PROXY_SECRET" \
     HALLMARK_ALERTMANAGER_SECRET="$HALLMARK_ALERTMANAGER_SECRET" \
+    HALLMARK_ORDER_WATCH_SERVICE_SECRET="$HALLMARK_ORDER_WATCH_SERVICE_SECRET" \
+    HALLMARK_PARTNER_ACME_SECRET="$HALLMARK_PARTNER_ACME_SECRET" \
+    HALLMARK_PARTNER_GLOBEX_SECRET="$HALLMARK_PARTNER_GLOBEX_SECRET" \
     "$home/bin/kc.sh" start-dev --import-realm \
     --http-host="$HALLMARK_KEYCLOAK_HOST" --http-port="$HALLMARK_KEYCLOAK_PORT" \
     --http-management-port="$HALLMARK_KEYCLOAK_MANAGEMENT_PORT" \
@@ -117,6 +161,8 @@ launch_keycloak() {
     </dev/null >"$HALLMARK_KEYCLOAK_LOG" 2>&1 &
   HALLMARK_KEYCLOAK_PID=$!
   printf '%s\n' "$HALLMARK_KEYCLOAK_PID" >"$home/pid"
+  mkdir -p "$(dirname "$HALLMARK_KEYCLOAK_RECORD")"
+  printf '%s\n%s\n' "$digest" "$HALLMARK_KEYCLOAK_PID" >"$HALLMARK_KEYCLOAK_RECORD"
 }
 
 # Waits until the Keycloak that launch_keycloak started has imported both realms and serves
@@ -157,8 +203,9 @@ stop_keycloak() {
 # Prints where Keycloak is and the demo users of the hallmark realm.
 print_keycloak() {
   say "Keycloak (SSO stand-in): $(keycloak_url)/admin/ (master realm: $HALLMARK_KEYCLOAK_ADMIN); issuer $(keycloak_issuer hallmark)"
-  say "  demo users (local only; password = name): support (read), developer (read + configuration), admin (everything)"
-  say "  service identity: client alertmanager (client credentials, role alert-sender; secret HALLMARK_ALERTMANAGER_SECRET) posts alerts to order-watch"
+  say "  demo users (local only; password = name): support (read), developer (read + configuration), workshop (production, shipping, delivery), admin (everything)"
+  say "  service identities (client credentials): alertmanager (alert-sender) posts alerts to order-watch; order-watch-service (status-reader) reads the services' status listings"
+  say "  demo partners (client credentials, role partner): partner-acme, partner-globex (secrets HALLMARK_PARTNER_ACME_SECRET, HALLMARK_PARTNER_GLOBEX_SECRET)"
   say "  a token: curl -d grant_type=password -d client_id=hallmark-cli -d username=support -d password=support $(keycloak_issuer hallmark)/protocol/openid-connect/token"
 }
 

@@ -254,6 +254,7 @@ fn time_asking(mes: String, ids: Vec<Uuid>) -> anyhow::Result<Duration> {
                 urls: [(domain::System::Mes, mes)].into(),
                 timeout: Duration::from_secs(5),
                 ca: None,
+                identity: None,
             })?;
             for _ in 0..50 {
                 records.ask(domain::System::Mes, &ids).await?;

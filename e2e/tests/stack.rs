@@ -806,6 +806,7 @@ async fn order_watch_over_tls(
             urls: BTreeMap::new(),
             timeout: Duration::from_secs(2),
             ca: None,
+            identity: None,
         },
         reconfirm_interval: Duration::from_secs(3600),
         auth: order_watch::auth::AuthConfig::Open,

@@ -119,6 +119,44 @@ pub async fn json_errors(response: Response) -> Response {
     answer
 }
 
+/// A refused request (401 or 403), in the one error shape: counted in
+/// `hallmark.http.requests.refused` by `code` (a fixed word of the refusing code, never the
+/// caller's input) and marked on the request's span ([`telemetry::attributes::ACCESS_REFUSED`]).
+/// `challenge` is the `WWW-Authenticate` value that tells a client what to send.
+pub fn refused(
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+    challenge: &'static str,
+) -> Response {
+    Context::map_current(|cx| {
+        cx.span().set_attribute(opentelemetry::KeyValue::new(
+            telemetry::attributes::ACCESS_REFUSED,
+            code,
+        ));
+    });
+    refusals().add(1, &[opentelemetry::KeyValue::new("code", code)]);
+    let mut response = error_response(status, code, message);
+    response.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static(challenge),
+    );
+    response
+}
+
+fn refusals() -> &'static opentelemetry::metrics::Counter<u64> {
+    static REFUSED: std::sync::OnceLock<opentelemetry::metrics::Counter<u64>> =
+        std::sync::OnceLock::new();
+    REFUSED.get_or_init(|| {
+        telemetry::metrics::meter()
+            .u64_counter("hallmark.http.requests.refused")
+            .with_description(
+                "Requests refused 401 (no valid credential) or 403 (the credential does not allow it), by code",
+            )
+            .build()
+    })
+}
+
 /// The answer for a request that matched no route.
 pub async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -261,7 +299,12 @@ impl IntoResponse for ApiError {
             Self::Unprocessable { code, .. } => {
                 error_response(StatusCode::UNPROCESSABLE_ENTITY, code, &message)
             }
-            Self::Forbidden { code, .. } => error_response(StatusCode::FORBIDDEN, code, &message),
+            Self::Forbidden { code, .. } => refused(
+                StatusCode::FORBIDDEN,
+                code,
+                &message,
+                "Bearer error=\"insufficient_scope\"",
+            ),
             Self::NotFound { code, .. } => error_response(StatusCode::NOT_FOUND, code, &message),
             Self::Conflict { code, .. } => error_response(StatusCode::CONFLICT, code, &message),
             Self::TooLarge { .. } => {
@@ -286,14 +329,12 @@ impl IntoResponse for ApiError {
                 }
                 response
             }
-            Self::Unauthorized { code, .. } => {
-                let mut response = error_response(StatusCode::UNAUTHORIZED, code, &message);
-                response.headers_mut().insert(
-                    axum::http::header::WWW_AUTHENTICATE,
-                    axum::http::HeaderValue::from_static("Bearer error=\"invalid_token\""),
-                );
-                response
-            }
+            Self::Unauthorized { code, .. } => refused(
+                StatusCode::UNAUTHORIZED,
+                code,
+                &message,
+                "Bearer error=\"invalid_token\"",
+            ),
             Self::Unavailable { code, cause } => {
                 unavailable(code, &otel_fastpath::logging::error_chain(&*cause))
             }

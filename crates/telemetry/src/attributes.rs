@@ -29,6 +29,9 @@ pub const CUSTOMER_ID: &str = "customer.id";
 pub const PARTNER_ID: &str = "partner.id";
 /// `true` on a request refused because its partner was over its order rate.
 pub const RATE_LIMITED: &str = "hallmark.rate_limited";
+/// Why a request was refused 401 or 403: the error code it was answered with (e.g.
+/// `unauthenticated`, `forbidden`, `order_token_invalid`, `not_your_order`).
+pub const ACCESS_REFUSED: &str = "hallmark.access.refused";
 /// Milliseconds the message waited between publication and the start of processing.
 pub const QUEUE_WAIT_MS: &str = "hallmark.queue.wait_ms";
 /// How many times this message was retried before this attempt (0 on the first attempt).
@@ -65,6 +68,8 @@ pub const REGISTRY: &[&str] = &[
     ORDER_MATERIAL,
     CUSTOMER_ID,
     PARTNER_ID,
+    RATE_LIMITED,
+    ACCESS_REFUSED,
     QUEUE_WAIT_MS,
     RETRY_COUNT,
     DLQ_ROUTE,

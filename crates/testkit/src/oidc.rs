@@ -151,16 +151,63 @@ impl Issuer {
     }
 
     /// A token of the client `alertmanager`, the service identity Alertmanager posts alerts to
-    /// order-watch with, its secret from `HALLMARK_ALERTMANAGER_SECRET` as the realm imported it
-    /// (scripts/keycloak.sh's development default when unset).
+    /// order-watch with.
     pub async fn alertmanager_token(&self) -> anyhow::Result<String> {
-        let secret = std::env::var("HALLMARK_ALERTMANAGER_SECRET")
-            .ok()
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| ALERTMANAGER_DEVELOPMENT_SECRET.to_owned());
-        self.client_token("alertmanager", &secret).await
+        self.machine_token(&ALERTMANAGER).await
+    }
+
+    /// A token of the confidential client `client`, with its secret as the realm imported it.
+    pub async fn machine_token(&self, client: &Machine) -> anyhow::Result<String> {
+        self.client_token(client.client_id, &client.secret()).await
     }
 }
+
+/// A confidential client of the hallmark realm whose secret scripts/keycloak.sh takes from a
+/// variable, with a development default when it is unset (local use only).
+pub struct Machine {
+    pub client_id: &'static str,
+    pub secret_variable: &'static str,
+    pub development_secret: &'static str,
+}
+
+impl Machine {
+    /// The secret the realm was imported with.
+    pub fn secret(&self) -> String {
+        std::env::var(self.secret_variable)
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| self.development_secret.to_owned())
+    }
+}
+
+/// Alertmanager's client (role `alert-sender`; scripts/stack.sh gives Alertmanager the same
+/// secret).
+pub const ALERTMANAGER: Machine = Machine {
+    client_id: "alertmanager",
+    secret_variable: "HALLMARK_ALERTMANAGER_SECRET",
+    development_secret: ALERTMANAGER_DEVELOPMENT_SECRET,
+};
+
+/// order-watch's service identity (role `status-reader`; audiences Shop, CRM and MES).
+pub const ORDER_WATCH_SERVICE: Machine = Machine {
+    client_id: "order-watch-service",
+    secret_variable: "HALLMARK_ORDER_WATCH_SERVICE_SECRET",
+    development_secret: "hallmark-order-watch-local-only",
+};
+
+/// The demo partner `acme`'s client (role `partner`, claim `partner_id: acme`; audience Shop).
+pub const PARTNER_ACME: Machine = Machine {
+    client_id: "partner-acme",
+    secret_variable: "HALLMARK_PARTNER_ACME_SECRET",
+    development_secret: "hallmark-partner-acme-local-only",
+};
+
+/// The demo partner `globex`'s client, like [`PARTNER_ACME`].
+pub const PARTNER_GLOBEX: Machine = Machine {
+    client_id: "partner-globex",
+    secret_variable: "HALLMARK_PARTNER_GLOBEX_SECRET",
+    development_secret: "hallmark-partner-globex-local-only",
+};
 
 /// The secret of the client `alertmanager` that scripts/keycloak.sh and scripts/stack.sh give
 /// when `HALLMARK_ALERTMANAGER_SECRET` is unset: local use only.

@@ -1,5 +1,9 @@
-//! The manager endpoints: order list and details, shipping and delivery.
+//! The manager endpoints: order list and details (the `support` role and above: they show
+//! customers' contact data), shipping and delivery (the `workshop` role, or `admin`).
 
+use std::sync::Arc;
+
+use access::{Gate, Need};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
@@ -18,12 +22,15 @@ use uuid::Uuid;
 
 use crate::startup::AppState;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
+pub(crate) fn router(gate: &Arc<Gate>) -> Router<AppState> {
+    let read = Router::new()
         .route("/api/orders", get(list))
-        .route("/api/orders/{order_id}", get(show))
+        .route("/api/orders/{order_id}", get(show));
+    let floor = Router::new()
         .route("/api/orders/{order_id}/ship", post(ship))
-        .route("/api/orders/{order_id}/deliver", post(deliver))
+        .route("/api/orders/{order_id}/deliver", post(deliver));
+    gate.guard(Need::READ, read)
+        .merge(gate.guard(Need::WORKSHOP, floor))
 }
 
 const MAX_PAGE: i64 = 200;

@@ -25,6 +25,8 @@ const BODY_LIMIT: usize = 64 * 1024;
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub pool: PgPool,
+    /// Checks callers' tokens.
+    pub gate: Arc<access::Gate>,
     pub orderbook: OrderBook,
 }
 
@@ -60,6 +62,7 @@ impl Application {
             port,
             state: AppState {
                 pool,
+                gate: Arc::new(access::Gate::new(settings.access)),
                 orderbook: OrderBook::new(SERVICE_NAME),
             },
             broker: Broker::service(settings.broker, System::Crm),
@@ -100,8 +103,13 @@ impl Application {
         ));
 
         let pool = state.pool.clone();
+        state.gate.prepare(SERVICE_NAME).await;
         let router = platform::server::with_standard_routes(
-            orders::router().merge(orderbook::statuses::router()),
+            orders::router(&state.gate).merge(
+                state
+                    .gate
+                    .guard(access::Need::STATUSES, orderbook::statuses::router()),
+            ),
             BODY_LIMIT,
         )
         .with_state(state);

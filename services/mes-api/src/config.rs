@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use access::AccessConfig;
 use domain::System;
 use messaging::{BrokerConfig, Party};
 use platform::db::DatabaseConfig;
@@ -18,6 +19,12 @@ pub struct Settings {
     /// `HALLMARK_TLS_CERT` and `HALLMARK_TLS_KEY` (PEM files, both or neither; see
     /// [`CertifiedKeyFiles::service_from_env`]).
     pub tls: Option<CertifiedKeyFiles>,
+    /// Who may call the API: the identity provider whose tokens it accepts (see
+    /// `access::AccessConfig`). Env: `HALLMARK_OIDC_ISSUER` (required unless `HALLMARK_ENV`
+    /// is `development` or `test`, where the API is open without it),
+    /// `HALLMARK_OIDC_AUDIENCE` (default `mes-api`), `HALLMARK_OIDC_ROLES_CLAIM`,
+    /// `HALLMARK_OIDC_LEEWAY`.
+    pub access: AccessConfig,
     /// Port to listen on; 0 picks a free one. Env: `MES_PORT` (default 8083).
     pub port: u16,
     /// Env: `MES_DATABASE_URL` (required unless `HALLMARK_ENV` is `development` or `test`, where it defaults to `postgres://hallmark:hallmark@127.0.0.1:5432/hallmark_mes`).
@@ -53,6 +60,11 @@ impl Settings {
         Ok(Self {
             host: settings::string("MES_HOST", "127.0.0.1"),
             tls: CertifiedKeyFiles::service_from_env()?,
+            access: AccessConfig::from_env(
+                "HALLMARK_OIDC",
+                crate::SERVICE_NAME,
+                "MES moves orders through production",
+            )?,
             port: settings::parse("MES_PORT", 8083)?,
             database: DatabaseConfig::new(settings::credential(
                 "MES_DATABASE_URL",

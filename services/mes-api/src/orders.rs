@@ -1,5 +1,9 @@
-//! The workshop endpoints: an order's production view and the production steps.
+//! The workshop endpoints: an order's production view (the `support` role and above) and the
+//! production steps (the `workshop` role, or `admin`).
 
+use std::sync::Arc;
+
+use access::{Gate, Need};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
@@ -16,10 +20,11 @@ use uuid::Uuid;
 
 use crate::startup::AppState;
 
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/orders/{order_id}", get(show))
-        .route("/api/orders/{order_id}/production", post(production_step))
+pub(crate) fn router(gate: &Arc<Gate>) -> Router<AppState> {
+    let read = Router::new().route("/api/orders/{order_id}", get(show));
+    let floor = Router::new().route("/api/orders/{order_id}/production", post(production_step));
+    gate.guard(Need::READ, read)
+        .merge(gate.guard(Need::WORKSHOP, floor))
 }
 
 #[derive(Debug, Serialize)]

@@ -273,6 +273,7 @@ impl OrderWatch {
                 urls: [(domain::System::Mes, mes.url.clone())].into(),
                 timeout: Duration::from_secs(2),
                 ca: None,
+                identity: None,
             },
             reconfirm_interval: Duration::from_secs(60),
             auth: order_watch::auth::AuthConfig::Open,

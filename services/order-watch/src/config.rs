@@ -131,7 +131,10 @@ pub struct Settings {
     /// API base URL; none by default: orders waiting on a system without one are flagged
     /// unconfirmed), `ORDER_WATCH_CONFIRM_TIMEOUT` (longest wait for an answer, default `2s`)
     /// and `ORDER_WATCH_RECORDS_CA` (a PEM file of the CA certificates their https is checked
-    /// against instead of the built-in roots; none by default).
+    /// against instead of the built-in roots; none by default); order-watch's own client at
+    /// the identity provider of `ORDER_WATCH_OIDC_ISSUER`, whose tokens the listings require:
+    /// `ORDER_WATCH_SERVICE_CLIENT_ID` (default `order-watch-service`) and
+    /// `ORDER_WATCH_SERVICE_CLIENT_SECRET` (none by default: no token is sent).
     pub records: RecordsConfig,
     /// How often a stuck order's system of record is asked again, so an order whose later
     /// spans were lost as well is not left stuck. Env: `ORDER_WATCH_RECONFIRM_INTERVAL`
@@ -241,6 +244,11 @@ fn records_config() -> anyhow::Result<RecordsConfig> {
         urls,
         timeout,
         ca: PemFile::from_env("ORDER_WATCH_RECORDS_CA"),
+        identity: access::ClientConfig::from_env(
+            "ORDER_WATCH_SERVICE",
+            "order-watch-service",
+            "ORDER_WATCH_OIDC_ISSUER",
+        )?,
     })
 }
 

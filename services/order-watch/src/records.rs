@@ -27,6 +27,10 @@ pub struct RecordsConfig {
     /// The CA certificates (a PEM file) the systems' https certificates are checked against,
     /// instead of the built-in roots: for services that serve TLS with a CA of their own.
     pub ca: Option<platform::tls::PemFile>,
+    /// order-watch's own client at the identity provider, whose tokens (role `status-reader`)
+    /// the systems' listings require; without one order-watch asks without a token, which only
+    /// open (development) services answer.
+    pub identity: Option<access::ClientConfig>,
 }
 
 impl RecordsConfig {
@@ -54,6 +58,8 @@ pub enum AskError {
     Unreachable(#[source] Arc<reqwest::Error>),
     #[error("it answered HTTP {0}")]
     Refused(u16),
+    #[error("no token for order-watch's service identity")]
+    NoToken(#[source] Arc<access::client::TokenError>),
     #[error("its answer is longer than {MAX_ANSWER_BYTES} bytes")]
     TooLong,
     #[error("its answer is not a status listing")]
@@ -65,6 +71,7 @@ pub enum AskError {
 pub struct Records {
     client: reqwest::Client,
     config: RecordsConfig,
+    token: Option<Arc<access::ServiceToken>>,
 }
 
 impl Records {
@@ -83,7 +90,15 @@ impl Records {
         let client = builder
             .build()
             .context("cannot build the client for the systems of record")?;
-        Ok(Self { client, config })
+        let token = config
+            .identity
+            .clone()
+            .map(|identity| Arc::new(access::ServiceToken::new(identity)));
+        Ok(Self {
+            client,
+            config,
+            token,
+        })
     }
 
     /// What `system` holds of `ids`, asked [`MAX_IDS`] at a time.
@@ -107,6 +122,8 @@ impl Records {
         Ok(held)
     }
 
+    /// One listing; a token the system refuses (401: expired early, revoked, keys rotated) is
+    /// dropped and the request made once more with a new one.
     async fn listing(&self, url: &str) -> Result<HeldStatuses, AskError> {
         let failed = |err: reqwest::Error| {
             if err.is_timeout() {
@@ -115,13 +132,31 @@ impl Records {
                 AskError::Unreachable(Arc::new(err.without_url()))
             }
         };
-        let mut response = self
-            .client
-            .get(url)
-            .headers(platform::http::outgoing_headers())
-            .send()
-            .await
-            .map_err(failed)?;
+        let mut attempt = 0;
+        let mut response = loop {
+            let mut request = self
+                .client
+                .get(url)
+                .headers(platform::http::outgoing_headers());
+            if let Some(token) = &self.token {
+                use secrecy::ExposeSecret as _;
+                let bearer = token
+                    .get()
+                    .await
+                    .map_err(|err| AskError::NoToken(Arc::new(err)))?;
+                request = request.bearer_auth(bearer.expose_secret());
+            }
+            let response = request.send().await.map_err(failed)?;
+            attempt += 1;
+            match &self.token {
+                Some(token)
+                    if response.status() == reqwest::StatusCode::UNAUTHORIZED && attempt == 1 =>
+                {
+                    token.forget().await;
+                }
+                _ => break response,
+            }
+        };
         if !response.status().is_success() {
             return Err(AskError::Refused(response.status().as_u16()));
         }

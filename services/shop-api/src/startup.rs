@@ -23,6 +23,8 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub pool: PgPool,
+    /// Checks callers' tokens.
+    pub gate: Arc<access::Gate>,
     pub storage: ObjectStorage,
     pub orderbook: OrderBook,
     pub max_model_bytes: usize,
@@ -64,6 +66,7 @@ impl Application {
             port,
             state: AppState {
                 pool,
+                gate: Arc::new(access::Gate::new(settings.access)),
                 storage,
                 orderbook: OrderBook::new(SERVICE_NAME),
                 max_model_bytes: settings.max_model_bytes,
@@ -110,10 +113,15 @@ impl Application {
         ));
 
         let pool = state.pool.clone();
+        state.gate.prepare(SERVICE_NAME).await;
         // Multipart bodies carry the model; allow it plus room for the order JSON and framing.
         let body_limit = state.max_model_bytes + 1024 * 1024;
         let router = platform::server::with_standard_routes(
-            orders::router().merge(orderbook::statuses::router()),
+            orders::router().merge(
+                state
+                    .gate
+                    .guard(access::Need::STATUSES, orderbook::statuses::router()),
+            ),
             body_limit,
         )
         .with_state(state);

@@ -18,10 +18,12 @@ fn issuer() -> Issuer {
 
 fn oidc(issuer: &str) -> AuthConfig {
     AuthConfig::Oidc(OidcConfig {
-        issuer: issuer.to_owned(),
-        audience: "order-watch".to_owned(),
-        roles_claim: "realm_access.roles".to_owned(),
-        leeway: Duration::from_secs(5),
+        token: access::IssuerConfig {
+            issuer: issuer.to_owned(),
+            audience: "order-watch".to_owned(),
+            roles_claim: "realm_access.roles".to_owned(),
+            leeway: Duration::from_secs(5),
+        },
         client_id: "order-watch".to_owned(),
         public_url: None,
     })
@@ -69,7 +71,7 @@ async fn without_a_token_the_api_and_the_ui_ask_for_one_and_health_answers_anywa
     let (status, body, challenge) = me(&app, None).await;
     assert_eq!(status, 401);
     assert_eq!(body["error"]["code"], "unauthenticated");
-    assert_eq!(challenge.as_deref(), Some("Bearer realm=\"order-watch\""));
+    assert_eq!(challenge.as_deref(), Some("Bearer realm=\"hallmark\""));
     for path in ["/", "/api/orders/stuck", "/api/incidents", "/api/config"] {
         let response = reqwest::get(app.api(path)).await.unwrap();
         assert_eq!(response.status(), 401, "{path}");
@@ -117,7 +119,7 @@ async fn forged_tampered_and_foreign_tokens_are_refused() {
         assert_eq!(status, 401, "{what}: {body}");
         assert_eq!(
             challenge.as_deref(),
-            Some("Bearer realm=\"order-watch\", error=\"invalid_token\""),
+            Some("Bearer realm=\"hallmark\", error=\"invalid_token\""),
             "{what}"
         );
         assert!(
@@ -134,7 +136,7 @@ async fn a_token_for_another_audience_is_refused() {
     let AuthConfig::Oidc(mut config) = oidc(issuer.url()) else {
         unreachable!()
     };
-    config.audience = "some-other-service".to_owned();
+    config.token.audience = "some-other-service".to_owned();
     let app = spawn_app_with_auth(AuthConfig::Oidc(config)).await;
     let token = issuer.password_token(CLI, "admin", "admin").await.unwrap();
     assert_eq!(me(&app, Some(&token)).await.0, 401);

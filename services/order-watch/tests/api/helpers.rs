@@ -96,6 +96,7 @@ impl StandInRecords {
                 .collect(),
             timeout,
             ca: None,
+            identity: None,
         }
     }
 

@@ -69,6 +69,18 @@ pub(crate) struct ValidOrder {
     pub source: OrderSource,
 }
 
+impl ValidOrder {
+    /// Places the order for `partner` (the one the caller's token names), or as a web order.
+    pub fn set_partner(&mut self, partner: Option<String>) {
+        self.source = if partner.is_some() {
+            OrderSource::PartnerApi
+        } else {
+            OrderSource::Web
+        };
+        self.partner_id = partner;
+    }
+}
+
 /// The uploaded model.
 #[derive(Debug, Clone)]
 pub(crate) struct Model {

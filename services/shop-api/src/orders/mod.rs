@@ -1,5 +1,6 @@
 //! The order endpoints.
 
+mod caller;
 mod intake;
 mod limit;
 mod store;
@@ -24,6 +25,7 @@ use telemetry::{attr, spans};
 use uuid::Uuid;
 
 use crate::startup::AppState;
+use caller::{Action, Caller};
 use platform::error::ApiError;
 use store::{Created, OrderView};
 
@@ -42,8 +44,12 @@ async fn create(
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
+    let caller = Caller::of(&state, &headers).await?;
     let key = intake::idempotency_key(&headers)?;
-    let upload = intake::read(multipart, state.max_model_bytes).await?;
+    let mut upload = intake::read(multipart, state.max_model_bytes).await?;
+    let partner =
+        caller.partner_for_new_order(state.gate.is_open(), upload.order.partner_id.as_deref())?;
+    upload.order.set_partner(partner);
     let scope = upload.order.partner_id.clone().unwrap_or_default();
     if let Some(key) = &key
         && let Some(existing) = store::find_by_key(&state.pool, &scope, key).await?
@@ -223,7 +229,10 @@ async fn show(
     OrderId(order_id): OrderId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.tokens.check(order_id, &headers)?;
+    let caller = Caller::of(&state, &headers).await?;
+    caller
+        .may(&state.pool, &state.tokens, order_id, Action::Read)
+        .await?;
     let view = store::load(&state, order_id)
         .await?
         .ok_or_else(|| ApiError::order_not_found(order_id))?;
@@ -236,7 +245,10 @@ async fn confirm(
     OrderId(order_id): OrderId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.tokens.check(order_id, &headers)?;
+    let caller = Caller::of(&state, &headers).await?;
+    caller
+        .may(&state.pool, &state.tokens, order_id, Action::Decide)
+        .await?;
     decide(&state, order_id, Change::to(OrderStatus::Confirmed)).await
 }
 
@@ -247,7 +259,10 @@ async fn cancel(
     OrderId(order_id): OrderId,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.tokens.check(order_id, &headers)?;
+    let caller = Caller::of(&state, &headers).await?;
+    caller
+        .may(&state.pool, &state.tokens, order_id, Action::Decide)
+        .await?;
     let change = Change::to(OrderStatus::Cancelled)
         .with_reason("cancelled_by_customer", "the customer cancelled the order");
     decide(&state, order_id, change).await

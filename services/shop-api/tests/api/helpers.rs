@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use access::{AccessConfig, IssuerConfig};
 use domain::System;
 use lapin::options::BasicGetOptions;
 use messaging::{BrokerConfig, Party};
@@ -25,6 +26,8 @@ pub struct TestApp {
     /// Where `spawn_app()` has Shop store models; empty with any other storage.
     pub storage: tempfile::TempDir,
     pub client: reqwest::Client,
+    /// Whose tokens it accepts (open unless spawned with `spawn_app_with_access`).
+    pub access: AccessConfig,
     cancel: CancellationToken,
     _database: TestDatabase,
     _broker_cleanup: testkit::broker::Cleanup,
@@ -78,7 +81,14 @@ pub async fn spawn_two_replicas(limits: PartnerLimits) -> (TestApp, String) {
     let storage = StorageConfig::Filesystem {
         root: dir.path().to_owned(),
     };
-    let app = spawn_with(storage.clone(), dir, None, limits.clone()).await;
+    let app = spawn_with(
+        storage.clone(),
+        dir,
+        None,
+        limits.clone(),
+        AccessConfig::Open,
+    )
+    .await;
     let settings = Settings {
         port: 0,
         partner_limits: limits,
@@ -108,7 +118,24 @@ fn settings_of(
         max_model_bytes: MAX_MODEL_BYTES,
         order_token_key: ORDER_TOKEN_KEY.to_owned().into(),
         partner_limits: generous_limits(),
+        access: app.access.clone(),
     }
+}
+
+/// Shop as with `spawn_app()`, accepting the tokens of `issuer` (audience `shop-api`) as a
+/// deployment does: partners and staff must authenticate.
+pub async fn spawn_app_with_access(issuer: &testkit::oidc::Issuer) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = StorageConfig::Filesystem {
+        root: dir.path().to_owned(),
+    };
+    let access = AccessConfig::Oidc(IssuerConfig {
+        issuer: issuer.url().to_owned(),
+        audience: "shop-api".into(),
+        roles_claim: "realm_access.roles".into(),
+        leeway: Duration::from_secs(5),
+    });
+    spawn_with(storage, dir, None, generous_limits(), access).await
 }
 
 async fn spawn(
@@ -116,7 +143,7 @@ async fn spawn(
     dir: tempfile::TempDir,
     tls: Option<platform::tls::CertifiedKeyFiles>,
 ) -> TestApp {
-    spawn_with(storage, dir, tls, generous_limits()).await
+    spawn_with(storage, dir, tls, generous_limits(), AccessConfig::Open).await
 }
 
 async fn spawn_with(
@@ -124,6 +151,7 @@ async fn spawn_with(
     dir: tempfile::TempDir,
     tls: Option<platform::tls::CertifiedKeyFiles>,
     partner_limits: PartnerLimits,
+    access: AccessConfig,
 ) -> TestApp {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let database = TestDatabase::create("shop").await;
@@ -140,6 +168,7 @@ async fn spawn_with(
         max_model_bytes: MAX_MODEL_BYTES,
         order_token_key: ORDER_TOKEN_KEY.to_owned().into(),
         partner_limits,
+        access: access.clone(),
     };
     let cancel = CancellationToken::new();
     let app = Application::build(settings, cancel.clone())
@@ -153,6 +182,7 @@ async fn spawn_with(
         broker: broker.clone(),
         storage: dir,
         client: reqwest::Client::new(),
+        access,
         cancel,
         _database: database,
         _broker_cleanup: testkit::broker::cleanup_on_drop(&broker),
@@ -194,6 +224,26 @@ impl TestApp {
         parts: Vec<Part>,
         key: Option<&str>,
     ) -> reqwest::Response {
+        self.send_order(address, parts, key, None).await
+    }
+
+    /// [`TestApp::post_order`] with `Authorization: Bearer {token}` (a partner's client).
+    pub async fn post_order_as(&self, token: &str, order: Value) -> reqwest::Response {
+        let parts = vec![
+            Part::Order(order.to_string()),
+            Part::Model("ring.stl", testkit::fixtures::stl("torus.STL")),
+        ];
+        self.send_order(&self.address, parts, None, Some(token))
+            .await
+    }
+
+    async fn send_order(
+        &self,
+        address: &str,
+        parts: Vec<Part>,
+        key: Option<&str>,
+        bearer: Option<&str>,
+    ) -> reqwest::Response {
         let mut form = reqwest::multipart::Form::new();
         for part in parts {
             form = match part {
@@ -216,6 +266,9 @@ impl TestApp {
             .multipart(form);
         if let Some(key) = key {
             request = request.header("Idempotency-Key", key);
+        }
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
         }
         request.send().await.expect("shop answers")
     }

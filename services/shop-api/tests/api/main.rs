@@ -1,3 +1,4 @@
+mod access;
 mod create_order;
 mod decisions;
 mod helpers;
