@@ -31,6 +31,9 @@ pub struct System {
     pub client: reqwest::Client,
     /// The customer's token of each order placed through this system, for Shop's order URLs.
     tokens: std::sync::Mutex<std::collections::HashMap<Uuid, String>>,
+    /// A person's token for every other URL, when the services take the identity provider's
+    /// tokens ([`System::act_as`]).
+    staff: std::sync::Mutex<Option<String>>,
     /// What every service is started with (its database URL and broker account come on top).
     env: Vec<(String, String)>,
     /// Shop's, CRM's and MES's, in that order.
@@ -151,6 +154,7 @@ impl System {
             otlp,
             client: reqwest::Client::new(),
             tokens: Default::default(),
+            staff: Default::default(),
             env,
             databases,
             _storage: storage,
@@ -230,8 +234,15 @@ impl System {
         self.tokens.lock().expect("tokens").get(&id).cloned()
     }
 
+    /// Makes this system's own requests to CRM and MES (and to Shop for orders it holds no
+    /// customer's token of) with `token`, a person's access token: for services started with an
+    /// identity provider (`HALLMARK_OIDC_ISSUER`).
+    pub fn act_as(&self, token: &str) {
+        *self.staff.lock().expect("staff token") = Some(token.to_owned());
+    }
+
     /// `request` with the order's token when `url` is one of Shop's order URLs of an order
-    /// placed through this system.
+    /// placed through this system, else with the person's token of [`System::act_as`], if any.
     pub fn as_customer(
         &self,
         url: &str,
@@ -241,7 +252,9 @@ impl System {
             .strip_prefix(&format!("{}/api/orders/", self.shop.url()))
             .and_then(|rest| rest.split('/').next())
             .and_then(|id| id.parse::<Uuid>().ok());
-        let token = order.and_then(|id| self.token_of(id));
+        let token = order
+            .and_then(|id| self.token_of(id))
+            .or_else(|| self.staff.lock().expect("staff token").clone());
         match token {
             Some(token) => request.bearer_auth(token),
             None => request,
