@@ -52,7 +52,12 @@ async fn refused(system: &System, service: Service, code: &str) -> f64 {
         .text()
         .await
         .unwrap();
-    samples(&text, "hallmark_http_requests_refused_total", &[("code", code)]).sum()
+    samples(
+        &text,
+        "hallmark_http_requests_refused_total",
+        &[("code", code)],
+    )
+    .sum()
 }
 
 fn records(system: &System, identity: Option<access::ClientConfig>) -> Records {
@@ -100,7 +105,10 @@ async fn with_sso_each_step_of_a_partners_order_is_taken_only_by_the_role_that_o
     // Another partner cannot decide it; its own partner can.
     let confirm = format!("{shop}/api/orders/{id}/confirm");
     let (status, body) = post(&confirm, Some(&globex), Value::Null).await;
-    assert_eq!((status, &body["error"]["code"]), (403, &json!("not_your_order")));
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (403, &json!("not_your_order"))
+    );
     assert_eq!(post(&confirm, Some(&acme), Value::Null).await.0, 200);
     system.until_status_in("mes", id, "confirmed").await;
 
@@ -120,7 +128,11 @@ async fn with_sso_each_step_of_a_partners_order_is_taken_only_by_the_role_that_o
         let (status, body) = post(&production, token.as_deref(), step("in_production")).await;
         assert_eq!(status, *expected, "{what}: {body}");
     }
-    assert_eq!(system.mes_order(id).await["status"], "confirmed", "nothing moved");
+    assert_eq!(
+        system.mes_order(id).await["status"],
+        "confirmed",
+        "nothing moved"
+    );
     for name in ["in_production", "quality_check", "ready"] {
         let (status, body) = post(&production, Some(&workshop), step(name)).await;
         assert_eq!(status, 200, "{name}: {body}");

@@ -29,6 +29,9 @@ pub const CUSTOMER_ID: &str = "customer.id";
 pub const PARTNER_ID: &str = "partner.id";
 /// `true` on a request refused because its partner was over its order rate.
 pub const RATE_LIMITED: &str = "hallmark.rate_limited";
+/// Where the rate a partner was refused under comes from: `config` (its configured rate),
+/// `incident` (tightened by order-watch while an incident is open) or `manual` (set by hand).
+pub const RATE_LIMIT_SOURCE: &str = "hallmark.rate_limit.source";
 /// Why a request was refused 401 or 403: the error code it was answered with (e.g.
 /// `unauthenticated`, `forbidden`, `order_token_invalid`, `not_your_order`).
 pub const ACCESS_REFUSED: &str = "hallmark.access.refused";
@@ -69,6 +72,7 @@ pub const REGISTRY: &[&str] = &[
     CUSTOMER_ID,
     PARTNER_ID,
     RATE_LIMITED,
+    RATE_LIMIT_SOURCE,
     ACCESS_REFUSED,
     QUEUE_WAIT_MS,
     RETRY_COUNT,

@@ -113,15 +113,23 @@ impl Application {
         ));
 
         let pool = state.pool.clone();
+        tasks.spawn(crate::limits::watch(
+            pool.clone(),
+            state.partner_limits.clone(),
+            std::time::Duration::from_secs(10),
+            cancel.clone(),
+        ));
         state.gate.prepare(SERVICE_NAME).await;
         // Multipart bodies carry the model; allow it plus room for the order JSON and framing.
         let body_limit = state.max_model_bytes + 1024 * 1024;
         let router = platform::server::with_standard_routes(
-            orders::router().merge(
-                state
-                    .gate
-                    .guard(access::Need::STATUSES, orderbook::statuses::router()),
-            ),
+            orders::router()
+                .merge(crate::limits::router(&state.gate))
+                .merge(
+                    state
+                        .gate
+                        .guard(access::Need::STATUSES, orderbook::statuses::router()),
+                ),
             body_limit,
         )
         .with_state(state);

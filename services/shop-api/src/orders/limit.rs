@@ -6,7 +6,11 @@
 //! every `window / quota`. The state is the partner's theoretical arrival time (`tat`): a
 //! request at `now` is let through when `max(tat, now) + interval - window <= now`, and moves
 //! `tat` on by one interval; one statement decides and records, so concurrent requests through
-//! any replica cannot overdraw. A refused request changes nothing and stores nothing: it gets
+//! any replica cannot overdraw. When the rate changes (an override set, lifted or lapsed:
+//! `crate::limits`) the orders the partner owes carry over, each taking the new interval, capped
+//! at one window: a partner that placed one order under `1/1h` is not kept waiting an hour once
+//! its configured `60/1m` applies again, and one that ran up a burst under a loose rate meets a
+//! tightened one at once. A refused request changes nothing and stores nothing: it gets
 //! 429 with `Retry-After` and the `RateLimit-Policy` / `RateLimit` fields of the IETF httpapi
 //! draft (`"partner";q=…;w=…` and `"partner";r=…;t=…`), which every answer to a partner carries.
 
@@ -47,8 +51,20 @@ impl Rate {
         Ok(Self { quota, window })
     }
 
-    fn interval(self) -> Duration {
+    pub(crate) fn interval(self) -> Duration {
         self.window / self.quota
+    }
+}
+
+/// `120/1m`, as [`Rate::parse`] reads it.
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            self.quota,
+            humantime::format_duration(self.window)
+        )
     }
 }
 
@@ -137,16 +153,25 @@ impl Verdict {
     }
 }
 
+/// The partner's theoretical arrival time as the rate in force (`$2` its interval, `$3` its
+/// window) sees it: the orders it owes under the rate its `tat` was run up with
+/// (`rate_interval`), each taking the new interval, and never more than one window of them.
+const TAT_NOW: &str = "clock_timestamp() + least(\
+    greatest(r.tat - clock_timestamp(), interval '0') \
+        * (extract(epoch from $2::interval) / extract(epoch from coalesce(r.rate_interval, $2::interval))), \
+    $3::interval)";
+
 /// Takes one order from `partner`'s budget, if it has one left.
 pub async fn take(pool: &PgPool, partner: &str, rate: Rate) -> Result<Verdict, sqlx::Error> {
     let interval = rate.interval();
-    let taken: Option<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-        "INSERT INTO partner_rate AS r (partner_id, tat) VALUES ($1, clock_timestamp() + $2) \
+    let taken: Option<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(&format!(
+        "INSERT INTO partner_rate AS r (partner_id, tat, rate_interval) \
+             VALUES ($1, clock_timestamp() + $2, $2) \
          ON CONFLICT (partner_id) DO UPDATE \
-             SET tat = greatest(r.tat, clock_timestamp()) + $2 \
-             WHERE greatest(r.tat, clock_timestamp()) + $2 - $3 <= clock_timestamp() \
-         RETURNING tat, clock_timestamp()",
-    )
+             SET tat = {TAT_NOW} + $2, rate_interval = $2 \
+             WHERE {TAT_NOW} + $2 - $3 <= clock_timestamp() \
+         RETURNING tat, clock_timestamp()"
+    ))
     .bind(partner)
     .bind(interval)
     .bind(rate.window)
@@ -163,12 +188,17 @@ pub async fn take(pool: &PgPool, partner: &str, rate: Rate) -> Result<Verdict, s
             reset_secs: ahead.as_secs_f64().ceil() as u64,
         });
     }
-    let (tat, now): (DateTime<Utc>, DateTime<Utc>) =
-        sqlx::query_as("SELECT tat, clock_timestamp() FROM partner_rate WHERE partner_id = $1")
-            .bind(partner)
-            .fetch_one(pool)
-            .db("SELECT partner_rate")
-            .await?;
+    // Refused: the debt is kept as the rate in force counts it, so the wait it is told holds.
+    let (tat, now): (DateTime<Utc>, DateTime<Utc>) = sqlx::query_as(&format!(
+        "UPDATE partner_rate AS r SET tat = {TAT_NOW}, rate_interval = $2 \
+         WHERE partner_id = $1 RETURNING tat, clock_timestamp()"
+    ))
+    .bind(partner)
+    .bind(interval)
+    .bind(rate.window)
+    .fetch_one(pool)
+    .db("UPDATE partner_rate")
+    .await?;
     // The next order fits once `tat + interval - window` has passed.
     let due = (tat - now).to_std().unwrap_or_default() + interval;
     let wait = due.saturating_sub(rate.window);

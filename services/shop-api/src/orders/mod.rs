@@ -59,14 +59,16 @@ async fn create(
     // A partner's new order draws on its budget before anything is stored.
     let verdict = match &upload.order.partner_id {
         Some(partner) => {
-            let verdict =
-                limit::take(&state.pool, partner, state.partner_limits.rate_of(partner)).await?;
+            let (rate, source) = crate::limits::effective(&state, partner).await?;
+            let verdict = limit::take(&state.pool, partner, rate).await?;
             if let Some(refusal) = verdict.refusal(partner) {
                 let span = Context::current();
                 span.span()
                     .set_attribute(KeyValue::new(attr::PARTNER_ID, partner.clone()));
                 span.span()
                     .set_attribute(KeyValue::new(attr::RATE_LIMITED, true));
+                span.span()
+                    .set_attribute(KeyValue::new(attr::RATE_LIMIT_SOURCE, source));
                 partner_orders_limited().add(
                     1,
                     &[KeyValue::new(
@@ -74,7 +76,7 @@ async fn create(
                         state.partner_limits.label_of(partner),
                     )],
                 );
-                tracing::info!(partner = %partner, retry_after_s = verdict.reset_secs, "partner over its rate: refused");
+                tracing::info!(partner = %partner, rate = %rate, source, retry_after_s = verdict.reset_secs, "partner over its rate: refused");
                 return Err(refusal);
             }
             Some(verdict)

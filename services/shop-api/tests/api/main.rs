@@ -2,6 +2,7 @@ mod access;
 mod create_order;
 mod decisions;
 mod helpers;
+mod limits;
 mod partner_limits;
 mod s3;
 mod status_events;
