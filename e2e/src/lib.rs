@@ -491,6 +491,20 @@ pub async fn place_order_at(
     })
 }
 
+/// A calc engine that never answers (it sleeps five minutes), so that orders stay in `pricing`
+/// for a whole test: give MES its path as `MES_CALC_BIN` (and a long `MES_CALC_TIMEOUT`). The
+/// script is deleted when the returned path is dropped.
+pub fn hanging_calc_engine() -> tempfile::TempPath {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut file = tempfile::NamedTempFile::new().expect("a script file");
+    writeln!(file, "#!/bin/sh\nexec sleep 300").expect("the script is written");
+    let path = file.into_temp_path();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .expect("the script is executable");
+    path
+}
+
 /// The trace a response names in its W3C `traceresponse` header (`00-{trace_id}-{span_id}-{flags}`);
 /// empty when there is none.
 pub fn trace_id_of(response: &reqwest::Response) -> String {

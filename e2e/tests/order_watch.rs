@@ -237,18 +237,6 @@ async fn order_watch_metrics_count_what_the_services_sent_without_order_ids() {
     );
 }
 
-/// A calculation engine that never answers (`sleep`), in a file that lives as long as the value.
-fn hanging_calc_engine() -> tempfile::TempPath {
-    use std::io::Write as _;
-    use std::os::unix::fs::PermissionsExt as _;
-    let mut file = tempfile::NamedTempFile::new().expect("a script file");
-    writeln!(file, "#!/bin/sh\nexec sleep 60").expect("the script is written");
-    let path = file.into_temp_path();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-        .expect("the script is executable");
-    path
-}
-
 /// Reads `id`'s status from Shop every 300 ms, as a worried customer does, until dropped.
 fn keep_checking(system: &System, id: Uuid) -> tokio::task::JoinHandle<()> {
     let url = format!("{}/api/orders/{id}", system.shop.url());
@@ -266,7 +254,7 @@ fn keep_checking(system: &System, id: Uuid) -> tokio::task::JoinHandle<()> {
 
 #[tokio::test]
 async fn an_order_whose_customer_keeps_checking_it_is_stuck_when_pricing_hangs() {
-    let engine = hanging_calc_engine();
+    let engine = e2e::hanging_calc_engine();
     let engine_path = engine.display().to_string();
     let (system, watch) = watched_system_with(
         &[("MES_CALC_BIN", &engine_path), ("MES_CALC_TIMEOUT", "10m")],

@@ -808,6 +808,7 @@ async fn order_watch_over_tls(
             ca: None,
             identity: None,
         },
+        partner_limits: Default::default(),
         reconfirm_interval: Duration::from_secs(3600),
         auth: order_watch::auth::AuthConfig::Open,
     };

@@ -52,21 +52,11 @@ fn hallmark(system: &System, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// A calc engine that never answers, so an order stays in `pricing` for the whole test.
-fn hanging_engine(dir: &tempfile::TempDir) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.path().join("mes-calc");
-    std::fs::write(&path, "#!/bin/sh\nexec sleep 300\n").unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path.display().to_string()
-}
-
 #[tokio::test]
 async fn a_price_forged_with_another_account_or_none_is_dead_lettered_everywhere_and_applied_nowhere()
  {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = hanging_engine(&dir);
-    let system = System::start_with(&[("MES_CALC_BIN", &engine)]).await;
+    let engine = e2e::hanging_calc_engine();
+    let system = System::start_with(&[("MES_CALC_BIN", &engine.display().to_string())]).await;
     let order = system.place_order("torus.STL", "gold_750").await;
     system.until_shop_status(order.id, "pricing").await;
 

@@ -81,6 +81,15 @@ pub enum TokenError {
     },
 }
 
+/// Why a request made with a service's token got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("no token for the service's own client")]
+    Token(#[source] TokenError),
+    #[error("the request failed")]
+    Http(#[source] reqwest::Error),
+}
+
 /// The tokens of one client, for one issuer.
 pub struct ServiceToken {
     credentials: ClientCredentials,
@@ -135,6 +144,28 @@ impl ServiceToken {
     /// Drops the kept token (an API refused it: revoked, or keys rotated).
     pub async fn forget(&self) {
         *self.current.lock().await = None;
+    }
+
+    /// Sends the request `build` makes with this client's token; a 401 (the token expired early,
+    /// was revoked, the keys rotated) drops it and the request is made once more with a new one.
+    pub async fn send(
+        &self,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, SendError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let token = self.get().await.map_err(SendError::Token)?;
+            let response = build()
+                .bearer_auth(token.expose_secret())
+                .send()
+                .await
+                .map_err(SendError::Http)?;
+            if response.status() != reqwest::StatusCode::UNAUTHORIZED || attempt > 1 {
+                return Ok(response);
+            }
+            self.forget().await;
+        }
     }
 
     async fn fetch(&self) -> Result<Answer, TokenError> {

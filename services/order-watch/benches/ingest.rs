@@ -275,6 +275,7 @@ impl OrderWatch {
                 ca: None,
                 identity: None,
             },
+            partner_limits: Default::default(),
             reconfirm_interval: Duration::from_secs(60),
             auth: order_watch::auth::AuthConfig::Open,
         };

@@ -136,6 +136,10 @@ pub struct Settings {
     /// `ORDER_WATCH_SERVICE_CLIENT_ID` (default `order-watch-service`) and
     /// `ORDER_WATCH_SERVICE_CLIENT_SECRET` (none by default: no token is sent).
     pub records: RecordsConfig,
+    /// Partners' rates tightened at Shop while incidents their orders feed are open (see
+    /// [`crate::partner_limits::PartnerLimitsConfig`] for each variable); only when Shop's
+    /// address (`ORDER_WATCH_SHOP_URL`) is configured.
+    pub partner_limits: crate::partner_limits::PartnerLimitsConfig,
     /// How often a stuck order's system of record is asked again, so an order whose later
     /// spans were lost as well is not left stuck. Env: `ORDER_WATCH_RECONFIRM_INTERVAL`
     /// (default `1m`).
@@ -201,6 +205,7 @@ impl Settings {
                 Duration::from_secs(15),
             )?,
             records: records_config()?,
+            partner_limits: crate::partner_limits::PartnerLimitsConfig::from_env()?,
             reconfirm_interval: settings::duration(
                 "ORDER_WATCH_RECONFIRM_INTERVAL",
                 Duration::from_secs(60),

@@ -223,19 +223,23 @@ pub struct Incident {
     pub resolution: Option<String>,
     /// Who closed it by hand (none when it resolved by itself).
     pub closed_by: Option<String>,
+    /// The partners' rates it tightened at Shop ([`crate::partner_limits`]).
+    #[sqlx(skip)]
+    pub partner_limits: Vec<crate::partner_limits::SwitchedLimit>,
 }
 
 /// The columns of [`Incident`].
 const INCIDENT_COLUMNS: &str = "id, kind, order_id, fingerprint, stage, status, summary, labels, \
     opened_at, acknowledged_at, acknowledged_by, resolved_at, resolution, closed_by";
 
-/// Incidents, newest first; only open ones when `open_only`.
+/// Incidents, newest first, with the partners' rates they tightened; only open ones when
+/// `open_only`.
 pub async fn list(
     pool: &PgPool,
     open_only: bool,
     limit: i64,
 ) -> Result<Vec<Incident>, sqlx::Error> {
-    sqlx::query_as(&format!(
+    let mut incidents: Vec<Incident> = sqlx::query_as(&format!(
         "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE (NOT $1 OR resolved_at IS NULL) \
          ORDER BY opened_at DESC LIMIT $2"
     ))
@@ -243,7 +247,14 @@ pub async fn list(
     .bind(limit)
     .fetch_all(pool)
     .db("SELECT incidents")
-    .await
+    .await?;
+    let ids: Vec<Uuid> = incidents.iter().map(|i| i.id).collect();
+    for limit in crate::partner_limits::of_incidents(pool, &ids).await? {
+        if let Some(incident) = incidents.iter_mut().find(|i| i.id == limit.incident_id) {
+            incident.partner_limits.push(limit);
+        }
+    }
+    Ok(incidents)
 }
 
 /// Why an incident could not be acknowledged or closed.

@@ -20,6 +20,7 @@ pub mod ingest;
 pub mod journey;
 pub mod masking;
 pub mod metrics;
+pub mod partner_limits;
 pub mod records;
 pub mod retention;
 pub mod runtime_config;

@@ -103,11 +103,7 @@ impl Records {
 
     /// What `system` holds of `ids`, asked [`MAX_IDS`] at a time.
     pub async fn ask(&self, system: System, ids: &[Uuid]) -> Result<Held, AskError> {
-        let base = self
-            .config
-            .urls
-            .get(&system)
-            .ok_or(AskError::NotConfigured(RecordsConfig::variable(system)))?;
+        let base = self.url(system)?;
         let mut held = Held::with_capacity(ids.len());
         for chunk in ids.chunks(MAX_IDS) {
             let list: Vec<String> = chunk.iter().map(Uuid::to_string).collect();
@@ -122,46 +118,48 @@ impl Records {
         Ok(held)
     }
 
-    /// One listing; a token the system refuses (401: expired early, revoked, keys rotated) is
-    /// dropped and the request made once more with a new one.
+    /// The base URL of `system`'s API.
+    pub fn url(&self, system: System) -> Result<&str, AskError> {
+        self.config
+            .urls
+            .get(&system)
+            .map(String::as_str)
+            .ok_or(AskError::NotConfigured(RecordsConfig::variable(system)))
+    }
+
+    /// Sends the request `build` makes with this client, with order-watch's token when it has
+    /// an identity ([`access::ServiceToken::send`]).
+    pub async fn send(
+        &self,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, AskError> {
+        let request = || build(&self.client);
+        match &self.token {
+            Some(token) => token.send(request).await.map_err(|err| match err {
+                access::client::SendError::Http(err) => self.failed(err),
+                access::client::SendError::Token(err) => AskError::NoToken(Arc::new(err)),
+            }),
+            None => request().send().await.map_err(|err| self.failed(err)),
+        }
+    }
+
+    fn failed(&self, err: reqwest::Error) -> AskError {
+        if err.is_timeout() {
+            AskError::Timeout(self.config.timeout)
+        } else {
+            AskError::Unreachable(Arc::new(err.without_url()))
+        }
+    }
+
     async fn listing(&self, url: &str) -> Result<HeldStatuses, AskError> {
-        let failed = |err: reqwest::Error| {
-            if err.is_timeout() {
-                AskError::Timeout(self.config.timeout)
-            } else {
-                AskError::Unreachable(Arc::new(err.without_url()))
-            }
-        };
-        let mut attempt = 0;
-        let mut response = loop {
-            let mut request = self
-                .client
-                .get(url)
-                .headers(platform::http::outgoing_headers());
-            if let Some(token) = &self.token {
-                use secrecy::ExposeSecret as _;
-                let bearer = token
-                    .get()
-                    .await
-                    .map_err(|err| AskError::NoToken(Arc::new(err)))?;
-                request = request.bearer_auth(bearer.expose_secret());
-            }
-            let response = request.send().await.map_err(failed)?;
-            attempt += 1;
-            match &self.token {
-                Some(token)
-                    if response.status() == reqwest::StatusCode::UNAUTHORIZED && attempt == 1 =>
-                {
-                    token.forget().await;
-                }
-                _ => break response,
-            }
-        };
+        let mut response = self
+            .send(|client| client.get(url).headers(platform::http::outgoing_headers()))
+            .await?;
         if !response.status().is_success() {
             return Err(AskError::Refused(response.status().as_u16()));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(failed)? {
+        while let Some(chunk) = response.chunk().await.map_err(|err| self.failed(err))? {
             if body.len() + chunk.len() > MAX_ANSWER_BYTES {
                 return Err(AskError::TooLong);
             }

@@ -179,13 +179,25 @@ impl Application {
                 );
             }
         }
+        let records = Arc::new(records);
+        if settings.records.urls.contains_key(&domain::System::Shop) {
+            tasks.spawn(
+                crate::partner_limits::Guard {
+                    pool: pool.clone(),
+                    records: records.clone(),
+                    clock: clock.clone(),
+                    config: settings.partner_limits.clone(),
+                }
+                .run(cancel.clone()),
+            );
+        }
         tasks.spawn(
             Detector {
                 pool: pool.clone(),
                 clock: clock.clone(),
                 announcer: announcer.clone(),
                 metrics: metrics.clone(),
-                records: Arc::new(records),
+                records,
                 config: config.clone(),
                 interval: settings.detect_interval,
                 reconfirm_interval: settings.reconfirm_interval,

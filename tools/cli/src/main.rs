@@ -7,6 +7,9 @@
 //! hallmark dlq   list [QUEUE] [--limit N]
 //! hallmark dlq   replay QUEUE MESSAGE_ID|all
 //! hallmark broker accounts [--any-namespace] [--topic-namespace NS]...
+//! hallmark limits list|changes [--token T]
+//! hallmark limits set PARTNER RATE --reason TEXT [--ttl 1h] [--token T]
+//! hallmark limits lift PARTNER [--token T]
 //! ```
 //!
 //! `--help` on every command says the rest; `--shop` is also `HALLMARK_SHOP_URL`.
@@ -22,10 +25,15 @@
 //! given the same values, with the operator's own account in the URL (development default
 //! `hallmark-ops`).
 //!
+//! `limits` shows partners' rates at Shop and lets a developer or admin hold a partner to a
+//! rate for a while, or lift that (`limits`); `--token` is also `HALLMARK_TOKEN`.
+//!
 //! `broker accounts` prints the RabbitMQ permissions of every account (`messaging::permissions`)
 //! as tab-separated lines, `permissions USER CONFIGURE WRITE READ` and
 //! `topic USER EXCHANGE WRITE READ`, for `rabbitmqctl set_permissions` and
 //! `set_topic_permissions`; `scripts/broker.sh` applies them to the development broker.
+
+mod limits;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -77,6 +85,14 @@ enum Command {
     /// The broker's accounts: what each may do.
     #[command(subcommand)]
     Broker(BrokerCommand),
+    /// Partners' order rates at Shop: see them, hold a partner to a rate for a while, lift it.
+    Limits {
+        #[command(subcommand)]
+        command: limits::Limits,
+        /// An access token of the identity provider (a developer or admin to change limits).
+        #[arg(long, env = "HALLMARK_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +176,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             any_namespace,
             topic_namespaces,
         }) => accounts(any_namespace, topic_namespaces),
+        Command::Limits { command, token } => {
+            limits::run(&client, shop, token.as_deref(), command).await
+        }
     }
 }
 

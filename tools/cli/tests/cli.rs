@@ -21,10 +21,14 @@ fn every_command_has_help() {
     let help = hallmark(&["--help"]);
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    for command in ["demo", "place", "show", "dlq"] {
+    for command in ["demo", "place", "show", "dlq", "limits"] {
         assert!(text.contains(command), "{command} missing from:\n{text}");
     }
-    for command in [&["place", "--help"][..], &["dlq", "replay", "--help"]] {
+    for command in [
+        &["place", "--help"][..],
+        &["dlq", "replay", "--help"],
+        &["limits", "set", "--help"],
+    ] {
         let help = hallmark(command);
         assert!(help.status.success(), "{command:?}: {}", stderr(&help));
     }

@@ -229,6 +229,7 @@ fn settings(
         detect_interval: Duration::from_secs(1),
         gauge_interval: Duration::from_secs(3600),
         records: records.config(CONFIRM_TIMEOUT),
+        partner_limits: Default::default(),
         reconfirm_interval: RECONFIRM_INTERVAL,
         auth,
     }
