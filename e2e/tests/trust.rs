@@ -375,6 +375,10 @@ async fn a_service_refuses_to_start_with_an_account_that_is_not_its_own_or_not_f
     let production = [
         ("HALLMARK_ENV", "production"),
         ("SHOP_DATABASE_URL", "postgres://shop:secret@db:5432/shop"),
+        (
+            "HALLMARK_OIDC_ISSUER",
+            "https://sso.example.com/realms/hallmark",
+        ),
     ];
 
     let log = refused_start(
@@ -407,6 +411,15 @@ async fn a_service_refuses_to_start_with_an_account_that_is_not_its_own_or_not_f
         &[production.as_slice(), &[("HALLMARK_AMQP_URL", "")]].concat(),
     );
     assert!(log.contains("HALLMARK_AMQP_URL: must be set"), "{log}");
+    // Nor without an identity provider: CRM would answer anyone.
+    let log = refused_start(
+        Service::Crm,
+        &[
+            ("HALLMARK_ENV", "production"),
+            ("CRM_DATABASE_URL", "postgres://crm:secret@db:5432/crm"),
+        ],
+    );
+    assert!(log.contains("HALLMARK_OIDC_ISSUER: must be set"), "{log}");
 
     // In a test environment too: another service's account would have its messages refused.
     let crm = Party::Service(domain::System::Crm).development_url();

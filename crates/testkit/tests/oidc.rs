@@ -26,12 +26,13 @@ fn audiences(claims: &Value) -> Vec<&str> {
 #[tokio::test]
 async fn each_demo_user_gets_a_token_naming_its_role_and_order_watch_as_audience() {
     let issuer = Issuer::required();
-    // Each role, and what it holds through the composite roles: admin holds developer and
-    // support, developer holds support, so "may read" is a check for `support` alone.
-    let expected: [(&str, &[&str]); 3] = [
+    // Each role, and what it holds through the composite roles: admin holds developer, support
+    // and workshop, developer holds support, so "may read" is a check for `support` alone.
+    let expected: [(&str, &[&str]); 4] = [
         ("support", &["support"]),
         ("developer", &["developer", "support"]),
-        ("admin", &["admin", "developer", "support"]),
+        ("workshop", &["workshop"]),
+        ("admin", &["admin", "developer", "support", "workshop"]),
     ];
     for (user, held) in expected {
         let token = issuer

@@ -274,19 +274,16 @@ pub(crate) async fn watch(
     let mut seen: BTreeMap<String, ()> =
         limits.per_partner.keys().map(|p| (p.clone(), ())).collect();
     loop {
-        match store::all_in_force(&pool).await {
+        match store::rates_in_force(&pool).await {
             Ok(overrides) => {
-                let by_partner: BTreeMap<&str, &Override> = overrides
-                    .iter()
-                    .map(|o| (o.partner_id.as_str(), o))
-                    .collect();
-                for o in &overrides {
-                    seen.insert(o.partner_id.clone(), ());
+                let by_partner: BTreeMap<String, Rate> = overrides.into_iter().collect();
+                for partner in by_partner.keys() {
+                    seen.insert(partner.clone(), ());
                 }
                 for partner in seen.keys() {
                     let label = [KeyValue::new("partner", partner.clone())];
-                    let (rate, overridden) = match by_partner.get(partner.as_str()) {
-                        Some(o) => (o.rate, 1),
+                    let (rate, overridden) = match by_partner.get(partner) {
+                        Some(rate) => (*rate, 1),
                         None => (limits.rate_of(partner), 0),
                     };
                     rate_gauge.record(per_minute(rate), &label);

@@ -114,6 +114,28 @@ pub async fn all_in_force(pool: &PgPool) -> Result<Vec<Override>, sqlx::Error> {
     Ok(rows.into_iter().map(Override::from).collect())
 }
 
+/// The rate of every override in force, by partner, for the metrics: a background sample that
+/// belongs to no request, so it makes no span (a database span under nothing would be a trace of
+/// its own every ten seconds).
+pub async fn rates_in_force(pool: &PgPool) -> Result<Vec<(String, Rate)>, sqlx::Error> {
+    let rows: Vec<(String, i32, i64)> = sqlx::query_as(
+        "SELECT partner_id, quota, window_ms FROM partner_limit_overrides \
+         WHERE expires_at > clock_timestamp()",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(partner, quota, window_ms)| {
+            let rate = Rate {
+                quota: quota.max(1) as u32,
+                window: Duration::from_millis(window_ms.max(1) as u64),
+            };
+            (partner, rate)
+        })
+        .collect())
+}
+
 /// An override asked for.
 pub struct NewOverride<'a> {
     pub partner: &'a str,
