@@ -164,6 +164,16 @@ async fn a_stuck_partner_order_tightens_that_partners_rate_at_shop_until_its_inc
     // acme may send one order an hour now; globex keeps its own rate.
     assert_eq!(floor.place(&floor.acme).await.0, 201);
     assert_eq!(floor.place(&floor.acme).await.0, 429);
+    // The refusal's request span says why: acme, over a rate an incident set.
+    testkit::wait::until("the refused request's span", PATIENCE, || async {
+        floor.system.otlp.spans().into_iter().find(|s| {
+            s.service == "shop-api"
+                && s.attr("hallmark.rate_limited").as_deref() == Some("true")
+                && s.attr("hallmark.rate_limit.source").as_deref() == Some("incident")
+                && s.attr("partner.id").as_deref() == Some("acme")
+        })
+    })
+    .await;
     for _ in 0..3 {
         assert_eq!(floor.place(&floor.globex).await.0, 201);
     }
