@@ -44,6 +44,7 @@ struct StageCounts {
     stuck: i64,
     unconfirmed: i64,
     silent: i64,
+    stuck_silent: i64,
     oldest: DateTime<Utc>,
 }
 
@@ -150,6 +151,8 @@ pub struct Snapshot {
     /// Orders flagged stuck because their system of record could not be asked.
     pub unconfirmed: BTreeMap<Stage, u64>,
     pub silent_24h_ratio: f64,
+    /// Share of open orders that are stuck and have made no progress for over 24 hours.
+    pub stuck_24h_ratio: f64,
     /// The last progress of each stage's longest-waiting open order.
     pub oldest: BTreeMap<Stage, DateTime<Utc>>,
     /// When it was counted; none before the first count.
@@ -450,6 +453,8 @@ impl Metrics {
                  count(*) FILTER (WHERE stuck_confirmation = 'confirmed') AS stuck, \
                  count(*) FILTER (WHERE stuck_confirmation = 'unconfirmed') AS unconfirmed, \
                  count(*) FILTER (WHERE last_progress < $1) AS silent, \
+                 count(*) FILTER (WHERE last_progress < $1 AND stuck_since IS NOT NULL) \
+                     AS stuck_silent, \
                  min(last_progress) AS oldest \
              FROM orders WHERE NOT terminal GROUP BY stage",
         )
@@ -457,7 +462,7 @@ impl Metrics {
         .fetch_all(pool)
         .await?;
         let mut snapshot = Snapshot::default();
-        let (mut open_total, mut silent_total) = (0u64, 0u64);
+        let (mut open_total, mut silent_total, mut stuck_silent_total) = (0u64, 0u64, 0u64);
         for row in rows {
             let stage = match row.stage.parse::<Stage>() {
                 Ok(stage) => stage,
@@ -469,17 +474,22 @@ impl Metrics {
             let open = row.open as u64;
             open_total += open;
             silent_total += row.silent as u64;
+            stuck_silent_total += row.stuck_silent as u64;
             snapshot.open.insert(stage, open);
             snapshot.stuck.insert(stage, row.stuck as u64);
             snapshot.unconfirmed.insert(stage, row.unconfirmed as u64);
             snapshot.oldest.insert(stage, row.oldest);
         }
         snapshot.counted_at = Some(now);
-        snapshot.silent_24h_ratio = if open_total == 0 {
-            0.0
-        } else {
-            silent_total as f64 / open_total as f64
+        let share = |count: u64| {
+            if open_total == 0 {
+                0.0
+            } else {
+                count as f64 / open_total as f64
+            }
         };
+        snapshot.silent_24h_ratio = share(silent_total);
+        snapshot.stuck_24h_ratio = share(stuck_silent_total);
         *self.snapshot.write().expect("not poisoned") = snapshot;
         Ok(())
     }

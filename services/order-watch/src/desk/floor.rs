@@ -82,7 +82,10 @@ pub struct StuckOrder {
 pub struct Slo {
     #[serde(flatten)]
     pub figures: SloFigures,
-    /// The share of open orders without progress for over 24 hours.
+    /// The share of open orders stuck without progress for over 24 hours.
+    pub stuck_24h_ratio: f64,
+    /// The share of open orders without progress for over 24 hours, stuck or not (an order
+    /// waiting for its customer's decision is not stuck).
     pub without_progress_24h_ratio: f64,
 }
 
@@ -188,6 +191,7 @@ impl FloorFeed {
             stages,
             slo: Slo {
                 figures: self.metrics.slo(now),
+                stuck_24h_ratio: snapshot.stuck_24h_ratio,
                 without_progress_24h_ratio: snapshot.silent_24h_ratio,
             },
             stuck_orders,

@@ -563,6 +563,7 @@ async fn the_floor_counts_orders_per_stage_and_lists_the_stuck_and_the_open_inci
         slo["price_calculation"]["samples"].as_u64().unwrap() >= 1,
         "{slo}"
     );
+    assert_eq!(slo["stuck_24h_ratio"], 0.0);
     assert_eq!(slo["without_progress_24h_ratio"], 0.0);
 }
 
