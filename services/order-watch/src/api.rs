@@ -30,7 +30,7 @@
 //!   its changes carry).
 //! * `GET /login`, `GET /auth/callback`, `POST /logout`: the UI's login (see
 //!   [`crate::auth::session`]).
-//! * `GET /`: the UI.
+//! * `GET /`, `GET /app.js`, `GET /app.css`: the UI.
 //!
 //! Every route needs the `support` role unless said otherwise above (see [`crate::auth`]).
 
@@ -41,7 +41,7 @@ use axum::Router;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::response::{Html, Response};
+use axum::response::{Html, IntoResponse as _, Response};
 use axum::routing::{delete, get, patch, post};
 use chrono::{DateTime, Utc};
 use platform::error::ApiError;
@@ -84,6 +84,8 @@ pub fn router(authenticator: Arc<Authenticator>) -> Router<ApiState> {
     };
     let read = Router::new()
         .route("/", get(ui))
+        .route("/app.js", get(script))
+        .route("/app.css", get(style))
         .route("/api/orders/stuck", get(stuck))
         .route("/api/orders/{order_id}/journey", get(journey))
         .route("/api/incidents", get(list_incidents))
@@ -121,6 +123,30 @@ async fn me(axum::Extension(principal): axum::Extension<Principal>) -> axum::Jso
 
 async fn ui() -> Html<&'static str> {
     Html(include_str!("../static/index.html"))
+}
+
+/// The page's script and style, served with the page (no build step): revalidated on every
+/// load, so an upgrade is never mixed with a cached older half.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, content_type),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn script() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../static/app.js"),
+    )
+}
+
+async fn style() -> Response {
+    asset("text/css; charset=utf-8", include_str!("../static/app.css"))
 }
 
 /// An order's summary as the API shows it.
