@@ -1,14 +1,12 @@
 -- Issue 19: support finds an order by the ids people quote — the external order id a partner or
 -- the shop front end gave it, the partner, the customer — as well as by its own id; partial ids
--- and typos get suggestions (pg_trgm's trigram similarity). Never by personal data: these ids are
--- what the spans carry (`order.external_id`, `partner.id`, and `customer.id`, a pseudonymous
--- UUID), and a value the masking rules masked is not recorded.
+-- and typos get suggestions. Never by personal data: these ids are what the spans carry
+-- (`order.external_id`, `partner.id`, and `customer.id`, a pseudonymous UUID), and a value the
+-- masking rules masked is not recorded.
 --
 -- A table of its own rather than columns of `orders`: an order's ids are written once, when the
 -- spans that carry them arrive, while its `orders` row is rewritten by every batch of its spans
 -- and would carry these indexes into each of those writes.
-
-CREATE EXTENSION IF NOT EXISTS pg_trgm;
 
 CREATE TABLE order_identities (
     -- erasing an order or ending its retention deletes its ids with it
@@ -21,17 +19,17 @@ CREATE TABLE order_identities (
     first_seen   TIMESTAMPTZ NOT NULL
 );
 
--- Exact (case-insensitive) and prefix lookups, and a partner's or customer's orders newest first.
-CREATE INDEX order_identities_external ON order_identities (lower(external_id) text_pattern_ops);
+-- B-trees in byte order (C collation) of the lowercased ids: exact lookups, ids that begin with a
+-- text (a range), a partner's or customer's orders newest first, and an id's neighbours in that
+-- order, which share the longest beginnings with it; reversed, the longest endings. What a
+-- mistyped id resembles is found among those neighbours (`order_watch::desk::search`).
+CREATE INDEX order_identities_external ON order_identities ((lower(external_id) COLLATE "C"));
+CREATE INDEX order_identities_external_reversed
+    ON order_identities ((reverse(lower(external_id)) COLLATE "C"));
 CREATE INDEX order_identities_partner
-    ON order_identities (lower(partner_id) text_pattern_ops, first_seen DESC);
+    ON order_identities ((lower(partner_id) COLLATE "C"), first_seen DESC);
 CREATE INDEX order_identities_customer
-    ON order_identities (lower(customer_id) text_pattern_ops, first_seen DESC);
--- What a partial id is contained in, and what a mistyped one resembles.
-CREATE INDEX order_identities_external_trgm
-    ON order_identities USING gin (lower(external_id) gin_trgm_ops);
-CREATE INDEX order_identities_partner_trgm
-    ON order_identities USING gin (lower(partner_id) gin_trgm_ops);
+    ON order_identities ((lower(customer_id) COLLATE "C"), first_seen DESC);
 
 -- The ids of journeys stored before: from their spans, the earliest span carrying each.
 INSERT INTO order_identities (order_id, external_id, partner_id, customer_id, first_seen)

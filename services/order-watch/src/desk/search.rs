@@ -5,13 +5,19 @@
 //!
 //! Three tiers, each tried only when the one before found nothing:
 //! 1. **exact**: an id equal to the query (external and partner ids case-insensitively);
-//! 2. **partial**: order and customer ids that begin with it (at least [`MIN_PARTIAL`]
-//!    characters), external and partner ids that contain it;
-//! 3. **similar** ("did you mean"): external and partner ids that resemble it (pg_trgm's trigram
-//!    similarity), and order and customer ids with the same first eight hex digits — a UUIDv7's
-//!    creation time, to the minute — within [`MAX_EDITS`] edits.
+//! 2. **partial** (at least [`MIN_PARTIAL`] characters): order and customer ids that begin with
+//!    it, external ids that begin or end with it (a partner's "12345" for "PO-12345"), partner ids
+//!    that contain it;
+//! 3. **similar** ("did you mean"): ids within a few edits of it ([`allowed_edits`]). The
+//!    candidates are an id's neighbours in byte order, which share the longest beginnings with it,
+//!    and in the order of reversed ids, which share the longest endings — one slip leaves one of
+//!    the two halves intact —, order and customer ids with the same first eight hex digits (a
+//!    UUIDv7's creation time, to the minute), and every partner.
 //!
-//! Every answer says in words what was found, or why nothing was, and what to try.
+//! Every lookup is a range of a B-tree (`order_identities`' indexes, migration 0005) or the
+//! orders' primary key, so a search costs about the same with a million orders as with ten;
+//! partners are found by walking their distinct ids ([`MAX_PARTNERS`] at most). Every answer says
+//! in words what was found, or why nothing was, and what to try.
 
 use std::collections::BTreeMap;
 
@@ -27,8 +33,23 @@ pub const MIN_PARTIAL: usize = 3;
 pub const MAX_QUERY_CHARS: usize = 200;
 /// Most orders in each list of an answer.
 pub const MAX_RESULTS: i64 = 20;
-/// Most edits between a mistyped UUID and one suggested for it.
-pub const MAX_EDITS: usize = 3;
+/// Neighbours of a mistyped id read each way, by its beginning and by its end.
+const NEIGHBOURS: i64 = 50;
+/// Most order and customer ids read that share a mistyped UUID's first eight digits.
+const UUID_CANDIDATES: i64 = 500;
+/// Most distinct partner ids looked through for a partial or mistyped one.
+pub const MAX_PARTNERS: i64 = 10_000;
+
+/// Most edits between a mistyped id of `chars` characters (without a UUID's hyphens) and one
+/// suggested for it: one for short ids, where two would suggest half of them, two for most, three
+/// for UUIDs.
+pub fn allowed_edits(chars: usize) -> usize {
+    match chars {
+        0..=5 => 1,
+        6..=31 => 2,
+        _ => 3,
+    }
+}
 
 /// Which id of an order matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -109,15 +130,25 @@ impl Query {
 
     /// The query as a `LIKE` pattern's literal part (its wildcards escaped), lowercase.
     fn like_literal(&self) -> String {
-        let mut out = String::with_capacity(self.text.len());
-        for c in self.text.to_lowercase().chars() {
-            if matches!(c, '%' | '_' | '\\') {
-                out.push('\\');
-            }
-            out.push(c);
-        }
-        out
+        escape_like(&self.text.to_lowercase())
     }
+
+    /// As [`Query::like_literal`], of the query reversed: for ids that end with it.
+    fn like_reversed(&self) -> String {
+        escape_like(&self.text.to_lowercase().chars().rev().collect::<String>())
+    }
+}
+
+/// `text` with `LIKE`'s wildcards and escape character escaped.
+fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// What personal data `text` looks like: order-watch holds none, so it cannot be searched by.
@@ -207,6 +238,16 @@ pub struct Answer {
 const FOUND_COLUMNS: &str = "o.order_id, i.external_id, i.partner_id, i.customer_id, o.status, \
     o.stage, o.terminal, o.stuck_since IS NOT NULL AS stuck, o.first_seen, o.last_progress";
 
+/// The indexed keys of `order_identities i` (migration 0005): lowercased ids in byte order.
+const EXTERNAL: &str = r#"(lower(i.external_id) COLLATE "C")"#;
+const EXTERNAL_REVERSED: &str = r#"(reverse(lower(i.external_id)) COLLATE "C")"#;
+const PARTNER: &str = r#"(lower(i.partner_id) COLLATE "C")"#;
+const CUSTOMER: &str = r#"(lower(i.customer_id) COLLATE "C")"#;
+/// The newest orders whose ids lie between `$2` and `$3`, at most `$4`: limited before the join,
+/// so that the planner, which cannot tell how few a UUID range holds, joins them one by one.
+const ORDERS_IN_RANGE: &str =
+    "(SELECT * FROM orders WHERE order_id BETWEEN $2 AND $3 ORDER BY order_id DESC LIMIT $4)";
+
 /// Looks `query` up; `retention_days` goes into the answer that finds nothing.
 pub async fn search(
     pool: &PgPool,
@@ -230,11 +271,12 @@ pub async fn search(
     if query.text.chars().count() < MIN_PARTIAL {
         return Ok(answer(Tier::None, vec![], vec![]));
     }
-    let (orders, partners) = partial(pool, query).await?;
+    let known_partners = distinct_partners(pool).await?;
+    let (orders, partners) = partial(pool, query, &known_partners).await?;
     if !orders.is_empty() || !partners.is_empty() {
         return Ok(answer(Tier::Partial, orders, partners));
     }
-    let (orders, partners) = similar(pool, query).await?;
+    let (orders, partners) = similar(pool, query, &known_partners).await?;
     let tier = if orders.is_empty() && partners.is_empty() {
         Tier::None
     } else {
@@ -250,15 +292,15 @@ async fn exact(pool: &PgPool, query: &Query) -> Result<(Vec<Found>, Vec<Partner>
          UNION ALL \
          (SELECT 'external_id', i.external_id, {FOUND_COLUMNS} \
            FROM order_identities i JOIN orders o USING (order_id) \
-           WHERE lower(i.external_id) = lower($1) ORDER BY i.first_seen DESC LIMIT $3) \
+           WHERE {EXTERNAL} = lower($1) ORDER BY i.first_seen DESC LIMIT $3) \
          UNION ALL \
          (SELECT 'partner_id', i.partner_id, {FOUND_COLUMNS} \
            FROM order_identities i JOIN orders o USING (order_id) \
-           WHERE lower(i.partner_id) = lower($1) ORDER BY i.first_seen DESC LIMIT $3) \
+           WHERE {PARTNER} = lower($1) ORDER BY {PARTNER}, i.first_seen DESC LIMIT $3) \
          UNION ALL \
          (SELECT 'customer_id', i.customer_id, {FOUND_COLUMNS} \
            FROM order_identities i JOIN orders o USING (order_id) \
-           WHERE lower(i.customer_id) = lower($1) ORDER BY i.first_seen DESC LIMIT $3)"
+           WHERE {CUSTOMER} = lower($1) ORDER BY {CUSTOMER}, i.first_seen DESC LIMIT $3)"
     ))
     .bind(&query.text)
     .bind(query.uuid)
@@ -266,133 +308,204 @@ async fn exact(pool: &PgPool, query: &Query) -> Result<(Vec<Found>, Vec<Partner>
     .fetch_all(pool)
     .db("SELECT order_identities")
     .await?;
-    let partners = if orders.iter().any(|o| o.matched.0 == Kind::PartnerId) {
-        sqlx::query_as(
-            "SELECT min(partner_id) AS partner_id, count(*) AS orders, \
-                 max(first_seen) AS last_order_at \
-             FROM order_identities WHERE lower(partner_id) = lower($1)",
-        )
-        .bind(&query.text)
-        .fetch_all(pool)
-        .db("SELECT order_identities")
-        .await?
-    } else {
-        vec![]
+    let partners = match orders.iter().find(|o| o.matched.0 == Kind::PartnerId) {
+        Some(found) => partners(pool, &[found.value.to_lowercase()]).await?,
+        None => vec![],
     };
     Ok((orders, partners))
 }
 
-async fn partial(pool: &PgPool, query: &Query) -> Result<(Vec<Found>, Vec<Partner>), sqlx::Error> {
+async fn partial(
+    pool: &PgPool,
+    query: &Query,
+    known_partners: &[String],
+) -> Result<(Vec<Found>, Vec<Partner>), sqlx::Error> {
     let (low, high) = query.uuid_range().unzip();
-    let like = query.like_literal();
     let orders: Vec<Found> = sqlx::query_as(&format!(
         "(SELECT 'order_id' AS matched, o.order_id::text AS value, {FOUND_COLUMNS} \
-           FROM orders o LEFT JOIN order_identities i USING (order_id) \
-           WHERE o.order_id BETWEEN $2 AND $3 ORDER BY o.order_id DESC LIMIT $4) \
+           FROM {ORDERS_IN_RANGE} o LEFT JOIN order_identities i USING (order_id)) \
          UNION ALL \
          (SELECT 'customer_id', i.customer_id, {FOUND_COLUMNS} \
            FROM order_identities i JOIN orders o USING (order_id) \
-           WHERE lower(i.customer_id) LIKE $1 || '%' ORDER BY i.first_seen DESC LIMIT $4) \
+           WHERE {CUSTOMER} LIKE $1 || '%' ORDER BY {CUSTOMER} LIMIT $4) \
          UNION ALL \
          (SELECT 'external_id', i.external_id, {FOUND_COLUMNS} \
            FROM order_identities i JOIN orders o USING (order_id) \
-           WHERE lower(i.external_id) LIKE '%' || $1 || '%' \
-           ORDER BY lower(i.external_id) LIKE $1 || '%' DESC, i.first_seen DESC LIMIT $4)"
+           WHERE {EXTERNAL} LIKE $1 || '%' ORDER BY {EXTERNAL} LIMIT $4) \
+         UNION ALL \
+         (SELECT 'external_id', i.external_id, {FOUND_COLUMNS} \
+           FROM order_identities i JOIN orders o USING (order_id) \
+           WHERE {EXTERNAL_REVERSED} LIKE $5 || '%' ORDER BY {EXTERNAL_REVERSED} LIMIT $4)"
     ))
-    .bind(&like)
+    .bind(query.like_literal())
     .bind(low)
     .bind(high)
     .bind(MAX_RESULTS)
+    .bind(query.like_reversed())
     .fetch_all(pool)
     .db("SELECT order_identities")
     .await?;
-    let partners = sqlx::query_as(
-        "SELECT partner_id, count(*) AS orders, max(first_seen) AS last_order_at \
-         FROM order_identities WHERE lower(partner_id) LIKE '%' || $1 || '%' \
-         GROUP BY partner_id ORDER BY max(first_seen) DESC LIMIT $2",
-    )
-    .bind(&like)
-    .bind(MAX_RESULTS)
-    .fetch_all(pool)
-    .db("SELECT order_identities")
-    .await?;
-    Ok((orders, partners))
+    let text = query.text.to_lowercase();
+    let matching: Vec<String> = known_partners
+        .iter()
+        .filter(|p| p.contains(&text))
+        .take(MAX_RESULTS as usize)
+        .cloned()
+        .collect();
+    Ok((distinct(orders), partners(pool, &matching).await?))
 }
 
-async fn similar(pool: &PgPool, query: &Query) -> Result<(Vec<Found>, Vec<Partner>), sqlx::Error> {
-    // Same first eight hex digits: what a UUID mistyped later on still shares.
-    let near = query
+async fn similar(
+    pool: &PgPool,
+    query: &Query,
+    known_partners: &[String],
+) -> Result<(Vec<Found>, Vec<Partner>), sqlx::Error> {
+    // A UUID mistyped after its first eight digits still shares them.
+    let first_eight = query
         .hex
         .as_deref()
         .filter(|hex| hex.len() >= 16)
-        .and_then(|hex| {
+        .map(|hex| hex[..8].to_owned());
+    let (low, high) = first_eight
+        .as_ref()
+        .and_then(|prefix| {
             Query {
-                hex: Some(hex[..8].to_owned()),
+                hex: Some(prefix.clone()),
                 ..query.clone()
             }
             .uuid_range()
-        });
-    let (low, high) = near.unzip();
-    let prefix = query.hex.as_deref().filter(|h| h.len() >= 16).map(|h| {
-        // A customer id is stored with its hyphens: its first eight digits come first.
-        h[..8].to_owned()
-    });
+        })
+        .unzip();
     let candidates: Vec<Found> = sqlx::query_as(&format!(
         "(SELECT 'order_id' AS matched, o.order_id::text AS value, {FOUND_COLUMNS} \
-           FROM orders o LEFT JOIN order_identities i USING (order_id) \
-           WHERE o.order_id BETWEEN $2 AND $3 LIMIT 500) \
+           FROM {ORDERS_IN_RANGE} o LEFT JOIN order_identities i USING (order_id)) \
          UNION ALL \
          (SELECT 'customer_id', i.customer_id, {FOUND_COLUMNS} \
            FROM order_identities i JOIN orders o USING (order_id) \
-           WHERE lower(i.customer_id) LIKE $4 || '%' LIMIT 500) \
+           WHERE {CUSTOMER} LIKE $6 || '%' LIMIT $4) \
          UNION ALL \
          (SELECT 'external_id', i.external_id, {FOUND_COLUMNS} \
            FROM order_identities i JOIN orders o USING (order_id) \
-           WHERE lower(i.external_id) % lower($1) \
-           ORDER BY similarity(lower(i.external_id), lower($1)) DESC LIMIT $5)"
+           WHERE {EXTERNAL} >= lower($1) ORDER BY {EXTERNAL} LIMIT $5) \
+         UNION ALL \
+         (SELECT 'external_id', i.external_id, {FOUND_COLUMNS} \
+           FROM order_identities i JOIN orders o USING (order_id) \
+           WHERE {EXTERNAL} < lower($1) ORDER BY {EXTERNAL} DESC LIMIT $5) \
+         UNION ALL \
+         (SELECT 'external_id', i.external_id, {FOUND_COLUMNS} \
+           FROM order_identities i JOIN orders o USING (order_id) \
+           WHERE {EXTERNAL_REVERSED} >= reverse(lower($1)) ORDER BY {EXTERNAL_REVERSED} LIMIT $5) \
+         UNION ALL \
+         (SELECT 'external_id', i.external_id, {FOUND_COLUMNS} \
+           FROM order_identities i JOIN orders o USING (order_id) \
+           WHERE {EXTERNAL_REVERSED} < reverse(lower($1)) \
+           ORDER BY {EXTERNAL_REVERSED} DESC LIMIT $5)"
     ))
     .bind(&query.text)
     .bind(low)
     .bind(high)
-    .bind(prefix)
-    .bind(MAX_RESULTS)
+    .bind(UUID_CANDIDATES)
+    .bind(NEIGHBOURS)
+    .bind(first_eight.map(|hex| escape_like(&hex)))
     .fetch_all(pool)
     .db("SELECT order_identities")
     .await?;
-    let orders = closest(query, candidates);
-    let partners = sqlx::query_as(
-        "SELECT partner_id, count(*) AS orders, max(first_seen) AS last_order_at \
-         FROM order_identities WHERE lower(partner_id) % lower($1) \
-         GROUP BY partner_id ORDER BY max(similarity(lower(partner_id), lower($1))) DESC LIMIT $2",
-    )
-    .bind(&query.text)
-    .bind(MAX_RESULTS)
-    .fetch_all(pool)
-    .db("SELECT order_identities")
-    .await?;
-    Ok((orders, partners))
+    let text = query.text.to_lowercase();
+    let allowed = allowed_edits(text.chars().count());
+    let mut near: Vec<(usize, &String)> = known_partners
+        .iter()
+        .map(|p| (edit_distance(&text, p), p))
+        .filter(|(distance, _)| *distance <= allowed)
+        .collect();
+    near.sort();
+    let matching: Vec<String> = near
+        .into_iter()
+        .take(MAX_RESULTS as usize)
+        .map(|(_, p)| p.clone())
+        .collect();
+    // Closest first.
+    let mut found = partners(pool, &matching).await?;
+    found.sort_by_key(|p| {
+        matching
+            .iter()
+            .position(|m| *m == p.partner_id.to_lowercase())
+    });
+    Ok((closest(query, candidates), found))
 }
 
-/// Of the candidates, the UUIDs within [`MAX_EDITS`] of the query's (closest first) and the
-/// similar external ids (as the database ranked them).
+/// Every partner id order-watch holds, lowercased, at most [`MAX_PARTNERS`]: a walk down the
+/// partners' index from one distinct id to the next (an index probe per partner, however many
+/// orders each has).
+async fn distinct_partners(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "WITH RECURSIVE walk (partner) AS ( \
+             (SELECT {PARTNER} FROM order_identities i WHERE i.partner_id IS NOT NULL \
+              ORDER BY {PARTNER} LIMIT 1) \
+             UNION ALL \
+             SELECT (SELECT {PARTNER} FROM order_identities i WHERE {PARTNER} > walk.partner \
+                     ORDER BY {PARTNER} LIMIT 1) \
+             FROM walk WHERE walk.partner IS NOT NULL) \
+         SELECT partner FROM walk WHERE partner IS NOT NULL LIMIT $1"
+    ))
+    .bind(MAX_PARTNERS)
+    .fetch_all(pool)
+    .db("SELECT order_identities")
+    .await
+}
+
+/// `ids` (lowercased partner ids) with how many orders each has and its latest, latest first.
+async fn partners(pool: &PgPool, ids: &[String]) -> Result<Vec<Partner>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    sqlx::query_as(&format!(
+        "SELECT min(i.partner_id) AS partner_id, count(*) AS orders, \
+             max(i.first_seen) AS last_order_at \
+         FROM order_identities i WHERE {PARTNER} = ANY($1) \
+         GROUP BY {PARTNER} ORDER BY max(i.first_seen) DESC"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .db("SELECT order_identities")
+    .await
+}
+
+/// `orders` with each order once (an external id can both begin and end with the query).
+fn distinct(orders: Vec<Found>) -> Vec<Found> {
+    let mut seen = std::collections::HashSet::new();
+    orders
+        .into_iter()
+        .filter(|o| seen.insert(o.order_id))
+        .collect()
+}
+
+/// Of the candidates, those within [`allowed_edits`] of the query, closest first, each order
+/// once.
 fn closest(query: &Query, candidates: Vec<Found>) -> Vec<Found> {
-    let hex = query.hex.as_deref().unwrap_or_default();
+    let normal = |kind: Kind, value: &str| match kind {
+        Kind::OrderId | Kind::CustomerId => value
+            .chars()
+            .filter(|c| *c != '-')
+            .collect::<String>()
+            .to_ascii_lowercase(),
+        Kind::ExternalId | Kind::PartnerId => value.to_lowercase(),
+    };
     let mut by_distance: BTreeMap<usize, Vec<Found>> = BTreeMap::new();
-    let mut similar = Vec::new();
     for found in candidates {
-        match found.matched.0 {
-            Kind::OrderId | Kind::CustomerId => {
-                let candidate: String = found.value.chars().filter(|c| *c != '-').collect();
-                let distance = edit_distance(hex, &candidate.to_ascii_lowercase());
-                if distance <= MAX_EDITS {
-                    by_distance.entry(distance).or_default().push(found);
-                }
-            }
-            _ => similar.push(found),
+        let kind = found.matched.0;
+        let asked = match kind {
+            Kind::OrderId | Kind::CustomerId => query.hex.clone().unwrap_or_default(),
+            Kind::ExternalId | Kind::PartnerId => query.text.to_lowercase(),
+        };
+        if asked.is_empty() {
+            continue;
+        }
+        let distance = edit_distance(&asked, &normal(kind, &found.value));
+        if distance <= allowed_edits(asked.chars().count()) {
+            by_distance.entry(distance).or_default().push(found);
         }
     }
-    let mut orders: Vec<Found> = by_distance.into_values().flatten().collect();
-    orders.extend(similar);
+    let mut orders = distinct(by_distance.into_values().flatten().collect());
     orders.truncate(MAX_RESULTS as usize);
     orders
 }
@@ -492,7 +605,7 @@ fn hint(
                 parts.push(plural(partners.len(), "partner", "partners"));
             }
             format!(
-                "No id is exactly “{q}”. {} whose id begins with or contains it{}:",
+                "No id is exactly “{q}”. {} whose id contains it{}:",
                 parts.join(" and "),
                 if orders.len() as i64 >= MAX_RESULTS {
                     " (the first ones; type more of the id to narrow it)"
@@ -545,11 +658,10 @@ mod tests {
     }
 
     #[test]
-    fn like_wildcards_in_a_query_are_taken_literally() {
-        assert_eq!(
-            Query::parse("PO_1%\\").unwrap().like_literal(),
-            "po\\_1\\%\\\\"
-        );
+    fn like_wildcards_in_a_query_are_taken_literally_forwards_and_reversed() {
+        let query = Query::parse("PO_1%\\").unwrap();
+        assert_eq!(query.like_literal(), "po\\_1\\%\\\\");
+        assert_eq!(query.like_reversed(), "\\\\\\%1\\_op");
     }
 
     #[test]
@@ -611,10 +723,30 @@ mod tests {
             values,
             [
                 "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2c",
-                "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f12ac",
-                "PO-1"
+                "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f12ac"
             ]
         );
+    }
+
+    #[test]
+    fn a_mistyped_external_id_is_offered_the_ids_a_slip_or_two_away() {
+        let query = Query::parse("po-12354").unwrap();
+        // Two edits, one (a swap), too many, three.
+        let candidates = ["PO-12300", "PO-12345", "PO-99999", "WEB-12354"]
+            .map(|id| found(Kind::ExternalId, id))
+            .to_vec();
+        let values: Vec<String> = closest(&query, candidates)
+            .into_iter()
+            .map(|f| f.value)
+            .collect();
+        assert_eq!(values, ["PO-12345", "PO-12300"]);
+    }
+
+    #[test]
+    fn short_ids_allow_one_edit_most_ids_two_and_uuids_three() {
+        assert_eq!(allowed_edits(4), 1);
+        assert_eq!(allowed_edits(8), 2);
+        assert_eq!(allowed_edits(32), 3);
     }
 
     #[test]
@@ -648,7 +780,7 @@ mod tests {
                 &[],
                 30
             ),
-            "No id is exactly “PO-1”. 1 order whose id begins with or contains it:"
+            "No id is exactly “PO-1”. 1 order whose id contains it:"
         );
         assert_eq!(
             hint(

@@ -173,7 +173,7 @@ async fn a_partial_id_lists_what_contains_it_and_a_typo_gets_did_you_mean() {
     assert_eq!(found(&answer), [("external_id".into(), order.to_string())]);
     assert_eq!(
         answer["hint"],
-        "No id is exactly “12345”. 1 order whose id begins with or contains it:"
+        "No id is exactly “12345”. 1 order whose id contains it:"
     );
 
     let answer = search(&app, "goldsmith").await;
