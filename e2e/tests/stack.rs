@@ -811,6 +811,7 @@ async fn order_watch_over_tls(
         partner_limits: Default::default(),
         reconfirm_interval: Duration::from_secs(3600),
         auth: order_watch::auth::AuthConfig::Open,
+        jaeger_url: None,
     };
     let cancel = tokio_util::sync::CancellationToken::new();
     let app = order_watch::Application::build(

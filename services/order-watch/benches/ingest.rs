@@ -278,6 +278,7 @@ impl OrderWatch {
             partner_limits: Default::default(),
             reconfirm_interval: Duration::from_secs(60),
             auth: order_watch::auth::AuthConfig::Open,
+            jaeger_url: None,
         };
         let cancel = CancellationToken::new();
         let app = runtime

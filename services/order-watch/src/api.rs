@@ -1,7 +1,18 @@
 //! order-watch's HTTP API and UI.
 //!
+//! * `GET /api/search?q=…`: find orders by order id, external order id, partner id (its recent
+//!   orders) or customer id; partial ids and typos get suggestions, personal data a refusal in
+//!   words ([`crate::desk::search`]).
+//! * `GET /api/orders/{order_id}/story`: the order's story for support: its status timeline with
+//!   stage durations against their thresholds, where it is now, and why, in words, when it is
+//!   stuck, failed, rejected, cancelled or dead-lettered ([`crate::desk::story`]).
 //! * `GET /api/orders/{order_id}/journey`: the order's stage, status, activity and every span of
-//!   every trace, in time order, with the links that join the traces.
+//!   every trace, in time order, with the links that join the traces, and each trace as a tree
+//!   with database statements and status checks folded ([`crate::desk::trees`]; with a link to
+//!   the trace store when `ORDER_WATCH_JAEGER_URL` is set).
+//! * `GET /api/floor`: orders in flight per stage, the SLO figures, stuck orders and open
+//!   incidents; `GET /api/floor/events`: the same as server-sent events, live
+//!   ([`crate::desk::floor`]).
 //! * `GET /api/orders/stuck`: orders stuck right now, longest without progress first.
 //! * `GET /api/incidents?open=true`: incidents, newest first.
 //! * `POST /api/incidents/{id}/acknowledge`, `POST /api/incidents/{id}/close` (admin): someone
@@ -19,7 +30,7 @@
 //!   its changes carry).
 //! * `GET /login`, `GET /auth/callback`, `POST /logout`: the UI's login (see
 //!   [`crate::auth::session`]).
-//! * `GET /`: the UI.
+//! * `GET /`, `GET /app.js`, `GET /app.css`: the UI.
 //!
 //! Every route needs the `support` role unless said otherwise above (see [`crate::auth`]).
 
@@ -30,7 +41,7 @@ use axum::Router;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::response::{Html, Response};
+use axum::response::{Html, IntoResponse as _, Response};
 use axum::routing::{delete, get, patch, post};
 use chrono::{DateTime, Utc};
 use platform::error::ApiError;
@@ -43,6 +54,8 @@ use uuid::Uuid;
 use crate::auth::{self, Authenticator, Need, Principal, Role};
 use crate::clock::Clock;
 use crate::config::Thresholds;
+use crate::desk::floor::FloorFeed;
+use crate::desk::trees;
 use crate::erasure::{self, Erasure};
 use crate::incidents::{self, AlertmanagerMessage, Announcer, Incident, TransitionError};
 use crate::journey::OrderState;
@@ -58,6 +71,10 @@ pub struct ApiState {
     pub detector: Arc<tokio::sync::Notify>,
     /// Announces incidents closed by hand.
     pub announcer: Announcer,
+    /// The floor, read for the page and fed to it live.
+    pub floor: FloorFeed,
+    /// The trace store's UI (`ORDER_WATCH_JAEGER_URL`), for links to each trace.
+    pub trace_store: Option<String>,
 }
 
 /// The routes, each behind the role it needs (see [`crate::auth`]).
@@ -67,12 +84,15 @@ pub fn router(authenticator: Arc<Authenticator>) -> Router<ApiState> {
     };
     let read = Router::new()
         .route("/", get(ui))
+        .route("/app.js", get(script))
+        .route("/app.css", get(style))
         .route("/api/orders/stuck", get(stuck))
         .route("/api/orders/{order_id}/journey", get(journey))
         .route("/api/incidents", get(list_incidents))
         .route("/api/config", get(config))
         .route("/api/config/changes", get(config_changes))
         .route("/api/me", get(me))
+        .merge(crate::desk::routes())
         .route_layer(needs(Role::Support.into()));
     // A change of the retention needs more: the handler checks it.
     let configure = Router::new()
@@ -103,6 +123,30 @@ async fn me(axum::Extension(principal): axum::Extension<Principal>) -> axum::Jso
 
 async fn ui() -> Html<&'static str> {
     Html(include_str!("../static/index.html"))
+}
+
+/// The page's script and style, served with the page (no build step): revalidated on every
+/// load, so an upgrade is never mixed with a cached older half.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, content_type),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn script() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../static/app.js"),
+    )
+}
+
+async fn style() -> Response {
+    asset("text/css; charset=utf-8", include_str!("../static/app.css"))
 }
 
 /// An order's summary as the API shows it.
@@ -145,7 +189,7 @@ pub struct Summary {
     pub last_span: String,
 }
 
-fn summary(state: OrderState, now: DateTime<Utc>, thresholds: &Thresholds) -> Summary {
+pub(crate) fn summary(state: OrderState, now: DateTime<Utc>, thresholds: &Thresholds) -> Summary {
     Summary {
         order_id: state.order_id,
         status: state.status.map(|s| s.as_str().to_owned()),
@@ -204,6 +248,8 @@ struct Journey {
     /// (and the traces and joins among them).
     spans_truncated: bool,
     spans: Vec<queries::StoredSpan>,
+    /// Each trace as a tree of indexes into `spans`, consecutive status checks folded.
+    trees: Vec<trees::Entry>,
 }
 
 /// Most spans a journey answer holds, the latest ones: however many spans an order gathers (or a
@@ -261,6 +307,12 @@ async fn journey(
     }
     let mut traces: Vec<TraceSummary> = traces.into_values().collect();
     traces.sort_by_key(|t| t.start);
+    let trees = trees::build(&spans, |trace_id| {
+        state
+            .trace_store
+            .as_ref()
+            .map(|base| format!("{base}/trace/{trace_id}"))
+    });
     Ok(axum::Json(Journey {
         summary: summary(order, state.clock.now(), &state.config.get().thresholds),
         traces,
@@ -268,6 +320,7 @@ async fn journey(
         gaps,
         spans_truncated,
         spans,
+        trees,
     }))
 }
 

@@ -147,6 +147,10 @@ pub struct Settings {
     /// Who may use the API and UI: the OIDC provider whose tokens are accepted (see
     /// [`AuthConfig::from_env`]: `ORDER_WATCH_OIDC_*`).
     pub auth: AuthConfig,
+    /// The trace store's UI as people reach it (Jaeger, e.g. `https://jaeger.example.com`): the
+    /// page links each trace of a journey to `{url}/trace/{trace_id}`. Env:
+    /// `ORDER_WATCH_JAEGER_URL` (an http or https URL; none by default: no links).
+    pub jaeger_url: Option<String>,
 }
 
 impl Settings {
@@ -211,6 +215,9 @@ impl Settings {
                 Duration::from_secs(60),
             )?,
             auth: AuthConfig::from_env()?,
+            jaeger_url: settings::optional("ORDER_WATCH_JAEGER_URL")
+                .map(|url| base_url("ORDER_WATCH_JAEGER_URL", &url))
+                .transpose()?,
         })
     }
 }

@@ -1,8 +1,9 @@
 //! Erasing an order's trace data on request (a customer's right to erasure), by an admin.
 //!
 //! One transaction removes everything order-watch holds of the order: its spans, its journey
-//! (the `orders` row: status, stage, deadline, confirmation), its telemetry gaps, and its alerts
-//! in the webhook notifications (a notification left without any alert goes). Its incidents stay
+//! (the `orders` row: status, stage, deadline, confirmation; and with it the ids it is found by,
+//! `order_identities`), its telemetry gaps, and its alerts in the webhook notifications (a
+//! notification left without any alert goes). Its incidents stay
 //! as the operational record they are, without the order: their order id, the order's labels and
 //! the summary (which quotes the journey) are removed, and an open one is resolved. The erasure
 //! itself is audited in `erasures`: who, when, which order and how many rows went — nothing of

@@ -257,6 +257,23 @@ pub async fn list(
     Ok(incidents)
 }
 
+/// The incidents of `order_id`, newest first.
+pub async fn of_order(
+    pool: &PgPool,
+    order_id: Uuid,
+    limit: i64,
+) -> Result<Vec<Incident>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {INCIDENT_COLUMNS} FROM incidents WHERE order_id = $1 \
+         ORDER BY opened_at DESC LIMIT $2"
+    ))
+    .bind(order_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .db("SELECT incidents")
+    .await
+}
+
 /// Why an incident could not be acknowledged or closed.
 #[derive(Debug, thiserror::Error)]
 pub enum TransitionError {

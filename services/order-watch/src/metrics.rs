@@ -10,12 +10,17 @@
 //!
 //! No label carries an order id. The per-stage gauges name the stage's owner in `service`
 //! (`domain::Stage::owner`), the service whose trouble would leave orders waiting there.
+//!
+//! The support desk's floor ([`crate::desk::floor`]) reads the same snapshot (with the oldest
+//! order of each stage), and the two SLO figures over the last hour from [`Metrics::slo`]: the
+//! samples this replica stored, so with several replicas each shows its share of the traffic
+//! (Prometheus's `hallmark:*:p95_5m` over all of them is what alerts use).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use domain::Stage;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
@@ -39,6 +44,84 @@ struct StageCounts {
     stuck: i64,
     unconfirmed: i64,
     silent: i64,
+    stuck_silent: i64,
+    oldest: DateTime<Utc>,
+}
+
+/// The price-calculation objective: 99 % of calculations end with a price or a rejection within
+/// 10 s (`deploy/prometheus/rules/slo.yml`, whose alerts hold the product to it).
+pub const PRICE_CALCULATION_OBJECTIVE: Duration = Duration::from_secs(10);
+/// The status-event delivery objective: 99 % of status events committed by their consumer
+/// within 5 s of publication.
+pub const STATUS_EVENT_DELIVERY_OBJECTIVE: Duration = Duration::from_secs(5);
+/// The share of good events both objectives ask for.
+pub const OBJECTIVE_TARGET: f64 = 0.99;
+/// How far back [`Metrics::slo`] looks.
+pub const SLO_WINDOW: Duration = Duration::from_secs(3600);
+/// Most samples kept per figure; beyond, the oldest go first.
+const MAX_SLO_SAMPLES: usize = 20_000;
+
+/// Recent measurements of one SLO figure: when each ended, how long it took, whether it counted
+/// as good.
+#[derive(Debug, Default)]
+struct Samples(VecDeque<(DateTime<Utc>, f64, bool)>);
+
+impl Samples {
+    fn record(&mut self, at: DateTime<Utc>, seconds: f64, good: bool) {
+        if self.0.len() == MAX_SLO_SAMPLES {
+            self.0.pop_front();
+        }
+        self.0.push_back((at, seconds, good));
+    }
+
+    /// The figure over the samples since `since`, against `objective`.
+    fn figure(&self, since: DateTime<Utc>, objective: Duration) -> Objective {
+        let mut seconds: Vec<f64> = Vec::new();
+        let mut good = 0usize;
+        for (at, value, ok) in &self.0 {
+            if *at >= since {
+                seconds.push(*value);
+                good += usize::from(*ok);
+            }
+        }
+        seconds.sort_by(f64::total_cmp);
+        let p95 = (!seconds.is_empty()).then(|| {
+            let rank = ((seconds.len() as f64) * 0.95).ceil() as usize;
+            seconds[rank.clamp(1, seconds.len()) - 1]
+        });
+        let share = (!seconds.is_empty()).then(|| good as f64 / seconds.len() as f64);
+        Objective {
+            p95_seconds: p95,
+            objective_seconds: objective.as_secs_f64(),
+            target: OBJECTIVE_TARGET,
+            within_objective: share,
+            met: share.map(|s| s >= OBJECTIVE_TARGET),
+            samples: seconds.len(),
+        }
+    }
+}
+
+/// One SLO figure as the floor shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Objective {
+    /// The 95th percentile over the window; none without samples.
+    pub p95_seconds: Option<f64>,
+    /// What a good event must stay within.
+    pub objective_seconds: f64,
+    /// The share of good events the objective asks for.
+    pub target: f64,
+    /// The share of good events in the window.
+    pub within_objective: Option<f64>,
+    pub met: Option<bool>,
+    pub samples: usize,
+}
+
+/// The SLO figures over [`SLO_WINDOW`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SloFigures {
+    pub window_seconds: u64,
+    pub price_calculation: Objective,
+    pub status_event_delivery: Objective,
 }
 
 /// Reports open orders whose stored `stage` does not read, naming one of them. They are left out
@@ -68,6 +151,12 @@ pub struct Snapshot {
     /// Orders flagged stuck because their system of record could not be asked.
     pub unconfirmed: BTreeMap<Stage, u64>,
     pub silent_24h_ratio: f64,
+    /// Share of open orders that are stuck and have made no progress for over 24 hours.
+    pub stuck_24h_ratio: f64,
+    /// The last progress of each stage's longest-waiting open order.
+    pub oldest: BTreeMap<Stage, DateTime<Utc>>,
+    /// When it was counted; none before the first count.
+    pub counted_at: Option<DateTime<Utc>>,
 }
 
 /// Which of the snapshot's per-stage counts a gauge shows.
@@ -90,6 +179,8 @@ pub struct Metrics {
     without_journey: Counter<u64>,
     over_limit: Counter<u64>,
     snapshot: Arc<RwLock<Snapshot>>,
+    recent_price: Mutex<Samples>,
+    recent_delivery: Mutex<Samples>,
     _gauges: Vec<ObservableGauge<u64>>,
     _ratio: ObservableGauge<f64>,
 }
@@ -197,6 +288,8 @@ impl Metrics {
                 })
                 .build(),
             snapshot,
+            recent_price: Mutex::default(),
+            recent_delivery: Mutex::default(),
         }
     }
 
@@ -236,6 +329,11 @@ impl Metrics {
                     .unwrap_or("unknown");
                 self.price_calculation
                     .record(seconds, &[KeyValue::new("material", material.to_owned())]);
+                let good = !span.is_error() && seconds <= PRICE_CALCULATION_OBJECTIVE.as_secs_f64();
+                self.recent_price
+                    .lock()
+                    .expect("not poisoned")
+                    .record(span.end, seconds, good);
             }
             if span.kind == 5
                 && span.attribute_str(attr::MESSAGE_TYPE)
@@ -249,6 +347,13 @@ impl Metrics {
                     waited + seconds,
                     &[KeyValue::new("queue", queue.to_owned())],
                 );
+                let delivered = waited + seconds;
+                let good =
+                    !span.is_error() && delivered <= STATUS_EVENT_DELIVERY_OBJECTIVE.as_secs_f64();
+                self.recent_delivery
+                    .lock()
+                    .expect("not poisoned")
+                    .record(span.end, delivered, good);
             }
         }
         for (service, count, failures) in per_service {
@@ -321,21 +426,43 @@ impl Metrics {
         self.snapshot.read().expect("not poisoned").clone()
     }
 
+    /// The SLO figures over the [`SLO_WINDOW`] before `now`, from the spans this replica stored.
+    pub fn slo(&self, now: DateTime<Utc>) -> SloFigures {
+        let since = now - chrono::Duration::from_std(SLO_WINDOW).unwrap_or_default();
+        SloFigures {
+            window_seconds: SLO_WINDOW.as_secs(),
+            price_calculation: self
+                .recent_price
+                .lock()
+                .expect("not poisoned")
+                .figure(since, PRICE_CALCULATION_OBJECTIVE),
+            status_event_delivery: self
+                .recent_delivery
+                .lock()
+                .expect("not poisoned")
+                .figure(since, STATUS_EVENT_DELIVERY_OBJECTIVE),
+        }
+    }
+
     /// Recomputes the per-stage snapshot now.
     pub async fn refresh(&self, pool: &PgPool, clock: &Clock) -> Result<(), sqlx::Error> {
-        let day_ago = clock.now() - chrono::Duration::hours(24);
+        let now = clock.now();
+        let day_ago = now - chrono::Duration::hours(24);
         let rows: Vec<StageCounts> = sqlx::query_as(
             "SELECT stage, count(*) AS open, \
                  count(*) FILTER (WHERE stuck_confirmation = 'confirmed') AS stuck, \
                  count(*) FILTER (WHERE stuck_confirmation = 'unconfirmed') AS unconfirmed, \
-                 count(*) FILTER (WHERE last_progress < $1) AS silent \
+                 count(*) FILTER (WHERE last_progress < $1) AS silent, \
+                 count(*) FILTER (WHERE last_progress < $1 AND stuck_since IS NOT NULL) \
+                     AS stuck_silent, \
+                 min(last_progress) AS oldest \
              FROM orders WHERE NOT terminal GROUP BY stage",
         )
         .bind(day_ago)
         .fetch_all(pool)
         .await?;
         let mut snapshot = Snapshot::default();
-        let (mut open_total, mut silent_total) = (0u64, 0u64);
+        let (mut open_total, mut silent_total, mut stuck_silent_total) = (0u64, 0u64, 0u64);
         for row in rows {
             let stage = match row.stage.parse::<Stage>() {
                 Ok(stage) => stage,
@@ -347,15 +474,22 @@ impl Metrics {
             let open = row.open as u64;
             open_total += open;
             silent_total += row.silent as u64;
+            stuck_silent_total += row.stuck_silent as u64;
             snapshot.open.insert(stage, open);
             snapshot.stuck.insert(stage, row.stuck as u64);
             snapshot.unconfirmed.insert(stage, row.unconfirmed as u64);
+            snapshot.oldest.insert(stage, row.oldest);
         }
-        snapshot.silent_24h_ratio = if open_total == 0 {
-            0.0
-        } else {
-            silent_total as f64 / open_total as f64
+        snapshot.counted_at = Some(now);
+        let share = |count: u64| {
+            if open_total == 0 {
+                0.0
+            } else {
+                count as f64 / open_total as f64
+            }
         };
+        snapshot.silent_24h_ratio = share(silent_total);
+        snapshot.stuck_24h_ratio = share(stuck_silent_total);
         *self.snapshot.write().expect("not poisoned") = snapshot;
         Ok(())
     }
@@ -382,5 +516,47 @@ impl Metrics {
                 _ = tokio::time::sleep(interval) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_slo_figure_is_the_p95_and_the_good_share_of_the_samples_in_its_window() {
+        let now = Utc::now();
+        let mut samples = Samples::default();
+        samples.record(now - chrono::Duration::hours(2), 60.0, false);
+        for i in 1..=100 {
+            // 1 s to 100 s: the 95th of a hundred is 95 s.
+            samples.record(now, f64::from(i), i <= 10);
+        }
+        let figure = samples.figure(now - chrono::Duration::hours(1), Duration::from_secs(10));
+        assert_eq!(
+            figure.samples, 100,
+            "the older sample is outside the window"
+        );
+        assert_eq!(figure.p95_seconds, Some(95.0));
+        assert_eq!(figure.within_objective, Some(0.10));
+        assert_eq!(figure.met, Some(false));
+        assert_eq!(figure.objective_seconds, 10.0);
+        let empty = Samples::default().figure(now, Duration::from_secs(5));
+        assert_eq!(
+            (empty.p95_seconds, empty.met, empty.samples),
+            (None, None, 0)
+        );
+    }
+
+    #[test]
+    fn the_samples_kept_are_bounded_the_oldest_going_first() {
+        let now = Utc::now();
+        let mut samples = Samples::default();
+        for _ in 0..MAX_SLO_SAMPLES {
+            samples.record(now, 1.0, true);
+        }
+        samples.record(now, 100.0, false);
+        assert_eq!(samples.0.len(), MAX_SLO_SAMPLES);
+        assert_eq!(samples.0.back().map(|s| s.1), Some(100.0));
     }
 }

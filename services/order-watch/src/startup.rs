@@ -14,6 +14,7 @@ use crate::api::{self, ApiState};
 use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::desk::floor::FloorFeed;
 use crate::detector::Detector;
 use crate::incidents::{self, Announcer};
 use crate::ingest::{self, Ingest};
@@ -249,12 +250,22 @@ impl Application {
             }
         });
 
+        let floor = FloorFeed::new(
+            pool.clone(),
+            metrics.clone(),
+            config.clone(),
+            clock.clone(),
+            cancel.clone(),
+        );
+        tasks.spawn(floor.clone().run());
         let state = ApiState {
             pool: pool.clone(),
             clock,
             config,
             detector: wake,
             announcer,
+            floor,
+            trace_store: settings.jaeger_url.clone(),
         };
         let authenticator = Arc::new(Authenticator::new(settings.auth.clone(), over_tls));
         let prepared = authenticator.clone();

@@ -15,7 +15,8 @@
 //! 4. gives an order that progressed its new deadline (last progress + its stage's threshold)
 //!    and clears `stuck`; the open incident of an order that was stuck is resolved (and
 //!    notified). Observations change neither: a stalled order stays stalled however often its
-//!    status is read.
+//!    status is read;
+//! 5. records the ids the new spans carry that an order is found by ([`crate::identity`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::clock::Clock;
+use crate::identity::{self, Identity};
 use crate::incidents::{self, Announcer};
 use crate::journey::{Confirmation, OrderState, SpanRecord, activity_of, merge};
 use crate::metrics::Metrics;
@@ -218,6 +220,7 @@ impl SpanWriter {
         }
         let mut merged = Vec::with_capacity(by_order.len());
         let mut recovered = Vec::new();
+        let mut identities = BTreeMap::new();
         let config = context.config.get();
         for (order_id, spans) in &by_order {
             let previous = existing.remove(order_id);
@@ -226,9 +229,13 @@ impl SpanWriter {
             if was_stuck && state.stuck_since.is_none() {
                 recovered.push(state.clone());
             }
+            if let Some(identity) = Identity::of(spans) {
+                identities.insert(*order_id, (identity, state.first_seen));
+            }
             merged.push(state);
         }
         upsert_orders(&mut tx, &merged, now).await?;
+        identity::record(&mut tx, &identities).await?;
         if !recovered.is_empty() {
             incidents::resolve_recovered(
                 &mut tx,
@@ -505,6 +512,7 @@ pub(crate) async fn upsert_orders(
 /// Reads for the API.
 pub mod queries {
     use super::*;
+    use telemetry::attr;
 
     pub async fn order(pool: &PgPool, order_id: Uuid) -> Result<Option<OrderState>, ReadError> {
         let row: Option<OrderRow> = sqlx::query_as("SELECT * FROM orders WHERE order_id = $1")
@@ -604,7 +612,6 @@ pub mod queries {
         }
     }
 
-    /// Every span of an order, in time order.
     /// The latest `limit` spans of the order, in time order.
     pub async fn spans(
         pool: &PgPool,
@@ -620,6 +627,31 @@ pub mod queries {
         )
         .bind(order_id)
         .bind(limit)
+        .fetch_all(pool)
+        .await?;
+        Ok(rows.into_iter().map(StoredSpan::from).collect())
+    }
+
+    /// The spans that tell an order's story (`crate::desk::story`): its transitions, and every
+    /// span that failed, carries an error code or dead-lettered a message; at most `limit`, the
+    /// transitions first and then the latest others, in time order.
+    pub async fn telling_spans(
+        pool: &PgPool,
+        order_id: Uuid,
+        limit: i64,
+    ) -> Result<Vec<StoredSpan>, sqlx::Error> {
+        let rows: Vec<SpanRow> = sqlx::query_as(
+            "SELECT * FROM ( \
+                 SELECT trace_id, span_id, parent_span_id, service, name, kind, start_time, \
+                     end_time, status_code, status_message, attributes, links \
+                 FROM spans WHERE order_id = $1 AND (status_code = 2 OR attributes ?| $3) \
+                 ORDER BY attributes ? $4 DESC, start_time DESC LIMIT $2 \
+             ) telling ORDER BY start_time, end_time",
+        )
+        .bind(order_id)
+        .bind(limit)
+        .bind([attr::ORDER_STATUS_TO, attr::ERROR_CODE, attr::DLQ_ROUTE].as_slice())
+        .bind(attr::ORDER_STATUS_TO)
         .fetch_all(pool)
         .await?;
         Ok(rows.into_iter().map(StoredSpan::from).collect())

@@ -232,7 +232,25 @@ fn settings(
         partner_limits: Default::default(),
         reconfirm_interval: RECONFIRM_INTERVAL,
         auth,
+        jaeger_url: None,
     }
+}
+
+/// As [`spawn_app`], with `change` made to its settings first.
+pub async fn spawn_app_with(change: impl FnOnce(&mut Settings)) -> TestApp {
+    let database = Arc::new(TestDatabase::create("watch").await);
+    let webhook = Webhook::start().await;
+    let records = StandInRecords::start().await;
+    let mut settings = settings(&database, &webhook, &records, AuthConfig::Open);
+    change(&mut settings);
+    run_app(
+        settings,
+        database,
+        Clock::manual(Utc::now()),
+        webhook,
+        records,
+    )
+    .await
 }
 
 /// order-watch on free ports with a fresh database, a manual clock, a webhook receiver and

@@ -2,6 +2,7 @@ mod admin;
 mod auth;
 mod config;
 mod confirmation;
+mod desk;
 mod detection;
 mod helpers;
 mod ingest;
