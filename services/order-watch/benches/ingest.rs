@@ -226,7 +226,7 @@ impl StandInMes {
                     updated_at,
                 })
                 .collect();
-            axum::Json(HeldStatuses { orders })
+            axum::Json(HeldStatuses { orders, next: None })
         }
         let app = axum::Router::new().route(STATUSES_PATH, axum::routing::get(listing));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -175,7 +175,7 @@ async fn listing(
         .filter_map(|id| id.parse().ok())
         .filter_map(|id| state.held.get(&(system, id)).cloned())
         .collect();
-    Json(HeldStatuses { orders }).into_response()
+    Json(HeldStatuses { orders, next: None }).into_response()
 }
 
 pub struct TestApp {
