@@ -18,6 +18,7 @@
 //! | `admin` | administrators | everything people may do |
 //! | `partner` | a partner's integration (machine) | place orders and act on its own orders |
 //! | `status-reader` | order-watch (machine) | read the status listings |
+//! | `status-republisher` | order-watch (machine) | ask a service to send an order's messages again (reconciliation's repair) |
 //! | `alert-sender` | Alertmanager (machine) | post alerts to order-watch |
 //!
 //! People's roles nest: `admin` includes `developer` and `workshop`, `developer` includes
@@ -47,6 +48,7 @@ pub mod role {
     pub const ADMIN: &str = "admin";
     pub const PARTNER: &str = "partner";
     pub const STATUS_READER: &str = "status-reader";
+    pub const STATUS_REPUBLISHER: &str = "status-republisher";
     pub const ALERT_SENDER: &str = "alert-sender";
 }
 
@@ -101,7 +103,12 @@ mod tests {
         for role in [role::SUPPORT, role::DEVELOPER, role::WORKSHOP, role::ADMIN] {
             assert!(admin.has(role), "{role}");
         }
-        for machine in [role::PARTNER, role::STATUS_READER, role::ALERT_SENDER] {
+        for machine in [
+            role::PARTNER,
+            role::STATUS_READER,
+            role::STATUS_REPUBLISHER,
+            role::ALERT_SENDER,
+        ] {
             assert!(!admin.has(machine), "{machine}");
         }
         let developer = holding(&[role::DEVELOPER]);

@@ -120,7 +120,12 @@ impl Application {
             orders::router().merge(
                 state
                     .gate
-                    .guard(access::Need::STATUSES, orderbook::statuses::router()),
+                    .guard(access::Need::STATUSES, orderbook::statuses::router())
+                    .merge(
+                        state
+                            .gate
+                            .guard(access::Need::REPUBLISH, orderbook::republish::router()),
+                    ),
             ),
             body_limit,
         )
