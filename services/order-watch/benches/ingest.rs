@@ -277,6 +277,12 @@ impl OrderWatch {
             },
             reconfirm_interval: Duration::from_secs(60),
             auth: order_watch::auth::AuthConfig::Open,
+            // What is measured here is ingest and detection; reconciliation has its own
+            // benchmark (e2e/benches/reconciliation.rs).
+            reconcile: order_watch::reconcile::ReconcileConfig {
+                enabled: false,
+                ..order_watch::reconcile::ReconcileConfig::default()
+            },
         };
         let cancel = CancellationToken::new();
         let app = runtime

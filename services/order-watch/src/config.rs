@@ -20,6 +20,7 @@ use platform::tls::{CertifiedKeyFiles, PemFile, TlsError};
 use serde::Deserialize;
 
 use crate::auth::AuthConfig;
+use crate::reconcile::ReconcileConfig;
 use crate::records::RecordsConfig;
 use crate::runtime_config::MAX_RETENTION_DAYS;
 use crate::webhook::WebhookUrl;
@@ -143,6 +144,9 @@ pub struct Settings {
     /// Who may use the API and UI: the OIDC provider whose tokens are accepted (see
     /// [`AuthConfig::from_env`]: `ORDER_WATCH_OIDC_*`).
     pub auth: AuthConfig,
+    /// Reconciliation of the systems' statuses (see [`ReconcileConfig`]:
+    /// `ORDER_WATCH_RECONCILE*`). It asks the systems of `records` with the same client.
+    pub reconcile: ReconcileConfig,
 }
 
 impl Settings {
@@ -206,6 +210,7 @@ impl Settings {
                 Duration::from_secs(60),
             )?,
             auth: AuthConfig::from_env()?,
+            reconcile: ReconcileConfig::from_env()?,
         })
     }
 }

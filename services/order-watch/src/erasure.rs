@@ -1,7 +1,8 @@
 //! Erasing an order's trace data on request (a customer's right to erasure), by an admin.
 //!
 //! One transaction removes everything order-watch holds of the order: its spans, its journey
-//! (the `orders` row: status, stage, deadline, confirmation), its telemetry gaps, and its alerts
+//! (the `orders` row: status, stage, deadline, confirmation), its telemetry gaps, what
+//! reconciliation last compared of it (`reconcile_orders`), and its alerts
 //! in the webhook notifications (a notification left without any alert goes). Its incidents stay
 //! as the operational record they are, without the order: their order id, the order's labels and
 //! the summary (which quotes the journey) are removed, and an open one is resolved. The erasure
@@ -103,6 +104,13 @@ pub async fn erase(
         .bind(order_id)
         .execute(&mut *tx)
         .db("DELETE orders")
+        .await?;
+    // What reconciliation last compared (the systems' statuses): tracked again only if a system
+    // changes the order later.
+    sqlx::query("DELETE FROM reconcile_orders WHERE order_id = $1")
+        .bind(order_id)
+        .execute(&mut *tx)
+        .db("DELETE reconcile_orders")
         .await?;
     let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let erasure: Erasure = sqlx::query_as(
