@@ -171,19 +171,36 @@ impl System {
     }
 
     /// Starts `service` again (killing what is left of it first), with the environment it was
-    /// started with but without a crash point: the process a supervisor would bring back. It
-    /// listens on a new port.
+    /// started with but without a crash point or a fault: the process a supervisor would bring
+    /// back. It listens on a new port.
     pub async fn restart(&mut self, service: Service) {
+        self.restart_choosing(service, testkit::process::free_port)
+            .await;
+    }
+
+    /// [`System::restart`] on the port it listened on, for those who know its address (an
+    /// order-watch asking it).
+    pub async fn restart_on_its_port(&mut self, service: Service) {
+        let port = self.process(service).port();
+        self.restart_choosing(service, || port).await;
+    }
+
+    async fn restart_choosing(&mut self, service: Service, choose: impl FnMut() -> u16) {
         self.process(service).kill().await;
         let env: Vec<(String, String)> = self
             .env
             .iter()
-            .filter(|(k, _)| k != messaging::crash::ENV)
+            .filter(|(k, _)| k != messaging::crash::ENV && k != messaging::faults::ENV)
             .cloned()
             .collect();
         let env = service_env(&env, &self.broker, &self.databases, service);
-        *self.process(service) =
-            ServiceProcess::start(service.binary(), service.port_variable(), &env).await;
+        *self.process(service) = ServiceProcess::start_choosing(
+            service.binary(),
+            &[service.port_variable()],
+            &env,
+            choose,
+        )
+        .await;
     }
 
     /// A connection to `service`'s own database, for counting what it holds.

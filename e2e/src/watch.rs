@@ -140,7 +140,18 @@ impl Watch {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let mut request = self.client.get(format!("{}{path}", self.process.url()));
+        self.call(reqwest::Method::GET, path).await
+    }
+
+    /// `POST` of `path` without a body.
+    pub async fn post(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path).await
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.process.url()));
         if let Some(reader) = &self.reader {
             request = request.bearer_auth(reader.token().await);
         }
@@ -189,6 +200,50 @@ impl Watch {
             .filter(|i| i["order_id"] == id.to_string())
             .cloned()
             .collect()
+    }
+
+    /// What reconciliation says now: its figures and the disagreements past the threshold
+    /// (every disagreement with `all`).
+    pub async fn reconciliation(&self, all: bool) -> Value {
+        let (status, view) = self.get(&format!("/api/reconciliation?all={all}")).await;
+        assert_eq!(status, 200, "{view}");
+        view
+    }
+
+    /// Waits until the order is listed as disagreeing past the threshold, and returns it as
+    /// listed.
+    pub async fn until_listed(&self, id: Uuid) -> Value {
+        testkit::wait::until(
+            &format!("order {id} listed as disagreeing"),
+            crate::PATIENCE,
+            || async {
+                let view = self.reconciliation(false).await;
+                view["disagreements"]
+                    .as_array()?
+                    .iter()
+                    .find(|d| d["order_id"] == id.to_string())
+                    .cloned()
+            },
+        )
+        .await
+    }
+
+    /// Waits until reconciliation has compared the order and every holder agrees on `status`,
+    /// with no disagreement left anywhere.
+    pub async fn until_agreed(&self, id: Uuid, status: &str) {
+        testkit::wait::until(
+            &format!("the systems to agree on order {id} being {status}"),
+            crate::PATIENCE,
+            || async {
+                let view = self.reconciliation(true).await;
+                let clear = view["disagreements"].as_array()?.is_empty()
+                    && view["tracked"] == view["agreeing"]
+                    && view["tracked"].as_u64()? > 0;
+                let journey = self.journey(id).await?;
+                (clear && journey["status"] == status).then_some(())
+            },
+        )
+        .await
     }
 
     pub async fn metrics(&self) -> String {

@@ -812,6 +812,7 @@ async fn order_watch_over_tls(
         reconfirm_interval: Duration::from_secs(3600),
         auth: order_watch::auth::AuthConfig::Open,
         jaeger_url: None,
+        reconcile: order_watch::reconcile::ReconcileConfig::default(),
     };
     let cancel = tokio_util::sync::CancellationToken::new();
     let app = order_watch::Application::build(

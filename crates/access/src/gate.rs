@@ -31,6 +31,9 @@ impl Need {
     pub const WORKSHOP: Self = Self(&[role::WORKSHOP]);
     /// The status listings: people who may read orders, and order-watch's service identity.
     pub const STATUSES: Self = Self(&[role::SUPPORT, role::STATUS_READER]);
+    /// Sending an order's messages again (reconciliation's repair): order-watch's service
+    /// identity, and administrators, who may do everything people may.
+    pub const REPUBLISH: Self = Self(&[role::STATUS_REPUBLISHER, role::ADMIN]);
 
     pub fn allows(self, identity: &Identity) -> bool {
         self.0.iter().any(|role| identity.has(role))

@@ -19,6 +19,7 @@
 //! | `partner` | a partner's integration (machine) | place orders and act on its own orders |
 //! | `status-reader` | order-watch (machine) | read the status listings |
 //! | `limit-controller` | order-watch (machine) | tighten and lift partners' rates at Shop for incidents |
+//! | `status-republisher` | order-watch (machine) | ask a service to send an order's messages again (reconciliation's repair) |
 //! | `alert-sender` | Alertmanager (machine) | post alerts to order-watch |
 //!
 //! People's roles nest: `admin` includes `developer` and `workshop`, `developer` includes
@@ -49,6 +50,7 @@ pub mod role {
     pub const PARTNER: &str = "partner";
     pub const STATUS_READER: &str = "status-reader";
     pub const LIMIT_CONTROLLER: &str = "limit-controller";
+    pub const STATUS_REPUBLISHER: &str = "status-republisher";
     pub const ALERT_SENDER: &str = "alert-sender";
 }
 
@@ -107,6 +109,7 @@ mod tests {
             role::PARTNER,
             role::STATUS_READER,
             role::LIMIT_CONTROLLER,
+            role::STATUS_REPUBLISHER,
             role::ALERT_SENDER,
         ] {
             assert!(!admin.has(machine), "{machine}");

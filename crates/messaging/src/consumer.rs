@@ -214,6 +214,15 @@ pub async fn run<H: Handler>(
         republishers,
         cancel: cancel.clone(),
     });
+    if crate::faults::holds(config.queue.name) {
+        tracing::warn!(
+            queue = config.queue.name,
+            "{}: not consuming this queue",
+            crate::faults::ENV
+        );
+        cancel.cancelled().await;
+        return;
+    }
     let mut backoff = Backoff::default();
     while !cancel.is_cancelled() {
         match consume(&shared, config, &cancel, &mut backoff).await {
@@ -454,6 +463,11 @@ async fn process<H: Handler>(shared: &Shared<H>, publisher: &Publisher, delivery
             published_at,
             creation_context: creation,
         };
+        if crate::faults::dead_letter(shared.queue, &origin.routing_key) {
+            let message = format!("dead-lettered by {}", crate::faults::ENV);
+            let verdict = Verdict::new(crate::faults::INJECTED, &message, &sender).of(&incoming);
+            return dead_letter(shared, publisher, &delivery, verdict).await;
+        }
         let mut backoff = Backoff::default();
         let applied = loop {
             match apply(shared, &incoming).await {

@@ -21,6 +21,7 @@ pub mod config;
 pub mod consumer;
 pub mod crash;
 pub mod dead_letters;
+pub mod faults;
 pub mod headers;
 mod metrics;
 pub mod outbox;

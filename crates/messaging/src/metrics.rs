@@ -24,6 +24,9 @@ pub(crate) struct Metrics {
     pub outbox_pending: Gauge<u64>,
     /// Age of the oldest unpublished outbox row, 0 when there is none.
     pub outbox_oldest_age: Gauge<f64>,
+    /// Published messages put back into the outbox on request ([`crate::outbox::republish`]).
+    /// Label: `type`.
+    pub republished: Counter<u64>,
 }
 
 pub(crate) fn metrics() -> &'static Metrics {
@@ -62,6 +65,10 @@ pub(crate) fn metrics() -> &'static Metrics {
                 .f64_gauge("hallmark.outbox.oldest_age")
                 .with_unit("s")
                 .with_description("Age of the oldest unpublished outbox row (0 when none)")
+                .build(),
+            republished: meter
+                .u64_counter("hallmark.outbox.republished")
+                .with_description("Published messages put back into the outbox on request, to be sent again with their message id")
                 .build(),
         }
     })

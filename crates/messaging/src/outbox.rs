@@ -64,6 +64,78 @@ pub async fn enqueue(tx: &mut PgConnection, envelope: &Envelope) -> Result<(), s
     Ok(())
 }
 
+/// A message [`republish`] put back into the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Requeued {
+    pub message_id: Uuid,
+    pub kind: String,
+    pub routing_key: String,
+    /// When the relay had published it; `None` when it was still waiting to go out (and is left
+    /// as it was).
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+/// Puts back into the outbox, in the caller's transaction, the messages by which this service
+/// told the others about `order_id`: its latest `order.status_changed` and every other message it
+/// wrote for the order (the one that introduced the order to the next system: Shop's
+/// `order.created`, CRM's price request). Returns them in the order they go out, which is the
+/// order they were first written in; none when the outbox holds none for the order (it wrote
+/// none, or they were deleted after the outbox retention).
+///
+/// Each keeps its message id and body: a consumer that applied it finds its inbox row and drops
+/// the copy, one that missed it (the message was dead-lettered, or lost) applies it. That holds
+/// while the consumers keep inbox rows longer than the outbox keeps published ones
+/// (`HALLMARK_INBOX_RETENTION` over `HALLMARK_OUTBOX_RETENTION`, 14 days over 7 by default).
+/// The relay sends them again as it sends any row, under the caller's trace context: the
+/// republish joins the trace of the request that asked for it.
+pub async fn republish(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+) -> Result<Vec<Requeued>, sqlx::Error> {
+    let status_changed = domain::events::ORDER_STATUS_CHANGED;
+    let rows: Vec<Requeued> = sqlx::query_as(
+        "SELECT message_id, kind, routing_key, published_at FROM messaging.outbox \
+         WHERE id IN ( \
+             (SELECT id FROM messaging.outbox WHERE order_id = $1 AND kind = $2 \
+              ORDER BY id DESC LIMIT 1) \
+             UNION ALL \
+             (SELECT id FROM messaging.outbox WHERE order_id = $1 AND kind <> $2)) \
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(order_id)
+    .bind(status_changed)
+    .fetch_all(&mut *tx)
+    .db("SELECT outbox")
+    .await?;
+    let sent: Vec<Uuid> = rows
+        .iter()
+        .filter(|row| row.published_at.is_some())
+        .map(|row| row.message_id)
+        .collect();
+    if sent.is_empty() {
+        return Ok(rows);
+    }
+    sqlx::query(
+        "UPDATE messaging.outbox SET published_at = NULL, last_error = NULL, trace = $2 \
+         WHERE message_id = ANY($1)",
+    )
+    .bind(&sent)
+    .bind(platform::db::current_trace())
+    .execute(&mut *tx)
+    .db("UPDATE outbox")
+    .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+    for row in rows.iter().filter(|row| row.published_at.is_some()) {
+        crate::metrics::metrics()
+            .republished
+            .add(1, &[KeyValue::new("type", row.kind.clone())]);
+    }
+    Ok(rows)
+}
+
 /// An outbox row as the [`PublishHook`] sees it.
 #[derive(Debug, Clone)]
 pub struct Published {

@@ -15,6 +15,7 @@
 //! The row also keeps the trace context of the last work done on the order here, so work a person
 //! starts later (confirming a price, a production step) can link its new trace to the old one.
 
+pub mod republish;
 pub mod statuses;
 
 use chrono::{DateTime, Utc};
@@ -601,6 +602,13 @@ struct LockedRow {
     order_id: Uuid,
     status: String,
     idempotency_key: Option<String>,
+}
+
+impl Locked {
+    /// The status the order was in when it was locked.
+    pub fn status(&self) -> OrderStatus {
+        self.status
+    }
 }
 
 impl TryFrom<LockedRow> for Locked {

@@ -149,7 +149,12 @@ impl Application {
             orders::router(&state.gate).merge(
                 state
                     .gate
-                    .guard(access::Need::STATUSES, orderbook::statuses::router()),
+                    .guard(access::Need::STATUSES, orderbook::statuses::router())
+                    .merge(
+                        state
+                            .gate
+                            .guard(access::Need::REPUBLISH, orderbook::republish::router()),
+                    ),
             ),
             BODY_LIMIT,
         )

@@ -226,7 +226,7 @@ impl StandInMes {
                     updated_at,
                 })
                 .collect();
-            axum::Json(HeldStatuses { orders })
+            axum::Json(HeldStatuses { orders, next: None })
         }
         let app = axum::Router::new().route(STATUSES_PATH, axum::routing::get(listing));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -279,6 +279,12 @@ impl OrderWatch {
             reconfirm_interval: Duration::from_secs(60),
             auth: order_watch::auth::AuthConfig::Open,
             jaeger_url: None,
+            // What is measured here is ingest and detection; reconciliation has its own
+            // benchmark (e2e/benches/reconciliation.rs).
+            reconcile: order_watch::reconcile::ReconcileConfig {
+                enabled: false,
+                ..order_watch::reconcile::ReconcileConfig::default()
+            },
         };
         let cancel = CancellationToken::new();
         let app = runtime

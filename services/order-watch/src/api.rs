@@ -21,6 +21,12 @@
 //!   `GET /api/erasures` (admin): the erasures made.
 //! * `POST /api/alerts` (the machine role `alert-sender`): Alertmanager's webhook; its alerts
 //!   become incidents.
+//! * `GET /api/reconciliation?all=true`: whether the systems agree on the recently changed
+//!   orders (accuracy now and over 24 hours), and the orders they disagree on past the threshold
+//!   (all disagreeing ones with `all`), with what each system says.
+//! * `POST /api/reconciliation/{order_id}/repair` (developer): ask the owner of the order's
+//!   status to publish it again (see [`crate::reconcile::repair`]); audited.
+//!   `GET /api/reconciliation/repairs`: the repairs asked for.
 //! * `GET /api/config`: the stuck thresholds per stage, the masking rules, the webhook (masked)
 //!   and the retention.
 //! * `PATCH /api/config` (developer; admin for the retention): change them at run time (a JSON
@@ -59,6 +65,11 @@ use crate::desk::trees;
 use crate::erasure::{self, Erasure};
 use crate::incidents::{self, AlertmanagerMessage, Announcer, Incident, TransitionError};
 use crate::journey::OrderState;
+use crate::metrics::Metrics;
+use crate::reconcile::repair::{self, RepairError, Repairer};
+use crate::reconcile::store::{Disagreement, Figures, Repair};
+use crate::reconcile::{self as reconciliation, ReconcileConfig};
+use crate::records::Records;
 use crate::runtime_config::{self, LiveConfig};
 use crate::store::queries;
 
@@ -75,6 +86,10 @@ pub struct ApiState {
     pub floor: FloorFeed,
     /// The trace store's UI (`ORDER_WATCH_JAEGER_URL`), for links to each trace.
     pub trace_store: Option<String>,
+    /// The systems of record, asked again by a repair.
+    pub records: Arc<Records>,
+    pub metrics: Arc<Metrics>,
+    pub reconcile: ReconcileConfig,
 }
 
 /// The routes, each behind the role it needs (see [`crate::auth`]).
@@ -91,12 +106,18 @@ pub fn router(authenticator: Arc<Authenticator>) -> Router<ApiState> {
         .route("/api/incidents", get(list_incidents))
         .route("/api/config", get(config))
         .route("/api/config/changes", get(config_changes))
+        .route("/api/reconciliation", get(reconciliation_view))
+        .route("/api/reconciliation/repairs", get(list_repairs))
         .route("/api/me", get(me))
         .merge(crate::desk::routes())
         .route_layer(needs(Role::Support.into()));
     // A change of the retention needs more: the handler checks it.
     let configure = Router::new()
         .route("/api/config", patch(change_config))
+        .route(
+            "/api/reconciliation/{order_id}/repair",
+            post(repair_disagreement),
+        )
         .route_layer(needs(Role::Developer.into()));
     let administer = Router::new()
         .route("/api/orders/{order_id}", delete(erase_order))
@@ -528,5 +549,96 @@ async fn list_erasures(
 ) -> Result<axum::Json<Vec<Erasure>>, ApiError> {
     Ok(axum::Json(
         erasure::erasures(&state.pool, limit(&query)?).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct ReconciliationQuery {
+    limit: Option<i64>,
+    /// Every disagreeing order, those under the threshold (in flight) too.
+    all: Option<bool>,
+}
+
+/// `GET /api/reconciliation`'s answer.
+#[derive(Debug, Serialize)]
+struct ReconciliationView {
+    /// How long the systems may disagree on an order before it is listed.
+    threshold_seconds: u64,
+    /// Time between rounds.
+    interval_seconds: u64,
+    #[serde(flatten)]
+    figures: Figures,
+    /// Longest disagreeing first.
+    disagreements: Vec<Disagreement>,
+}
+
+/// `GET /api/reconciliation?all=true&limit=N`.
+async fn reconciliation_view(
+    State(state): State<ApiState>,
+    Query(query): Query<ReconciliationQuery>,
+) -> Result<axum::Json<ReconciliationView>, ApiError> {
+    let limit = limit(&Limit {
+        limit: query.limit,
+        open: None,
+    })?;
+    let now = state.clock.now();
+    let figures = reconciliation::store::figures(&state.pool, now).await?;
+    let disagreements =
+        reconciliation::store::disagreements(&state.pool, now, query.all.unwrap_or(false), limit)
+            .await?;
+    Ok(axum::Json(ReconciliationView {
+        threshold_seconds: state.reconcile.after.as_secs(),
+        interval_seconds: state.reconcile.interval.as_secs(),
+        figures,
+        disagreements,
+    }))
+}
+
+/// `POST /api/reconciliation/{order_id}/repair` (developer): see [`crate::reconcile::repair`].
+/// Answers the audited repair: 200 when it asked the owners (its `outcome` is `republished`, or
+/// `failed` naming the system that could not be asked), 409 `systems_agree` or `not_repairable`
+/// when there was nothing republishing could do (audited too), 404 `order_not_found` when no
+/// system holds the order.
+async fn repair_disagreement(
+    State(state): State<ApiState>,
+    axum::Extension(principal): axum::Extension<Principal>,
+    OrderId(order_id): OrderId,
+) -> Result<axum::Json<Repair>, ApiError> {
+    let repairer = Repairer {
+        pool: &state.pool,
+        records: &state.records,
+        metrics: &state.metrics,
+        config: &state.config,
+        announcer: &state.announcer,
+    };
+    let repair = repairer
+        .repair(order_id, &principal.audit_name(), state.clock.now())
+        .await
+        .map_err(|err| match err {
+            RepairError::Unknown(_) => ApiError::NotFound {
+                code: "order_not_found",
+                message: err.to_string(),
+            },
+            RepairError::Database(err) => ApiError::from(err),
+            RepairError::Corrupt(err) => ApiError::from(err),
+        })?;
+    let code = match repair.outcome.as_str() {
+        repair::NOT_NEEDED => "systems_agree",
+        repair::NOT_REPAIRABLE => "not_repairable",
+        _ => return Ok(axum::Json(repair)),
+    };
+    Err(ApiError::conflict(
+        code,
+        format!("{} (repair {})", repair.detail, repair.id),
+    ))
+}
+
+/// `GET /api/reconciliation/repairs?limit=N`: the repairs asked for, newest first.
+async fn list_repairs(
+    State(state): State<ApiState>,
+    Query(query): Query<Limit>,
+) -> Result<axum::Json<Vec<Repair>>, ApiError> {
+    Ok(axum::Json(
+        reconciliation::store::repairs(&state.pool, limit(&query)?).await?,
     ))
 }

@@ -20,6 +20,7 @@ use platform::tls::{CertifiedKeyFiles, PemFile, TlsError};
 use serde::Deserialize;
 
 use crate::auth::AuthConfig;
+use crate::reconcile::ReconcileConfig;
 use crate::records::RecordsConfig;
 use crate::runtime_config::MAX_RETENTION_DAYS;
 use crate::webhook::WebhookUrl;
@@ -151,6 +152,9 @@ pub struct Settings {
     /// page links each trace of a journey to `{url}/trace/{trace_id}`. Env:
     /// `ORDER_WATCH_JAEGER_URL` (an http or https URL; none by default: no links).
     pub jaeger_url: Option<String>,
+    /// Reconciliation of the systems' statuses (see [`ReconcileConfig`]:
+    /// `ORDER_WATCH_RECONCILE*`). It asks the systems of `records` with the same client.
+    pub reconcile: ReconcileConfig,
 }
 
 impl Settings {
@@ -218,6 +222,7 @@ impl Settings {
             jaeger_url: settings::optional("ORDER_WATCH_JAEGER_URL")
                 .map(|url| base_url("ORDER_WATCH_JAEGER_URL", &url))
                 .transpose()?,
+            reconcile: ReconcileConfig::from_env()?,
         })
     }
 }

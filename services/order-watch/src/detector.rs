@@ -356,17 +356,17 @@ fn verdict(order: &OrderState, answers: &BTreeMap<System, Result<Held, AskError>
 
 /// A telemetry gap about to be recorded.
 #[derive(Debug, Clone)]
-struct Gap {
+pub(crate) struct Gap {
     order_id: Uuid,
     source: System,
     from: Option<OrderStatus>,
     to: OrderStatus,
     status_at: DateTime<Utc>,
-    missing_services: Vec<&'static str>,
+    pub(crate) missing_services: Vec<&'static str>,
 }
 
 impl Gap {
-    fn between(
+    pub(crate) fn between(
         order: &OrderState,
         source: System,
         to: OrderStatus,
@@ -389,7 +389,7 @@ impl Gap {
     }
 
     /// "spans of mes-api missing between registered and priced (mes-api holds priced)".
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let from = self.from.map_or("the start", OrderStatus::as_str);
         format!(
             "spans of {} missing between {from} and {} ({} holds {})",
@@ -401,7 +401,7 @@ impl Gap {
     }
 }
 
-async fn insert_gaps(
+pub(crate) async fn insert_gaps(
     tx: &mut PgConnection,
     gaps: &[Gap],
     now: DateTime<Utc>,

@@ -2,8 +2,9 @@
 //!
 //! One transaction removes everything order-watch holds of the order: its spans, its journey
 //! (the `orders` row: status, stage, deadline, confirmation; and with it the ids it is found by,
-//! `order_identities`), its telemetry gaps, and its alerts in the webhook notifications (a
-//! notification left without any alert goes). Its incidents stay
+//! `order_identities`), its telemetry gaps, what reconciliation last compared of it
+//! (`reconcile_orders`), and its alerts in the webhook notifications (a notification left
+//! without any alert goes). Its incidents stay
 //! as the operational record they are, without the order: their order id, the order's labels and
 //! the summary (which quotes the journey) are removed, and an open one is resolved. The erasure
 //! itself is audited in `erasures`: who, when, which order and how many rows went — nothing of
@@ -104,6 +105,13 @@ pub async fn erase(
         .bind(order_id)
         .execute(&mut *tx)
         .db("DELETE orders")
+        .await?;
+    // What reconciliation last compared (the systems' statuses): tracked again only if a system
+    // changes the order later.
+    sqlx::query("DELETE FROM reconcile_orders WHERE order_id = $1")
+        .bind(order_id)
+        .execute(&mut *tx)
+        .db("DELETE reconcile_orders")
         .await?;
     let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let erasure: Erasure = sqlx::query_as(

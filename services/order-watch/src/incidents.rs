@@ -1,5 +1,6 @@
-//! Incidents: a stuck order opens one (the detector), its next span resolves it (the writer),
-//! and alerts Alertmanager sends become incidents too. An admin acknowledges an open incident
+//! Incidents: a stuck order opens one (the detector), its next span resolves it (the writer);
+//! an order whose systems disagree past reconciliation's threshold opens one, their agreement
+//! resolves it (the reconciler); and alerts Alertmanager sends become incidents too. An admin acknowledges an open incident
 //! ("someone is on it") and closes one by hand; each is recorded with who and when.
 //!
 //! Exactly one open incident per stuck order, however many replicas run: the database enforces
@@ -198,6 +199,139 @@ pub async fn resolve_recovered(
     }
     if announcer.enabled() && !alerts.is_empty() {
         notify(tx, message("resolved", alerts, announcer)).await?;
+    }
+    Ok(())
+}
+
+/// An order whose holders disagree past the threshold (reconciliation), for its incident.
+#[derive(Debug, Clone)]
+pub struct Disagreeing {
+    pub order_id: Uuid,
+    /// The owner's status.
+    pub status: Option<domain::OrderStatus>,
+    pub since: DateTime<Utc>,
+    /// The owner's status and each holder that disagrees, in words.
+    pub summary: String,
+    /// `crm-api:lagging` for each holder that disagrees.
+    pub mismatches: Vec<String>,
+}
+
+impl Disagreeing {
+    fn description(&self) -> String {
+        format!(
+            "the systems disagree on the order since {}: {}",
+            self.since.to_rfc3339(),
+            self.summary
+        )
+    }
+
+    fn alert(
+        &self,
+        incident_id: Uuid,
+        status: &str,
+        starts_at: DateTime<Utc>,
+        ends_at: Option<DateTime<Utc>>,
+        announcer: &Announcer,
+    ) -> Value {
+        json!({
+            "status": status,
+            "labels": {
+                "alertname": DISAGREEMENT_ALERT,
+                "severity": "warning",
+                "status": self.status.map_or("unknown", |s| s.as_str()),
+                "order_id": self.order_id.to_string(),
+                "mismatches": self.mismatches.join(","),
+            },
+            "annotations": {
+                "summary": format!("the systems disagree on order {}", self.order_id),
+                "description": self.description(),
+            },
+            "startsAt": starts_at.to_rfc3339(),
+            "endsAt": ends_at.map_or("0001-01-01T00:00:00Z".to_owned(), |t| t.to_rfc3339()),
+            "generatorURL": format!("{}/#{}", announcer.external_url, self.order_id),
+            "fingerprint": incident_id.simple().to_string(),
+        })
+    }
+}
+
+/// The `alertname` of a disagreement's notifications.
+pub const DISAGREEMENT_ALERT: &str = "OrderDisagreement";
+
+/// The Alertmanager webhook message around disagreement `alerts`.
+fn disagreement_message(status: &str, alerts: Vec<Value>, announcer: &Announcer) -> Value {
+    let mut message = message(status, alerts, announcer);
+    message["groupKey"] = json!(format!("{{}}:{{alertname=\"{DISAGREEMENT_ALERT}\"}}"));
+    message["groupLabels"] = json!({"alertname": DISAGREEMENT_ALERT});
+    message["commonLabels"] = json!({"alertname": DISAGREEMENT_ALERT});
+    message
+}
+
+/// Opens an incident for each order whose holders disagree past the threshold, unless it has
+/// one open (so a disagreement whose incident was closed by hand while it lasts gets a new one
+/// when it is compared again). Returns how many were opened.
+pub async fn open_for_disagreements(
+    tx: &mut PgConnection,
+    announcer: &Announcer,
+    orders: &[Disagreeing],
+    now: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let mut alerts = Vec::new();
+    for order in orders {
+        let id = Uuid::now_v7();
+        let opened = sqlx::query(
+            "INSERT INTO incidents (id, kind, order_id, stage, status, summary, opened_at) \
+             VALUES ($1, 'disagreement', $2, $3, $4, $5, $6) \
+             ON CONFLICT (order_id) WHERE resolved_at IS NULL AND kind = 'disagreement' DO NOTHING",
+        )
+        .bind(id)
+        .bind(order.order_id)
+        .bind(order.status.map(|s| s.stage().as_str()))
+        .bind(order.status.map(|s| s.as_str()))
+        .bind(order.description())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if opened == 1 {
+            tracing::warn!(order_id = %order.order_id, disagreement = %order.summary,
+                "the systems disagree on an order past the threshold, incident opened");
+            alerts.push(order.alert(id, "firing", now, None, announcer));
+        }
+    }
+    let opened = alerts.len() as u64;
+    if announcer.enabled() && !alerts.is_empty() {
+        notify(tx, disagreement_message("firing", alerts, announcer)).await?;
+    }
+    Ok(opened)
+}
+
+/// Resolves the open disagreement incidents of orders whose holders agree again on `status`.
+pub async fn resolve_agreed(
+    tx: &mut PgConnection,
+    announcer: &Announcer,
+    orders: &[(Disagreeing, domain::OrderStatus)],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let mut alerts = Vec::new();
+    for (order, status) in orders {
+        let resolution = format!("the systems agree again: all hold {status}");
+        let resolved: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+            "UPDATE incidents SET resolved_at = $2, resolution = $3 \
+             WHERE kind = 'disagreement' AND resolved_at IS NULL AND order_id = $1 \
+             RETURNING id, opened_at",
+        )
+        .bind(order.order_id)
+        .bind(now)
+        .bind(&resolution)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((id, opened_at)) = resolved {
+            tracing::info!(order_id = %order.order_id, resolution, "incident resolved");
+            alerts.push(order.alert(id, "resolved", opened_at, Some(now), announcer));
+        }
+    }
+    if announcer.enabled() && !alerts.is_empty() {
+        notify(tx, disagreement_message("resolved", alerts, announcer)).await?;
     }
     Ok(())
 }

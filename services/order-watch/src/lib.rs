@@ -7,7 +7,10 @@
 //! is stuck once the system that owns its stage confirms it has not moved: it shows in the API,
 //! the UI and the metrics, an incident is opened once (and a webhook notified), and its next
 //! progress closes it. When that system has moved on, the spans in between were lost: order-watch
-//! records a telemetry gap instead and pages nobody. See `docs/order-watch.md`.
+//! records a telemetry gap instead and pages nobody. And it reconciles: it compares the status
+//! Shop, CRM, MES and its own spans hold for every recently changed order, measures how often and
+//! how fast they agree, lists and pages on lasting disagreements and repairs them on request
+//! ([`reconcile`]). See `docs/order-watch.md`.
 
 pub mod api;
 pub mod auth;
@@ -23,6 +26,7 @@ pub mod journey;
 pub mod masking;
 pub mod metrics;
 pub mod partner_limits;
+pub mod reconcile;
 pub mod records;
 pub mod retention;
 pub mod runtime_config;

@@ -8,6 +8,11 @@
 //!   without progress for over 24 hours (counting a million rows on every scrape would
 //!   make scrapes slow, so a background task keeps a snapshot).
 //!
+//! And reconciliation's: the share of recently changed orders on which Shop, CRM, MES and
+//! order-watch agree (now, and over 24 hours), from the database like the gauges above; how long
+//! they take to agree after an owner's change, the mismatches found past the threshold and the
+//! requests made, recorded by the replica that ran the round.
+//!
 //! No label carries an order id. The per-stage gauges name the stage's owner in `service`
 //! (`domain::Stage::owner`), the service whose trouble would leave orders waiting there.
 //!
@@ -31,9 +36,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::journey::SpanRecord;
+use crate::reconcile::store::Figures;
+use crate::reconcile::verdict::{Holder, Kind};
 
 const SECONDS_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// From tens of milliseconds (a status event's way to every consumer) to a day (a disagreement
+/// repaired by hand).
+const AGREEMENT_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0,
 ];
 
 /// One stage's counts, as the gauges' query groups open orders.
@@ -178,11 +191,17 @@ pub struct Metrics {
     gaps: Counter<u64>,
     without_journey: Counter<u64>,
     over_limit: Counter<u64>,
+    agreement: Histogram<f64>,
+    mismatches: Counter<u64>,
+    reconcile_requests: Counter<u64>,
+    reconcile_round: Histogram<f64>,
     snapshot: Arc<RwLock<Snapshot>>,
     recent_price: Mutex<Samples>,
     recent_delivery: Mutex<Samples>,
+    reconciliation: Arc<RwLock<Figures>>,
     _gauges: Vec<ObservableGauge<u64>>,
     _ratio: ObservableGauge<f64>,
+    _accuracy: ObservableGauge<f64>,
 }
 
 impl Metrics {
@@ -225,6 +244,12 @@ impl Metrics {
                 .build()
         };
         let ratio_snapshot = snapshot.clone();
+        let reconciliation = Arc::new(RwLock::new(Figures::default()));
+        let (accuracy_figures, tracked_figures, listed_figures) = (
+            reconciliation.clone(),
+            reconciliation.clone(),
+            reconciliation.clone(),
+        );
         Self {
             ingested: meter
                 .u64_counter("order_watch.spans.ingested")
@@ -266,7 +291,63 @@ impl Metrics {
                 .u64_counter("order_watch.spans.over_limit")
                 .with_description("Spans dropped because their order already had the most spans order-watch stores for one")
                 .build(),
+            agreement: meter
+                .f64_histogram("order_watch.reconciliation.agreement.duration")
+                .with_unit("s")
+                .with_description("From a status change in its owner to every system and order-watch holding it, by owner")
+                .with_boundaries(AGREEMENT_BUCKETS.to_vec())
+                .build(),
+            mismatches: meter
+                .u64_counter("order_watch.reconciliation.mismatches")
+                .with_description("Systems found disagreeing on an order past the threshold, by system and kind (lagging, ahead, missing, diverged), once per disagreement")
+                .build(),
+            reconcile_requests: meter
+                .u64_counter("order_watch.reconciliation.requests")
+                .with_description("Requests reconciliation made to the systems, by system, listing (changed, ids, republish) and outcome (answered, failed)")
+                .build(),
+            reconcile_round: seconds(
+                "order_watch.reconciliation.round.duration",
+                "One reconciliation round: reading the changes, asking, comparing and recording",
+            ),
+            _accuracy: meter
+                .f64_observable_gauge("order_watch.reconciliation.accuracy.ratio")
+                .with_description("Share of the recently changed orders on which every system and order-watch agree: now (window=instant) and over the last 24 hours (window=24h)")
+                .with_callback(move |observer| {
+                    let figures = accuracy_figures.read().expect("not poisoned");
+                    observer.observe(figures.accuracy, &[KeyValue::new("window", "instant")]);
+                    observer.observe(figures.accuracy_24h, &[KeyValue::new("window", "24h")]);
+                })
+                .build(),
             _gauges: vec![
+                meter
+                    .u64_observable_gauge("order_watch.reconciliation.tracked")
+                    .with_description("Recently changed orders reconciliation compared, in agreement or not (state)")
+                    .with_callback(move |observer| {
+                        let figures = tracked_figures.read().expect("not poisoned");
+                        let disagreeing = figures.tracked.saturating_sub(figures.agreeing);
+                        observer.observe(figures.agreeing, &[KeyValue::new("state", "agreeing")]);
+                        observer.observe(disagreeing, &[KeyValue::new("state", "disagreeing")]);
+                    })
+                    .build(),
+                meter
+                    .u64_observable_gauge("order_watch.reconciliation.disagreements")
+                    .with_description("Orders on which a system disagrees past the threshold, by that system and how (kind): what to alert on")
+                    .with_callback(move |observer| {
+                        let figures = listed_figures.read().expect("not poisoned");
+                        for holder in Holder::ALL {
+                            for kind in Kind::ALL {
+                                let count = figures.listed.get(&(holder, kind)).copied().unwrap_or(0);
+                                observer.observe(
+                                    count,
+                                    &[
+                                        KeyValue::new("system", holder.name()),
+                                        KeyValue::new("kind", kind.as_str()),
+                                    ],
+                                );
+                            }
+                        }
+                    })
+                    .build(),
                 per_stage("order_watch.orders.open", "Open (non-terminal) orders per stage", Count::Open),
                 per_stage(
                     "order_watch.orders.stuck",
@@ -290,6 +371,7 @@ impl Metrics {
             snapshot,
             recent_price: Mutex::default(),
             recent_delivery: Mutex::default(),
+            reconciliation,
         }
     }
 
@@ -422,6 +504,55 @@ impl Metrics {
         }
     }
 
+    /// The holders of an order agreed on a status `seconds` after its owner recorded it.
+    pub fn record_agreement(&self, owner: domain::System, seconds: f64) {
+        self.agreement
+            .record(seconds, &[KeyValue::new("owner", owner.service_name())]);
+    }
+
+    /// A holder found disagreeing past the threshold, in one way, for one order.
+    pub fn record_mismatch(&self, holder: Holder, kind: Kind) {
+        self.mismatches.add(
+            1,
+            &[
+                KeyValue::new("system", holder.name()),
+                KeyValue::new("kind", kind.as_str()),
+            ],
+        );
+    }
+
+    /// `requests` requests reconciliation made to `system` of one kind (`changed`, `ids`,
+    /// `republish`).
+    pub fn record_reconcile_requests(
+        &self,
+        system: domain::System,
+        listing: &'static str,
+        answered: bool,
+        requests: u64,
+    ) {
+        if requests == 0 {
+            return;
+        }
+        let outcome = if answered { "answered" } else { "failed" };
+        self.reconcile_requests.add(
+            requests,
+            &[
+                KeyValue::new("system", system.service_name()),
+                KeyValue::new("listing", listing),
+                KeyValue::new("outcome", outcome),
+            ],
+        );
+    }
+
+    pub fn record_reconcile_round(&self, elapsed: Duration) {
+        self.reconcile_round.record(elapsed.as_secs_f64(), &[]);
+    }
+
+    /// Reconciliation's figures as the gauges last showed them.
+    pub fn reconciliation(&self) -> Figures {
+        self.reconciliation.read().expect("not poisoned").clone()
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         self.snapshot.read().expect("not poisoned").clone()
     }
@@ -491,6 +622,8 @@ impl Metrics {
         snapshot.silent_24h_ratio = share(silent_total);
         snapshot.stuck_24h_ratio = share(stuck_silent_total);
         *self.snapshot.write().expect("not poisoned") = snapshot;
+        let figures = crate::reconcile::store::figures(pool, clock.now()).await?;
+        *self.reconciliation.write().expect("not poisoned") = figures;
         Ok(())
     }
 

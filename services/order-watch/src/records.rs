@@ -1,7 +1,8 @@
 //! The systems of record: Shop's, CRM's and MES's own status of an order, which order-watch
-//! asks before it calls an order stuck. Spans get lost (a killed process loses its export
-//! queue); a system's own record of an order does not. The listing each service serves is the
-//! contract in [`domain::held`].
+//! asks before it calls an order stuck, and whose recent changes reconciliation compares. Spans
+//! get lost (a killed process loses its export queue); a system's own record of an order does
+//! not. The listing each service serves, and the republish request reconciliation's repair
+//! makes, are the contract in [`domain::held`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -10,7 +11,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use domain::OrderStatus;
 use domain::System;
-use domain::held::{HeldStatuses, MAX_IDS, STATUSES_PATH};
+use domain::held::{
+    ChangedSince, HeldStatuses, MAX_IDS, Republished, STATUSES_PATH, republish_path,
+};
+use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 /// Largest listing answer read (200 orders take about 20 KiB).
@@ -58,6 +62,13 @@ pub enum AskError {
     Unreachable(#[source] Arc<reqwest::Error>),
     #[error("it answered HTTP {0}")]
     Refused(u16),
+    /// A request it understood and turned down, with its reason (the JSON error body).
+    #[error("it answered HTTP {status} {code}: {message}")]
+    Declined {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("no token for order-watch's service identity")]
     NoToken(#[source] Arc<access::client::TokenError>),
     #[error("its answer is longer than {MAX_ANSWER_BYTES} bytes")]
@@ -118,6 +129,30 @@ impl Records {
         Ok(held)
     }
 
+    /// One page of `system`'s changes from `from`, at most `limit` orders.
+    pub async fn changed(
+        &self,
+        system: System,
+        from: ChangedSince,
+        limit: usize,
+    ) -> Result<HeldStatuses, AskError> {
+        let url = format!(
+            "{}{STATUSES_PATH}?{}",
+            self.url(system)?,
+            from.query(limit)
+        );
+        self.call(reqwest::Method::GET, &url, false).await
+    }
+
+    /// Asks `system` to send again the messages by which it told the others about `order_id`
+    /// (its latest status event and the order's introduction); a refusal with a reason (404
+    /// for an order it does not know, 409 when its outbox holds none any more) is
+    /// [`AskError::Declined`].
+    pub async fn republish(&self, system: System, order_id: Uuid) -> Result<Republished, AskError> {
+        let url = format!("{}{}", self.url(system)?, republish_path(order_id));
+        self.call(reqwest::Method::POST, &url, true).await
+    }
+
     /// The base URL of `system`'s API.
     pub fn url(&self, system: System) -> Result<&str, AskError> {
         self.config
@@ -152,12 +187,25 @@ impl Records {
     }
 
     async fn listing(&self, url: &str) -> Result<HeldStatuses, AskError> {
+        self.call(reqwest::Method::GET, url, false).await
+    }
+
+    /// One request, its answer read as JSON. With `reasons`, a 4xx answer's JSON error is
+    /// [`AskError::Declined`].
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        reasons: bool,
+    ) -> Result<T, AskError> {
         let mut response = self
-            .send(|client| client.get(url).headers(platform::http::outgoing_headers()))
+            .send(|client| {
+                client
+                    .request(method.clone(), url)
+                    .headers(platform::http::outgoing_headers())
+            })
             .await?;
-        if !response.status().is_success() {
-            return Err(AskError::Refused(response.status().as_u16()));
-        }
+        let status = response.status();
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(|err| self.failed(err))? {
             if body.len() + chunk.len() > MAX_ANSWER_BYTES {
@@ -165,6 +213,26 @@ impl Records {
             }
             body.extend_from_slice(&chunk);
         }
+        if !status.is_success() {
+            return Err(match declined(status, &body) {
+                Some(declined) if reasons => declined,
+                _ => AskError::Refused(status.as_u16()),
+            });
+        }
         serde_json::from_slice(&body).map_err(|err| AskError::Malformed(Arc::new(err)))
     }
+}
+
+/// A 4xx answer's reason, from the JSON error body every Hallmark API answers with.
+fn declined(status: reqwest::StatusCode, body: &[u8]) -> Option<AskError> {
+    if !status.is_client_error() {
+        return None;
+    }
+    let error: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let text = |key: &str| error["error"][key].as_str().map(str::to_owned);
+    Some(AskError::Declined {
+        status: status.as_u16(),
+        code: text("code")?,
+        message: text("message").unwrap_or_default(),
+    })
 }

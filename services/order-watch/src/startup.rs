@@ -19,6 +19,7 @@ use crate::detector::Detector;
 use crate::incidents::{self, Announcer};
 use crate::ingest::{self, Ingest};
 use crate::metrics::Metrics;
+use crate::reconcile::Reconciler;
 use crate::records::Records;
 use crate::retention;
 use crate::runtime_config::{self, Defaults, LiveConfig};
@@ -192,13 +193,29 @@ impl Application {
                 .run(cancel.clone()),
             );
         }
+        if settings.reconcile.enabled && !settings.records.urls.is_empty() {
+            tasks.spawn(
+                Reconciler {
+                    pool: pool.clone(),
+                    clock: clock.clone(),
+                    records: records.clone(),
+                    metrics: metrics.clone(),
+                    announcer: announcer.clone(),
+                    config: settings.reconcile.clone(),
+                    replica: uuid::Uuid::now_v7(),
+                }
+                .run(cancel.clone()),
+            );
+        } else {
+            tracing::info!("reconciliation is off (ORDER_WATCH_RECONCILE, or no system's address)");
+        }
         tasks.spawn(
             Detector {
                 pool: pool.clone(),
                 clock: clock.clone(),
                 announcer: announcer.clone(),
                 metrics: metrics.clone(),
-                records,
+                records: records.clone(),
                 config: config.clone(),
                 interval: settings.detect_interval,
                 reconfirm_interval: settings.reconfirm_interval,
@@ -266,6 +283,9 @@ impl Application {
             announcer,
             floor,
             trace_store: settings.jaeger_url.clone(),
+            records,
+            metrics,
+            reconcile: settings.reconcile.clone(),
         };
         let authenticator = Arc::new(Authenticator::new(settings.auth.clone(), over_tls));
         let prepared = authenticator.clone();

@@ -47,6 +47,11 @@ impl PublishHook for SubmitOnPublish {
             tracing::warn!(order_id = %message.order_id, "published an order.created for an unknown order");
             return Ok(());
         };
+        // Published again (a relay restart, or a republish asked by reconciliation): the order
+        // has moved on already.
+        if locked.status() != OrderStatus::Created {
+            return Ok(());
+        }
         match self
             .orderbook
             .transition_locked(
@@ -57,8 +62,7 @@ impl PublishHook for SubmitOnPublish {
             .await
         {
             Ok(_) => Ok(()),
-            // Published again after a relay restart: the order has moved on already. (A locked
-            // order is not looked up again, so it cannot be missing.)
+            // A locked order is not looked up again, so it cannot be missing.
             Err(TransitionFailure::Illegal(_) | TransitionFailure::NotFound(_)) => Ok(()),
             Err(TransitionFailure::Database(err)) => Err(err),
             Err(TransitionFailure::Corrupt(err)) => Err(err.into()),

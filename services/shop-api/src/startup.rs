@@ -129,6 +129,11 @@ impl Application {
                     state
                         .gate
                         .guard(access::Need::STATUSES, orderbook::statuses::router()),
+                )
+                .merge(
+                    state
+                        .gate
+                        .guard(access::Need::REPUBLISH, orderbook::republish::router()),
                 ),
             body_limit,
         )

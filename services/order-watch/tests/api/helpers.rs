@@ -8,13 +8,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
-use domain::held::{HeldStatus, HeldStatuses, STATUSES_PATH};
+use domain::held::{
+    ChangedSince, HeldStatus, HeldStatuses, Republished, RepublishedMessage, STATUSES_PATH,
+};
 use domain::{OrderStatus, System};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use order_watch::auth::AuthConfig;
 use order_watch::clock::Clock;
 use order_watch::config::Thresholds;
+use order_watch::reconcile::ReconcileConfig;
 use order_watch::records::RecordsConfig;
 use order_watch::startup::Ports;
 use order_watch::webhook::WebhookUrl;
@@ -47,11 +50,13 @@ struct RecordsState {
     held: HashMap<(System, uuid::Uuid), HeldStatus>,
     answering: BTreeMap<System, Answering>,
     asked: BTreeMap<System, usize>,
+    /// Republish requests, in the order they came.
+    republished: Vec<(System, uuid::Uuid)>,
 }
 
-/// Shop's, CRM's and MES's status listings (`domain::held`) for order-watch's component tests,
-/// which drive order-watch's clock by hand and need each system's answer (holding, moved on,
-/// failing, hanging) on cue. The same listing served by the real services is tested in e2e
+/// Shop's, CRM's and MES's status listings (`domain::held`: by ids and changed since) and
+/// republish requests for order-watch's component tests, which drive order-watch's clock by hand
+/// and need each system's answer (holding, moved on, failing, hanging) on cue. The same listing served by the real services is tested in e2e
 /// (`e2e/tests/order_watch.rs`), where order-watch asks them.
 #[derive(Clone)]
 pub struct StandInRecords {
@@ -73,6 +78,10 @@ impl StandInRecords {
         let state = Arc::new(Mutex::new(RecordsState::default()));
         let app = axum::Router::new()
             .route(&format!("/{{system}}{STATUSES_PATH}"), get(listing))
+            .route(
+                "/{system}/api/orders/{order_id}/republish",
+                axum::routing::post(republish),
+            )
             .with_state(state.clone());
         let (listener, port) = platform::server::bind_with("127.0.0.1", 0, tls)
             .await
@@ -121,6 +130,16 @@ impl StandInRecords {
             .insert(system, answering);
     }
 
+    /// `system` no longer knows `order`.
+    pub fn forget(&self, system: System, order: uuid::Uuid) {
+        self.state.lock().unwrap().held.remove(&(system, order));
+    }
+
+    /// The republish requests received, in order.
+    pub fn republished(&self) -> Vec<(System, uuid::Uuid)> {
+        self.state.lock().unwrap().republished.clone()
+    }
+
     /// How many listing requests `system` received.
     pub fn asked(&self, system: System) -> usize {
         self.state
@@ -167,6 +186,29 @@ async fn listing(
         Answering::Normally => {}
     }
     let state = state.lock().unwrap();
+    if let Some(since) = query.get("changed_since") {
+        let from = ChangedSince {
+            since: since.parse().expect("an RFC 3339 time"),
+            after: query
+                .get("after")
+                .map(|id| id.parse().expect("an order id")),
+        };
+        let limit: usize = query.get("limit").map_or(1000, |l| l.parse().unwrap());
+        let mut orders: Vec<HeldStatus> = state
+            .held
+            .iter()
+            .filter(|((holder, _), held)| {
+                *holder == system
+                    && (held.updated_at, held.order_id)
+                        > (from.since, from.after.unwrap_or_else(uuid::Uuid::nil))
+            })
+            .map(|(_, held)| held.clone())
+            .collect();
+        orders.sort_by_key(|held| (held.updated_at, held.order_id));
+        let next = (orders.len() > limit).then(|| ChangedSince::after(&orders[limit - 1]));
+        orders.truncate(limit);
+        return Json(HeldStatuses { orders, next }).into_response();
+    }
     let orders = query
         .get("ids")
         .map(String::as_str)
@@ -175,7 +217,38 @@ async fn listing(
         .filter_map(|id| id.parse().ok())
         .filter_map(|id| state.held.get(&(system, id)).cloned())
         .collect();
-    Json(HeldStatuses { orders }).into_response()
+    Json(HeldStatuses { orders, next: None }).into_response()
+}
+
+/// A system's republish answer: one status event of the order it holds, as if sent again.
+async fn republish(
+    State(state): State<Arc<Mutex<RecordsState>>>,
+    Path((system, order)): Path<(String, uuid::Uuid)>,
+) -> Response {
+    let system = System::ALL
+        .into_iter()
+        .find(|s| path_of(*s) == system)
+        .expect("a known system");
+    let mut state = state.lock().unwrap();
+    if let Some(Answering::Failing(status)) = state.answering.get(&system) {
+        return StatusCode::from_u16(*status).unwrap().into_response();
+    }
+    state.republished.push((system, order));
+    let Some(held) = state.held.get(&(system, order)) else {
+        let error =
+            serde_json::json!({"error": {"code": "order_not_found", "message": "no such order"}});
+        return (StatusCode::NOT_FOUND, Json(error)).into_response();
+    };
+    Json(Republished {
+        order_id: order,
+        messages: vec![RepublishedMessage {
+            message_id: uuid::Uuid::now_v7(),
+            kind: "order.status_changed".into(),
+            routing_key: format!("order.status_changed.{}", held.status),
+            published_at: Some(held.updated_at),
+        }],
+    })
+    .into_response()
 }
 
 pub struct TestApp {
@@ -233,6 +306,11 @@ fn settings(
         reconfirm_interval: RECONFIRM_INTERVAL,
         auth,
         jaeger_url: None,
+        // Off unless a test turns it on: its listings would count as the stuck detector's.
+        reconcile: ReconcileConfig {
+            enabled: false,
+            ..ReconcileConfig::default()
+        },
     }
 }
 
@@ -313,6 +391,33 @@ pub async fn spawn_app_with_tls(
     app.scheme = "https";
     app.client = testkit::tls::Certificates::client_trusting(&trusted.ca);
     app
+}
+
+/// How long the systems may disagree in the reconciliation tests, and their rounds' interval.
+pub const RECONCILE_AFTER: Duration = Duration::from_secs(60);
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// As [`spawn_app`], reconciling the stand-in systems every [`RECONCILE_INTERVAL`] of the manual
+/// clock, listing disagreements after [`RECONCILE_AFTER`].
+pub async fn spawn_reconciling_app() -> TestApp {
+    let database = Arc::new(TestDatabase::create("watch").await);
+    let webhook = Webhook::start().await;
+    let records = StandInRecords::start().await;
+    let mut settings = settings(&database, &webhook, &records, AuthConfig::Open);
+    settings.reconcile = ReconcileConfig {
+        interval: RECONCILE_INTERVAL,
+        after: RECONCILE_AFTER,
+        recheck_interval: Duration::from_secs(10),
+        ..ReconcileConfig::default()
+    };
+    run_app(
+        settings,
+        database,
+        Clock::manual(Utc::now()),
+        webhook,
+        records,
+    )
+    .await
 }
 
 async fn spawn_with(

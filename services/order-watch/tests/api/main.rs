@@ -7,5 +7,6 @@ mod detection;
 mod helpers;
 mod ingest;
 mod journey;
+mod reconciliation;
 mod tls;
 mod unreadable;
