@@ -216,6 +216,41 @@ async fn only_a_developer_or_an_admin_may_change_the_configuration_and_the_audit
     app.stop().await;
 }
 
+#[tokio::test]
+async fn support_reads_the_reconciliation_but_only_a_developer_or_an_admin_may_ask_for_a_repair() {
+    let (app, issuer) = app().await;
+    let order = uuid::Uuid::now_v7();
+    let repair = |token: String| {
+        reqwest::Client::new()
+            .post(app.api(&format!("/api/reconciliation/{order}/repair")))
+            .bearer_auth(token)
+            .send()
+    };
+    let support = issuer
+        .password_token(CLI, "support", "support")
+        .await
+        .unwrap();
+    let read = reqwest::Client::new()
+        .get(app.api("/api/reconciliation"))
+        .bearer_auth(&support)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    let refused = repair(support).await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+
+    // Let in, the developer and the admin hear that order-watch compares no such order.
+    for (user, password) in [("developer", "developer"), ("admin", "admin")] {
+        let token = issuer.password_token(CLI, user, password).await.unwrap();
+        let answer = repair(token).await.unwrap();
+        assert_eq!(answer.status(), 404, "{user}");
+    }
+    app.stop().await;
+}
+
 /// A browser's cookies, kept by hand: Keycloak's are `Secure` even over plain HTTP on
 /// loopback, which a browser accepts there and an HTTP client's cookie store may not.
 #[derive(Default)]
