@@ -136,11 +136,7 @@ impl Records {
         from: ChangedSince,
         limit: usize,
     ) -> Result<HeldStatuses, AskError> {
-        let url = format!(
-            "{}{STATUSES_PATH}?{}",
-            self.url(system)?,
-            from.query(limit)
-        );
+        let url = format!("{}{STATUSES_PATH}?{}", self.url(system)?, from.query(limit));
         self.call(reqwest::Method::GET, &url, false).await
     }
 
