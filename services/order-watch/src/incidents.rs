@@ -119,6 +119,50 @@ async fn notify(tx: &mut PgConnection, payload: Value) -> Result<(), sqlx::Error
     Ok(())
 }
 
+/// The kinds of incident held open at most once per order (each by its own partial unique
+/// index, which `ON CONFLICT` must name by its predicate).
+#[derive(Clone, Copy)]
+enum OpenKind {
+    StuckOrder,
+    Disagreement,
+}
+
+/// Opens an incident of `kind` for `order_id` unless one is open; its id when opened.
+async fn open_one(
+    tx: &mut PgConnection,
+    kind: OpenKind,
+    order_id: Uuid,
+    stage: Option<&str>,
+    status: Option<&str>,
+    summary: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    let query = match kind {
+        OpenKind::StuckOrder => {
+            "INSERT INTO incidents (id, kind, order_id, stage, status, summary, opened_at) \
+             VALUES ($1, 'stuck_order', $2, $3, $4, $5, $6) \
+             ON CONFLICT (order_id) WHERE resolved_at IS NULL AND kind = 'stuck_order' DO NOTHING"
+        }
+        OpenKind::Disagreement => {
+            "INSERT INTO incidents (id, kind, order_id, stage, status, summary, opened_at) \
+             VALUES ($1, 'disagreement', $2, $3, $4, $5, $6) \
+             ON CONFLICT (order_id) WHERE resolved_at IS NULL AND kind = 'disagreement' DO NOTHING"
+        }
+    };
+    let id = Uuid::now_v7();
+    let opened = sqlx::query(query)
+        .bind(id)
+        .bind(order_id)
+        .bind(stage)
+        .bind(status)
+        .bind(summary)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    Ok((opened == 1).then_some(id))
+}
+
 /// Opens an incident for each newly stuck order (skipping any that already has one open); its
 /// summary says whether the order's system of record confirmed it. Returns how many were opened.
 pub async fn open_for_stuck(
@@ -129,22 +173,17 @@ pub async fn open_for_stuck(
 ) -> Result<u64, sqlx::Error> {
     let mut alerts = Vec::new();
     for order in orders {
-        let id = Uuid::now_v7();
-        let opened = sqlx::query(
-            "INSERT INTO incidents (id, kind, order_id, stage, status, summary, opened_at) \
-             VALUES ($1, 'stuck_order', $2, $3, $4, $5, $6) \
-             ON CONFLICT (order_id) WHERE resolved_at IS NULL AND kind = 'stuck_order' DO NOTHING",
+        let opened = open_one(
+            tx,
+            OpenKind::StuckOrder,
+            order.order_id,
+            Some(order.stage.as_str()),
+            order.status.map(|s| s.as_str()),
+            &stuck_summary(order),
+            now,
         )
-        .bind(id)
-        .bind(order.order_id)
-        .bind(order.stage.as_str())
-        .bind(order.status.map(|s| s.as_str()))
-        .bind(stuck_summary(order))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if opened == 1 {
+        .await?;
+        if let Some(id) = opened {
             tracing::warn!(order_id = %order.order_id, stage = %order.stage, "order stuck, incident opened");
             alerts.push(alert(id, "firing", order, now, None, announcer));
         }
@@ -277,22 +316,17 @@ pub async fn open_for_disagreements(
 ) -> Result<u64, sqlx::Error> {
     let mut alerts = Vec::new();
     for order in orders {
-        let id = Uuid::now_v7();
-        let opened = sqlx::query(
-            "INSERT INTO incidents (id, kind, order_id, stage, status, summary, opened_at) \
-             VALUES ($1, 'disagreement', $2, $3, $4, $5, $6) \
-             ON CONFLICT (order_id) WHERE resolved_at IS NULL AND kind = 'disagreement' DO NOTHING",
+        let opened = open_one(
+            tx,
+            OpenKind::Disagreement,
+            order.order_id,
+            order.status.map(|s| s.stage().as_str()),
+            order.status.map(|s| s.as_str()),
+            &order.description(),
+            now,
         )
-        .bind(id)
-        .bind(order.order_id)
-        .bind(order.status.map(|s| s.stage().as_str()))
-        .bind(order.status.map(|s| s.as_str()))
-        .bind(order.description())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if opened == 1 {
+        .await?;
+        if let Some(id) = opened {
             tracing::warn!(order_id = %order.order_id, disagreement = %order.summary,
                 "the systems disagree on an order past the threshold, incident opened");
             alerts.push(order.alert(id, "firing", now, None, announcer));
