@@ -14,9 +14,17 @@
 // admin's controls; the admin acknowledges an incident and erases an order's trace data after a
 // confirmation.
 //
+// Reconciliation (issue 18, item 5): the floor lists the orders Shop, CRM, MES and order-watch
+// have disagreed on for longer than the threshold, with what each says and how they differ in
+// words, and the accuracy figures; an order's story says when the systems disagree on it (or are
+// still catching up). Support has no Repair; the developer's repairs ask the owner to republish
+// or have order-watch take the owner's record (the row goes once the systems agree), or are
+// refused with the reason, and are audited.
+//
 // It starts order-watch itself (the binary `cargo build` made) on free ports with a database of
-// its own, and uses the identity provider scripts/test starts (Keycloak with the realm in
-// deploy/keycloak/). Run it with scripts/test, or by hand:
+// its own, and stand-in systems of record (records.mjs) that order-watch reconciles, and uses the
+// identity provider scripts/test starts (Keycloak with the realm in deploy/keycloak/). Run it with
+// scripts/test, or by hand:
 //
 //   cargo build -p order-watch && (cd e2e/browser && npm ci && npm test)
 //
@@ -40,6 +48,7 @@ import { accessSync, closeSync, constants, mkdirSync, openSync, readFileSync, rm
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { StandInRecords } from "./records.mjs";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const issuer = process.env.HALLMARK_TEST_OIDC_ISSUER || "http://127.0.0.1:8180/realms/hallmark";
@@ -118,6 +127,7 @@ let logPath;
 let base; // where order-watch's UI and API answer
 let otlp; // its OTLP/HTTP receiver
 let browser;
+let records; // the stand-in systems of record
 
 function watchLog() {
   try {
@@ -129,7 +139,7 @@ function watchLog() {
 
 before(async () => {
   mkdirSync(runDir, { recursive: true });
-  for (const name of ["support", "developer", "admin", "desk", "floor"]) rmSync(join(runDir, `failed-${name}.png`), { force: true });
+  for (const name of ["support", "developer", "admin", "desk", "floor", "reconciliation-support", "reconciliation-developer"]) rmSync(join(runDir, `failed-${name}.png`), { force: true });
   mkdirSync(shots, { recursive: true });
   // What the test needs, each said plainly when missing.
   try {
@@ -148,6 +158,7 @@ before(async () => {
   const databaseUrl = new URL(adminUrl);
   databaseUrl.pathname = `/${databaseName}`;
 
+  records = await new StandInRecords().start();
   const [http, grpc, otlpHttp] = await freePorts(3);
   base = `http://127.0.0.1:${http}`;
   otlp = `http://127.0.0.1:${otlpHttp}`;
@@ -167,6 +178,14 @@ before(async () => {
       ORDER_WATCH_JAEGER_URL: jaeger,
       // The floor's counts per stage, refreshed often enough for a test to see them change.
       ORDER_WATCH_GAUGE_INTERVAL: "1s",
+      // The systems of record, reconciled every second. Each round reads their changes of the
+      // last hour again (the overlap), so that the test's disagreements, which began minutes
+      // before order-watch started, are found; they are listed after the default 5 minutes.
+      ORDER_WATCH_SHOP_URL: records.url("shop"),
+      ORDER_WATCH_CRM_URL: records.url("crm"),
+      ORDER_WATCH_MES_URL: records.url("mes"),
+      ORDER_WATCH_RECONCILE_INTERVAL: "1s",
+      ORDER_WATCH_RECONCILE_OVERLAP: "1h",
       OTEL_TRACES_EXPORTER: "none",
       OTEL_METRICS_EXPORTER: "none",
     },
@@ -190,6 +209,9 @@ before(async () => {
   }).catch((e) => {
     throw new Error(`cannot start Chromium at ${browserPath} (install Debian's chromium, or set HALLMARK_CHROMIUM): ${e.message}`);
   });
+
+  // Disagreements from the start, so the floor shows them to every test.
+  await sendDisagreements();
 });
 
 after(async () => {
@@ -201,6 +223,7 @@ after(async () => {
     if (watch.exitCode === null && watch.signalCode === null) watch.kill("SIGKILL");
   }
   if (databaseCreated) psql(`DROP DATABASE IF EXISTS "${databaseName}" WITH (FORCE)`);
+  await records?.close();
 });
 
 
@@ -405,7 +428,8 @@ async function sendPriced() {
 }
 
 // Stuck in pricing for 40 minutes: the calculation's first attempt failed and nothing has moved
-// since (no system of record is configured here, so order-watch flags it unconfirmed).
+// since (the stand-in MES cannot be asked about it, records.mjs, so order-watch flags it
+// unconfirmed).
 async function sendStuck() {
   const journey = new Journey(stuck, Date.now() - minutes(41));
   const take = journey.toPricing(ids(`WEB-${hex(4)}`));
@@ -470,6 +494,63 @@ async function sendAlert() {
     }] }),
   });
   assert.equal(response.status, 200, `order-watch took the alert: ${await response.text()}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Orders the systems of record and order-watch disagree on (reconciliation)
+
+// Fifteen orders every system and order-watch hold registered, and four they have disagreed on
+// for minutes (what each stand-in system holds since when is below; order-watch's status comes
+// from the spans sent):
+//   lagging    MES priced it 10 min ago, Shop heard 8 min ago, CRM never did (an event lost):
+//              MES republishing its event mends it;
+//   ahead      order-watch saw the customer confirm the price, which Shop, whose step that is,
+//              never recorded (a transaction rolled back after its span): nothing to republish;
+//   watchLags  every system has the customer's confirmation but order-watch, whose spans of it
+//              were lost;
+//   missing    Shop handed the order over 6 min ago and CRM does not know it;
+// and one whose latest change has not reached Shop yet (catchingUp), sent by the reconciliation
+// test itself, as it is listed only after 5 minutes.
+const disagreeing = { lagging: uuidv7(), ahead: uuidv7(), watchLags: uuidv7(), missing: uuidv7(), catchingUp: uuidv7() };
+const agreeing = Array.from({ length: 15 }, () => uuidv7());
+
+async function sendDisagreements() {
+  const now = Date.now();
+  const ago = (ms) => now - ms;
+  await Promise.all(agreeing.map((id) => sendJourney(id)));
+
+  const lagging = new Journey(disagreeing.lagging, ago(minutes(10)));
+  lagging.price(lagging.toPricing(ids(`WEB-${hex(4)}`)));
+  const ahead = new Journey(disagreeing.ahead, ago(minutes(31)));
+  const priced = ahead.price(ahead.toPricing(ids(`WEB-${hex(4)}`)));
+  ahead.wait(minutes(5));
+  ahead.confirm(priced);
+  const watchLags = new Journey(disagreeing.watchLags, ago(minutes(45)));
+  watchLags.price(watchLags.toPricing(ids(`WEB-${hex(4)}`)));
+  // Shop's part only: created and handed over to CRM.
+  const missing = new Journey(disagreeing.missing, ago(minutes(6)));
+  const request = missing.span("shop-api", "POST /api/orders", { kind: "server", ms: 40, attributes: { "http.request.method": "POST", "http.route": "/api/orders", "http.response.status_code": 201 } });
+  const create = missing.transition("shop-api", null, "created", request, { "order.source": "web" });
+  missing.wait(120);
+  missing.publish("shop-api", "order.created", missing.transition("shop-api", "created", "submitted", create));
+  for (const journey of [lagging, ahead, watchLags, missing]) await journey.send();
+
+  // What the systems hold, once order-watch has its spans (ingest answers once they are stored):
+  // a round never sees order-watch without them.
+  for (const id of agreeing) records.hold(id, { shop: ["registered", now], crm: ["registered", now], mes: ["registered", now] });
+  records.hold(disagreeing.lagging, { shop: ["priced", ago(minutes(8))], crm: ["pricing", ago(minutes(10))], mes: ["priced", ago(minutes(10) - 3000)] });
+  records.hold(disagreeing.ahead, { shop: ["priced", ago(minutes(30))], crm: ["priced", ago(minutes(30))], mes: ["priced", ago(minutes(31) - 3000)] });
+  records.hold(disagreeing.watchLags, { shop: ["confirmed", ago(minutes(40))], crm: ["confirmed", ago(minutes(40))], mes: ["confirmed", ago(minutes(40))] });
+  records.hold(disagreeing.missing, { shop: ["submitted", ago(minutes(6))] });
+}
+
+// Priced 38 s ago; CRM heard 15 s ago, Shop not yet.
+async function sendCatchingUp() {
+  const now = Date.now();
+  const journey = new Journey(disagreeing.catchingUp, now - 40_000);
+  journey.price(journey.toPricing(ids(`WEB-${hex(4)}`)));
+  await journey.send();
+  records.hold(disagreeing.catchingUp, { shop: ["pricing", now - 39_000], crm: ["priced", now - 15_000], mes: ["priced", now - 38_000] });
 }
 
 // A fresh browser (no cookies: a person who has not logged in), at order-watch's page, sent to
@@ -573,6 +654,16 @@ async function adminControls(page) {
   await view(page, "Configuration");
   await page.locator("#config-note").waitFor();
   return { incidentButtons, retention: await page.locator("#retention").isVisible(), erase };
+}
+
+// The reconciliation panel's row of order `id`.
+function disagreementRow(page, id) {
+  return page.locator(`#disagreements tr[data-order="${id}"]`);
+}
+
+// What a row says of how the systems differ: the owner's word, then each holder that disagrees.
+async function differs(row) {
+  return [await row.locator(".differs > span").textContent(), ...(await row.locator(".differs li").allTextContents())];
 }
 
 // The durations the page measured with the User Timing API, the latest of each name.
@@ -697,6 +788,8 @@ test("the admin logs in, acknowledges an incident and erases an order's trace da
 
     // Acknowledged: the row says by whom, and the button is gone (closing is still offered).
     await view(page, "Floor");
+    // An admin may repair what the systems disagree on, as a developer may.
+    await page.locator("#reconciliation").getByRole("button", { name: /^Repair order / }).first().waitFor();
     const incident = alertRow(page);
     await incident.waitFor();
     await Promise.all([
@@ -864,6 +957,142 @@ test("the floor shows orders in flight per stage and the SLO figures, a stuck or
     assert.equal(await why.locator(".dev code").textContent(), "timeout");
     assert.equal(await page.locator('#timeline li[aria-current="step"].over').count(), 1, "over its threshold");
     await page.screenshot({ path: join(shots, "order-watch-stuck.png"), fullPage: true });
+  });
+  await context.close();
+});
+
+test("reconciliation: the floor lists what the systems disagree on and what each says, an order's story says so, and developers repair", async () => {
+  {
+    const { context, page } = await logIn("support");
+    await keepFailure(page, "reconciliation-support", async () => {
+      const panel = page.locator("#reconciliation");
+      // Longest first; each past the 5 minutes.
+      await until("the four disagreements listed", 15, async () => (await panel.locator("#disagreements tr[data-order]").count()) === 4);
+      assert.deepEqual(await panel.locator("#disagreements tr[data-order]").evaluateAll((rows) => rows.map((r) => r.dataset.order)),
+        [disagreeing.watchLags, disagreeing.ahead, disagreeing.lagging, disagreeing.missing]);
+      const figures = panel.locator("#reconciliation-figures");
+      assert.match(await figures.textContent(), /^Systems agree now78\.9 %15 of 19 orders tracked \(those whose status changed lately\)Systems agreed over 24 h\d+(\.\d+)? %.*Disagreeing for over 5 min4orders, listed below$/);
+
+      // What each system says, and how they differ in words.
+      const lagging = disagreementRow(page, disagreeing.lagging);
+      assert.match(await lagging.locator("td").nth(1).textContent(), /^[89] min( \d+ s)?$/);
+      assert.match(await lagging.locator('[data-holder="shop-api"]').textContent(), /^pricedsince /);
+      assert.match(await lagging.locator('[data-holder="crm-api"]').textContent(), /^pricinglagging · since /);
+      assert.match(await lagging.locator('[data-holder="mes-api"]').textContent(), /^pricedits step · since /);
+      assert.match(await lagging.locator('[data-holder="order-watch"]').textContent(), /^pricedsince /);
+      assert.deepEqual(await differs(lagging), ["MES, whose step it is, says “priced”.", "CRM has not heard of the price yet (lagging)"]);
+      assert.deepEqual(await differs(disagreementRow(page, disagreeing.ahead)),
+        ["MES, whose step it is, says “priced”.", "order-watch is ahead: Shop, whose step “confirmed” is, does not say so (ahead)"]);
+      assert.deepEqual(await differs(disagreementRow(page, disagreeing.watchLags)),
+        ["Shop, whose step it is, says “confirmed”.", "order-watch has not heard of the customer's acceptance of the price yet (lagging)"]);
+      const missing = disagreementRow(page, disagreeing.missing);
+      assert.deepEqual(await differs(missing), ["Shop, whose step it is, says “submitted”.", "CRM does not know the order at all (missing)"]);
+      assert.equal(await missing.locator('[data-holder="crm-api"]').textContent(), "does not know itmissing");
+      assert.equal(await missing.locator('[data-holder="mes-api"]').textContent(), "does not know it", "MES is not told before registration");
+
+      // Support repairs nothing: no button, and the API agrees.
+      assert.equal(await panel.getByRole("button").count(), 0);
+      assert.equal(await panel.locator("#disagreements-head th").count(), 7);
+      const me = await (await page.request.get(`${base}/api/me`)).json();
+      const refused = await page.request.post(`${base}/api/reconciliation/${disagreeing.lagging}/repair`, { headers: { "x-csrf-token": me.csrf_token } });
+      assert.equal(refused.status(), 403, await refused.text());
+
+      // The order's link, from the keyboard, opens its story, which says so near the top.
+      await lagging.getByRole("link").focus();
+      await page.keyboard.press("Enter");
+      await page.locator("#order-title", { hasText: `Order ${disagreeing.lagging}` }).waitFor();
+      const note = page.locator("#order-reconciliation .explanation.disagreement");
+      await note.waitFor();
+      assert.equal(await note.locator("h3").textContent(), "The systems disagree about this order");
+      assert.match(await note.locator(".say").textContent(),
+        /^For [89] min( \d+ s)? \(since .+\) Shop, CRM, MES and order-watch have not agreed on where this order is\. MES, whose step it is, says “priced”\.$/);
+      const said = await note.locator("li").allTextContents();
+      assert.equal(said.length, 4, JSON.stringify(said));
+      assert.match(said[0], /^Shop: “priced” since [^—]+$/);
+      assert.match(said[1], /^CRM: “pricing” since .+ — has not heard of the price yet \(lagging\)$/);
+      assert.match(said[2], /^MES: “priced” since .+ \(its step\)$/);
+      assert.match(said[3], /^order-watch: “priced” since [^—]+$/);
+      assert.equal(await note.locator(".customer").textContent(), "The customer sees what Shop says: “priced”.");
+      assert.equal(await note.getByRole("button").count(), 0, "support repairs nothing");
+
+      // An order whose latest change is still on its way: said, but not as a disagreement, and
+      // not on the floor.
+      await sendCatchingUp();
+      await until("reconciliation compares the order changed lately", 15, async () => {
+        const answer = await (await page.request.get(`${base}/api/reconciliation?all=true`)).json();
+        return answer.disagreements.some((d) => d.order_id === disagreeing.catchingUp && !d.listed_at);
+      });
+      await openOrder(page, disagreeing.catchingUp);
+      const catching = page.locator("#order-reconciliation .explanation.catching-up");
+      assert.equal(await catching.locator("h3").textContent(), "The systems are catching up with this order");
+      assert.match(await catching.locator(".say").textContent(),
+        /^Its latest change has not reached every system yet \(for [^;]+; it is listed on the floor after 5 min\)\. MES, whose step it is, says “priced”\.$/);
+      assert.match((await catching.locator("li").allTextContents())[0], /^Shop: “pricing” since .+ — has not heard of the price yet \(lagging\)$/);
+      assert.equal(await catching.locator(".customer").textContent(), "The customer sees what Shop says: “pricing”.");
+      // One they agree on: nothing said.
+      await openOrder(page, agreeing[0]);
+      assert.equal(await page.locator("#order-reconciliation > *").count(), 0);
+      await view(page, "Floor");
+      await disagreementRow(page, disagreeing.lagging).waitFor();
+      assert.equal(await disagreementRow(page, disagreeing.catchingUp).count(), 0, "under the threshold");
+    });
+    await context.close();
+  }
+
+  const { context, page } = await logIn("developer");
+  await keepFailure(page, "reconciliation-developer", async () => {
+    const panel = page.locator("#reconciliation");
+    await disagreementRow(page, disagreeing.lagging).waitFor();
+    assert.equal(await panel.locator("#disagreements-head th").last().textContent(), "repair");
+    assert.equal(await panel.getByRole("button", { name: /^Repair order / }).count(), 4);
+    await panel.screenshot({ path: join(shots, "order-watch-reconciliation.png") });
+
+    // Nothing republishing can mend: refused with the reason, and the focus stays.
+    const ahead = disagreementRow(page, disagreeing.ahead);
+    await ahead.getByRole("button", { name: "Repair" }).focus();
+    const [refused] = await Promise.all([
+      page.waitForResponse((r) => r.url() === `${base}/api/reconciliation/${disagreeing.ahead}/repair`),
+      page.keyboard.press("Enter"),
+    ]);
+    assert.equal(refused.status(), 409, await refused.text());
+    await panel.locator("#reconciliation-error", {
+      hasText: `Repair of order ${disagreeing.ahead} not done: republishing cannot mend this, a person decides: ` +
+        "the owner mes-api holds priced; order-watch is ahead of the owner (holds confirmed)",
+    }).waitFor();
+    assert.equal(await ahead.count(), 1, "still listed");
+    assert.equal(await page.evaluate(() => document.activeElement.dataset.key), `repair:${disagreeing.ahead}`);
+
+    // CRM lags: MES sends its event again, CRM catches up, and the row goes at the next round.
+    const lagging = disagreementRow(page, disagreeing.lagging);
+    const [asked] = await Promise.all([
+      page.waitForResponse((r) => r.url() === `${base}/api/reconciliation/${disagreeing.lagging}/repair`),
+      lagging.getByRole("button", { name: "Repair" }).click(),
+    ]);
+    assert.equal(asked.status(), 200, await asked.text());
+    await panel.locator("#reconciliation-status", {
+      hasText: `Repair of order ${disagreeing.lagging} asked: mes-api sent 1 message again (order.status_changed.priced). Recorded under your name`,
+    }).waitFor();
+    assert.deepEqual(records.republished, [["mes", disagreeing.lagging]]);
+    await lagging.waitFor({ state: "detached", timeout: 20_000 });
+    assert.match(await panel.locator("#reconciliation-figures .card", { hasText: "Disagreeing for over 5 min" }).textContent(), /5 min3orders/);
+
+    // From an order's story: order-watch lost the spans of the customer's confirmation, so it
+    // takes Shop's record (with a telemetry gap); nobody is asked to republish.
+    await disagreementRow(page, disagreeing.watchLags).getByRole("link").click();
+    const note = page.locator("#order-reconciliation .explanation.disagreement");
+    await note.waitFor();
+    await note.getByRole("button", { name: "Repair" }).click();
+    await note.locator(".repair-result.saved", { hasText: `Repair of order ${disagreeing.watchLags} asked: order-watch took shop-api's record` }).waitFor();
+    assert.deepEqual(records.republished, [["mes", disagreeing.lagging]]);
+    await view(page, "Floor");
+    await disagreementRow(page, disagreeing.ahead).waitFor();
+    await disagreementRow(page, disagreeing.watchLags).waitFor({ state: "detached", timeout: 20_000 });
+
+    // All audited under the developer's name, newest first.
+    const repairs = await (await page.request.get(`${base}/api/reconciliation/repairs`)).json();
+    assert.deepEqual(repairs.map((r) => [r.order_id, r.outcome]),
+      [[disagreeing.watchLags, "republished"], [disagreeing.lagging, "republished"], [disagreeing.ahead, "not_repairable"]]);
+    assert.ok(repairs.every((r) => r.requested_by.startsWith("developer (")), JSON.stringify(repairs));
   });
   await context.close();
 });

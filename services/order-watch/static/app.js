@@ -1,12 +1,14 @@
 // order-watch's page: the support desk's daily tool. Views (the address's #fragment says which):
-//   #/floor            orders in flight per stage, SLO figures, stuck orders, open incidents (live)
+//   #/floor            orders in flight per stage, SLO figures, stuck orders, open incidents (live),
+//                      and whether Shop, CRM, MES and order-watch agree on each order (read every
+//                      few seconds: the live feed does not carry it)
 //   #/search/<text>    orders found by order id, external order id, partner id or customer id
 //   #/order/<id>       one order: its story first (timeline, where it is, why), then its traces
 //   #/config           the configuration and its changes
 // `#<order id>` (the incident webhook's links) opens that order. Everything is built with DOM
 // calls and textContent, never from HTML strings. Each person sees only the controls their role
-// allows (support reads; a developer changes the configuration; an admin also the retention,
-// incidents and erasures); the API checks every request again.
+// allows (support reads; a developer changes the configuration and repairs disagreements; an
+// admin also the retention, incidents and erasures); the API checks every request again.
 "use strict";
 
 // ---------------------------------------------------------------------------------------------
@@ -66,6 +68,9 @@ function millis(ms) {
 const when = (iso) => new Date(iso).toLocaleString(undefined, { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit", second: "2-digit" });
 const clock = (iso) => new Date(iso).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
 const short = (id) => (id.length > 12 ? `${id.slice(0, 8)}…` : id);
+// An order id shortened to its beginning and its end: UUIDv7s made within the same minute begin
+// alike, and the orders a list holds often were.
+const shortEnds = (id) => (id.length > 16 ? `${id.slice(0, 8)}…${id.slice(-4)}` : id);
 const words = (code) => String(code).replaceAll("_", " ");
 
 async function json(path) {
@@ -146,6 +151,7 @@ function route() {
   } else {
     document.title = "order-watch";
     showView("floor");
+    refreshReconciliation();
   }
 }
 window.addEventListener("hashchange", route);
@@ -263,11 +269,13 @@ async function showOrder(id) {
   nav.textContent = `Order ${short(id)}`;
   showView("order");
   $("order-title").textContent = `Order ${id}`;
-  for (const part of ["order-badge", "order-ids", "explanations", "timeline", "order-gaps", "order-incidents", "journey-toolbar", "traces", "erase"]) $(part).replaceChildren();
+  for (const part of ["order-badge", "order-ids", "order-reconciliation", "explanations", "timeline", "order-gaps", "order-incidents", "journey-toolbar", "traces", "erase"]) $(part).replaceChildren();
   $("headline").textContent = "Loading…";
   $("order-title").focus();
   const story = json(`/api/orders/${encodeURIComponent(id)}/story`);
   const trip = json(`/api/orders/${encodeURIComponent(id)}/journey`);
+  // Every disagreement, those still under the threshold too, to find this order's among them.
+  const agreement = json(`/api/reconciliation?all=true&limit=${DISAGREEMENTS_READ}`).catch((e) => e);
   try {
     renderStory(await story);
   } catch (e) {
@@ -280,6 +288,8 @@ async function showOrder(id) {
     trip.catch(() => {});
     return;
   }
+  const answer = await agreement;
+  if (orderShown === id) renderAgreement(id, answer);
   try {
     renderJourney(await trip);
   } catch (e) {
@@ -847,6 +857,262 @@ function connectLive() {
     setTimeout(connectLive, backoff);
     backoff = Math.min(backoff * 2, 30000);
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reconciliation: do Shop, CRM, MES and order-watch agree on each order's status?
+//
+// The floor's live feed does not carry it, so the panel reads GET /api/reconciliation when the
+// floor opens, then every reconciliation round's interval (at least 10 s, at most a minute) while
+// the floor is shown and the tab visible, and once more just after the next round when a
+// repair was asked. An order's story reads it once, to say whether the systems disagree on it.
+
+const HOLDERS = ["shop-api", "crm-api", "mes-api", "order-watch"];
+const holderName = { "shop-api": "Shop", "crm-api": "CRM", "mes-api": "MES", "order-watch": "order-watch" };
+const nameOf = (holder) => holderName[holder] || holder;
+// Who moves an order into each status, and so whose word on it counts (domain's
+// OrderStatus::owner); every status not named here is MES's.
+const statusOwner = {
+  created: "shop-api", submitted: "shop-api", confirmed: "shop-api", cancelled: "shop-api",
+  registered: "crm-api", shipped: "crm-api", delivered: "crm-api",
+};
+const ownerOf = (status) => statusOwner[status] || "mes-api";
+// What a system that lags behind has not heard of yet.
+const news = {
+  created: "the order", submitted: "the order's hand-over", registered: "the order's registration",
+  pricing: "the price calculation", priced: "the price", confirmed: "the customer's acceptance of the price",
+  in_production: "production starting", quality_check: "the quality check", ready: "the order being ready to ship",
+  shipped: "the shipment", delivered: "the delivery", rejected: "the rejection", cancelled: "the cancellation",
+  failed: "the failure",
+};
+const quoted = (status) => `“${words(status)}”`;
+// Most disagreements the panel lists (the longest first), and the story reads to find its order.
+const DISAGREEMENTS_SHOWN = 50;
+const DISAGREEMENTS_READ = 1000;
+
+// How one holder disagrees with the owner's status, in words a support agent can repeat (the
+// holder is named before it: "CRM has not heard of the price yet (lagging)").
+function mismatchPredicate(m, d) {
+  switch (m.kind) {
+    case "lagging":
+      return `has not heard of ${news[d.status] || `the move to ${quoted(d.status)}`} yet (lagging)`;
+    case "ahead":
+      return `is ahead: ${nameOf(ownerOf(m.holds))}, whose step ${quoted(m.holds)} is, does not say so (ahead)`;
+    case "missing":
+      return "does not know the order at all (missing)";
+    case "diverged":
+      return `says the order ended otherwise than ${nameOf(d.owner)}'s ${quoted(d.status)} (diverged)`;
+    default:
+      return `disagrees (${words(m.kind)})`;
+  }
+}
+const mismatchWords = (m, d) => `${nameOf(m.system)} ${mismatchPredicate(m, d)}`;
+
+function ownerWords(d) {
+  return d.status && d.owner
+    ? `${nameOf(d.owner)}, whose step it is, says ${quoted(d.status)}.`
+    : "No system says it made any of the statuses held.";
+}
+
+// What `holder` says of the disagreeing order `d`: its status (amber when it disagrees), how,
+// since when, and whether the status is its own step.
+function holderCell(d, holder) {
+  const view = d.views[holder];
+  const mismatch = d.mismatches.find((m) => m.system === holder);
+  const cell = el("div", null, "holds");
+  cell.dataset.holder = holder;
+  cell.append(el("span", view ? words(view.status) : "does not know it", mismatch ? "badge warn" : view ? "badge done" : "muted"));
+  const about = [mismatch ? words(mismatch.kind) : "", holder === d.owner ? "its step" : "", view ? `since ${when(view.since)}` : ""];
+  cell.append(el("span", about.filter(Boolean).join(" · "), "about"));
+  return cell;
+}
+
+let reconciliation = null; // the latest answer the panel shows
+let reconciliationTimer = null;
+let reconciliationReads = 0; // answers to older reads than the latest are dropped
+const repairing = new Set(); // orders whose repair is under way
+
+const floorVisible = () => !$("view-floor").hidden && !document.hidden;
+const pollSeconds = () => Math.min(60, Math.max(10, (reconciliation && reconciliation.interval_seconds) || 10));
+
+function scheduleReconciliation(seconds = pollSeconds()) {
+  clearTimeout(reconciliationTimer);
+  // Off the floor, or in a hidden tab, it is read again when the floor shows.
+  reconciliationTimer = setTimeout(() => { if (floorVisible()) refreshReconciliation(); }, seconds * 1000);
+}
+document.addEventListener("visibilitychange", () => { if (floorVisible()) refreshReconciliation(); });
+
+async function refreshReconciliation() {
+  const read = ++reconciliationReads;
+  let view;
+  try {
+    view = await json(`/api/reconciliation?limit=${DISAGREEMENTS_SHOWN}`);
+  } catch (e) {
+    if (read === reconciliationReads) {
+      const line = $("reconciliation-read");
+      line.className = "error";
+      line.textContent = `Reconciliation cannot be read (${clock(new Date().toISOString())}): ${e.message}` +
+        (reconciliation ? "; what is shown is from the last reading." : "");
+      scheduleReconciliation();
+    }
+    return;
+  }
+  if (read !== reconciliationReads) return;
+  renderReconciliation(view);
+  scheduleReconciliation();
+}
+
+function renderReconciliation(view) {
+  reconciliation = view;
+  const after = spell(view.threshold_seconds);
+  const now = el("div", null, view.accuracy === 1 ? "card good" : "card");
+  now.append(el("b", "Systems agree now"), el("div", percent(view.accuracy), "figure"),
+    el("div", `${view.agreeing} of ${view.tracked} orders tracked (those whose status changed lately)`, "muted"));
+  const day = el("div", null, view.accuracy_24h === 1 ? "card good" : "card");
+  day.append(el("b", "Systems agreed over 24 h"), el("div", percent(view.accuracy_24h), "figure"),
+    el("div", "of the orders tracked, at each comparison", "muted"));
+  const listed = el("div", null, view.listed_orders ? "card bad" : "card good");
+  listed.append(el("b", `Disagreeing for over ${after}`), el("div", String(view.listed_orders), "figure"),
+    el("div", view.listed_orders === 1 ? "order, listed below" : view.listed_orders ? "orders, listed below" : "orders", "muted"));
+  $("reconciliation-figures").replaceChildren(now, day, listed);
+
+  const head = $("disagreements-head");
+  if (isDeveloper() && head.children.length === 7) head.append(el("th", "repair"));
+  // The focus stays where it was when the rows are made again.
+  const active = document.activeElement;
+  const focused = active && $("reconciliation").contains(active) ? active.dataset.key : undefined;
+  const body = $("disagreements");
+  body.replaceChildren();
+  if (!view.disagreements.length) {
+    const empty = view.tracked
+      ? `No order has disagreed for over ${after}: Shop, CRM, MES and order-watch agree, or are catching up with a change.`
+      : "No order is tracked: reconciliation compares the orders whose status changed lately (and does not run while no system of record is configured).";
+    const tr = row([el("span", empty, "muted")]);
+    tr.firstChild.colSpan = head.children.length;
+    body.append(tr);
+  }
+  for (const d of view.disagreements) {
+    const link = orderLink(d.order_id, shortEnds(d.order_id));
+    link.title = `order ${d.order_id}`;
+    link.dataset.key = `order:${d.order_id}`;
+    const since = el("span", spell(d.disagreeing_seconds));
+    since.title = `since ${when(d.disagreeing_since)}`;
+    const differs = el("div", null, "differs");
+    const list = el("ul");
+    for (const m of d.mismatches) list.append(el("li", mismatchWords(m, d)));
+    differs.append(el("span", ownerWords(d)), list);
+    differs.title = `For developers: ${d.summary}`;
+    const cells = [link, since, ...HOLDERS.map((holder) => holderCell(d, holder)), differs];
+    if (isDeveloper()) cells.push(repairButton(d, showRepairOnFloor));
+    const tr = row(cells);
+    tr.dataset.order = d.order_id;
+    body.append(tr);
+  }
+  if (focused) (body.querySelector(`[data-key="${focused}"]`) || $("reconciliation-title")).focus();
+
+  const read = $("reconciliation-read");
+  read.className = "muted";
+  const shown = view.listed_orders > view.disagreements.length ? ` The ${view.disagreements.length} longest of ${view.listed_orders} are shown.` : "";
+  read.textContent = `Read at ${clock(new Date().toISOString())}, again every ${spell(pollSeconds())}; the systems are compared every ${spell(view.interval_seconds)}, ` +
+    `and an order is listed once they have disagreed on it for ${after}.${shown}`;
+}
+
+// A developer's (or an admin's) button that asks the system whose step the order's status is to
+// send its messages again; `show` says what came of it. While the repair is under way it says so
+// and does nothing, but keeps the focus (a disabled button would drop it).
+function repairButton(d, show) {
+  const b = button("Repair", () => { if (!repairing.has(d.order_id)) repair(d.order_id, show); }, "secondary");
+  b.dataset.key = `repair:${d.order_id}`;
+  b.setAttribute("aria-label", `Repair order ${d.order_id}`);
+  b.title = "Ask the system whose step it is to send its messages about the order again (recorded under your name)";
+  markRepairing(b, d.order_id);
+  return b;
+}
+
+function markRepairing(b, id) {
+  const busy = repairing.has(id);
+  b.textContent = busy ? "Repairing…" : "Repair";
+  if (busy) b.setAttribute("aria-disabled", "true");
+  else b.removeAttribute("aria-disabled");
+}
+
+async function repair(id, show) {
+  repairing.add(id);
+  show(id, null);
+  let outcome;
+  try {
+    const done = await send("POST", `/api/reconciliation/${encodeURIComponent(id)}/repair`);
+    outcome = done.outcome === "failed"
+      ? { ok: false, text: `Repair of order ${id} failed: ${done.detail}. Recorded under your name.` }
+      : { ok: true, text: `Repair of order ${id} asked: ${done.detail}. Recorded under your name; the order is compared again at the next round.` };
+  } catch (e) {
+    outcome = { ok: false, text: `Repair of order ${id} not done: ${e.message}` };
+  } finally {
+    repairing.delete(id);
+  }
+  show(id, outcome);
+}
+
+// On the floor: the result under the panel, the rows read again, and again after the next
+// round, which compares the order anew.
+async function showRepairOnFloor(id, outcome) {
+  if (!outcome) {
+    $("reconciliation-status").textContent = "";
+    $("reconciliation-error").textContent = "";
+    if (reconciliation) renderReconciliation(reconciliation);
+    return;
+  }
+  $(outcome.ok ? "reconciliation-status" : "reconciliation-error").textContent = outcome.text;
+  await refreshReconciliation();
+  scheduleReconciliation(Math.max(2, ((reconciliation && reconciliation.interval_seconds) || 10) + 1));
+}
+
+// An order's story, near its top: whether the systems disagree on it, and what each says.
+function renderAgreement(id, answer) {
+  const box = $("order-reconciliation");
+  box.replaceChildren();
+  if (answer instanceof Error) {
+    box.append(el("p", `Whether Shop, CRM, MES and order-watch agree on this order cannot be read: ${answer.message}`, "muted"));
+    return;
+  }
+  const d = answer.disagreements.find((x) => x.order_id === id);
+  if (!d) return;
+  const listed = Boolean(d.listed_at);
+  const note = el("div", null, listed ? "explanation disagreement" : "explanation catching-up");
+  note.setAttribute("role", listed ? "alert" : "note");
+  note.append(el("h3", listed ? "The systems disagree about this order" : "The systems are catching up with this order"));
+  note.append(el("p", listed
+    ? `For ${spell(d.disagreeing_seconds)} (since ${when(d.disagreeing_since)}) Shop, CRM, MES and order-watch have not agreed on where this order is. ${ownerWords(d)}`
+    : `Its latest change has not reached every system yet (for ${spell(d.disagreeing_seconds)}; it is listed on the floor after ${spell(answer.threshold_seconds)}). ${ownerWords(d)}`, "say"));
+  const holders = el("ul", null, "holders");
+  for (const holder of HOLDERS) {
+    const view = d.views[holder];
+    const mismatch = d.mismatches.find((m) => m.system === holder);
+    const li = el("li");
+    li.dataset.holder = holder;
+    li.append(el("b", `${nameOf(holder)}: `), view ? `${quoted(view.status)} since ${when(view.since)}` : "does not know it");
+    if (holder === d.owner) li.append(" (its step)");
+    if (mismatch) li.append(" — ", el("span", mismatchPredicate(mismatch, d), "differs"));
+    holders.append(li);
+  }
+  note.append(holders);
+  const shop = d.views["shop-api"];
+  note.append(el("p", shop ? `The customer sees what Shop says: ${quoted(shop.status)}.` : "Shop does not know this order: the customer does not see it.", "customer"));
+  const dev = el("p", null, "dev");
+  dev.append(`For developers: ${d.summary}`);
+  if (isDeveloper()) {
+    const result = el("span", null, "repair-result");
+    result.setAttribute("role", "status");
+    const show = (order, outcome) => {
+      markRepairing(ask, order);
+      result.className = outcome ? (outcome.ok ? "repair-result saved" : "repair-result error") : "repair-result";
+      result.textContent = outcome ? outcome.text : "";
+    };
+    const ask = repairButton(d, show);
+    dev.append(" · ", ask, " ", result);
+  }
+  note.append(dev);
+  box.append(note);
 }
 
 // ---------------------------------------------------------------------------------------------
