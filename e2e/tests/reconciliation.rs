@@ -172,6 +172,13 @@ async fn an_order_missing_from_crm_is_listed_missing_and_shop_announcing_it_agai
     )
     .await;
 
+    assert_eq!(
+        watch
+            .metric("order_watch_reconciliation_enabled", &[])
+            .await,
+        1.0,
+        "a reconciling replica says so"
+    );
     let repaired = repair(&watch, id).await;
     assert_eq!(repaired["asked"][0]["system"], "shop-api");
     let sent: Vec<&str> = repaired["asked"][0]["messages"]

@@ -22,6 +22,7 @@
 //! (Prometheus's `hallmark:*:p95_5m` over all of them is what alerts use).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -199,6 +200,7 @@ pub struct Metrics {
     recent_price: Mutex<Samples>,
     recent_delivery: Mutex<Samples>,
     reconciliation: Arc<RwLock<Figures>>,
+    reconciling: Arc<AtomicBool>,
     _gauges: Vec<ObservableGauge<u64>>,
     _ratio: ObservableGauge<f64>,
     _accuracy: ObservableGauge<f64>,
@@ -250,6 +252,8 @@ impl Metrics {
             reconciliation.clone(),
             reconciliation.clone(),
         );
+        let reconciling = Arc::new(AtomicBool::new(false));
+        let reconciling_gauge = reconciling.clone();
         Self {
             ingested: meter
                 .u64_counter("order_watch.spans.ingested")
@@ -348,6 +352,13 @@ impl Metrics {
                         }
                     })
                     .build(),
+                meter
+                    .u64_observable_gauge("order_watch.reconciliation.enabled")
+                    .with_description("1 when this replica takes part in reconciliation rounds, 0 when reconciliation is off (ORDER_WATCH_RECONCILE, or no system's address)")
+                    .with_callback(move |observer| {
+                        observer.observe(u64::from(reconciling_gauge.load(Ordering::Relaxed)), &[]);
+                    })
+                    .build(),
                 per_stage("order_watch.orders.open", "Open (non-terminal) orders per stage", Count::Open),
                 per_stage(
                     "order_watch.orders.stuck",
@@ -372,7 +383,14 @@ impl Metrics {
             recent_price: Mutex::default(),
             recent_delivery: Mutex::default(),
             reconciliation,
+            reconciling,
         }
+    }
+
+    /// Says whether this replica runs reconciliation rounds (the `enabled` gauge, which tells
+    /// a reconciler switched off from a stalled one).
+    pub fn set_reconciling(&self, on: bool) {
+        self.reconciling.store(on, Ordering::Relaxed);
     }
 
     pub fn record_ingest(&self, accepted: u64, ignored: u64, rejected: u64) {

@@ -194,6 +194,7 @@ impl Application {
             );
         }
         if settings.reconcile.enabled && !settings.records.urls.is_empty() {
+            metrics.set_reconciling(true);
             tasks.spawn(
                 Reconciler {
                     pool: pool.clone(),
