@@ -169,7 +169,10 @@ impl Reconciler {
         let round = self
             .apply(now, compared, unanswered, &changes, more)
             .await?;
-        self.metrics.record_reconcile_round(started.elapsed());
+        // A round whose lease another replica took meanwhile recorded nothing: not a round.
+        if round.ran {
+            self.metrics.record_reconcile_round(started.elapsed());
+        }
         Ok(round)
     }
 
