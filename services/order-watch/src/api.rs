@@ -23,7 +23,8 @@
 //!   become incidents.
 //! * `GET /api/reconciliation?all=true`: whether the systems agree on the recently changed
 //!   orders (accuracy now and over 24 hours), and the orders they disagree on past the threshold
-//!   (all disagreeing ones with `all`), with what each system says.
+//!   (all disagreeing ones with `all`; one order's alone with `order_id`), with what each
+//!   system says.
 //! * `POST /api/reconciliation/{order_id}/repair` (developer): ask the owner of the order's
 //!   status to publish it again (see [`crate::reconcile::repair`]); audited.
 //!   `GET /api/reconciliation/repairs`: the repairs asked for.
@@ -557,6 +558,8 @@ struct ReconciliationQuery {
     limit: Option<i64>,
     /// Every disagreeing order, those under the threshold (in flight) too.
     all: Option<bool>,
+    /// Only this order's disagreement, if it has one (the order's story asks so).
+    order_id: Option<Uuid>,
 }
 
 /// `GET /api/reconciliation`'s answer.
@@ -583,9 +586,14 @@ async fn reconciliation_view(
     })?;
     let now = state.clock.now();
     let figures = reconciliation::store::figures(&state.pool, now).await?;
-    let disagreements =
-        reconciliation::store::disagreements(&state.pool, now, query.all.unwrap_or(false), limit)
-            .await?;
+    let disagreements = reconciliation::store::disagreements(
+        &state.pool,
+        now,
+        query.all.unwrap_or(false),
+        query.order_id,
+        limit,
+    )
+    .await?;
     Ok(axum::Json(ReconciliationView {
         threshold_seconds: state.reconcile.after.as_secs(),
         interval_seconds: state.reconcile.interval.as_secs(),

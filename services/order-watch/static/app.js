@@ -274,8 +274,8 @@ async function showOrder(id) {
   $("order-title").focus();
   const story = json(`/api/orders/${encodeURIComponent(id)}/story`);
   const trip = json(`/api/orders/${encodeURIComponent(id)}/journey`);
-  // Every disagreement, those still under the threshold too, to find this order's among them.
-  const agreement = json(`/api/reconciliation?all=true&limit=${DISAGREEMENTS_READ}`).catch((e) => e);
+  // This order's disagreement, one still under the threshold too.
+  const agreement = json(`/api/reconciliation?all=true&order_id=${encodeURIComponent(id)}`).catch((e) => e);
   try {
     renderStory(await story);
   } catch (e) {
@@ -886,9 +886,8 @@ const news = {
   failed: "the failure",
 };
 const quoted = (status) => `“${words(status)}”`;
-// Most disagreements the panel lists (the longest first), and the story reads to find its order.
+// Most disagreements the panel lists (the longest first).
 const DISAGREEMENTS_SHOWN = 50;
-const DISAGREEMENTS_READ = 1000;
 
 // How one holder disagrees with the owner's status, in words a support agent can repeat (the
 // holder is named before it: "CRM has not heard of the price yet (lagging)").

@@ -454,6 +454,7 @@ pub async fn disagreements(
     pool: &PgPool,
     now: DateTime<Utc>,
     all: bool,
+    order_id: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Disagreement>, ReadError> {
     #[derive(sqlx::FromRow)]
@@ -468,10 +469,12 @@ pub async fn disagreements(
               AND i.order_id = r.order_id) AS incident_id \
          FROM reconcile_orders r \
          WHERE disagreeing_since IS NOT NULL AND ($1 OR listed_at IS NOT NULL) \
+             AND ($3::uuid IS NULL OR order_id = $3) \
          ORDER BY disagreeing_since, order_id LIMIT $2"
     ))
     .bind(all)
     .bind(limit)
+    .bind(order_id)
     .fetch_all(pool)
     .db("SELECT reconcile_orders")
     .await?;

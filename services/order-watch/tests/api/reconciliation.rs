@@ -106,6 +106,16 @@ async fn a_system_lagging_past_the_threshold_is_listed_with_one_incident_until_t
     let (_, listed) = app.get("/api/reconciliation").await;
     assert_eq!(listed["disagreements"], serde_json::json!([]));
     assert!(app.incidents().await.is_empty());
+    // Asked about one order, the answer has its disagreement alone, or none.
+    let (_, one) = app
+        .get(&format!("/api/reconciliation?all=true&order_id={lagging}"))
+        .await;
+    assert_eq!(one["disagreements"].as_array().unwrap().len(), 1, "{one}");
+    assert_eq!(one["disagreements"][0]["order_id"], lagging.to_string());
+    let (_, none) = app
+        .get(&format!("/api/reconciliation?all=true&order_id={agreeing}"))
+        .await;
+    assert_eq!(none["disagreements"], serde_json::json!([]));
 
     // Past the threshold: listed, with one incident, announced.
     app.clock.advance(RECONCILE_AFTER);
