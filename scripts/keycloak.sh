@@ -204,7 +204,7 @@ stop_keycloak() {
 print_keycloak() {
   say "Keycloak (SSO stand-in): $(keycloak_url)/admin/ (master realm: $HALLMARK_KEYCLOAK_ADMIN); issuer $(keycloak_issuer hallmark)"
   say "  demo users (local only; password = name): support (read), developer (read + configuration), workshop (production, shipping, delivery), admin (everything)"
-  say "  service identities (client credentials): alertmanager (alert-sender) posts alerts to order-watch; order-watch-service (status-reader) reads the services' status listings"
+  say "  service identities (client credentials): alertmanager (alert-sender) posts alerts to order-watch; order-watch-service reads the services' status listings (status-reader), tightens partners' rates during incidents (limit-controller) and asks for a republish to repair a disagreement (status-republisher)"
   say "  demo partners (client credentials, role partner): partner-acme, partner-globex (secrets HALLMARK_PARTNER_ACME_SECRET, HALLMARK_PARTNER_GLOBEX_SECRET)"
   say "  a token: curl -d grant_type=password -d client_id=hallmark-cli -d username=support -d password=support $(keycloak_issuer hallmark)/protocol/openid-connect/token"
 }
