@@ -280,7 +280,7 @@ impl OrderWatch {
             auth: order_watch::auth::AuthConfig::Open,
             jaeger_url: None,
             // What is measured here is ingest and detection; reconciliation has its own
-            // benchmark (e2e/benches/reconciliation.rs).
+            // benchmark (services/order-watch/benches/reconciliation.rs).
             reconcile: order_watch::reconcile::ReconcileConfig {
                 enabled: false,
                 ..order_watch::reconcile::ReconcileConfig::default()
