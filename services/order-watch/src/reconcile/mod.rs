@@ -54,7 +54,7 @@ use crate::clock::Clock;
 use crate::incidents::{self, Announcer, Disagreeing};
 use crate::metrics::Metrics;
 use crate::records::{AskError, Records};
-use store::Tracked;
+use store::{Cursor, Tracked};
 use verdict::{Holder, Judgement, View, Views};
 
 /// How long a round is left to the replica that claimed it.
@@ -91,8 +91,65 @@ pub struct Round {
 struct Changes {
     orders: Vec<HeldStatus>,
     /// Where the next round starts.
-    cursor: ChangedSince,
+    cursor: Cursor,
     more: bool,
+}
+
+/// Where a round reads a system's changes from. Changes are stamped when their transaction
+/// began and may commit up to the overlap later, so a change the last round could not see yet
+/// is stamped at or after that round's start less the overlap: the reading starts there, or at
+/// the cursor itself when that is earlier — a reading behind by more than the overlap (a
+/// backlog, a round that stopped at `max_pages`) goes on where it stopped instead of re-reading
+/// the overlap each round and never getting past it. Without a cursor: the overlap before now.
+fn reading_start(
+    cursor: Option<Cursor>,
+    now: DateTime<Utc>,
+    overlap: chrono::Duration,
+) -> ChangedSince {
+    match cursor {
+        None => ChangedSince::from(now - overlap),
+        Some(Cursor {
+            position,
+            read_at: Some(read_at),
+        }) => {
+            let floor = read_at - overlap;
+            if position.since < floor {
+                position
+            } else {
+                ChangedSince::from(floor)
+            }
+        }
+        // A cursor saved before its round's time was kept.
+        Some(Cursor {
+            position,
+            read_at: None,
+        }) => ChangedSince::from(position.since - overlap),
+    }
+}
+
+/// The cursor a round that began at `now` leaves, having read up to `end` (the position after
+/// its last change), to the end of the listing or not (`more`). A reading that reached the end
+/// saw every change from its start that had committed: the cursor takes the round's time. One
+/// that stopped at `max_pages` moves the cursor only when it got past it; stopped short (while
+/// re-reading the overlap) it leaves the cursor as it was, its round's time included.
+fn next_cursor(
+    last: Option<Cursor>,
+    end: Option<ChangedSince>,
+    more: bool,
+    now: DateTime<Utc>,
+) -> Cursor {
+    let key = |p: ChangedSince| (p.since, p.after);
+    let advanced = end.filter(|end| last.is_none_or(|last| key(*end) > key(last.position)));
+    let read = |position| Cursor {
+        position,
+        read_at: Some(now),
+    };
+    match (advanced, last) {
+        (Some(end), _) => read(end),
+        (None, Some(last)) if more => last,
+        (None, Some(last)) => read(last.position),
+        (None, None) => read(ChangedSince::from(now)),
+    }
 }
 
 impl Reconciler {
@@ -176,34 +233,43 @@ impl Reconciler {
         Ok(round)
     }
 
-    /// Every system's changes since its cursor (less the overlap), the systems at once.
+    /// Every system's changes since its cursor (see [`reading_start`]), the systems at once.
     async fn read_changes(
         &self,
-        cursors: &BTreeMap<System, ChangedSince>,
+        cursors: &BTreeMap<System, Cursor>,
         now: DateTime<Utc>,
     ) -> BTreeMap<System, Result<Changes, AskError>> {
-        let overlap = chrono_duration(self.config.overlap);
         let read = System::ALL.map(|system| {
-            let cursor = cursors
-                .get(&system)
-                .copied()
-                .unwrap_or_else(|| ChangedSince::from(now - overlap));
-            async move { (system, self.read_system(system, cursor).await) }
+            let cursor = cursors.get(&system).copied();
+            async move { (system, self.read_system(system, cursor, now).await) }
         });
         join_all(read).await.into_iter().collect()
     }
 
-    async fn read_system(&self, system: System, cursor: ChangedSince) -> Result<Changes, AskError> {
-        let mut from = ChangedSince::from(cursor.since - chrono_duration(self.config.overlap));
+    async fn read_system(
+        &self,
+        system: System,
+        cursor: Option<Cursor>,
+        now: DateTime<Utc>,
+    ) -> Result<Changes, AskError> {
+        let overlap = chrono_duration(self.config.overlap);
+        let mut from = reading_start(cursor, now, overlap);
         let mut orders = Vec::new();
+        // Pages past the cursor: those re-reading the overlap behind it do not count, so that a
+        // round always gets past it, however many changes the overlap holds.
         let mut pages = 0;
         let mut more = false;
+        let past_cursor = |at: ChangedSince| {
+            cursor.is_none_or(|c| (at.since, at.after) >= (c.position.since, c.position.after))
+        };
         loop {
             let page = self
                 .records
                 .changed(system, from, self.config.page_size)
                 .await;
-            pages += 1;
+            if past_cursor(from) {
+                pages += 1;
+            }
             self.metrics
                 .record_reconcile_requests(system, "changed", page.is_ok(), 1);
             let page = page.inspect_err(|err| {
@@ -212,7 +278,7 @@ impl Reconciler {
             })?;
             orders.extend(page.orders);
             match page.next {
-                Some(next) if pages < self.config.max_pages => from = next,
+                Some(next) if pages < self.config.max_pages || !past_cursor(next) => from = next,
                 Some(_) => {
                     more = true;
                     break;
@@ -220,12 +286,7 @@ impl Reconciler {
                 None => break,
             }
         }
-        // Where this round's reading ended, never behind where the last one did.
-        let cursor = orders
-            .last()
-            .map(ChangedSince::after)
-            .filter(|end| (end.since, end.after) > (cursor.since, cursor.after))
-            .unwrap_or(cursor);
+        let cursor = next_cursor(cursor, orders.last().map(ChangedSince::after), more, now);
         Ok(Changes {
             orders,
             cursor,
@@ -472,4 +533,124 @@ fn disagreeing(row: &Tracked) -> Disagreeing {
 
 fn chrono_duration(duration: Duration) -> chrono::Duration {
     chrono::Duration::from_std(duration).unwrap_or_else(|_| chrono::Duration::days(36_500))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    fn position(seconds: i64) -> ChangedSince {
+        ChangedSince {
+            since: at(seconds),
+            after: Some(Uuid::from_u128(seconds as u128)),
+        }
+    }
+
+    const OVERLAP: chrono::Duration = chrono::Duration::seconds(30);
+
+    #[test]
+    fn a_reading_caught_up_starts_the_overlap_before_its_last_round() {
+        let cursor = Cursor {
+            position: position(95),
+            read_at: Some(at(100)),
+        };
+        assert_eq!(
+            reading_start(Some(cursor), at(110), OVERLAP),
+            ChangedSince::from(at(70))
+        );
+    }
+
+    #[test]
+    fn a_reading_behind_by_more_than_the_overlap_goes_on_exactly_where_it_stopped() {
+        let cursor = Cursor {
+            position: position(20),
+            read_at: Some(at(100)),
+        };
+        assert_eq!(reading_start(Some(cursor), at(101), OVERLAP), position(20));
+    }
+
+    #[test]
+    fn without_a_cursor_or_its_time_the_reading_starts_an_overlap_back() {
+        assert_eq!(
+            reading_start(None, at(100), OVERLAP),
+            ChangedSince::from(at(70))
+        );
+        let old = Cursor {
+            position: position(95),
+            read_at: None,
+        };
+        assert_eq!(
+            reading_start(Some(old), at(100), OVERLAP),
+            ChangedSince::from(at(65))
+        );
+    }
+
+    #[test]
+    fn a_round_stopped_short_of_the_cursor_leaves_it_and_its_time_as_they_were() {
+        let last = Cursor {
+            position: position(95),
+            read_at: Some(at(100)),
+        };
+        assert_eq!(
+            next_cursor(Some(last), Some(position(80)), true, at(110)),
+            last
+        );
+        // Having read to the end, it saw everything committed since its start.
+        assert_eq!(
+            next_cursor(Some(last), Some(position(80)), false, at(110)),
+            Cursor {
+                position: position(95),
+                read_at: Some(at(110)),
+            }
+        );
+        assert_eq!(
+            next_cursor(Some(last), Some(position(105)), true, at(110)),
+            Cursor {
+                position: position(105),
+                read_at: Some(at(110)),
+            }
+        );
+    }
+
+    /// The stall the benchmark found: more changes within one overlap than a round may read.
+    /// Each round reads at most `cap` changes; a backlog of changes one a second is worked off
+    /// instead of the same overlap being read again and again.
+    #[test]
+    fn a_backlog_larger_than_a_round_is_worked_off() {
+        let cap = 10;
+        let stamps: Vec<i64> = (0..200).collect();
+        let mut cursor = None;
+        let now = at(200);
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let start = reading_start(cursor, now, OVERLAP);
+            // As `read_system` pages: what re-reads the overlap behind the cursor is not
+            // counted against the cap.
+            let behind = |p: &ChangedSince| {
+                cursor.is_some_and(|c: Cursor| {
+                    (p.since, p.after) <= (c.position.since, c.position.after)
+                })
+            };
+            let listed: Vec<ChangedSince> = stamps
+                .iter()
+                .map(|s| position(*s))
+                .filter(|p| (p.since, p.after) >= (start.since, start.after))
+                .collect();
+            let overlap = listed.iter().take_while(|p| behind(p)).count();
+            let read: Vec<ChangedSince> = listed.iter().take(overlap + cap).copied().collect();
+            let more = listed.len() > read.len();
+            let end = read.last().copied();
+            cursor = Some(next_cursor(cursor, end, more, now));
+            if !more {
+                break;
+            }
+            assert!(rounds < 100, "the reading does not advance: {cursor:?}");
+        }
+        assert_eq!(cursor.unwrap().position, position(199));
+    }
 }

@@ -73,17 +73,34 @@ pub async fn finish_round(
     Ok(true)
 }
 
+/// Where a system's changes were read up to, and when.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cursor {
+    /// The position after the last change read.
+    pub position: ChangedSince,
+    /// When the round that read up to `position` began (none for a cursor saved before this was
+    /// recorded).
+    pub read_at: Option<DateTime<Utc>>,
+}
+
 /// Where each system's changes were read up to.
-pub async fn cursors(pool: &PgPool) -> Result<BTreeMap<System, ChangedSince>, sqlx::Error> {
-    let rows: Vec<(String, DateTime<Utc>, Option<Uuid>)> =
-        sqlx::query_as("SELECT system, since, after FROM reconcile_cursors")
+pub async fn cursors(pool: &PgPool) -> Result<BTreeMap<System, Cursor>, sqlx::Error> {
+    type Row = (String, DateTime<Utc>, Option<Uuid>, Option<DateTime<Utc>>);
+    let rows: Vec<Row> =
+        sqlx::query_as("SELECT system, since, after, read_at FROM reconcile_cursors")
             .fetch_all(pool)
             .db("SELECT reconcile_cursors")
             .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(name, since, after)| match Holder::parse(&name) {
-            Some(Holder::System(system)) => Some((system, ChangedSince { since, after })),
+        .filter_map(|(name, since, after, read_at)| match Holder::parse(&name) {
+            Some(Holder::System(system)) => Some((
+                system,
+                Cursor {
+                    position: ChangedSince { since, after },
+                    read_at,
+                },
+            )),
             _ => None,
         })
         .collect())
@@ -92,15 +109,16 @@ pub async fn cursors(pool: &PgPool) -> Result<BTreeMap<System, ChangedSince>, sq
 pub async fn save_cursor(
     tx: &mut PgConnection,
     system: System,
-    cursor: ChangedSince,
+    cursor: Cursor,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO reconcile_cursors (system, since, after) VALUES ($1, $2, $3) \
-         ON CONFLICT (system) DO UPDATE SET since = $2, after = $3",
+        "INSERT INTO reconcile_cursors (system, since, after, read_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (system) DO UPDATE SET since = $2, after = $3, read_at = $4",
     )
     .bind(system.service_name())
-    .bind(cursor.since)
-    .bind(cursor.after)
+    .bind(cursor.position.since)
+    .bind(cursor.position.after)
+    .bind(cursor.read_at)
     .execute(&mut *tx)
     .db("INSERT reconcile_cursors")
     .await?;

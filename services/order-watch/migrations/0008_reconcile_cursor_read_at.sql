@@ -1,0 +1,5 @@
+-- When the round that left each cursor began: a change that had not committed when that round
+-- read can only be stamped after this less the overlap, so the next round re-reads only from
+-- there (and from the cursor itself when that is earlier: a reading catching up on a backlog
+-- then advances instead of re-reading the overlap for ever). Null for cursors left before.
+ALTER TABLE reconcile_cursors ADD COLUMN read_at TIMESTAMPTZ;
