@@ -33,8 +33,9 @@ pub struct ReconcileConfig {
     /// Orders per changed-since page asked for, 1 to 1000. Env: `ORDER_WATCH_RECONCILE_PAGE`
     /// (default 1000).
     pub page_size: usize,
-    /// Most changed-since pages read from one system in one round; a round that reaches it is
-    /// followed by the next at once. Env: `ORDER_WATCH_RECONCILE_MAX_PAGES` (default 5).
+    /// Most changed-since pages read from one system in one round past where the last round
+    /// stopped (pages re-reading the overlap behind it do not count); a round that reaches it
+    /// is followed by the next at once. Env: `ORDER_WATCH_RECONCILE_MAX_PAGES` (default 5).
     pub max_pages: usize,
     /// Most disagreeing orders compared again in one round. Env:
     /// `ORDER_WATCH_RECONCILE_MAX_RECHECKS` (default 1000).

@@ -10,10 +10,12 @@
 //!    [`ReconcileConfig::interval`] across replicas; a replica that dies mid-round leaves its
 //!    lease to expire after [`LEASE`], and one whose lease was taken meanwhile drops its
 //!    results;
-//! 2. **reads every system's changes** since where the last round stopped, less
-//!    [`ReconcileConfig::overlap`] (changes committed late behind a page already read), a page of
+//! 2. **reads every system's changes** since where the last round stopped, from
+//!    [`ReconcileConfig::overlap`] before that round began when the cursor is not further behind
+//!    (changes committed late behind a page already read; [`reading_start`]), a page of
 //!    [`ReconcileConfig::page_size`] orders at a time, at most [`ReconcileConfig::max_pages`]
-//!    pages per system (the next round then follows at once), the systems at once;
+//!    pages per system past the cursor (the next round then follows at once), the systems at
+//!    once;
 //! 3. **asks** each system by ids about the changed orders its own changes did not list, and
 //!    about the disagreeing orders due to be compared again ([`ReconcileConfig::max_rechecks`] at
 //!    most), [`domain::held::MAX_IDS`] a request, and reads order-watch's own view;
