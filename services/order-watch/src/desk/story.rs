@@ -5,7 +5,7 @@
 //! with the error code for developers.
 //!
 //! Derived, with no storage or clock of its own, from the order's state, its telemetry gaps and
-//! its *telling spans* ([`queries::telling_spans`]: the transitions, and any span that failed,
+//! its *telling spans* ([`crate::store::queries::telling_spans`]: the transitions, and any span that failed,
 //! carries an error code or dead-lettered a message).
 //!
 //! The timeline follows the transition spans that moved the order (progress that did not fail),

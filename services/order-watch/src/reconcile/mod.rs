@@ -12,7 +12,7 @@
 //!    results;
 //! 2. **reads every system's changes** since where the last round stopped, from
 //!    [`ReconcileConfig::overlap`] before that round began when the cursor is not further behind
-//!    (changes committed late behind a page already read; [`reading_start`]), a page of
+//!    (changes committed late behind a page already read; `reading_start`), a page of
 //!    [`ReconcileConfig::page_size`] orders at a time, at most [`ReconcileConfig::max_pages`]
 //!    pages per system past the cursor (the next round then follows at once), the systems at
 //!    once;
