@@ -193,7 +193,12 @@ impl Application {
                 .run(cancel.clone()),
             );
         }
-        if settings.reconcile.enabled && !settings.records.urls.is_empty() {
+        // An order is judged only when all three systems answer for it: with one of them
+        // unknown, rounds would read and compare nothing.
+        let all_systems = domain::System::ALL
+            .iter()
+            .all(|system| settings.records.urls.contains_key(system));
+        if settings.reconcile.enabled && all_systems {
             metrics.set_reconciling(true);
             tasks.spawn(
                 Reconciler {
@@ -207,8 +212,12 @@ impl Application {
                 }
                 .run(cancel.clone()),
             );
+        } else if settings.reconcile.enabled {
+            tracing::warn!(
+                "reconciliation is off: it needs the addresses of Shop, CRM and MES (ORDER_WATCH_SHOP_URL, ORDER_WATCH_CRM_URL, ORDER_WATCH_MES_URL)"
+            );
         } else {
-            tracing::info!("reconciliation is off (ORDER_WATCH_RECONCILE, or no system's address)");
+            tracing::info!("reconciliation is off (ORDER_WATCH_RECONCILE=false)");
         }
         tasks.spawn(
             Detector {

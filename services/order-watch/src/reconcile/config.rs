@@ -9,7 +9,7 @@ use domain::held::MAX_CHANGED_PAGE;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReconcileConfig {
     /// Whether it runs at all. Env: `ORDER_WATCH_RECONCILE` (`true` or `false`; default `true`,
-    /// but it does not run while no system's address is configured).
+    /// but it runs only with the addresses of all three systems of record).
     pub enabled: bool,
     /// Time between the starts of two rounds, across all replicas. Env:
     /// `ORDER_WATCH_RECONCILE_INTERVAL` (default `10s`).
