@@ -151,6 +151,41 @@ async fn with_sso_each_step_of_a_partners_order_is_taken_only_by_the_role_that_o
     assert_eq!(post(&deliver, Some(&workshop), Value::Null).await.0, 200);
     system.until_shop_status(id, "delivered").await;
 
+    // Each service's history names who asked for the moves people and clients made there, and
+    // no one for those it took from another's message.
+    let by = |history: &Value, status: &str| -> Option<String> {
+        history["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|entry| entry["status"] == status)
+            .map(|entry| entry["by"].as_str().unwrap_or("").to_owned())
+    };
+    let (status, at_shop) = get(&format!("{shop}/api/orders/{id}"), Some(&acme)).await;
+    assert_eq!(status, 200, "{at_shop}");
+    assert_eq!(
+        by(&at_shop, "confirmed").unwrap(),
+        "partner acme",
+        "{at_shop}"
+    );
+    assert_eq!(
+        by(&at_shop, "priced").unwrap(),
+        "",
+        "taken from MES's message"
+    );
+    let (status, at_mes) = get(&format!("{mes}/api/orders/{id}"), Some(&support)).await;
+    assert_eq!(status, 200, "{at_mes}");
+    for name in ["in_production", "quality_check", "ready"] {
+        let person = by(&at_mes, name).unwrap();
+        assert!(person.starts_with("workshop ("), "{name}: {at_mes}");
+    }
+    let (status, at_crm) = get(&format!("{crm}/api/orders/{id}"), Some(&support)).await;
+    assert_eq!(status, 200, "{at_crm}");
+    for name in ["shipped", "delivered"] {
+        let person = by(&at_crm, name).unwrap();
+        assert!(person.starts_with("workshop ("), "{name}: {at_crm}");
+    }
+
     // Each refusal was counted by its service.
     assert!(refused(&system, Service::Mes, "forbidden").await >= 1.0);
     assert!(refused(&system, Service::Mes, "unauthenticated").await >= 5.0);

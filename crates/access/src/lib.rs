@@ -73,6 +73,12 @@ impl Identity {
     pub fn has(&self, role: &str) -> bool {
         self.roles.iter().any(|held| includes(held, role))
     }
+
+    /// How audits and histories name them: their name and, in brackets, their subject at the
+    /// identity provider.
+    pub fn audit_name(&self) -> String {
+        format!("{} ({})", self.name, self.subject)
+    }
 }
 
 /// Whether holding `held` grants `role`.

@@ -66,6 +66,9 @@ pub struct HistoryEntry {
     pub source: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
+    /// Who asked for the move, for one a caller asked for (see [`Change::by`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
     pub at: DateTime<Utc>,
 }
 
@@ -127,6 +130,8 @@ pub struct Change {
     pub price: Option<Quote>,
     /// When it happened, when that was before now (e.g. when a message was sent).
     pub at: Option<DateTime<Utc>>,
+    /// Who asked for it: a person's or a client's audit name, recorded in the history.
+    pub by: Option<String>,
 }
 
 impl Change {
@@ -136,7 +141,14 @@ impl Change {
             reason: None,
             price: None,
             at: None,
+            by: None,
         }
+    }
+
+    /// Recorded as made at the request of `by` (an audit name).
+    pub fn by(mut self, by: impl Into<String>) -> Self {
+        self.by = Some(by.into());
+        self
     }
 
     pub fn at(mut self, at: DateTime<Utc>) -> Self {
@@ -211,7 +223,7 @@ impl OrderBook {
         if inserted == 0 {
             return Ok(None);
         }
-        self.record_history(tx, order_id, None, status, source, None, occurred_at)
+        self.record_history(tx, order_id, None, status, source, None, None, occurred_at)
             .await
             .map(Some)
     }
@@ -240,7 +252,8 @@ impl OrderBook {
         order_id: Uuid,
     ) -> Result<Vec<HistoryEntry>, ReadError> {
         let rows: Vec<HistoryRow> = sqlx::query_as(
-            "SELECT order_id, from_status, to_status, source, reason_code, reason, occurred_at \
+            "SELECT order_id, from_status, to_status, source, reason_code, reason, actor, \
+                 occurred_at \
              FROM orderbook.history WHERE order_id = $1 ORDER BY occurred_at, id",
         )
         .bind(order_id)
@@ -354,6 +367,7 @@ impl OrderBook {
             to,
             self.source,
             change.reason.as_ref(),
+            change.by.as_deref(),
             now,
         )
         .await?;
@@ -434,6 +448,7 @@ impl OrderBook {
             change.to,
             &envelope.source,
             change.reason.as_ref(),
+            None,
             envelope.occurred_at,
         )
         .await?;
@@ -520,13 +535,14 @@ impl OrderBook {
         to: OrderStatus,
         source: &str,
         reason: Option<&Reason>,
+        by: Option<&str>,
         occurred_at: DateTime<Utc>,
     ) -> Result<HistoryEntry, sqlx::Error> {
         // The time as stored (PostgreSQL keeps microseconds), so the entry equals a later read.
         let at = sqlx::query_scalar(
             "INSERT INTO orderbook.history \
-             (order_id, from_status, to_status, source, reason_code, reason, occurred_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING occurred_at",
+             (order_id, from_status, to_status, source, reason_code, reason, actor, occurred_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING occurred_at",
         )
         .bind(order_id)
         .bind(from.map(OrderStatus::as_str))
@@ -534,6 +550,7 @@ impl OrderBook {
         .bind(source)
         .bind(reason.map(|r| r.code.as_str()))
         .bind(reason.map(|r| r.message.as_str()))
+        .bind(by)
         .bind(occurred_at)
         .fetch_one(&mut *tx)
         .db("INSERT history")
@@ -543,6 +560,7 @@ impl OrderBook {
             status: to,
             source: source.to_owned(),
             reason: reason.cloned(),
+            by: by.map(str::to_owned),
             at,
         })
     }
@@ -632,6 +650,7 @@ struct HistoryRow {
     source: String,
     reason_code: Option<String>,
     reason: Option<String>,
+    actor: Option<String>,
     occurred_at: DateTime<Utc>,
 }
 
@@ -661,6 +680,7 @@ impl TryFrom<HistoryRow> for HistoryEntry {
             status: parse_column(id, "to_status", &row.to_status)?,
             source: row.source,
             reason,
+            by: row.actor,
             at: row.occurred_at,
         })
     }

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use access::{Gate, Need};
-use axum::Router;
+use access::{Gate, Identity, Need};
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use chrono::{DateTime, Utc};
 use domain::events::Reason;
 use domain::pricing::Quote;
@@ -272,6 +272,7 @@ struct ShipRequest {
 async fn ship(
     State(state): State<AppState>,
     OrderId(order_id): OrderId,
+    caller: Option<Extension<Identity>>,
     body: Bytes,
 ) -> Result<axum::Json<OrderDetail>, ApiError> {
     let request: ShipRequest = if body.iter().all(u8::is_ascii_whitespace) {
@@ -295,7 +296,7 @@ async fn ship(
         ));
     }
     let mut tx = state.pool.begin().await?;
-    step(&state, &mut tx, order_id, OrderStatus::Shipped).await?;
+    step(&state, &mut tx, order_id, OrderStatus::Shipped, caller).await?;
     if let Some(tracking) = tracking {
         sqlx::query("UPDATE orders SET tracking_number = $2 WHERE id = $1")
             .bind(order_id)
@@ -312,21 +313,28 @@ async fn ship(
 async fn deliver(
     State(state): State<AppState>,
     OrderId(order_id): OrderId,
+    caller: Option<Extension<Identity>>,
 ) -> Result<axum::Json<OrderDetail>, ApiError> {
     let mut tx = state.pool.begin().await?;
-    step(&state, &mut tx, order_id, OrderStatus::Delivered).await?;
+    step(&state, &mut tx, order_id, OrderStatus::Delivered, caller).await?;
     tx.commit().await?;
     Ok(axum::Json(load(&state, order_id).await?))
 }
 
-/// A manager's step: new work by a person, linked to the order's earlier trace.
+/// A manager's step: new work by a person, linked to the order's earlier trace, and recorded in
+/// the history under their name (when the service takes tokens).
 async fn step(
     state: &AppState,
     tx: &mut sqlx::PgConnection,
     order_id: Uuid,
     to: OrderStatus,
+    caller: Option<Extension<Identity>>,
 ) -> Result<(), ApiError> {
-    state.orderbook.decide(tx, order_id, Change::to(to)).await?;
+    let mut change = Change::to(to);
+    if let Some(Extension(person)) = caller {
+        change = change.by(person.audit_name());
+    }
+    state.orderbook.decide(tx, order_id, change).await?;
     Ok(())
 }
 

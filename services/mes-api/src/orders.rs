@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use access::{Gate, Need};
-use axum::Router;
+use access::{Gate, Identity, Need};
 use axum::extract::State;
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use chrono::{DateTime, Utc};
 use domain::events::Reason;
 use domain::pricing::Quote;
@@ -129,6 +129,7 @@ const STEPS: [OrderStatus; 3] = [
 async fn production_step(
     State(state): State<AppState>,
     OrderId(order_id): OrderId,
+    caller: Option<Extension<Identity>>,
     Json(request): Json<StepRequest>,
 ) -> Result<axum::Json<OrderView>, ApiError> {
     let step = request
@@ -145,11 +146,12 @@ async fn production_step(
                 ),
             )
         })?;
+    let mut change = Change::to(step);
+    if let Some(Extension(person)) = caller {
+        change = change.by(person.audit_name());
+    }
     let mut tx = state.pool.begin().await?;
-    state
-        .orderbook
-        .decide(&mut tx, order_id, Change::to(step))
-        .await?;
+    state.orderbook.decide(&mut tx, order_id, change).await?;
     tx.commit().await?;
     Ok(axum::Json(load(&state, order_id).await?))
 }

@@ -41,6 +41,18 @@ pub(crate) enum Action {
 }
 
 impl Caller {
+    /// How the order's history names them for a move they asked for: a person by their audit
+    /// name, a partner's client by its partner, a customer by the order's token (no one in
+    /// particular where the gate is open).
+    pub fn audit_name(&self) -> Option<String> {
+        match self {
+            Self::Anonymous => None,
+            Self::OrderToken(_) => Some("the customer (the order's token)".to_owned()),
+            Self::Partner(partner) => Some(format!("partner {partner}")),
+            Self::Staff(person) => Some(person.audit_name()),
+        }
+    }
+
     /// The caller the request's `Authorization` names; 401 for a token that is not valid.
     pub async fn of(state: &AppState, headers: &axum::http::HeaderMap) -> Result<Self, ApiError> {
         let Some(token) = access::bearer(headers) else {

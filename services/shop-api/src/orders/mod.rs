@@ -251,7 +251,13 @@ async fn confirm(
     caller
         .may(&state.pool, &state.tokens, order_id, Action::Decide)
         .await?;
-    decide(&state, order_id, Change::to(OrderStatus::Confirmed)).await
+    decide(
+        &state,
+        order_id,
+        Change::to(OrderStatus::Confirmed),
+        &caller,
+    )
+    .await
 }
 
 /// `POST /api/orders/{order_id}/cancel`, with the order's token: the customer withdraws the
@@ -267,11 +273,20 @@ async fn cancel(
         .await?;
     let change = Change::to(OrderStatus::Cancelled)
         .with_reason("cancelled_by_customer", "the customer cancelled the order");
-    decide(&state, order_id, change).await
+    decide(&state, order_id, change, &caller).await
 }
 
-/// A customer's decision: new work by a person, so its trace links to the order's earlier one.
-async fn decide(state: &AppState, order_id: Uuid, change: Change) -> Result<Response, ApiError> {
+/// A customer's decision: new work by a person, so its trace links to the order's earlier one;
+/// the history names who asked.
+async fn decide(
+    state: &AppState,
+    order_id: Uuid,
+    mut change: Change,
+    caller: &Caller,
+) -> Result<Response, ApiError> {
+    if let Some(by) = caller.audit_name() {
+        change = change.by(by);
+    }
     let mut tx = state.pool.begin().await?;
     state.orderbook.decide(&mut tx, order_id, change).await?;
     tx.commit().await?;
