@@ -68,7 +68,7 @@ use crate::incidents::{self, AlertmanagerMessage, Announcer, Incident, Transitio
 use crate::journey::OrderState;
 use crate::metrics::Metrics;
 use crate::reconcile::repair::{self, RepairError, Repairer};
-use crate::reconcile::store::{Disagreement, Figures, Repair};
+use crate::reconcile::store::Repair;
 use crate::reconcile::{self as reconciliation, ReconcileConfig};
 use crate::records::Records;
 use crate::runtime_config::{self, LiveConfig};
@@ -562,44 +562,27 @@ struct ReconciliationQuery {
     order_id: Option<Uuid>,
 }
 
-/// `GET /api/reconciliation`'s answer.
-#[derive(Debug, Serialize)]
-struct ReconciliationView {
-    /// How long the systems may disagree on an order before it is listed.
-    threshold_seconds: u64,
-    /// Time between rounds.
-    interval_seconds: u64,
-    #[serde(flatten)]
-    figures: Figures,
-    /// Longest disagreeing first.
-    disagreements: Vec<Disagreement>,
-}
-
 /// `GET /api/reconciliation?all=true&limit=N`.
 async fn reconciliation_view(
     State(state): State<ApiState>,
     Query(query): Query<ReconciliationQuery>,
-) -> Result<axum::Json<ReconciliationView>, ApiError> {
+) -> Result<axum::Json<reconciliation::Overview>, ApiError> {
     let limit = limit(&Limit {
         limit: query.limit,
         open: None,
     })?;
-    let now = state.clock.now();
-    let figures = reconciliation::store::figures(&state.pool, now).await?;
-    let disagreements = reconciliation::store::disagreements(
+    let view = reconciliation::Overview::read(
         &state.pool,
-        now,
-        query.all.unwrap_or(false),
-        query.order_id,
-        limit,
+        &state.reconcile,
+        state.clock.now(),
+        reconciliation::Listing {
+            all: query.all.unwrap_or(false),
+            order_id: query.order_id,
+            limit,
+        },
     )
     .await?;
-    Ok(axum::Json(ReconciliationView {
-        threshold_seconds: state.reconcile.after.as_secs(),
-        interval_seconds: state.reconcile.interval.as_secs(),
-        figures,
-        disagreements,
-    }))
+    Ok(axum::Json(view))
 }
 
 /// `POST /api/reconciliation/{order_id}/repair` (developer): see [`crate::reconcile::repair`].

@@ -281,6 +281,7 @@ impl Application {
             pool.clone(),
             metrics.clone(),
             config.clone(),
+            settings.reconcile.clone(),
             clock.clone(),
             cancel.clone(),
         );

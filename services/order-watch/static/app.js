@@ -151,7 +151,6 @@ function route() {
   } else {
     document.title = "order-watch";
     showView("floor");
-    refreshReconciliation();
   }
 }
 window.addEventListener("hashchange", route);
@@ -725,6 +724,7 @@ let floorShown = null;
 
 function renderFloor(floor) {
   floorShown = floor;
+  if (floor.reconciliation) renderReconciliation(floor.reconciliation);
   const slo = $("slo");
   const flight = el("div", null, floor.stuck ? "card bad" : "card");
   flight.append(el("b", "Orders in flight"), el("div", `${floor.open}`, "figure"), el("div", `${floor.stuck} stuck`, floor.stuck ? "error" : "muted"));
@@ -862,10 +862,9 @@ function connectLive() {
 // ---------------------------------------------------------------------------------------------
 // Reconciliation: do Shop, CRM, MES and order-watch agree on each order's status?
 //
-// The floor's live feed does not carry it, so the panel reads GET /api/reconciliation when the
-// floor opens, then every reconciliation round's interval (at least 10 s, at most a minute) while
-// the floor is shown and the tab visible, and once more just after the next round when a
-// repair was asked. An order's story reads it once, to say whether the systems disagree on it.
+// The panel comes with the floor's live feed (each reading carries the figures and the
+// disagreements past the threshold, as GET /api/reconciliation answers), and is read at once
+// after a repair. An order's story reads it once, to say whether the systems disagree on it.
 
 const HOLDERS = ["shop-api", "crm-api", "mes-api", "order-watch"];
 const holderName = { "shop-api": "Shop", "crm-api": "CRM", "mes-api": "MES", "order-watch": "order-watch" };
@@ -927,19 +926,8 @@ function holderCell(d, holder) {
 }
 
 let reconciliation = null; // the latest answer the panel shows
-let reconciliationTimer = null;
 let reconciliationReads = 0; // answers to older reads than the latest are dropped
 const repairing = new Set(); // orders whose repair is under way
-
-const floorVisible = () => !$("view-floor").hidden && !document.hidden;
-const pollSeconds = () => Math.min(60, Math.max(10, (reconciliation && reconciliation.interval_seconds) || 10));
-
-function scheduleReconciliation(seconds = pollSeconds()) {
-  clearTimeout(reconciliationTimer);
-  // Off the floor, or in a hidden tab, it is read again when the floor shows.
-  reconciliationTimer = setTimeout(() => { if (floorVisible()) refreshReconciliation(); }, seconds * 1000);
-}
-document.addEventListener("visibilitychange", () => { if (floorVisible()) refreshReconciliation(); });
 
 async function refreshReconciliation() {
   const read = ++reconciliationReads;
@@ -952,16 +940,16 @@ async function refreshReconciliation() {
       line.className = "error";
       line.textContent = `Reconciliation cannot be read (${clock(new Date().toISOString())}): ${e.message}` +
         (reconciliation ? "; what is shown is from the last reading." : "");
-      scheduleReconciliation();
     }
     return;
   }
   if (read !== reconciliationReads) return;
   renderReconciliation(view);
-  scheduleReconciliation();
 }
 
 function renderReconciliation(view) {
+  // A reading from the feed supersedes a read still under way.
+  reconciliationReads += 1;
   reconciliation = view;
   const after = spell(view.threshold_seconds);
   const now = el("div", null, view.accuracy === 1 ? "card good" : "card");
@@ -1012,7 +1000,7 @@ function renderReconciliation(view) {
   const read = $("reconciliation-read");
   read.className = "muted";
   const shown = view.listed_orders > view.disagreements.length ? ` The ${view.disagreements.length} longest of ${view.listed_orders} are shown.` : "";
-  read.textContent = `Read at ${clock(new Date().toISOString())}, again every ${spell(pollSeconds())}; the systems are compared every ${spell(view.interval_seconds)}, ` +
+  read.textContent = `Read at ${clock(new Date().toISOString())}, live with the floor; the systems are compared every ${spell(view.interval_seconds)}, ` +
     `and an order is listed once they have disagreed on it for ${after}.${shown}`;
 }
 
@@ -1063,7 +1051,6 @@ async function showRepairOnFloor(id, outcome) {
   }
   $(outcome.ok ? "reconciliation-status" : "reconciliation-error").textContent = outcome.text;
   await refreshReconciliation();
-  scheduleReconciliation(Math.max(2, ((reconciliation && reconciliation.interval_seconds) || 10) + 1));
 }
 
 // An order's story, near its top: whether the systems disagree on it, and what each says.

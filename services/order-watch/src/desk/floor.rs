@@ -36,6 +36,7 @@ use crate::api::{Summary, summary};
 use crate::clock::Clock;
 use crate::incidents::{self, Incident};
 use crate::metrics::{Metrics, SloFigures};
+use crate::reconcile::{self, ReconcileConfig};
 use crate::runtime_config::LiveConfig;
 use crate::store::queries;
 
@@ -104,6 +105,9 @@ pub struct Floor {
     pub stuck_orders: Vec<StuckOrder>,
     /// Open incidents, newest first, each with its timeline (opened, acknowledged).
     pub incidents: Vec<Incident>,
+    /// Whether the systems agree: the figures and the disagreements past the threshold, the
+    /// longest [`MAX_LISTED`] (as `GET /api/reconciliation` answers).
+    pub reconciliation: reconcile::Overview,
 }
 
 /// What the feed last read.
@@ -121,6 +125,7 @@ pub struct FloorFeed {
     pool: PgPool,
     metrics: Arc<Metrics>,
     config: LiveConfig,
+    reconcile: ReconcileConfig,
     clock: Clock,
     latest: Arc<watch::Sender<Option<Reading>>>,
     cancel: CancellationToken,
@@ -132,6 +137,7 @@ impl FloorFeed {
         pool: PgPool,
         metrics: Arc<Metrics>,
         config: LiveConfig,
+        reconcile: ReconcileConfig,
         clock: Clock,
         cancel: CancellationToken,
     ) -> Self {
@@ -139,6 +145,7 @@ impl FloorFeed {
             pool,
             metrics,
             config,
+            reconcile,
             clock,
             latest: Arc::new(watch::Sender::new(None)),
             cancel,
@@ -183,6 +190,17 @@ impl FloorFeed {
             })
             .collect();
         let incidents = incidents::list(&self.pool, true, MAX_LISTED).await?;
+        let reconciliation = reconcile::Overview::read(
+            &self.pool,
+            &self.reconcile,
+            now,
+            reconcile::Listing {
+                all: false,
+                order_id: None,
+                limit: MAX_LISTED,
+            },
+        )
+        .await?;
         Ok(Floor {
             at: now,
             counted_at: snapshot.counted_at,
@@ -196,6 +214,7 @@ impl FloorFeed {
             },
             stuck_orders,
             incidents,
+            reconciliation,
         })
     }
 

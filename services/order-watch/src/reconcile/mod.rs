@@ -46,6 +46,7 @@ use chrono::{DateTime, Utc};
 use domain::System;
 use domain::held::{ChangedSince, HeldStatus, MAX_IDS};
 use futures::future::join_all;
+use serde::Serialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -95,6 +96,48 @@ struct Changes {
     /// Where the next round starts.
     cursor: Cursor,
     more: bool,
+}
+
+/// What reconciliation says now: `GET /api/reconciliation`'s answer, and the floor's panel.
+#[derive(Debug, Serialize)]
+pub struct Overview {
+    /// How long the systems may disagree on an order before it is listed.
+    pub threshold_seconds: u64,
+    /// Time between rounds.
+    pub interval_seconds: u64,
+    #[serde(flatten)]
+    pub figures: store::Figures,
+    /// Longest disagreeing first.
+    pub disagreements: Vec<store::Disagreement>,
+}
+
+/// Which disagreements an [`Overview`] lists.
+#[derive(Debug, Clone, Copy)]
+pub struct Listing {
+    /// Those under the threshold (still on their way) too.
+    pub all: bool,
+    /// Only this order's.
+    pub order_id: Option<Uuid>,
+    pub limit: i64,
+}
+
+impl Overview {
+    pub async fn read(
+        pool: &PgPool,
+        config: &ReconcileConfig,
+        now: DateTime<Utc>,
+        listing: Listing,
+    ) -> Result<Self, platform::db::ReadError> {
+        let figures = store::figures(pool, now).await?;
+        let disagreements =
+            store::disagreements(pool, now, listing.all, listing.order_id, listing.limit).await?;
+        Ok(Self {
+            threshold_seconds: config.after.as_secs(),
+            interval_seconds: config.interval.as_secs(),
+            figures,
+            disagreements,
+        })
+    }
 }
 
 /// Where a round reads a system's changes from. Changes are stamped when their transaction

@@ -139,6 +139,19 @@ async fn a_system_lagging_past_the_threshold_is_listed_with_one_incident_until_t
         listed["summary"],
         "the owner mes-api holds pricing; crm-api lags behind (holds registered)"
     );
+    // The floor's live reading carries it as the API lists it.
+    let (_, floor) = app.get("/api/floor").await;
+    let on_floor = &floor["reconciliation"];
+    assert_eq!(on_floor["listed_orders"], 1, "{on_floor}");
+    assert_eq!(
+        on_floor["disagreements"][0]["order_id"],
+        lagging.to_string()
+    );
+    assert_eq!(
+        on_floor["threshold_seconds"],
+        RECONCILE_AFTER.as_secs(),
+        "{on_floor}"
+    );
     let incidents = app.incidents().await;
     assert_eq!(incidents.len(), 1, "{incidents:?}");
     assert_eq!(incidents[0]["kind"], "disagreement");
