@@ -179,6 +179,10 @@ async fn an_order_missing_from_crm_is_listed_missing_and_shop_announcing_it_agai
         1.0,
         "a reconciling replica says so"
     );
+    let exposed = watch.metrics().await;
+    let behind: Vec<f64> =
+        e2e::watch::samples(&exposed, "order_watch_reconciliation_behind_seconds", &[]).collect();
+    assert_eq!(behind, [0.0; 3], "every system read to the end: {exposed}");
     let repaired = repair(&watch, id).await;
     assert_eq!(repaired["asked"][0]["system"], "shop-api");
     let sent: Vec<&str> = repaired["asked"][0]["messages"]

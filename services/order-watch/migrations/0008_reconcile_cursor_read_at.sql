@@ -3,3 +3,6 @@
 -- there (and from the cursor itself when that is earlier: a reading catching up on a backlog
 -- then advances instead of re-reading the overlap for ever). Null for cursors left before.
 ALTER TABLE reconcile_cursors ADD COLUMN read_at TIMESTAMPTZ;
+-- Whether that round read to the end of the system's changes. A reading that stopped at its
+-- page limit is behind by the time since its cursor (order_watch_reconciliation_behind_seconds).
+ALTER TABLE reconcile_cursors ADD COLUMN caught_up BOOLEAN NOT NULL DEFAULT true;

@@ -204,6 +204,7 @@ pub struct Metrics {
     _gauges: Vec<ObservableGauge<u64>>,
     _ratio: ObservableGauge<f64>,
     _accuracy: ObservableGauge<f64>,
+    _behind: ObservableGauge<f64>,
 }
 
 impl Metrics {
@@ -247,7 +248,8 @@ impl Metrics {
         };
         let ratio_snapshot = snapshot.clone();
         let reconciliation = Arc::new(RwLock::new(Figures::default()));
-        let (accuracy_figures, tracked_figures, listed_figures) = (
+        let (accuracy_figures, tracked_figures, listed_figures, behind_figures) = (
+            reconciliation.clone(),
             reconciliation.clone(),
             reconciliation.clone(),
             reconciliation.clone(),
@@ -313,6 +315,17 @@ impl Metrics {
                 "order_watch.reconciliation.round.duration",
                 "One reconciliation round: reading the changes, asking, comparing and recording",
             ),
+            _behind: meter
+                .f64_observable_gauge("order_watch.reconciliation.behind")
+                .with_unit("s")
+                .with_description("How far behind now reconciliation's reading of each system is while it works off a backlog (its last round stopped at the page limit); 0 once a round read to the end")
+                .with_callback(move |observer| {
+                    let figures = behind_figures.read().expect("not poisoned");
+                    for (system, seconds) in &figures.behind_seconds {
+                        observer.observe(*seconds, &[KeyValue::new("system", system.clone())]);
+                    }
+                })
+                .build(),
             _accuracy: meter
                 .f64_observable_gauge("order_watch.reconciliation.accuracy.ratio")
                 .with_description("Share of the recently changed orders on which every system and order-watch agree: now (window=instant) and over the last 24 hours (window=24h)")

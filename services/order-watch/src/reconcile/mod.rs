@@ -156,6 +156,7 @@ fn reading_start(
         Some(Cursor {
             position,
             read_at: Some(read_at),
+            ..
         }) => {
             let floor = read_at - overlap;
             if position.since < floor {
@@ -168,6 +169,7 @@ fn reading_start(
         Some(Cursor {
             position,
             read_at: None,
+            ..
         }) => ChangedSince::from(position.since - overlap),
     }
 }
@@ -188,6 +190,7 @@ fn next_cursor(
     let read = |position| Cursor {
         position,
         read_at: Some(now),
+        caught_up: !more,
     };
     match (advanced, last) {
         (Some(end), _) => read(end),
@@ -602,6 +605,7 @@ mod tests {
         let cursor = Cursor {
             position: position(95),
             read_at: Some(at(100)),
+            caught_up: true,
         };
         assert_eq!(
             reading_start(Some(cursor), at(110), OVERLAP),
@@ -614,6 +618,7 @@ mod tests {
         let cursor = Cursor {
             position: position(20),
             read_at: Some(at(100)),
+            caught_up: true,
         };
         assert_eq!(reading_start(Some(cursor), at(101), OVERLAP), position(20));
     }
@@ -627,6 +632,7 @@ mod tests {
         let old = Cursor {
             position: position(95),
             read_at: None,
+            caught_up: true,
         };
         assert_eq!(
             reading_start(Some(old), at(100), OVERLAP),
@@ -639,6 +645,7 @@ mod tests {
         let last = Cursor {
             position: position(95),
             read_at: Some(at(100)),
+            caught_up: true,
         };
         assert_eq!(
             next_cursor(Some(last), Some(position(80)), true, at(110)),
@@ -650,6 +657,7 @@ mod tests {
             Cursor {
                 position: position(95),
                 read_at: Some(at(110)),
+                caught_up: true,
             }
         );
         assert_eq!(
@@ -657,6 +665,7 @@ mod tests {
             Cursor {
                 position: position(105),
                 read_at: Some(at(110)),
+                caught_up: false,
             }
         );
     }
@@ -691,6 +700,11 @@ mod tests {
             let more = listed.len() > read.len();
             let end = read.last().copied();
             cursor = Some(next_cursor(cursor, end, more, now));
+            assert_eq!(
+                cursor.unwrap().caught_up,
+                !more,
+                "behind while it works it off"
+            );
             if !more {
                 break;
             }

@@ -81,28 +81,39 @@ pub struct Cursor {
     /// When the round that read up to `position` began (none for a cursor saved before this was
     /// recorded).
     pub read_at: Option<DateTime<Utc>>,
+    /// Whether that round read to the end of the system's changes (not stopped at `max_pages`).
+    pub caught_up: bool,
 }
 
 /// Where each system's changes were read up to.
 pub async fn cursors(pool: &PgPool) -> Result<BTreeMap<System, Cursor>, sqlx::Error> {
-    type Row = (String, DateTime<Utc>, Option<Uuid>, Option<DateTime<Utc>>);
+    type Row = (
+        String,
+        DateTime<Utc>,
+        Option<Uuid>,
+        Option<DateTime<Utc>>,
+        bool,
+    );
     let rows: Vec<Row> =
-        sqlx::query_as("SELECT system, since, after, read_at FROM reconcile_cursors")
+        sqlx::query_as("SELECT system, since, after, read_at, caught_up FROM reconcile_cursors")
             .fetch_all(pool)
             .db("SELECT reconcile_cursors")
             .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|(name, since, after, read_at)| match Holder::parse(&name) {
-            Some(Holder::System(system)) => Some((
-                system,
-                Cursor {
-                    position: ChangedSince { since, after },
-                    read_at,
-                },
-            )),
-            _ => None,
-        })
+        .filter_map(
+            |(name, since, after, read_at, caught_up)| match Holder::parse(&name) {
+                Some(Holder::System(system)) => Some((
+                    system,
+                    Cursor {
+                        position: ChangedSince { since, after },
+                        read_at,
+                        caught_up,
+                    },
+                )),
+                _ => None,
+            },
+        )
         .collect())
 }
 
@@ -112,13 +123,15 @@ pub async fn save_cursor(
     cursor: Cursor,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO reconcile_cursors (system, since, after, read_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (system) DO UPDATE SET since = $2, after = $3, read_at = $4",
+        "INSERT INTO reconcile_cursors (system, since, after, read_at, caught_up) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (system) DO UPDATE SET since = $2, after = $3, read_at = $4, caught_up = $5",
     )
     .bind(system.service_name())
     .bind(cursor.position.since)
     .bind(cursor.position.after)
     .bind(cursor.read_at)
+    .bind(cursor.caught_up)
     .execute(&mut *tx)
     .db("INSERT reconcile_cursors")
     .await?;
@@ -391,6 +404,10 @@ pub struct Figures {
     pub listed: BTreeMap<(Holder, Kind), u64>,
     /// Orders disagreeing past the threshold.
     pub listed_orders: u64,
+    /// How far behind now each system's reading is while it works off a backlog (its last
+    /// round stopped at the page limit): the time since its cursor; 0 once a round read to the
+    /// end of its changes.
+    pub behind_seconds: BTreeMap<String, f64>,
 }
 
 /// Reconciliation's figures as of `now`.
@@ -418,6 +435,20 @@ pub async fn figures(pool: &PgPool, now: DateTime<Utc>) -> Result<Figures, sqlx:
     .fetch_all(pool)
     .db("SELECT reconcile_orders")
     .await?;
+    let cursors: Vec<(String, DateTime<Utc>, bool)> =
+        sqlx::query_as("SELECT system, since, caught_up FROM reconcile_cursors")
+            .fetch_all(pool)
+            .db("SELECT reconcile_cursors")
+            .await?;
+    let mut behind_seconds: BTreeMap<String, f64> = System::ALL
+        .iter()
+        .map(|system| (system.service_name().to_owned(), 0.0))
+        .collect();
+    for (system, since, caught_up) in cursors {
+        if !caught_up && let Some(behind) = behind_seconds.get_mut(&system) {
+            *behind = (now - since).num_milliseconds().max(0) as f64 / 1000.0;
+        }
+    }
     let share = |agreeing: i64, tracked: i64| {
         if tracked <= 0 {
             1.0
@@ -440,6 +471,7 @@ pub async fn figures(pool: &PgPool, now: DateTime<Utc>) -> Result<Figures, sqlx:
         accuracy_24h: share(day_agreeing.unwrap_or(0), day_tracked.unwrap_or(0)),
         listed,
         listed_orders: u64::try_from(listed_orders).unwrap_or(0),
+        behind_seconds,
     })
 }
 

@@ -11,7 +11,8 @@ use testkit::otlp::build;
 use uuid::Uuid;
 
 use crate::helpers::{
-    Answering, RECONCILE_AFTER, RECONCILE_INTERVAL, TestApp, spawn_reconciling_app, transition,
+    Answering, RECONCILE_AFTER, RECONCILE_INTERVAL, TestApp, spawn_app, spawn_reconciling_app,
+    transition,
 };
 
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -373,7 +374,7 @@ async fn an_order_a_system_cannot_be_asked_about_is_compared_once_it_answers() {
 #[tokio::test]
 async fn one_replica_runs_a_round_at_a_time_and_one_that_lost_its_lease_records_nothing() {
     use order_watch::reconcile::store::{claim_lease, finish_round};
-    let app = crate::helpers::spawn_app().await;
+    let app = spawn_app().await;
     let pool = app.database.connect().await;
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     let now = Utc::now();
@@ -403,4 +404,38 @@ async fn one_replica_runs_a_round_at_a_time_and_one_that_lost_its_lease_records_
             .await
             .unwrap()
     );
+}
+
+#[tokio::test]
+async fn a_reading_stopped_at_its_page_limit_says_how_far_behind_it_is_until_it_reads_to_the_end() {
+    let app = spawn_app().await;
+    let pool = app.database.connect().await;
+    let now = app.clock.now();
+    sqlx::query(
+        "INSERT INTO reconcile_cursors (system, since, read_at, caught_up) \
+         VALUES ('crm-api', $1, $2, false), ('shop-api', $1, $2, true)",
+    )
+    .bind(now - chrono::Duration::minutes(10))
+    .bind(now)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let (status, view) = app.get("/api/reconciliation").await;
+    assert_eq!(status, 200, "{view}");
+    let behind = &view["behind_seconds"];
+    let crm = behind["crm-api"].as_f64().unwrap();
+    assert!((600.0..610.0).contains(&crm), "{behind}");
+    assert_eq!(
+        behind["shop-api"], 0.0,
+        "caught up: not behind, however old its cursor"
+    );
+    assert_eq!(behind["mes-api"], 0.0, "no cursor yet");
+
+    sqlx::query("UPDATE reconcile_cursors SET caught_up = true")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (_, view) = app.get("/api/reconciliation").await;
+    assert_eq!(view["behind_seconds"]["crm-api"], 0.0, "{view}");
 }
