@@ -74,11 +74,16 @@ impl Identity {
         self.roles.iter().any(|held| includes(held, role))
     }
 
-    /// How audits and histories name them: their name and, in brackets, their subject at the
-    /// identity provider.
+    /// How audits and histories name them ([`audit_name`]).
     pub fn audit_name(&self) -> String {
-        format!("{} ({})", self.name, self.subject)
+        audit_name(&self.name, &self.subject)
     }
+}
+
+/// How every audit and order history names a caller: their name and, in brackets, their
+/// subject at the identity provider (names may repeat or change; subjects do not).
+pub fn audit_name(name: &str, subject: &str) -> String {
+    format!("{name} ({subject})")
 }
 
 /// Whether holding `held` grants `role`.

@@ -56,7 +56,7 @@ async fn republish(
     tx.commit().await?;
     let caller = caller.map_or_else(
         || "anyone (open API)".to_owned(),
-        |Extension(identity)| format!("{} ({})", identity.name, identity.subject),
+        |Extension(identity)| identity.audit_name(),
     );
     let kinds: Vec<&str> = requeued.iter().map(|m| m.routing_key.as_str()).collect();
     tracing::info!(order_id = %order_id, caller = %caller, messages = ?kinds,

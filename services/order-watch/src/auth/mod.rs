@@ -113,10 +113,9 @@ impl Principal {
         }
     }
 
-    /// How the audits name them: their name and, in brackets, their subject at the identity
-    /// provider.
+    /// How the audits name them ([`access::audit_name`]).
     pub fn audit_name(&self) -> String {
-        format!("{} ({})", self.name, self.subject)
+        access::audit_name(&self.name, &self.subject)
     }
 }
 

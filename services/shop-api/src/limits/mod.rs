@@ -150,9 +150,9 @@ struct SetRequest {
 fn actor(identity: Option<&Identity>, names_incident: bool) -> (String, Source) {
     match identity {
         Some(identity) if identity.has(role::LIMIT_CONTROLLER) => {
-            (identity.name.clone(), Source::Incident)
+            (identity.audit_name(), Source::Incident)
         }
-        Some(identity) => (identity.name.clone(), Source::Manual),
+        Some(identity) => (identity.audit_name(), Source::Manual),
         None if names_incident => ("anonymous".into(), Source::Incident),
         None => ("anonymous".into(), Source::Manual),
     }
