@@ -4,8 +4,12 @@
 //! Every bench takes these from here, so that two reports computing "p99" or "CPU time" mean
 //! the same thing.
 
+use std::collections::HashMap;
 use std::io;
 use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 /// One clock tick of `/proc/*/stat` CPU times (`USER_HZ`, 100 on Linux).
 const CLOCK_TICK: Duration = Duration::from_millis(10);
@@ -25,6 +29,82 @@ pub fn cpu_time(path: &str) -> Option<Duration> {
 /// is gone.
 pub fn process_cpu(pid: u32) -> Option<Duration> {
     cpu_time(&format!("/proc/{pid}/stat"))
+}
+
+/// Time on a CPU of the thread or process at `/proc/…` path `task` (`/proc/{pid}`,
+/// `/proc/self/task/{tid}`): from its `schedstat` (nanoseconds) where the kernel keeps one, else
+/// from `stat` (10 ms ticks); `None` when it is gone.
+pub fn on_cpu(task: &str) -> Option<Duration> {
+    let nanos = std::fs::read_to_string(format!("{task}/schedstat"))
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u64>().ok());
+    match nanos {
+        Some(nanos) => Some(Duration::from_nanos(nanos)),
+        None => cpu_time(&format!("{task}/stat")),
+    }
+}
+
+/// The CPU time of the PostgreSQL server processes a benchmark follows: those whose `pid`s
+/// `select` answers from `pg_stat_activity` (with `parameter` as `$1`, e.g. an
+/// `application_name`). Backends come and go, so they are sampled every `interval`: one that
+/// ends between samples loses at most that much, one that started later counts all its time.
+pub struct BackendsCpu {
+    pool: PgPool,
+    select: &'static str,
+    parameter: &'static str,
+    interval: Duration,
+    start: HashMap<u32, Duration>,
+}
+
+impl BackendsCpu {
+    pub async fn start(
+        pool: &PgPool,
+        select: &'static str,
+        parameter: &'static str,
+        interval: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut backends = Self {
+            pool: pool.clone(),
+            select,
+            parameter,
+            interval,
+            start: HashMap::new(),
+        };
+        backends.start = backends.sample().await?;
+        Ok(backends)
+    }
+
+    async fn sample(&self) -> anyhow::Result<HashMap<u32, Duration>> {
+        let pids: Vec<i32> = sqlx::query_scalar(self.select)
+            .bind(self.parameter)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(pids
+            .into_iter()
+            .filter_map(|pid| Some((pid as u32, on_cpu(&format!("/proc/{pid}"))?)))
+            .collect())
+    }
+
+    /// Follows the processes until `stop` fires; returns the CPU time they used since the start.
+    pub async fn follow(self, stop: CancellationToken) -> anyhow::Result<Duration> {
+        let mut latest = self.start.clone();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+            latest.extend(self.sample().await?);
+            if stop.is_cancelled() {
+                break;
+            }
+        }
+        Ok(latest
+            .iter()
+            .map(|(pid, time)| {
+                time.saturating_sub(self.start.get(pid).copied().unwrap_or_default())
+            })
+            .sum())
+    }
 }
 
 /// CPU time of this process so far, including threads that have ended.
@@ -167,10 +247,12 @@ mod tests {
         // The process's time includes this thread's, read before it.
         assert!(this_process_cpu().unwrap() >= thread);
         assert!(process_cpu(std::process::id()).is_some());
+        assert!(on_cpu("/proc/thread-self").unwrap() > Duration::ZERO);
     }
 
     #[test]
     fn a_process_that_is_gone_has_no_cpu_time() {
+        assert_eq!(on_cpu("/proc/4294967295"), None);
         assert_eq!(cpu_time("/proc/self/nothing"), None);
         // Above the kernel's largest pid (2^22).
         assert_eq!(process_cpu(u32::MAX), None);

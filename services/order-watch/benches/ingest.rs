@@ -55,7 +55,7 @@ use sqlx::{PgPool, Row};
 use testkit::database::TestDatabase;
 use testkit::journeys::{BATCH_SPANS, Journeys, Service, exporter_of};
 use testkit::measure::{
-    Memory, cpu_time, load_average, memory, mib, percentile, process_cpu, this_process_cpu,
+    BackendsCpu, Memory, cpu_time, load_average, memory, mib, percentile, this_process_cpu,
     thousands,
 };
 use tokio::runtime::Handle;
@@ -543,9 +543,14 @@ async fn measure_ingest(
     let before = count(pool, "SELECT count(*) FROM spans").await?;
     let stop_sampling = CancellationToken::new();
     let postgres = tokio::spawn(
-        PostgresCpu::start(pool)
-            .await?
-            .follow(stop_sampling.clone()),
+        BackendsCpu::start(
+            pool,
+            POSTGRES_WORKING_FOR_ORDER_WATCH,
+            BENCH_APPLICATION,
+            POSTGRES_SAMPLE_INTERVAL,
+        )
+        .await?
+        .follow(stop_sampling.clone()),
     );
     let cpu_before = ProcessCpu::now()?;
     let started = Instant::now();
@@ -616,7 +621,7 @@ struct CpuUsage {
     /// ended during the run (counted against order-watch, so it is never flattered).
     order_watch: Duration,
     load_generator: Duration,
-    /// See [`PostgresCpu`].
+    /// See [`POSTGRES_WORKING_FOR_ORDER_WATCH`].
     postgres: Duration,
 }
 
@@ -632,60 +637,12 @@ impl CpuUsage {
     }
 }
 
-/// The CPU time of the PostgreSQL processes working for order-watch: the backends serving its
-/// database (not this benchmark's own connections) and the server's background processes (WAL
-/// writer, checkpointer, …). Backends come and go, so they are sampled every
-/// [`POSTGRES_SAMPLE_INTERVAL`]; one that ends during a run loses at most that much.
-struct PostgresCpu {
-    pool: PgPool,
-    /// Per process id, at the start; a process that started later used all its time since.
-    start: HashMap<u32, Duration>,
-}
-
-impl PostgresCpu {
-    async fn start(pool: &PgPool) -> anyhow::Result<Self> {
-        Ok(Self {
-            pool: pool.clone(),
-            start: Self::sample(pool).await?,
-        })
-    }
-
-    async fn sample(pool: &PgPool) -> anyhow::Result<HashMap<u32, Duration>> {
-        let pids: Vec<i32> = sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity \
-             WHERE (datname = current_database() AND application_name <> $1) \
-                OR (datname IS NULL AND backend_type <> 'client backend')",
-        )
-        .bind(BENCH_APPLICATION)
-        .fetch_all(pool)
-        .await?;
-        Ok(pids
-            .into_iter()
-            .filter_map(|pid| Some((pid as u32, process_cpu(pid as u32)?)))
-            .collect())
-    }
-
-    /// Follows the processes until `stop` fires; returns the CPU time they used since the start.
-    async fn follow(self, stop: CancellationToken) -> anyhow::Result<Duration> {
-        let mut latest = self.start.clone();
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = tokio::time::sleep(POSTGRES_SAMPLE_INTERVAL) => {}
-            }
-            latest.extend(Self::sample(&self.pool).await?);
-            if stop.is_cancelled() {
-                break;
-            }
-        }
-        Ok(latest
-            .iter()
-            .map(|(pid, time)| {
-                time.saturating_sub(self.start.get(pid).copied().unwrap_or_default())
-            })
-            .sum())
-    }
-}
+/// The PostgreSQL processes working for order-watch: the backends serving its database (not
+/// this benchmark's own connections) and the server's background processes (WAL writer,
+/// checkpointer, …).
+const POSTGRES_WORKING_FOR_ORDER_WATCH: &str = "SELECT pid FROM pg_stat_activity \
+     WHERE (datname = current_database() AND application_name <> $1) \
+        OR (datname IS NULL AND backend_type <> 'client backend')";
 
 /// What the database holds once the open orders are loaded.
 struct Population {

@@ -79,7 +79,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use testkit::database::TestDatabase;
-use testkit::measure::{cpu_time, load_average, percentile, thousands};
+use testkit::measure::{BackendsCpu, load_average, on_cpu, percentile, thousands};
 use testkit::otlp::build;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -1026,7 +1026,13 @@ async fn run_rate(config: &Config, runtimes: &Runtimes, rate: u64) -> anyhow::Re
     ));
 
     tokio::time::sleep_until(window_start.into()).await;
-    let postgres = PostgresCpu::start(&pool).await?;
+    let postgres = BackendsCpu::start(
+        &pool,
+        RECONCILER_BACKENDS,
+        RECONCILER_APPLICATION,
+        POSTGRES_SAMPLE_INTERVAL,
+    )
+    .await?;
     let postgres_stop = CancellationToken::new();
     let postgres = tokio::spawn(postgres.follow(postgres_stop.clone()));
     let start = read(&proxy, &reconciling, &changes, &pool).await?;
@@ -1123,18 +1129,6 @@ fn threads_cpu(name: &str) -> anyhow::Result<Duration> {
     Ok(total)
 }
 
-/// Time on a CPU of the thread or single-threaded process at `/proc/…` path `task`: from its
-/// `schedstat` (nanoseconds) where the kernel keeps one, else from `stat` (10 ms ticks).
-fn on_cpu(task: &str) -> Option<Duration> {
-    let nanos = std::fs::read_to_string(format!("{task}/schedstat"))
-        .ok()
-        .and_then(|text| text.split_whitespace().next()?.parse::<u64>().ok());
-    match nanos {
-        Some(nanos) => Some(Duration::from_nanos(nanos)),
-        None => cpu_time(&format!("{task}/stat")),
-    }
-}
-
 /// Seconds from each system's cursor to now.
 async fn cursor_lag(pool: &PgPool) -> anyhow::Result<[Option<f64>; 3]> {
     let rows: Vec<(String, DateTime<Utc>)> =
@@ -1149,53 +1143,8 @@ async fn cursor_lag(pool: &PgPool) -> anyhow::Result<[Option<f64>; 3]> {
     }))
 }
 
-/// The CPU time of the PostgreSQL backends serving the reconciler's connections, sampled every
-/// [`POSTGRES_SAMPLE_INTERVAL`]; a backend that started meanwhile counts all its time.
-struct PostgresCpu {
-    pool: PgPool,
-    start: HashMap<u32, Duration>,
-}
-
-impl PostgresCpu {
-    async fn start(pool: &PgPool) -> anyhow::Result<Self> {
-        Ok(Self {
-            pool: pool.clone(),
-            start: Self::sample(pool).await?,
-        })
-    }
-
-    async fn sample(pool: &PgPool) -> anyhow::Result<HashMap<u32, Duration>> {
-        let pids: Vec<i32> =
-            sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
-                .bind(RECONCILER_APPLICATION)
-                .fetch_all(pool)
-                .await?;
-        Ok(pids
-            .into_iter()
-            .filter_map(|pid| Some((pid as u32, on_cpu(&format!("/proc/{pid}"))?)))
-            .collect())
-    }
-
-    async fn follow(self, stop: CancellationToken) -> anyhow::Result<Duration> {
-        let mut latest = self.start.clone();
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = tokio::time::sleep(POSTGRES_SAMPLE_INTERVAL) => {}
-            }
-            latest.extend(Self::sample(&self.pool).await?);
-            if stop.is_cancelled() {
-                break;
-            }
-        }
-        Ok(latest
-            .iter()
-            .map(|(pid, time)| {
-                time.saturating_sub(self.start.get(pid).copied().unwrap_or_default())
-            })
-            .sum())
-    }
-}
+/// The PostgreSQL backends serving the reconciler's connections.
+const RECONCILER_BACKENDS: &str = "SELECT pid FROM pg_stat_activity WHERE application_name = $1";
 
 /// One round as the stand-ins saw it: per system (Shop, CRM, MES).
 #[derive(Debug, Clone, Default)]

@@ -563,6 +563,10 @@ pub mod queries {
         }
     }
 
+    /// The columns of a [`SpanRow`].
+    const SPAN_COLUMNS: &str = "trace_id, span_id, parent_span_id, service, name, kind, \
+        start_time, end_time, status_code, status_message, attributes, links";
+
     /// A row of `spans`, as a journey shows it.
     #[derive(sqlx::FromRow)]
     struct SpanRow {
@@ -618,13 +622,12 @@ pub mod queries {
         order_id: Uuid,
         limit: i64,
     ) -> Result<Vec<StoredSpan>, sqlx::Error> {
-        let rows: Vec<SpanRow> = sqlx::query_as(
+        let rows: Vec<SpanRow> = sqlx::query_as(&format!(
             "SELECT * FROM ( \
-                 SELECT trace_id, span_id, parent_span_id, service, name, kind, start_time, \
-                     end_time, status_code, status_message, attributes, links \
+                 SELECT {SPAN_COLUMNS} \
                  FROM spans WHERE order_id = $1 ORDER BY start_time DESC, end_time DESC LIMIT $2 \
-             ) latest ORDER BY start_time, end_time",
-        )
+             ) latest ORDER BY start_time, end_time"
+        ))
         .bind(order_id)
         .bind(limit)
         .fetch_all(pool)
@@ -640,14 +643,13 @@ pub mod queries {
         order_id: Uuid,
         limit: i64,
     ) -> Result<Vec<StoredSpan>, sqlx::Error> {
-        let rows: Vec<SpanRow> = sqlx::query_as(
+        let rows: Vec<SpanRow> = sqlx::query_as(&format!(
             "SELECT * FROM ( \
-                 SELECT trace_id, span_id, parent_span_id, service, name, kind, start_time, \
-                     end_time, status_code, status_message, attributes, links \
+                 SELECT {SPAN_COLUMNS} \
                  FROM spans WHERE order_id = $1 AND (status_code = 2 OR attributes ?| $3) \
                  ORDER BY attributes ? $4 DESC, start_time DESC LIMIT $2 \
-             ) telling ORDER BY start_time, end_time",
-        )
+             ) telling ORDER BY start_time, end_time"
+        ))
         .bind(order_id)
         .bind(limit)
         .bind([attr::ORDER_STATUS_TO, attr::ERROR_CODE, attr::DLQ_ROUTE].as_slice())
