@@ -60,6 +60,24 @@ async fn until_metric(watch: &Watch, name: &str, labels: &[(&str, &str)], value:
     .await;
 }
 
+/// Waits until the mismatch `labels` (system and kind) is counted once and listed once.
+async fn until_counted_and_listed(watch: &Watch, labels: &[(&str, &str)]) {
+    until_metric(
+        watch,
+        "order_watch_reconciliation_mismatches_total",
+        labels,
+        1.0,
+    )
+    .await;
+    until_metric(
+        watch,
+        "order_watch_reconciliation_disagreements",
+        labels,
+        1.0,
+    )
+    .await;
+}
+
 /// The open disagreement incident of the order, once there is one.
 async fn until_incident(watch: &Watch, id: Uuid) -> Value {
     testkit::wait::until("the disagreement's incident", PATIENCE, || async {
@@ -149,20 +167,7 @@ async fn an_order_missing_from_crm_is_listed_missing_and_shop_announcing_it_agai
         "{incident}"
     );
     let missing = [("system", "crm-api"), ("kind", "missing")];
-    until_metric(
-        &watch,
-        "order_watch_reconciliation_mismatches_total",
-        &missing,
-        1.0,
-    )
-    .await;
-    until_metric(
-        &watch,
-        "order_watch_reconciliation_disagreements",
-        &missing,
-        1.0,
-    )
-    .await;
+    until_counted_and_listed(&watch, &missing).await;
     let instant = [("window", "instant")];
     until_metric(
         &watch,
@@ -260,20 +265,7 @@ async fn a_status_event_dead_lettered_in_one_consumer_leaves_it_lagging_until_th
     }
     until_incident(&watch, id).await;
     let lagging = [("system", "crm-api"), ("kind", "lagging")];
-    until_metric(
-        &watch,
-        "order_watch_reconciliation_mismatches_total",
-        &lagging,
-        1.0,
-    )
-    .await;
-    until_metric(
-        &watch,
-        "order_watch_reconciliation_disagreements",
-        &lagging,
-        1.0,
-    )
-    .await;
+    until_counted_and_listed(&watch, &lagging).await;
 
     let repaired = repair(&watch, id).await;
     assert_eq!(repaired["asked"][0]["system"], "mes-api");
@@ -342,20 +334,7 @@ async fn a_consumer_stopped_while_the_others_go_on_lags_and_the_republished_copy
     assert_eq!(listed["owner"], "shop-api");
     assert_eq!(listed["views"]["mes-api"]["status"], "priced");
     let lagging = [("system", "mes-api"), ("kind", "lagging")];
-    until_metric(
-        &watch,
-        "order_watch_reconciliation_mismatches_total",
-        &lagging,
-        1.0,
-    )
-    .await;
-    until_metric(
-        &watch,
-        "order_watch_reconciliation_disagreements",
-        &lagging,
-        1.0,
-    )
-    .await;
+    until_counted_and_listed(&watch, &lagging).await;
 
     // Asked while MES still does not consume: the copy waits in its queue beside the original.
     let repaired = repair(&watch, id).await;

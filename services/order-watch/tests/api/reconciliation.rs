@@ -31,6 +31,12 @@ impl TestApp {
         .await
     }
 
+    /// Asks for a repair of `order`'s disagreement: the status and the answer.
+    async fn repair(&self, order: Uuid) -> (u16, Value) {
+        self.post(&format!("/api/reconciliation/{order}/repair"))
+            .await
+    }
+
     /// Every system holds `order` in `statuses` (Shop's, CRM's and MES's; `None`: unknown),
     /// recorded at `at`, and order-watch saw the spans of the moves up to `seen`.
     async fn hold(&self, order: Uuid, statuses: [Option<&str>; 3], seen: &str, at: DateTime<Utc>) {
@@ -198,9 +204,7 @@ async fn a_repair_asks_the_owner_to_republish_and_the_audit_says_who_asked_and_w
     )
     .await;
 
-    let (status, repair) = app
-        .post(&format!("/api/reconciliation/{order}/repair"))
-        .await;
+    let (status, repair) = app.repair(order).await;
     assert_eq!(status, 200, "{repair}");
     assert_eq!(repair["outcome"], "republished");
     assert_eq!(repair["reference"], "priced");
@@ -217,18 +221,14 @@ async fn a_repair_asks_the_owner_to_republish_and_the_audit_says_who_asked_and_w
     let missing = Uuid::now_v7();
     app.hold(missing, [Some("submitted"), None, None], "submitted", t0)
         .await;
-    let (status, repair) = app
-        .post(&format!("/api/reconciliation/{missing}/repair"))
-        .await;
+    let (status, repair) = app.repair(missing).await;
     assert_eq!(status, 200, "{repair}");
     assert_eq!(app.records.republished()[1], (System::Shop, missing));
 
     // Nothing to do, and nothing republishing can do: refused, and audited all the same.
     app.records
         .hold(System::Crm, order, "priced", app.clock.now());
-    let (status, body) = app
-        .post(&format!("/api/reconciliation/{order}/repair"))
-        .await;
+    let (status, body) = app.repair(order).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (409, Some("systems_agree")),
@@ -244,9 +244,7 @@ async fn a_repair_asks_the_owner_to_republish_and_the_audit_says_who_asked_and_w
     .await;
     app.records.hold(System::Shop, ahead, "priced", t0);
     app.records.hold(System::Crm, ahead, "confirmed", t0);
-    let (status, body) = app
-        .post(&format!("/api/reconciliation/{ahead}/repair"))
-        .await;
+    let (status, body) = app.repair(ahead).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (409, Some("not_repairable")),
@@ -271,9 +269,7 @@ async fn a_repair_asks_the_owner_to_republish_and_the_audit_says_who_asked_and_w
     app.records
         .hold(System::Crm, order, "pricing", app.clock.now());
     app.records.answer(System::Mes, Answering::Failing(503));
-    let (status, repair) = app
-        .post(&format!("/api/reconciliation/{order}/repair"))
-        .await;
+    let (status, repair) = app.repair(order).await;
     assert_eq!(
         (status, repair["outcome"].as_str()),
         (200, Some("failed")),
@@ -320,9 +316,7 @@ async fn a_lagging_order_watch_takes_the_owners_record_with_a_telemetry_gap() {
         t0,
     )
     .await;
-    let (status, repair) = app
-        .post(&format!("/api/reconciliation/{order}/repair"))
-        .await;
+    let (status, repair) = app.repair(order).await;
     assert_eq!(status, 200, "{repair}");
     assert_eq!(repair["asked"][0]["outcome"], "adopted");
     assert!(app.records.republished().is_empty(), "no system lags");
