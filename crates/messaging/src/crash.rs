@@ -24,13 +24,15 @@ pub const RELAY_AFTER_CONFIRM: &str = "relay.after_confirm";
 static ARMED: OnceLock<Option<(String, String)>> = OnceLock::new();
 
 fn armed() -> Option<&'static (String, String)> {
-    ARMED
-        .get_or_init(|| {
-            let value = settings::optional(ENV)?;
-            let (point, subject) = value.split_once('@')?;
-            Some((point.trim().to_owned(), subject.trim().to_owned()))
-        })
-        .as_ref()
+    ARMED.get_or_init(|| armed_by(ENV)).as_ref()
+}
+
+/// The `<point>@<subject>` that environment variable `variable` arms, if any: how the crash
+/// points and the faults ([`crate::faults`]) are armed.
+pub(crate) fn armed_by(variable: &str) -> Option<(String, String)> {
+    let value = settings::optional(variable)?;
+    let (point, subject) = value.split_once('@')?;
+    Some((point.trim().to_owned(), subject.trim().to_owned()))
 }
 
 /// Aborts the process when `point` is armed for `subject`.

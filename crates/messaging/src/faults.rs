@@ -28,13 +28,7 @@ static ARMED: OnceLock<Option<(String, String)>> = OnceLock::new();
 static DEAD_LETTERED: AtomicBool = AtomicBool::new(false);
 
 fn armed() -> Option<&'static (String, String)> {
-    ARMED
-        .get_or_init(|| {
-            let value = settings::optional(ENV)?;
-            let (point, subject) = value.split_once('@')?;
-            Some((point.trim().to_owned(), subject.trim().to_owned()))
-        })
-        .as_ref()
+    ARMED.get_or_init(|| crate::crash::armed_by(ENV)).as_ref()
 }
 
 /// Whether this delivery, on `queue` with `routing_key`, is the one to dead-letter: true once

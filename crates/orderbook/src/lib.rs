@@ -18,6 +18,18 @@
 pub mod republish;
 pub mod statuses;
 
+/// What each service serves from its order book to order-watch, each behind its gate: the
+/// status listing ([`statuses`], `support` or `status-reader`) and the republish request
+/// ([`republish`], `admin` or `status-republisher`).
+pub fn routes<S>(gate: &std::sync::Arc<access::Gate>) -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    PgPool: axum::extract::FromRef<S>,
+{
+    gate.guard(access::Need::STATUSES, statuses::router())
+        .merge(gate.guard(access::Need::REPUBLISH, republish::router()))
+}
+
 use chrono::{DateTime, Utc};
 use domain::events::{Envelope, Event, Reason, StatusChanged};
 use domain::pricing::Quote;

@@ -146,16 +146,7 @@ impl Application {
         let pool = state.pool.clone();
         state.gate.prepare(SERVICE_NAME).await;
         let router = platform::server::with_standard_routes(
-            orders::router(&state.gate).merge(
-                state
-                    .gate
-                    .guard(access::Need::STATUSES, orderbook::statuses::router())
-                    .merge(
-                        state
-                            .gate
-                            .guard(access::Need::REPUBLISH, orderbook::republish::router()),
-                    ),
-            ),
+            orders::router(&state.gate).merge(orderbook::routes(&state.gate)),
             BODY_LIMIT,
         )
         .with_state(state);

@@ -125,16 +125,7 @@ impl Application {
         let router = platform::server::with_standard_routes(
             orders::router()
                 .merge(crate::limits::router(&state.gate))
-                .merge(
-                    state
-                        .gate
-                        .guard(access::Need::STATUSES, orderbook::statuses::router()),
-                )
-                .merge(
-                    state
-                        .gate
-                        .guard(access::Need::REPUBLISH, orderbook::republish::router()),
-                ),
+                .merge(orderbook::routes(&state.gate)),
             body_limit,
         )
         .with_state(state);
