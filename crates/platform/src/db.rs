@@ -90,6 +90,18 @@ pub async fn close(pool: &PgPool) {
     }
 }
 
+/// A read-only transaction that sees one snapshot of the database (`REPEATABLE READ`), for
+/// reads that must agree with each other: an order's status and its history read by separate
+/// statements would otherwise straddle a move committed between them (a status `created` with
+/// a history that already holds `submitted`). Dropping it ends it.
+pub async fn snapshot(pool: &PgPool) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 /// The current span's trace context, to bind as a JSONB `trace` column (see [`Carrier`]).
 pub fn current_trace() -> sqlx::types::Json<Carrier> {
     sqlx::types::Json(opentelemetry::Context::map_current(to_carrier))

@@ -209,7 +209,7 @@ struct DetailRow {
 }
 
 async fn load(state: &AppState, order_id: Uuid) -> Result<OrderDetail, ApiError> {
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = platform::db::snapshot(&state.pool).await?;
     let current = state
         .orderbook
         .get(&mut conn, order_id)

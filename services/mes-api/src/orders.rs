@@ -61,7 +61,7 @@ struct ProductionRow {
 }
 
 async fn load(state: &AppState, order_id: Uuid) -> Result<OrderView, ApiError> {
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = platform::db::snapshot(&state.pool).await?;
     let current = state
         .orderbook
         .get(&mut conn, order_id)

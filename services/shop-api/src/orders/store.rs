@@ -274,7 +274,7 @@ struct OrderRow {
 }
 
 pub(crate) async fn load(state: &AppState, order_id: Uuid) -> Result<Option<OrderView>, ApiError> {
-    let mut conn = state.pool.acquire().await?;
+    let mut conn = platform::db::snapshot(&state.pool).await?;
     let Some(current) = state.orderbook.get(&mut conn, order_id).await? else {
         return Ok(None);
     };
