@@ -653,7 +653,8 @@ impl Metrics {
         snapshot.silent_24h_ratio = share(silent_total);
         snapshot.stuck_24h_ratio = share(stuck_silent_total);
         *self.snapshot.write().expect("not poisoned") = snapshot;
-        let figures = crate::reconcile::store::figures(pool, clock.now()).await?;
+        let mut snapshot = platform::db::snapshot(pool).await?;
+        let figures = crate::reconcile::store::figures(&mut snapshot, clock.now()).await?;
         *self.reconciliation.write().expect("not poisoned") = figures;
         Ok(())
     }

@@ -128,9 +128,18 @@ impl Overview {
         now: DateTime<Utc>,
         listing: Listing,
     ) -> Result<Self, platform::db::ReadError> {
-        let figures = store::figures(pool, now).await?;
-        let disagreements =
-            store::disagreements(pool, now, listing.all, listing.order_id, listing.limit).await?;
+        // One snapshot: a round committing between the two reads would otherwise count an order
+        // among the listed that the listing no longer has (or the other way round).
+        let mut snapshot = platform::db::snapshot(pool).await?;
+        let figures = store::figures(&mut snapshot, now).await?;
+        let disagreements = store::disagreements(
+            &mut snapshot,
+            now,
+            listing.all,
+            listing.order_id,
+            listing.limit,
+        )
+        .await?;
         Ok(Self {
             threshold_seconds: config.after.as_secs(),
             interval_seconds: config.interval.as_secs(),

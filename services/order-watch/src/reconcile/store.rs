@@ -410,21 +410,22 @@ pub struct Figures {
     pub behind_seconds: BTreeMap<String, f64>,
 }
 
-/// Reconciliation's figures as of `now`.
-pub async fn figures(pool: &PgPool, now: DateTime<Utc>) -> Result<Figures, sqlx::Error> {
+/// Reconciliation's figures as of `now`, read on `conn`: in one snapshot (see
+/// [`platform::db::snapshot`]) their counts agree with each other, and with a listing read in it.
+pub async fn figures(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<Figures, sqlx::Error> {
     let (tracked, agreeing, listed_orders): (i64, i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE agreed_on IS NOT NULL), \
              count(*) FILTER (WHERE listed_at IS NOT NULL) \
          FROM reconcile_orders WHERE checked_at IS NOT NULL",
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .db("SELECT reconcile_orders")
     .await?;
     let (day_tracked, day_agreeing): (Option<i64>, Option<i64>) = sqlx::query_as(
         "SELECT sum(tracked)::int8, sum(agreeing)::int8 FROM reconcile_samples WHERE at >= $1",
     )
     .bind(now - chrono::Duration::hours(24))
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .db("SELECT reconcile_samples")
     .await?;
     let rows: Vec<(String, String, i64)> = sqlx::query_as(
@@ -432,12 +433,12 @@ pub async fn figures(pool: &PgPool, now: DateTime<Utc>) -> Result<Figures, sqlx:
              jsonb_array_elements(mismatches) AS m \
          WHERE listed_at IS NOT NULL GROUP BY 1, 2",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .db("SELECT reconcile_orders")
     .await?;
     let cursors: Vec<(String, DateTime<Utc>, bool)> =
         sqlx::query_as("SELECT system, since, caught_up FROM reconcile_cursors")
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .db("SELECT reconcile_cursors")
             .await?;
     let mut behind_seconds: BTreeMap<String, f64> = System::ALL
@@ -501,7 +502,7 @@ pub struct Disagreement {
 
 /// The orders disagreeing now, longest first: those past the threshold, or all with `all`.
 pub async fn disagreements(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     now: DateTime<Utc>,
     all: bool,
     order_id: Option<Uuid>,
@@ -525,7 +526,7 @@ pub async fn disagreements(
     .bind(all)
     .bind(limit)
     .bind(order_id)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .db("SELECT reconcile_orders")
     .await?;
     let mut listed = Vec::with_capacity(rows.len());
