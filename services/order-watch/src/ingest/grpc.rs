@@ -1,6 +1,6 @@
 //! OTLP/gRPC receiver: the trace service, plus metrics and logs services that accept and drop.
 //!
-//! The trace service is served through [`TraceRoute`] rather than the generated server so that a
+//! The trace service is served through `TraceRoute` rather than the generated server so that a
 //! request that is not an OTLP message is answered `INVALID_ARGUMENT`, as OTLP asks for
 //! malformed data (the generated server follows gRPC's default, `INTERNAL`). Neither is retried
 //! by an exporter; `INVALID_ARGUMENT` also tells its operator the data, not order-watch, is wrong.
