@@ -166,3 +166,104 @@ fn unusable_certificate_files_are_errors_that_name_their_setting() {
     );
     assert!(err.starts_with("TEST_TLS_CLIENT_CA: "), "{err}");
 }
+
+/// Writes `contents` to `path` as a renewal does: whole, by a rename.
+fn renew(path: &std::path::Path, contents: &[u8]) {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, contents).unwrap();
+    std::fs::rename(&partial, path).unwrap();
+}
+
+/// Whether a new connection of a client trusting only `ca` (presenting `identity`) gets an
+/// answer from `port`.
+async fn answered(ca: &std::path::Path, identity: Option<&testkit::tls::Pair>, port: u16) -> bool {
+    // A new client each time: a pooled connection would keep the certificate it began with.
+    let client = match identity {
+        Some(pair) => Certificates::client_with(ca, pair),
+        None => Certificates::client_trusting(ca),
+    };
+    client
+        .get(format!("https://127.0.0.1:{port}/hello"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_from_the_next_connection_and_unusable_files_change_nothing()
+ {
+    let certificates = Certificates::generate();
+    let (trusted, other) = (&certificates.trusted, &certificates.other);
+    let cert = certificates.dir().join("served.crt");
+    let key = certificates.dir().join("served.key");
+    std::fs::copy(&trusted.server.cert, &cert).unwrap();
+    std::fs::copy(&trusted.server.key, &key).unwrap();
+    let served = CertifiedKeyFiles {
+        cert: PemFile::new("TEST_TLS_CERT", &cert),
+        key: PemFile::new("TEST_TLS_KEY", &key),
+    };
+    // As the services serve their APIs: with ALPN, a copy that follows the files on its own.
+    let tls = platform::tls::http_api(Some(&served)).unwrap().unwrap();
+    let cancel = CancellationToken::new();
+    let port = serve_tls(&tls, &cancel).await;
+    assert!(answered(&trusted.ca, None, port).await);
+    assert!(!answered(&other.ca, None, port).await);
+
+    // Half a renewal (the other CA's certificate, the old key), then a key that is not PEM:
+    // the server goes on with what it has, at each look at the files.
+    renew(&cert, &std::fs::read(&other.server.cert).unwrap());
+    for broken in [
+        None,
+        Some(b"-----BEGIN PRIVATE KEY-----\ntruncated".as_slice()),
+    ] {
+        if let Some(contents) = broken {
+            renew(&key, contents);
+        }
+        tokio::time::sleep(platform::tls::RELOAD_CHECK * 2).await;
+        assert!(
+            answered(&trusted.ca, None, port).await,
+            "the old certificate is still served"
+        );
+        assert!(answered(&trusted.ca, None, port).await);
+    }
+
+    // The renewal completed: served from a next connection on, without a restart.
+    renew(&key, &std::fs::read(&other.server.key).unwrap());
+    testkit::wait::until(
+        "the renewed certificate to be served",
+        Duration::from_secs(10),
+        || async { answered(&other.ca, None, port).await.then_some(()) },
+    )
+    .await;
+    assert!(!answered(&trusted.ca, None, port).await);
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_replaced_client_ca_is_asked_for_from_the_next_connection() {
+    let certificates = Certificates::generate();
+    let (trusted, other) = (&certificates.trusted, &certificates.other);
+    let client_ca = certificates.dir().join("clients.crt");
+    std::fs::copy(&trusted.ca, &client_ca).unwrap();
+    let tls = files(&certificates)
+        .load(Some(&PemFile::new("TEST_TLS_CLIENT_CA", &client_ca)))
+        .unwrap();
+    let cancel = CancellationToken::new();
+    let port = serve_tls(&tls, &cancel).await;
+    assert!(answered(&trusted.ca, Some(&trusted.client), port).await);
+    assert!(!answered(&trusted.ca, Some(&other.client), port).await);
+
+    renew(&client_ca, &std::fs::read(&other.ca).unwrap());
+    testkit::wait::until(
+        "the new client CA to be asked for",
+        Duration::from_secs(10),
+        || async {
+            answered(&trusted.ca, Some(&other.client), port)
+                .await
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(!answered(&trusted.ca, Some(&trusted.client), port).await);
+    cancel.cancel();
+}

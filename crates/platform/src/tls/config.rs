@@ -1,8 +1,20 @@
 //! A server's TLS settings: its certificate chain and private key, and the CA its clients'
 //! certificates must be signed by when it asks for them.
+//!
+//! # Renewal without a restart
+//!
+//! The files are read at start, where anything unusable stops the process, and again whenever
+//! they change: a new connection looks at them at most once every [`RELOAD_CHECK`], and when
+//! their contents differ from those in use it builds the configuration afresh, so renewed
+//! certificates (certbot, cert-manager's secret volumes, which swap a symlink) are served from
+//! the next connection on. Connections already open keep theirs. New files that cannot be used
+//! (half written, a key of another certificate) change nothing: the server goes on with what it
+//! has, says why once (`warn`), counts it in `hallmark.operations.failed{operation="tls_reload"}`,
+//! and tries again at the next check.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
@@ -49,8 +61,17 @@ impl PemFile {
 
     /// Every certificate in the file; at least one.
     pub fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-        let pem = self.read()?;
-        let certificates = CertificateDer::pem_slice_iter(&pem)
+        self.certificates_in(&self.read()?)
+    }
+
+    /// The private key in the file (PKCS#8, PKCS#1 or SEC1).
+    pub fn private_key(&self) -> Result<PrivateKeyDer<'static>, TlsError> {
+        self.private_key_in(&self.read()?)
+    }
+
+    /// Every certificate in `pem`, this file's contents; at least one.
+    fn certificates_in(&self, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        let certificates = CertificateDer::pem_slice_iter(pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.invalid(format!("not PEM certificates ({e})")))?;
         if certificates.is_empty() {
@@ -59,10 +80,9 @@ impl PemFile {
         Ok(certificates)
     }
 
-    /// The private key in the file (PKCS#8, PKCS#1 or SEC1).
-    pub fn private_key(&self) -> Result<PrivateKeyDer<'static>, TlsError> {
-        let pem = self.read()?;
-        PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+    /// The private key in `pem`, this file's contents.
+    fn private_key_in(&self, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+        PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
             rustls_pki_types::pem::Error::NoItemsFound => {
                 self.invalid("holds no PEM private key (`-----BEGIN PRIVATE KEY-----`)")
             }
@@ -158,22 +178,102 @@ pub fn http_api(files: Option<&CertifiedKeyFiles>) -> Result<Option<ServerTls>, 
         .transpose()
 }
 
-/// A server's TLS configuration, ready for [`super::Listener::tls`]. Built once at start-up,
-/// so a file that cannot be used stops the process with an error naming its setting.
+/// How often, at most, a new connection has the certificate files looked at for a renewal.
+pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// A server's TLS configuration, ready for [`super::Listener::tls`]. Built at start-up, so a
+/// file that cannot be used stops the process with an error naming its setting; afterwards it
+/// follows its files (see the module docs).
 #[derive(Clone)]
 pub struct ServerTls {
+    files: Arc<Files>,
+    alpn: Vec<Vec<u8>>,
+    current: Arc<Mutex<Current>>,
+}
+
+/// Where a [`ServerTls`] reads its certificate, key and client CA.
+struct Files {
+    cert: PemFile,
+    key: PemFile,
+    client_ca: Option<PemFile>,
+}
+
+/// The files' contents, to see whether they changed.
+#[derive(PartialEq, Eq)]
+struct Contents {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    client_ca: Option<Vec<u8>>,
+}
+
+/// The configuration in use, what it was built from, and the last look at the files.
+struct Current {
     config: Arc<rustls::ServerConfig>,
-    certificate: PathBuf,
-    client_ca: Option<PathBuf>,
+    built_from: Contents,
+    checked: Instant,
+    /// Why the files as they are now cannot be used, once said; `None` while they can.
+    refused: Option<String>,
 }
 
 impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The key stays out of every log line.
         f.debug_struct("ServerTls")
-            .field("certificate", &self.certificate)
-            .field("client_ca", &self.client_ca)
+            .field("certificate", &self.files.cert.path)
+            .field(
+                "client_ca",
+                &self.files.client_ca.as_ref().map(|ca| &ca.path),
+            )
             .finish_non_exhaustive()
+    }
+}
+
+impl Files {
+    fn read(&self) -> Result<Contents, TlsError> {
+        Ok(Contents {
+            cert: self.cert.read()?,
+            key: self.key.read()?,
+            client_ca: self.client_ca.as_ref().map(PemFile::read).transpose()?,
+        })
+    }
+
+    /// The configuration `contents` (these files' as read) make, offering `alpn`.
+    fn build(
+        &self,
+        contents: &Contents,
+        alpn: &[Vec<u8>],
+    ) -> Result<rustls::ServerConfig, TlsError> {
+        let chain = self.cert.certificates_in(&contents.cert)?;
+        let private_key = self.key.private_key_in(&contents.key)?;
+        let provider = super::provider();
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("the default provider supports the default protocol versions");
+        let builder = match self.client_ca.as_ref().zip(contents.client_ca.as_deref()) {
+            None => builder.with_no_client_auth(),
+            Some((ca, pem)) => {
+                let mut roots = RootCertStore::empty();
+                for certificate in ca.certificates_in(pem)? {
+                    roots.add(certificate).map_err(|e| {
+                        ca.invalid(format!("holds a certificate that is not a CA's ({e})"))
+                    })?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .map_err(|e| ca.invalid(format!("cannot verify clients with it ({e})")))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(chain, private_key)
+            .map_err(|source| TlsError::KeyMismatch {
+                cert: self.cert.setting,
+                key: self.key.setting,
+                source,
+            })?;
+        config.alpn_protocols = alpn.to_vec();
+        Ok(config)
     }
 }
 
@@ -186,64 +286,105 @@ impl ServerTls {
         key: &PemFile,
         client_ca: Option<&PemFile>,
     ) -> Result<Self, TlsError> {
-        let chain = cert.certificates()?;
-        let private_key = key.private_key()?;
-        let provider = super::provider();
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("the default provider supports the default protocol versions");
-        let builder = match client_ca {
-            None => builder.with_no_client_auth(),
-            Some(ca) => {
-                let mut roots = RootCertStore::empty();
-                for certificate in ca.certificates()? {
-                    roots.add(certificate).map_err(|e| {
-                        ca.invalid(format!("holds a certificate that is not a CA's ({e})"))
-                    })?;
-                }
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                        .build()
-                        .map_err(|e| ca.invalid(format!("cannot verify clients with it ({e})")))?;
-                builder.with_client_cert_verifier(verifier)
-            }
+        let files = Files {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: client_ca.cloned(),
         };
-        let config = builder
-            .with_single_cert(chain, private_key)
-            .map_err(|source| TlsError::KeyMismatch {
-                cert: cert.setting,
-                key: key.setting,
-                source,
-            })?;
+        Self::built(Arc::new(files), Vec::new())
+    }
+
+    fn built(files: Arc<Files>, alpn: Vec<Vec<u8>>) -> Result<Self, TlsError> {
+        let contents = files.read()?;
+        let config = files.build(&contents, &alpn)?;
         Ok(Self {
-            config: Arc::new(config),
-            certificate: cert.path.clone(),
-            client_ca: client_ca.map(|ca| ca.path.clone()),
+            files,
+            alpn,
+            current: Arc::new(Mutex::new(Current {
+                config: Arc::new(config),
+                built_from: contents,
+                checked: Instant::now(),
+                refused: None,
+            })),
         })
     }
 
     /// Whether clients must present a certificate.
     pub fn requires_client_certificates(&self) -> bool {
-        self.client_ca.is_some()
+        self.files.client_ca.is_some()
     }
 
     /// The file the certificate chain came from.
     pub fn certificate_path(&self) -> &Path {
-        &self.certificate
+        &self.files.cert.path
     }
 
     /// The configuration offering `protocols` in ALPN (e.g. `h2` for gRPC, which speaks only
-    /// HTTP/2; without ALPN, gRPC clients refuse the connection).
+    /// HTTP/2; without ALPN, gRPC clients refuse the connection). It follows the same files,
+    /// on its own.
     pub fn with_alpn(&self, protocols: &[&[u8]]) -> Self {
-        let mut config = (*self.config).clone();
-        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        let alpn: Vec<Vec<u8>> = protocols.iter().map(|p| p.to_vec()).collect();
+        let current = self.current.lock().expect("not poisoned");
+        let mut config = (*current.config).clone();
+        config.alpn_protocols = alpn.clone();
         Self {
-            config: Arc::new(config),
-            ..self.clone()
+            files: self.files.clone(),
+            alpn,
+            current: Arc::new(Mutex::new(Current {
+                config: Arc::new(config),
+                built_from: Contents {
+                    cert: current.built_from.cert.clone(),
+                    key: current.built_from.key.clone(),
+                    client_ca: current.built_from.client_ca.clone(),
+                },
+                checked: current.checked,
+                refused: None,
+            })),
         }
     }
 
+    /// The configuration for a new connection: the one in use, or one built afresh when the
+    /// files changed since it was built and can be used (looked at once per [`RELOAD_CHECK`]).
     pub(super) fn config(&self) -> Arc<rustls::ServerConfig> {
-        self.config.clone()
+        let mut current = self.current.lock().expect("not poisoned");
+        if current.checked.elapsed() >= RELOAD_CHECK {
+            current.checked = Instant::now();
+            self.follow_files(&mut current);
+        }
+        current.config.clone()
+    }
+
+    fn follow_files(&self, current: &mut Current) {
+        let built = self.files.read().and_then(|contents| {
+            if contents == current.built_from {
+                return Ok(None);
+            }
+            let config = self.files.build(&contents, &self.alpn)?;
+            Ok(Some((config, contents)))
+        });
+        match built {
+            Ok(None) => current.refused = None,
+            Ok(Some((config, contents))) => {
+                current.config = Arc::new(config);
+                current.built_from = contents;
+                current.refused = None;
+                tracing::info!(
+                    certificate = %self.files.cert.path.display(),
+                    "TLS certificate files changed; new connections use them"
+                );
+            }
+            Err(err) => {
+                let reason = err.to_string();
+                if current.refused.as_ref() != Some(&reason) {
+                    tracing::warn!(
+                        error = %reason,
+                        "TLS certificate files changed but cannot be used; \
+                         serving with the ones read before"
+                    );
+                    telemetry::metrics::record_failure("tls_reload", "none", "invalid");
+                    current.refused = Some(reason);
+                }
+            }
+        }
     }
 }

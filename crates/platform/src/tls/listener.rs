@@ -7,7 +7,8 @@
 //! else. A failed handshake (plain text on a TLS port, a certificate the client does not
 //! trust, a client certificate missing or signed by another CA) closes that connection, is
 //! logged with the peer's address and counted in `hallmark.operations.failed`
-//! (operation `tls_handshake`).
+//! (operation `tls_handshake`). Each handshake uses the certificate as it is when its
+//! connection arrives, so a renewed one is served without a restart ([`super::config`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -71,11 +72,7 @@ impl Listener {
     pub fn tls(listener: TcpListener, tls: &ServerTls) -> io::Result<Self> {
         let local_addr = listener.local_addr()?;
         let (sender, ready) = mpsc::channel(READY);
-        let acceptor = tokio::spawn(accept_and_handshake(
-            listener,
-            TlsAcceptor::from(tls.config()),
-            sender,
-        ));
+        let acceptor = tokio::spawn(accept_and_handshake(listener, tls.clone(), sender));
         Ok(Self {
             inner: Inner::Tls {
                 local_addr,
@@ -171,7 +168,7 @@ async fn accept_failed(err: io::Error) {
 /// dropped (which aborts this task) or its channel closes.
 async fn accept_and_handshake(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: ServerTls,
     ready: mpsc::Sender<Connection>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
@@ -189,7 +186,9 @@ async fn accept_and_handshake(
             },
             () = ready.closed() => return,
         };
-        let acceptor = acceptor.clone();
+        // Each connection takes the configuration as it is now: renewed files count from the
+        // next connection on.
+        let acceptor = TlsAcceptor::from(tls.config());
         let ready = ready.clone();
         tokio::spawn(async move {
             let _permit = permit;

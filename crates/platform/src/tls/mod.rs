@@ -21,7 +21,7 @@ pub mod listener;
 
 use std::sync::Arc;
 
-pub use config::{CertifiedKeyFiles, PemFile, ServerTls, TlsError, http_api};
+pub use config::{CertifiedKeyFiles, PemFile, RELOAD_CHECK, ServerTls, TlsError, http_api};
 pub use listener::{Connection, HANDSHAKE_TIMEOUT, Listener};
 use rustls::crypto::CryptoProvider;
 
