@@ -2,7 +2,8 @@
 //! a client certificate signed by the CA, and the same from another, unrelated CA (what a
 //! client or server that must be refused presents). Everything is generated afresh (ECDSA
 //! P-256) and written as PEM files to a temporary directory that lives as long as the
-//! [`Certificates`].
+//! [`Certificates`]. The server and client certificates of the trusted CA expire at the start
+//! of 2100, the other CA's a year later, so a test can tell which one a server reports.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,8 +53,8 @@ pub struct Certificates {
 impl Certificates {
     pub fn generate() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let trusted = authority(dir.path(), "trusted");
-        let other = authority(dir.path(), "other");
+        let trusted = authority(dir.path(), "trusted", 2100);
+        let other = authority(dir.path(), "other", 2101);
         Self {
             trusted,
             other,
@@ -130,7 +131,8 @@ impl Certificates {
     }
 }
 
-fn authority(dir: &Path, name: &str) -> Authority {
+/// A CA named `name` whose server and client certificates expire on 1 January of `expiry_year`.
+fn authority(dir: &Path, name: &str, expiry_year: i32) -> Authority {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params
@@ -150,6 +152,7 @@ fn authority(dir: &Path, name: &str) -> Authority {
     let leaf = |file: &str, names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(names).unwrap();
+        params.not_after = rcgen::date_time_ymd(expiry_year, 1, 1);
         params
             .distinguished_name
             .push(DnType::CommonName, format!("hallmark-test-{file}"));

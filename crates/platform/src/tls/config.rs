@@ -10,12 +10,15 @@
 //! the next connection on. Connections already open keep theirs. New files that cannot be used
 //! (half written, a key of another certificate) change nothing: the server goes on with what it
 //! has, says why once (`warn`), counts it in `hallmark.operations.failed{operation="tls_reload"}`,
-//! and tries again at the next check.
+//! and tries again at the next check. When the certificate served expires is a metric
+//! (`hallmark.tls.certificate.expiry`), which the CertificateExpiring alerts watch.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Gauge;
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject as _;
@@ -244,6 +247,7 @@ impl Files {
         alpn: &[Vec<u8>],
     ) -> Result<rustls::ServerConfig, TlsError> {
         let chain = self.cert.certificates_in(&contents.cert)?;
+        let expires = chain.first().and_then(expiry);
         let private_key = self.key.private_key_in(&contents.key)?;
         let provider = super::provider();
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -273,8 +277,36 @@ impl Files {
                 source,
             })?;
         config.alpn_protocols = alpn.to_vec();
+        if let Some(expires) = expires {
+            record_expiry(self.cert.setting, expires);
+        }
         Ok(config)
     }
+}
+
+/// When `certificate` expires, in seconds since the Unix epoch; `None` if it cannot be read as
+/// X.509 (rustls, which took it, is the judge of whether it can be served).
+fn expiry(certificate: &CertificateDer<'_>) -> Option<i64> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
+    Some(parsed.validity().not_after.timestamp())
+}
+
+/// Records in `hallmark.tls.certificate.expiry` when the certificate `setting` names, the one
+/// being served, expires: what the CertificateExpiring alerts watch, so a renewal that never
+/// came, or came unusable, is noticed weeks before clients refuse the server.
+fn record_expiry(setting: &'static str, expires: i64) {
+    static EXPIRY: OnceLock<Gauge<f64>> = OnceLock::new();
+    EXPIRY
+        .get_or_init(|| {
+            telemetry::metrics::meter()
+                .f64_gauge("hallmark.tls.certificate.expiry")
+                .with_unit("s")
+                .with_description(
+                    "When the certificate served expires, in seconds since the Unix epoch, by the setting naming it",
+                )
+                .build()
+        })
+        .record(expires as f64, &[KeyValue::new("certificate", setting)]);
 }
 
 impl ServerTls {
