@@ -19,7 +19,9 @@ fn expiry(setting: &str) -> Option<f64> {
     let label = format!("certificate=\"{setting}\"");
     exposition
         .lines()
-        .find(|line| line.starts_with("hallmark_tls_certificate_expiry_seconds{") && line.contains(&label))
+        .find(|line| {
+            line.starts_with("hallmark_tls_certificate_expiry_seconds{") && line.contains(&label)
+        })
         .and_then(|line| line.rsplit(' ').next()?.parse().ok())
 }
 
@@ -50,18 +52,30 @@ async fn metrics_say_when_the_served_certificate_expires_and_follow_a_renewal() 
     let router = axum::Router::new().route("/hello", axum::routing::get(|| async { "hello" }));
     tokio::spawn(platform::server::serve(listener, router, cancel.clone()));
     let partial = cert.with_extension("partial");
-    std::fs::write(&partial, std::fs::read(&certificates.other.server.key).unwrap()).unwrap();
+    std::fs::write(
+        &partial,
+        std::fs::read(&certificates.other.server.key).unwrap(),
+    )
+    .unwrap();
     std::fs::rename(&partial, &key).unwrap();
-    std::fs::write(&partial, std::fs::read(&certificates.other.server.cert).unwrap()).unwrap();
+    std::fs::write(
+        &partial,
+        std::fs::read(&certificates.other.server.cert).unwrap(),
+    )
+    .unwrap();
     std::fs::rename(&partial, &cert).unwrap();
     // The files are looked at when a connection arrives.
-    testkit::wait::until("the renewed certificate's expiry", Duration::from_secs(10), || async {
-        let _ = Certificates::client_trusting(&certificates.other.ca)
-            .get(format!("https://127.0.0.1:{port}/hello"))
-            .send()
-            .await;
-        (expiry("TEST_EXPIRY_CERT") == Some(OTHER_EXPIRES)).then_some(())
-    })
+    testkit::wait::until(
+        "the renewed certificate's expiry",
+        Duration::from_secs(10),
+        || async {
+            let _ = Certificates::client_trusting(&certificates.other.ca)
+                .get(format!("https://127.0.0.1:{port}/hello"))
+                .send()
+                .await;
+            (expiry("TEST_EXPIRY_CERT") == Some(OTHER_EXPIRES)).then_some(())
+        },
+    )
     .await;
     cancel.cancel();
 }
