@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::get;
 use platform::tls::{CertifiedKeyFiles, PemFile, ServerTls, TlsError};
-use testkit::tls::Certificates;
+use testkit::tls::{Certificates, renew};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -167,13 +167,6 @@ fn unusable_certificate_files_are_errors_that_name_their_setting() {
     assert!(err.starts_with("TEST_TLS_CLIENT_CA: "), "{err}");
 }
 
-/// Writes `contents` to `path` as a renewal does: whole, by a rename.
-fn renew(path: &std::path::Path, contents: &[u8]) {
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, contents).unwrap();
-    std::fs::rename(&partial, path).unwrap();
-}
-
 /// Whether a new connection of a client trusting only `ca` (presenting `identity`) gets an
 /// answer from `port`.
 async fn answered(ca: &std::path::Path, identity: Option<&testkit::tls::Pair>, port: u16) -> bool {
@@ -211,13 +204,11 @@ async fn a_renewed_certificate_is_served_from_the_next_connection_and_unusable_f
 
     // Half a renewal (the other CA's certificate, the old key), then a key that is not PEM:
     // the server goes on with what it has, at each look at the files.
-    renew(&cert, &std::fs::read(&other.server.cert).unwrap());
-    for broken in [
-        None,
-        Some(b"-----BEGIN PRIVATE KEY-----\ntruncated".as_slice()),
-    ] {
-        if let Some(contents) = broken {
-            renew(&key, contents);
+    renew(&cert, &other.server.cert);
+    let truncated = certificates.write("truncated.key", "-----BEGIN PRIVATE KEY-----\ntruncated");
+    for broken in [None, Some(&truncated)] {
+        if let Some(file) = broken {
+            renew(&key, file);
         }
         tokio::time::sleep(platform::tls::RELOAD_CHECK * 2).await;
         assert!(
@@ -228,7 +219,7 @@ async fn a_renewed_certificate_is_served_from_the_next_connection_and_unusable_f
     }
 
     // The renewal completed: served from a next connection on, without a restart.
-    renew(&key, &std::fs::read(&other.server.key).unwrap());
+    renew(&key, &other.server.key);
     testkit::wait::until(
         "the renewed certificate to be served",
         Duration::from_secs(10),
@@ -253,7 +244,7 @@ async fn a_replaced_client_ca_is_asked_for_from_the_next_connection() {
     assert!(answered(&trusted.ca, Some(&trusted.client), port).await);
     assert!(!answered(&trusted.ca, Some(&other.client), port).await);
 
-    renew(&client_ca, &std::fs::read(&other.ca).unwrap());
+    renew(&client_ca, &other.ca);
     testkit::wait::until(
         "the new client CA to be asked for",
         Duration::from_secs(10),

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use platform::tls::{CertifiedKeyFiles, PemFile};
-use testkit::tls::Certificates;
+use testkit::tls::{Certificates, renew};
 use tokio_util::sync::CancellationToken;
 
 /// 2100-01-01 and 2101-01-01 in seconds since the Unix epoch: when the trusted and the other
@@ -51,19 +51,8 @@ async fn metrics_say_when_the_served_certificate_expires_and_follow_a_renewal() 
         .unwrap();
     let router = axum::Router::new().route("/hello", axum::routing::get(|| async { "hello" }));
     tokio::spawn(platform::server::serve(listener, router, cancel.clone()));
-    let partial = cert.with_extension("partial");
-    std::fs::write(
-        &partial,
-        std::fs::read(&certificates.other.server.key).unwrap(),
-    )
-    .unwrap();
-    std::fs::rename(&partial, &key).unwrap();
-    std::fs::write(
-        &partial,
-        std::fs::read(&certificates.other.server.cert).unwrap(),
-    )
-    .unwrap();
-    std::fs::rename(&partial, &cert).unwrap();
+    renew(&key, &certificates.other.server.key);
+    renew(&cert, &certificates.other.server.cert);
     // The files are looked at when a connection arrives.
     testkit::wait::until(
         "the renewed certificate's expiry",

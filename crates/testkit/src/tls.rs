@@ -131,6 +131,14 @@ impl Certificates {
     }
 }
 
+/// Replaces the file at `path` with the contents of `source` as a certificate renewal does:
+/// whole, by a rename, so a server never reads it half written.
+pub fn renew(path: &Path, source: &Path) {
+    let partial = path.with_extension("partial");
+    std::fs::copy(source, &partial).unwrap();
+    std::fs::rename(&partial, path).unwrap();
+}
+
 /// A CA named `name` whose server and client certificates expire on 1 January of `expiry_year`.
 fn authority(dir: &Path, name: &str, expiry_year: i32) -> Authority {
     let ca_key = KeyPair::generate().unwrap();
