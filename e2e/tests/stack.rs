@@ -33,13 +33,7 @@ async fn an_orders_traces_are_found_in_jaeger_by_its_id_and_hold_no_personal_dat
     let order = system.place_order("torus.STL", "gold_585").await;
     let id = order.id;
     system.until_shop_status(id, "priced").await;
-    let (status, body) = system
-        .post(
-            format!("{}/api/orders/{id}/confirm", system.shop.url()),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    system.confirm(id).await;
 
     // Every service's spans, the engine's included, and the confirmation's trace linked to the
     // order's earlier one, found by the order's id alone.
@@ -785,34 +779,12 @@ async fn order_watch_over_tls(
     let database = testkit::database::TestDatabase::create("watch_tls").await;
     let trusted = &certificates.trusted;
     let settings = order_watch::Settings {
-        host: "127.0.0.1".into(),
-        http_port: 0,
-        otlp_grpc_port: 0,
-        otlp_http_port: 0,
         tls: Some(CertifiedKeyFiles {
             cert: PemFile::new("ORDER_WATCH_TLS_CERT", &trusted.server.cert),
             key: PemFile::new("ORDER_WATCH_TLS_KEY", &trusted.server.key),
         }),
         otlp_client_ca: Some(PemFile::new("ORDER_WATCH_OTLP_CLIENT_CA", &trusted.ca)),
-        database: platform::db::DatabaseConfig::new(database.url()),
-        thresholds: order_watch::config::Thresholds::default(),
-        retention_days: 1,
-        webhook: None,
-        config_reload_interval: Duration::from_secs(5),
-        max_request_bytes: 16 * 1024 * 1024,
-        detect_interval: Duration::from_secs(1),
-        gauge_interval: Duration::from_secs(3600),
-        records: order_watch::records::RecordsConfig {
-            urls: BTreeMap::new(),
-            timeout: Duration::from_secs(2),
-            ca: None,
-            identity: None,
-        },
-        partner_limits: Default::default(),
-        reconfirm_interval: Duration::from_secs(3600),
-        auth: order_watch::auth::AuthConfig::Open,
-        jaeger_url: None,
-        reconcile: order_watch::reconcile::ReconcileConfig::default(),
+        ..order_watch::Settings::local(platform::db::DatabaseConfig::new(database.url()))
     };
     let cancel = tokio_util::sync::CancellationToken::new();
     let app = order_watch::Application::build(

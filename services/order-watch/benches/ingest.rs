@@ -45,7 +45,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use order_watch::clock::Clock;
 use order_watch::config::Thresholds;
-use order_watch::records::RecordsConfig;
 use order_watch::startup::Ports;
 use order_watch::{Application, Settings};
 use platform::db::DatabaseConfig;
@@ -249,43 +248,24 @@ impl OrderWatch {
         runtime: &Handle,
         mes: &StandInMes,
     ) -> anyhow::Result<Self> {
-        let settings = Settings {
-            host: "127.0.0.1".into(),
-            http_port: 0,
-            otlp_grpc_port: 0,
-            otlp_http_port: 0,
-            tls: None,
-            otlp_client_ca: None,
-            database: DatabaseConfig::new(database.url()),
+        let mut settings = Settings {
             thresholds: Thresholds {
                 default: MACHINE_STAGE_THRESHOLD,
                 ..Thresholds::default()
             },
-            // The rest as `Settings::from_env` has it without variables.
-            retention_days: 30,
-            webhook: None,
-            config_reload_interval: Duration::from_secs(5),
-            max_request_bytes: 16 * 1024 * 1024,
-            detect_interval: Duration::from_secs(1),
-            gauge_interval: Duration::from_secs(15),
-            // Only the probes fall due, and they wait in a stage MES owns.
-            records: RecordsConfig {
-                urls: [(domain::System::Mes, mes.url.clone())].into(),
-                timeout: Duration::from_secs(2),
-                ca: None,
-                identity: None,
-            },
-            partner_limits: Default::default(),
-            reconfirm_interval: Duration::from_secs(60),
-            auth: order_watch::auth::AuthConfig::Open,
-            jaeger_url: None,
             // What is measured here is ingest and detection; reconciliation has its own
             // benchmark (services/order-watch/benches/reconciliation.rs).
             reconcile: order_watch::reconcile::ReconcileConfig {
                 enabled: false,
                 ..order_watch::reconcile::ReconcileConfig::default()
             },
+            ..Settings::local(DatabaseConfig::new(database.url()))
         };
+        // Only the probes fall due, and they wait in a stage MES owns.
+        settings
+            .records
+            .urls
+            .insert(domain::System::Mes, mes.url.clone());
         let cancel = CancellationToken::new();
         let app = runtime
             .spawn(Application::build(settings, Clock::System, cancel.clone()))

@@ -566,37 +566,14 @@ struct OrderWatch {
 
 impl OrderWatch {
     async fn start(database: &TestDatabase, runtime: &Handle) -> anyhow::Result<Self> {
+        // The reconciler below asks the systems; this order-watch asks nobody.
         let settings = Settings {
-            host: "127.0.0.1".into(),
-            http_port: 0,
-            otlp_grpc_port: 0,
-            otlp_http_port: 0,
-            tls: None,
-            otlp_client_ca: None,
-            database: DatabaseConfig::new(database.url()),
             thresholds: thresholds(),
-            // The rest as `Settings::from_env` has it without variables.
-            retention_days: 30,
-            webhook: None,
-            config_reload_interval: Duration::from_secs(5),
-            max_request_bytes: 16 * 1024 * 1024,
-            detect_interval: Duration::from_secs(1),
-            gauge_interval: Duration::from_secs(15),
-            // The reconciler below asks the systems; this order-watch asks nobody.
-            records: RecordsConfig {
-                urls: BTreeMap::new(),
-                timeout: Duration::from_secs(2),
-                ca: None,
-                identity: None,
-            },
-            partner_limits: Default::default(),
-            reconfirm_interval: Duration::from_secs(60),
-            auth: order_watch::auth::AuthConfig::Open,
-            jaeger_url: None,
             reconcile: ReconcileConfig {
                 enabled: false,
                 ..ReconcileConfig::default()
             },
+            ..Settings::local(DatabaseConfig::new(database.url()))
         };
         let cancel = CancellationToken::new();
         let app = runtime

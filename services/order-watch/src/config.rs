@@ -157,7 +157,51 @@ pub struct Settings {
     pub reconcile: ReconcileConfig,
 }
 
+/// What a setting is when no variable (or file) gives it: one place for [`Settings::from_env`]
+/// and [`Settings::local`].
+const DEFAULT_RETENTION_DAYS: u32 = 30;
+const DEFAULT_CONFIG_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+const DEFAULT_DETECT_INTERVAL: Duration = Duration::from_secs(1);
+const DEFAULT_GAUGE_INTERVAL: Duration = Duration::from_secs(15);
+const DEFAULT_RECONFIRM_INTERVAL: Duration = Duration::from_secs(60);
+const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Settings {
+    /// order-watch on loopback with ports the system picks, in plain text, open to anyone,
+    /// asking no system of record and storing in `database`; everything else as
+    /// [`Settings::from_env`] has it without variables. For tests and benchmarks, which change
+    /// what they need.
+    pub fn local(database: DatabaseConfig) -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            http_port: 0,
+            otlp_grpc_port: 0,
+            otlp_http_port: 0,
+            tls: None,
+            otlp_client_ca: None,
+            database,
+            thresholds: Thresholds::default(),
+            retention_days: DEFAULT_RETENTION_DAYS,
+            webhook: None,
+            config_reload_interval: DEFAULT_CONFIG_RELOAD_INTERVAL,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            detect_interval: DEFAULT_DETECT_INTERVAL,
+            gauge_interval: DEFAULT_GAUGE_INTERVAL,
+            records: RecordsConfig {
+                urls: BTreeMap::new(),
+                timeout: DEFAULT_CONFIRM_TIMEOUT,
+                ca: None,
+                identity: None,
+            },
+            partner_limits: crate::partner_limits::PartnerLimitsConfig::default(),
+            reconfirm_interval: DEFAULT_RECONFIRM_INTERVAL,
+            auth: AuthConfig::Open,
+            jaeger_url: None,
+            reconcile: ReconcileConfig::default(),
+        }
+    }
+
     pub fn from_env() -> anyhow::Result<Self> {
         let file = settings::optional("ORDER_WATCH_CONFIG").map(PathBuf::from);
         let file_config = match &file {
@@ -172,7 +216,7 @@ impl Settings {
         let thresholds = thresholds(&file_config, settings::optional("ORDER_WATCH_STUCK_AFTER"))?;
         let retention_days: u32 = settings::parse(
             "ORDER_WATCH_RETENTION_DAYS",
-            file_config.retention_days.unwrap_or(30),
+            file_config.retention_days.unwrap_or(DEFAULT_RETENTION_DAYS),
         )?;
         let tls = CertifiedKeyFiles::from_env("ORDER_WATCH_TLS_CERT", "ORDER_WATCH_TLS_KEY")?;
         let otlp_client_ca = client_ca(&tls, PemFile::from_env("ORDER_WATCH_OTLP_CLIENT_CA"))?;
@@ -201,22 +245,25 @@ impl Settings {
             webhook,
             config_reload_interval: settings::duration(
                 "ORDER_WATCH_CONFIG_RELOAD_INTERVAL",
-                Duration::from_secs(5),
+                DEFAULT_CONFIG_RELOAD_INTERVAL,
             )?,
-            max_request_bytes: settings::parse("ORDER_WATCH_MAX_REQUEST_BYTES", 16 * 1024 * 1024)?,
+            max_request_bytes: settings::parse(
+                "ORDER_WATCH_MAX_REQUEST_BYTES",
+                DEFAULT_MAX_REQUEST_BYTES,
+            )?,
             detect_interval: settings::duration(
                 "ORDER_WATCH_DETECT_INTERVAL",
-                Duration::from_secs(1),
+                DEFAULT_DETECT_INTERVAL,
             )?,
             gauge_interval: settings::duration(
                 "ORDER_WATCH_GAUGE_INTERVAL",
-                Duration::from_secs(15),
+                DEFAULT_GAUGE_INTERVAL,
             )?,
             records: records_config()?,
             partner_limits: crate::partner_limits::PartnerLimitsConfig::from_env()?,
             reconfirm_interval: settings::duration(
                 "ORDER_WATCH_RECONFIRM_INTERVAL",
-                Duration::from_secs(60),
+                DEFAULT_RECONFIRM_INTERVAL,
             )?,
             auth: AuthConfig::from_env()?,
             jaeger_url: settings::optional("ORDER_WATCH_JAEGER_URL")
@@ -249,7 +296,7 @@ fn records_config() -> anyhow::Result<RecordsConfig> {
             urls.insert(system, base_url(variable, &url)?);
         }
     }
-    let timeout = settings::duration("ORDER_WATCH_CONFIRM_TIMEOUT", Duration::from_secs(2))?;
+    let timeout = settings::duration("ORDER_WATCH_CONFIRM_TIMEOUT", DEFAULT_CONFIRM_TIMEOUT)?;
     if timeout.is_zero() || timeout > MAX_CONFIRM_TIMEOUT {
         anyhow::bail!(
             "ORDER_WATCH_CONFIRM_TIMEOUT: must be more than 0 and at most {MAX_CONFIRM_TIMEOUT:?} \

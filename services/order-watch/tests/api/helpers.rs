@@ -284,33 +284,23 @@ fn settings(
     auth: AuthConfig,
 ) -> Settings {
     Settings {
-        host: "127.0.0.1".into(),
-        http_port: 0,
-        otlp_grpc_port: 0,
-        otlp_http_port: 0,
-        tls: None,
-        otlp_client_ca: None,
-        database: DatabaseConfig::new(database.url()),
         thresholds: Thresholds {
             default: STUCK_AFTER,
             ..Thresholds::default()
         },
-        retention_days: 30,
         webhook: Some(WebhookUrl::parse(&webhook.url).expect("the test webhook's URL")),
         config_reload_interval: CONFIG_RELOAD_INTERVAL,
         max_request_bytes: 1024 * 1024,
-        detect_interval: Duration::from_secs(1),
         gauge_interval: Duration::from_secs(3600),
         records: records.config(CONFIRM_TIMEOUT),
-        partner_limits: Default::default(),
         reconfirm_interval: RECONFIRM_INTERVAL,
         auth,
-        jaeger_url: None,
         // Off unless a test turns it on: its listings would count as the stuck detector's.
         reconcile: ReconcileConfig {
             enabled: false,
             ..ReconcileConfig::default()
         },
+        ..Settings::local(DatabaseConfig::new(database.url()))
     }
 }
 
@@ -369,24 +359,15 @@ pub async fn spawn_app_with_tls(
     client_certificates: bool,
 ) -> TestApp {
     use platform::tls::{CertifiedKeyFiles, PemFile};
-    let database = Arc::new(TestDatabase::create("watch").await);
-    let webhook = Webhook::start().await;
-    let records = StandInRecords::start().await;
     let trusted = &certificates.trusted;
-    let mut settings = settings(&database, &webhook, &records, AuthConfig::Open);
-    settings.tls = Some(CertifiedKeyFiles {
-        cert: PemFile::new("ORDER_WATCH_TLS_CERT", &trusted.server.cert),
-        key: PemFile::new("ORDER_WATCH_TLS_KEY", &trusted.server.key),
-    });
-    settings.otlp_client_ca =
-        client_certificates.then(|| PemFile::new("ORDER_WATCH_OTLP_CLIENT_CA", &trusted.ca));
-    let mut app = run_app(
-        settings,
-        database,
-        Clock::manual(Utc::now()),
-        webhook,
-        records,
-    )
+    let mut app = spawn_app_with(|settings| {
+        settings.tls = Some(CertifiedKeyFiles {
+            cert: PemFile::new("ORDER_WATCH_TLS_CERT", &trusted.server.cert),
+            key: PemFile::new("ORDER_WATCH_TLS_KEY", &trusted.server.key),
+        });
+        settings.otlp_client_ca =
+            client_certificates.then(|| PemFile::new("ORDER_WATCH_OTLP_CLIENT_CA", &trusted.ca));
+    })
     .await;
     app.scheme = "https";
     app.client = testkit::tls::Certificates::client_trusting(&trusted.ca);
@@ -400,23 +381,14 @@ pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 /// As [`spawn_app`], reconciling the stand-in systems every [`RECONCILE_INTERVAL`] of the manual
 /// clock, listing disagreements after [`RECONCILE_AFTER`].
 pub async fn spawn_reconciling_app() -> TestApp {
-    let database = Arc::new(TestDatabase::create("watch").await);
-    let webhook = Webhook::start().await;
-    let records = StandInRecords::start().await;
-    let mut settings = settings(&database, &webhook, &records, AuthConfig::Open);
-    settings.reconcile = ReconcileConfig {
-        interval: RECONCILE_INTERVAL,
-        after: RECONCILE_AFTER,
-        recheck_interval: Duration::from_secs(10),
-        ..ReconcileConfig::default()
-    };
-    run_app(
-        settings,
-        database,
-        Clock::manual(Utc::now()),
-        webhook,
-        records,
-    )
+    spawn_app_with(|settings| {
+        settings.reconcile = ReconcileConfig {
+            interval: RECONCILE_INTERVAL,
+            after: RECONCILE_AFTER,
+            recheck_interval: Duration::from_secs(10),
+            ..ReconcileConfig::default()
+        };
+    })
     .await
 }
 
