@@ -405,6 +405,15 @@ impl System {
     }
 
     /// POSTs `body` (JSON, or nothing) and returns status and JSON answer.
+    /// The customer accepts `id`'s price at Shop; Shop's answer (the order), asserted 200.
+    pub async fn confirm(&self, id: Uuid) -> Value {
+        let (status, body) = self
+            .post(format!("{}/api/orders/{id}/confirm", self.shop.url()), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     pub async fn post(&self, url: String, body: Option<Value>) -> (u16, Value) {
         let request = self.as_customer(&url, self.client.post(&url));
         let request = match body {

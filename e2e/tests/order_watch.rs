@@ -162,13 +162,7 @@ async fn an_order_left_waiting_past_its_threshold_is_stuck_until_it_moves_again(
     .await;
 
     // The customer confirms: new spans, the order moves on, the incident closes.
-    let (status, body) = system
-        .post(
-            format!("{}/api/orders/{id}/confirm", system.shop.url()),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    system.confirm(id).await;
     testkit::wait::until("the incident to close", PATIENCE, || async {
         let incidents = watch.incidents_of(id).await;
         incidents
@@ -446,13 +440,7 @@ async fn spans_lost_on_the_way_are_a_telemetry_gap_and_page_nobody() {
     // Back to normal: the customer's confirmation is seen as it happens.
     system.otlp.keep_service("mes-api");
     system.otlp.keep_service("mes-calc");
-    let (status, body) = system
-        .post(
-            format!("{}/api/orders/{id}/confirm", system.shop.url()),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    system.confirm(id).await;
     testkit::wait::until("the confirmation in the journey", PATIENCE, || async {
         let journey = watch.journey(id).await?;
         (journey["status"] == "confirmed" && journey["status_source"] == "telemetry").then_some(())

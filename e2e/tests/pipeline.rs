@@ -89,13 +89,7 @@ async fn an_order_travels_from_upload_to_delivered_in_every_services_view() {
     let id = order.id;
     system.until_shop_status(id, "priced").await;
 
-    let (status, confirmed) = system
-        .post(
-            format!("{}/api/orders/{id}/confirm", system.shop.url()),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{confirmed}");
+    let confirmed = system.confirm(id).await;
     assert_eq!(confirmed["status"], "confirmed");
     system.until_status_in("mes", id, "confirmed").await;
 

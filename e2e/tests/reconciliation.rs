@@ -103,6 +103,29 @@ async fn until_incident_resolved(watch: &Watch, id: Uuid) -> Value {
     .await
 }
 
+/// Waits until the systems converge after a repair: `service` (`crm`, `mes`) holds `status`,
+/// order-watch sees every system agree on it, the disagreement's incident is resolved and the
+/// mismatch `labels` is no longer listed. The resolved incident.
+async fn until_converged(
+    system: &System,
+    watch: &Watch,
+    id: Uuid,
+    (service, status): (&str, &str),
+    labels: &[(&str, &str)],
+) -> Value {
+    system.until_status_in(service, id, status).await;
+    watch.until_agreed(id, status).await;
+    let resolved = until_incident_resolved(watch, id).await;
+    until_metric(
+        watch,
+        "order_watch_reconciliation_disagreements",
+        labels,
+        0.0,
+    )
+    .await;
+    resolved
+}
+
 async fn repair(watch: &Watch, id: Uuid) -> Value {
     let (status, repair) = watch
         .post(&format!("/api/reconciliation/{id}/repair"))
@@ -199,20 +222,11 @@ async fn an_order_missing_from_crm_is_listed_missing_and_shop_announcing_it_agai
     assert_eq!(sent, ["order.created", "order.status_changed.submitted"]);
 
     // CRM registers the order, MES prices it, and every system says so.
-    system.until_status_in("crm", id, "priced").await;
-    watch.until_agreed(id, "priced").await;
-    let resolved = until_incident_resolved(&watch, id).await;
+    let resolved = until_converged(&system, &watch, id, ("crm", "priced"), &missing).await;
     assert_eq!(
         resolved["resolution"],
         "the systems agree again: all hold priced"
     );
-    until_metric(
-        &watch,
-        "order_watch_reconciliation_disagreements",
-        &missing,
-        0.0,
-    )
-    .await;
     until_metric(
         &watch,
         "order_watch_reconciliation_accuracy_ratio",
@@ -272,22 +286,13 @@ async fn a_status_event_dead_lettered_in_one_consumer_leaves_it_lagging_until_th
     let message = &repaired["asked"][0]["messages"][0];
     assert_eq!(message["routing_key"], "order.status_changed.priced");
 
-    system.until_status_in("crm", id, "priced").await;
-    watch.until_agreed(id, "priced").await;
-    until_incident_resolved(&watch, id).await;
+    until_converged(&system, &watch, id, ("crm", "priced"), &lagging).await;
     // Shop had the event: it dropped the copy.
     let message_id = message["message_id"].as_str().unwrap();
     assert_eq!(
         duplicates(&system, Service::Shop, "shop.status", message_id).await,
         1
     );
-    until_metric(
-        &watch,
-        "order_watch_reconciliation_disagreements",
-        &lagging,
-        0.0,
-    )
-    .await;
     // The repaired agreement took longer than the threshold: MES priced it before CRM had it.
     let took = watch
         .metric(
@@ -315,13 +320,7 @@ async fn a_consumer_stopped_while_the_others_go_on_lags_and_the_republished_copy
     let (mut system, watch) = reconciled_system(&[(faults::ENV, &point)]).await;
     let id = system.place_order("torus.STL", "gold_585").await.id;
     system.until_shop_status(id, "priced").await;
-    let (status, body) = system
-        .post(
-            format!("{}/api/orders/{id}/confirm", system.shop.url()),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    system.confirm(id).await;
     system.until_status_in("crm", id, "confirmed").await;
 
     let listed = watch.until_listed(id).await;
@@ -351,19 +350,10 @@ async fn a_consumer_stopped_while_the_others_go_on_lags_and_the_republished_copy
 
     // MES consumes again: it applies the confirmation once and drops the copy.
     system.restart_on_its_port(Service::Mes).await;
-    system.until_status_in("mes", id, "confirmed").await;
-    watch.until_agreed(id, "confirmed").await;
-    until_incident_resolved(&watch, id).await;
+    until_converged(&system, &watch, id, ("mes", "confirmed"), &lagging).await;
     let message_id = confirmed["message_id"].as_str().unwrap();
     assert_eq!(
         duplicates(&system, Service::Mes, "mes.production", message_id).await,
         1
     );
-    until_metric(
-        &watch,
-        "order_watch_reconciliation_disagreements",
-        &lagging,
-        0.0,
-    )
-    .await;
 }

@@ -78,13 +78,10 @@ impl Service {
     }
 }
 
-/// An order CRM registered (announcing `registered` and asking MES for a price) and later
-/// shipped and delivered.
-async fn registered_and_delivered(service: &Service) -> Uuid {
-    let order = Uuid::now_v7();
-    let mut tx = service.pool.begin().await.unwrap();
+/// Opens `order` as Shop submitted it and registers it.
+async fn open_registered(tx: &mut sqlx::PgConnection, order: Uuid) {
     BOOK.open(
-        &mut tx,
+        &mut *tx,
         order,
         OrderStatus::Submitted,
         None,
@@ -93,9 +90,17 @@ async fn registered_and_delivered(service: &Service) -> Uuid {
     )
     .await
     .unwrap();
-    BOOK.transition(&mut tx, order, Change::to(OrderStatus::Registered))
+    BOOK.transition(&mut *tx, order, Change::to(OrderStatus::Registered))
         .await
         .unwrap();
+}
+
+/// An order CRM registered (announcing `registered` and asking MES for a price) and later
+/// shipped and delivered.
+async fn registered_and_delivered(service: &Service) -> Uuid {
+    let order = Uuid::now_v7();
+    let mut tx = service.pool.begin().await.unwrap();
+    open_registered(&mut tx, order).await;
     let request = Envelope::new(
         order,
         format!("{order}/pricing"),
@@ -116,20 +121,7 @@ async fn registered_and_delivered(service: &Service) -> Uuid {
     tx.commit().await.unwrap();
     // Another order's messages stay as they are.
     let mut tx = service.pool.begin().await.unwrap();
-    let other = Uuid::now_v7();
-    BOOK.open(
-        &mut tx,
-        other,
-        OrderStatus::Submitted,
-        None,
-        "shop-api",
-        Utc::now(),
-    )
-    .await
-    .unwrap();
-    BOOK.transition(&mut tx, other, Change::to(OrderStatus::Registered))
-        .await
-        .unwrap();
+    open_registered(&mut tx, Uuid::now_v7()).await;
     tx.commit().await.unwrap();
     for step in [
         OrderStatus::Ready,
