@@ -202,7 +202,7 @@ struct Files {
 }
 
 /// The files' contents, to see whether they changed.
-#[derive(PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 struct Contents {
     cert: Vec<u8>,
     key: Vec<u8>,
@@ -364,11 +364,7 @@ impl ServerTls {
             alpn,
             current: Arc::new(Mutex::new(Current {
                 config: Arc::new(config),
-                built_from: Contents {
-                    cert: current.built_from.cert.clone(),
-                    key: current.built_from.key.clone(),
-                    client_ca: current.built_from.client_ca.clone(),
-                },
+                built_from: current.built_from.clone(),
                 checked: current.checked,
                 refused: None,
             })),
